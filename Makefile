@@ -1,0 +1,33 @@
+# toppcloud: `make run` (embedded default) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install run test bench check clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+# Everything on this machine: SQLite + filesystem broker under var/, worker,
+# beat, Flower, web, and a local node set up by a real job.
+run: install
+	$(BIN)/python manage.py migrate --no-input
+	$(BIN)/python manage.py run_embedded
+
+# The suite runs on PostgreSQL + RabbitMQ (tests/settings.py has the defaults).
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/jobs_throughput.py
+
+check: install
+	$(BIN)/python manage.py check
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,51 @@
+"""Shared by the management commands that start a job and follow it."""
+
+import getpass
+import json
+import sys
+
+from django.core.management.base import CommandError
+
+from jobs import dispatch, nodes
+from jobs.follow import exit_code, follow
+from jobs.states import ActorKind
+
+
+def add_follow_arguments(parser):
+    parser.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
+    parser.add_argument("--json", dest="as_json", action="store_true", help="events as JSON lines")
+    parser.add_argument("--as", dest="actor", default=None, help="who asks (default: the OS user)")
+
+
+def node_job(command, kind, node_name, **opts):
+    """Start a job on a node, refusing a bad node record before anything is queued."""
+    actor = opts.pop("actor", None) or getpass.getuser()
+    try:
+        node = nodes.get_node(node_name)
+        job = nodes.submit_node_job(kind, node, actor_kind=ActorKind.USER, actor=actor)
+    except nodes.InvalidNode as exc:
+        raise CommandError(str(exc)) from None
+    follow_job(command, job, no_wait=opts["no_wait"], as_json=opts["as_json"])
+
+
+def start_and_follow(command, kind, *, target, params, **opts):
+    """Submit a job as the person running the command; follow it unless told not to."""
+    job = dispatch.submit(kind, target=target, params=params, actor_kind=ActorKind.USER,
+                          actor=opts.get("actor") or getpass.getuser())
+    follow_job(command, job, no_wait=opts["no_wait"], as_json=opts["as_json"])
+
+
+def follow_job(command, job, *, no_wait, as_json):
+    kind, target = job.kind, job.target
+    if no_wait:
+        command.stdout.write(json.dumps({"job": job.pk}) if as_json else f"job {job.pk} queued")
+        return
+    if not as_json:
+        command.stdout.write(f"job {job.pk}: {kind} {target}")
+    job = follow(job.pk, command.stdout, as_json=as_json)
+    if as_json:
+        command.stdout.write(json.dumps({"job": job.pk, "status": job.status, "summary": job.summary,
+                                         "error": job.error}))
+    else:
+        command.stdout.write(f"job {job.pk} {job.status}" + (f": {job.error}" if job.error else ""))
+    sys.exit(exit_code(job))

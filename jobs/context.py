@@ -1,0 +1,35 @@
+"""What a flow gets: its job's parameters, emit(), steps and transports."""
+
+from django.conf import settings
+
+from jobs import events
+from jobs.states import TRANSITIONS
+from nodeops import steps, transport
+
+
+class FlowFailed(Exception):
+    """A failure the flow can explain; its message becomes the job's error."""
+
+
+class JobContext:
+    def __init__(self, job, worker):
+        self.job_id = job.pk
+        self.params = job.params
+        self.attempt = job.attempt
+        self.actor = f"worker:{worker}"
+
+    def emit(self, kind, **data):
+        """Record an event of this job (node operations call this)."""
+        if kind in TRANSITIONS:
+            raise ValueError(f"{kind} is recorded by the job runner, not by a flow")
+        events.record(self.job_id, kind, self.actor, **data)
+
+    def step(self, name):
+        return steps.step(self.emit, name)
+
+    def transport(self, node):
+        return transport.transport_for(node.transport_spec(
+            identity_file=settings.TOPPCLOUD_SSH_KEY_FILE,
+            control_dir=settings.TOPPCLOUD_SSH_CONTROL_DIR,
+            connect_timeout=settings.TOPPCLOUD_SSH_CONNECT_TIMEOUT,
+        ))

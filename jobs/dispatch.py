@@ -1,0 +1,86 @@
+"""Getting jobs to workers: the transactional outbox and the sweeper.
+
+submit() commits the Job and its job.queued event first and hands the
+message to Celery only after commit; if the message is lost on the way, the
+sweeper sends it again. The sweeper also ends jobs whose worker vanished.
+"""
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from jobs import events
+from jobs.flows import FLOWS
+from jobs.models import Job, JobLease
+from jobs.states import Kind, Status
+
+log = logging.getLogger(__name__)
+SWEEPER = "system:sweeper"
+
+
+class UnknownJobKind(ValueError):
+    pass
+
+
+def submit(kind, *, target="", params=None, actor_kind, actor, parent_id=None):
+    """Create a queued job; its Celery message is sent when the transaction commits."""
+    if kind not in FLOWS:
+        raise UnknownJobKind(f"unknown job kind {kind!r}; known: {', '.join(sorted(FLOWS))}")
+    with transaction.atomic():
+        job = events.new_job(kind, target=target, params=params or {}, actor_kind=actor_kind,
+                             actor=actor, parent_id=parent_id)
+        _send_on_commit(job)
+    return job
+
+
+def _send_on_commit(job):
+    # robust: a broker that is down must not undo or hide the committed job;
+    # the sweeper sends it again later.
+    transaction.on_commit(lambda: send(job.pk, job.kind), robust=True)
+
+
+def send(job_id, kind):
+    from jobs.tasks import run_job
+
+    run_job.apply_async(args=[job_id], queue=FLOWS[kind].queue)
+
+
+def sweep(now=None):
+    """Re-send queued jobs whose message looks lost; end jobs whose worker vanished."""
+    now = now or timezone.now()
+    resent, lost = [], []
+    cutoff = now - timedelta(seconds=settings.JOBS_RESEND_AFTER)
+    for job_id in Job.objects.filter(status=Status.QUEUED, sent_at__lt=cutoff).values_list("pk", flat=True):
+        with transaction.atomic():
+            job = events.lock(job_id)
+            if job.status != Status.QUEUED or job.sent_at >= cutoff:
+                continue
+            waited = (now - job.sent_at).total_seconds()
+            events.append(job, Kind.RESENT, SWEEPER, {
+                "reason": f"not started {waited:.0f}s after its message was sent; sending it again",
+                "resends": job.resends + 1,
+            })
+            _send_on_commit(job)
+        resent.append(job_id)
+
+    lease_cutoff = now - timedelta(seconds=settings.JOBS_LEASE_SECONDS)
+    stale = JobLease.objects.filter(renewed_at__lt=lease_cutoff, job__status=Status.RUNNING)
+    for job_id in stale.values_list("job_id", flat=True):
+        with transaction.atomic():
+            job = events.lock(job_id)
+            lease = JobLease.objects.filter(job_id=job_id, renewed_at__lt=lease_cutoff).first()
+            if job.status != Status.RUNNING or lease is None:
+                continue
+            silent = (now - lease.renewed_at).total_seconds()
+            events.append(job, Kind.LOST, SWEEPER, {
+                "reason": f"worker {lease.worker} (pid {lease.pid} on {lease.hostname}) vanished: "
+                          f"no lease renewal for {silent:.0f}s during attempt {job.attempt}",
+            })
+            lease.delete()
+        lost.append(job_id)
+    if resent or lost:
+        log.info("sweep: resent %s, lost %s", resent, lost)
+    return {"resent": resent, "lost": lost}

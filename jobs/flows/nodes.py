@@ -1,0 +1,25 @@
+"""Node flows: set a host up, check it answers."""
+
+from django.utils import timezone
+
+from jobs.flows import flow
+from nodeops import ping, setup
+from toppcloud_site.records.models import Node
+
+
+@flow("setup_node", queue="nodeops")
+def setup_node(ctx, node):
+    node = Node.objects.get(name=node)
+    facts = setup.setup_node(
+        ctx.transport(node), root=node.root, address=node.address, http_port=node.http_port, emit=ctx.emit,
+    )
+    Node.objects.filter(pk=node.pk).update(facts=facts, set_up_at=timezone.now())
+    changed = "changed" if facts.get("changed") else "already as wanted"
+    return f"node {node.name} set up ({changed}); nginx answers on {node.address}:{node.http_port}", facts
+
+
+@flow("ping_node", queue="nodeops")
+def ping_node(ctx, node):
+    node = Node.objects.get(name=node)
+    result = ping.ping(ctx.transport(node), emit=ctx.emit)
+    return f"node {node.name} answered in {result.get('rtt_ms', '?')} ms", result

@@ -1,0 +1,97 @@
+"""Jobs: an append-only event log per job, and the Job row as its projection.
+
+Only jobs/events.py writes JobEvent rows and the projected Job fields; the
+database refuses UPDATE and DELETE on events (migration 0002).
+"""
+
+from django.db import models
+from django.db.models import Q
+
+from jobs.states import ActorKind, Status
+
+# Fields of Job that are rebuilt from events (jobs/reducer.py); `jobs verify`
+# compares exactly these.
+PROJECTED_FIELDS = (
+    "kind", "target", "params", "actor_kind", "actor", "parent_id", "status",
+    "attempt", "resends", "queued_at", "sent_at", "started_at", "finished_at",
+    "worker", "summary", "result", "error", "output_bytes", "last_seq", "last_hash",
+)
+
+
+class Job(models.Model):
+    kind = models.CharField(max_length=64, db_index=True)
+    target = models.CharField(max_length=200, blank=True, help_text="What the job acts on, e.g. node:web1")
+    params = models.JSONField(default=dict)
+    actor_kind = models.CharField(max_length=16, choices=ActorKind.choices, blank=True)
+    actor = models.CharField(max_length=200, blank=True)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    status = models.CharField(max_length=16, choices=Status.choices, blank=True)
+    attempt = models.PositiveIntegerField(default=0)
+    resends = models.PositiveIntegerField(default=0)
+    queued_at = models.DateTimeField(null=True)
+    sent_at = models.DateTimeField(null=True, help_text="Last time its message was handed to the broker")
+    started_at = models.DateTimeField(null=True)
+    finished_at = models.DateTimeField(null=True)
+    worker = models.CharField(max_length=200, blank=True)
+    summary = models.TextField(blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    output_bytes = models.PositiveBigIntegerField(default=0)
+    last_seq = models.PositiveIntegerField(default=0)
+    last_hash = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            # The sweeper: queued jobs whose message may be lost, running jobs
+            # whose worker may be gone. Finished jobs, the bulk, stay out.
+            models.Index(fields=["status", "sent_at"], name="jobs_job_active_idx",
+                         condition=Q(status__in=[Status.QUEUED, Status.RUNNING])),
+        ]
+
+    def __str__(self):
+        return f"job {self.pk} {self.kind} {self.target}".strip()
+
+    @property
+    def duration(self):
+        if self.started_at is None:
+            return None
+        end = self.finished_at
+        if end is None:
+            from django.utils import timezone
+            end = timezone.now()
+        return end - self.started_at
+
+
+class JobEvent(models.Model):
+    job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="events")
+    seq = models.PositiveIntegerField()
+    at = models.DateTimeField()
+    kind = models.CharField(max_length=64)
+    data = models.JSONField(default=dict)
+    actor = models.CharField(max_length=200)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["job_id", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "seq"], name="jobs_jobevent_job_seq_uniq"),
+        ]
+
+    def __str__(self):
+        return f"job {self.job_id} #{self.seq} {self.kind}"
+
+
+class JobLease(models.Model):
+    """Which worker runs a job, renewed while it runs.
+
+    Operational state, not history: the sweeper reads it to find jobs whose
+    worker vanished. It is not part of the projection.
+    """
+
+    job = models.OneToOneField(Job, on_delete=models.CASCADE, primary_key=True, related_name="lease")
+    worker = models.CharField(max_length=200)
+    hostname = models.CharField(max_length=200)
+    pid = models.PositiveIntegerField()
+    renewed_at = models.DateTimeField(db_index=True)

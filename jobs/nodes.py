@@ -1,0 +1,35 @@
+"""Starting node jobs: a bad node record is refused before any job exists."""
+
+from django.core.exceptions import ValidationError
+
+from jobs import dispatch
+from toppcloud_site.records.models import Node
+
+
+class InvalidNode(ValueError):
+    pass
+
+
+def validation_message(exc):
+    if hasattr(exc, "message_dict"):
+        return "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())
+    return " ".join(exc.messages)
+
+
+def get_node(name):
+    try:
+        return Node.objects.get(name=name)
+    except Node.DoesNotExist:
+        known = ", ".join(Node.objects.values_list("name", flat=True)[:20]) or "none yet"
+        raise InvalidNode(f"there is no node {name!r} (known: {known})") from None
+
+
+def submit_node_job(kind, node, *, actor_kind, actor):
+    """Validate the node record, then queue the job (kind: setup_node, ping_node)."""
+    try:
+        node.full_clean()
+    except ValidationError as exc:
+        raise InvalidNode(f"node {node.name!r} is not valid, no job was started: "
+                          f"{validation_message(exc)}") from None
+    return dispatch.submit(kind, target=f"node:{node.name}", params={"node": node.name},
+                           actor_kind=actor_kind, actor=actor)

@@ -1,0 +1,49 @@
+"""SQL that makes jobs_jobevent append-only, for PostgreSQL and SQLite.
+
+UPDATE, DELETE (and on PostgreSQL TRUNCATE) of jobs_jobevent fail with an
+error naming the table. Used by migration 0002; tests use it to drop and
+restore the guard when they play someone tampering with the database.
+"""
+
+POSTGRESQL_INSTALL = [
+    """
+    CREATE OR REPLACE FUNCTION jobs_jobevent_refuse_change() RETURNS trigger AS $$
+    BEGIN
+        RAISE EXCEPTION 'jobs_jobevent is append-only: % refused', TG_OP
+            USING ERRCODE = 'integrity_constraint_violation';
+    END
+    $$ LANGUAGE plpgsql
+    """,
+    """
+    CREATE TRIGGER jobs_jobevent_append_only
+    BEFORE UPDATE OR DELETE ON jobs_jobevent
+    FOR EACH ROW EXECUTE FUNCTION jobs_jobevent_refuse_change()
+    """,
+    """
+    CREATE TRIGGER jobs_jobevent_no_truncate
+    BEFORE TRUNCATE ON jobs_jobevent
+    FOR EACH STATEMENT EXECUTE FUNCTION jobs_jobevent_refuse_change()
+    """,
+]
+POSTGRESQL_REMOVE = [
+    "DROP TRIGGER IF EXISTS jobs_jobevent_append_only ON jobs_jobevent",
+    "DROP TRIGGER IF EXISTS jobs_jobevent_no_truncate ON jobs_jobevent",
+    "DROP FUNCTION IF EXISTS jobs_jobevent_refuse_change()",
+]
+SQLITE_INSTALL = [
+    """
+    CREATE TRIGGER jobs_jobevent_no_update BEFORE UPDATE ON jobs_jobevent
+    BEGIN SELECT RAISE(ABORT, 'jobs_jobevent is append-only: UPDATE refused'); END
+    """,
+    """
+    CREATE TRIGGER jobs_jobevent_no_delete BEFORE DELETE ON jobs_jobevent
+    BEGIN SELECT RAISE(ABORT, 'jobs_jobevent is append-only: DELETE refused'); END
+    """,
+]
+SQLITE_REMOVE = [
+    "DROP TRIGGER IF EXISTS jobs_jobevent_no_update",
+    "DROP TRIGGER IF EXISTS jobs_jobevent_no_delete",
+]
+
+INSTALL = {"postgresql": POSTGRESQL_INSTALL, "sqlite": SQLITE_INSTALL}
+REMOVE = {"postgresql": POSTGRESQL_REMOVE, "sqlite": SQLITE_REMOVE}

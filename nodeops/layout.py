@@ -1,0 +1,73 @@
+"""Where things live on a node; see "A host (node)" in DESIGN.md."""
+
+import os
+
+from .validate import validate_name, validate_root
+
+
+class NodeLayout:
+    def __init__(self, root):
+        self.root = validate_root(root)
+        j = os.path.join
+        self.apps = j(root, "apps")
+        self.logs = j(root, "logs")
+        self.backups = j(root, "backups")
+        self.run = j(root, "run")
+        self.tmp = j(root, "tmp")
+
+        self.nginx_dir = j(self.run, "nginx")
+        self.nginx_conf = j(self.nginx_dir, "nginx.conf")
+        self.nginx_sites = j(self.nginx_dir, "sites")
+        self.nginx_tmp = j(self.nginx_dir, "tmp")
+        self.nginx_pid = j(self.nginx_dir, "nginx.pid")
+        self.nginx_error_log = j(self.logs, "nginx-error.log")
+        self.nginx_access_log = j(self.logs, "nginx-access.log")
+
+        self.supervisor_dir = j(self.run, "supervisor")
+        self.supervisor_conf = j(self.supervisor_dir, "supervisord.conf")
+        self.supervisor_programs = j(self.supervisor_dir, "programs")
+        self.supervisor_sock = j(self.supervisor_dir, "supervisor.sock")
+        self.supervisor_pid = j(self.supervisor_dir, "supervisord.pid")
+        self.supervisor_log = j(self.supervisor_dir, "supervisord.log")
+
+    def directories(self):
+        """(path, mode) of every directory node setup creates, parents first."""
+        return [
+            (self.root, 0o755),
+            (self.apps, 0o755),
+            (self.logs, 0o755),
+            (self.backups, 0o700),  # backups hold app data
+            (self.run, 0o755),
+            (self.nginx_dir, 0o755),
+            (self.nginx_sites, 0o755),
+            # nginx creates its temp dirs in here owned by its worker user.
+            (self.nginx_tmp, 0o755),
+            (self.supervisor_dir, 0o700),  # the control socket lives here
+            (self.supervisor_programs, 0o755),
+            (self.tmp, 0o700),
+        ]
+
+    # Per-app paths, for the deploy flows.
+    def app_dir(self, app):
+        return os.path.join(self.apps, validate_name(app, "app"))
+
+    def releases_dir(self, app):
+        return os.path.join(self.app_dir(app), "releases")
+
+    def venvs_dir(self, app):
+        return os.path.join(self.app_dir(app), "venvs")
+
+    def env_dir(self, app):
+        return os.path.join(self.app_dir(app), "env")
+
+    def files_dir(self, app):
+        return os.path.join(self.app_dir(app), "files")
+
+    def writable_dir(self, app):
+        return os.path.join(self.app_dir(app), "writable")
+
+    def app_logs(self, app):
+        return os.path.join(self.logs, validate_name(app, "app"))
+
+    def app_backups(self, app):
+        return os.path.join(self.backups, validate_name(app, "app"))

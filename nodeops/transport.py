@@ -1,0 +1,322 @@
+"""Running commands on a node: locally or through the system OpenSSH client.
+
+Commands are always argv lists. Over SSH the remote command line is built
+with shlex.join, so every element reaches the remote program verbatim
+whatever it contains.
+"""
+
+import base64
+import hashlib
+import os
+import re
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+
+from .validate import validate_address, validate_host_key, validate_port
+
+
+@dataclass
+class CommandResult:
+    argv: list
+    rc: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+class TransportError(Exception):
+    """The host cannot be reached or we cannot log in."""
+
+
+class HostKeyMismatch(TransportError):
+    """The host presented a key other than the pinned one."""
+
+
+class CommandFailed(Exception):
+    def __init__(self, result, where=""):
+        self.result = result
+        tail = "\n".join(result.stderr.strip().splitlines()[-10:])
+        on = f" on {where}" if where else ""
+        super().__init__(
+            f"command {shlex.join(result.argv)!r}{on} failed with exit code "
+            f"{result.rc}" + (f": {tail}" if tail else "")
+        )
+
+
+class CommandTimeout(CommandFailed):
+    def __init__(self, result, where="", timeout=None):
+        self.result = result
+        on = f" on {where}" if where else ""
+        Exception.__init__(
+            self, f"command {shlex.join(result.argv)!r}{on} timed out after {timeout} seconds"
+        )
+
+
+def fingerprint(host_key):
+    """'SHA256:...' exactly as ssh-keygen -l prints it."""
+    blob = base64.b64decode(validate_host_key(host_key).split()[1])
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode()
+    return "SHA256:" + digest.rstrip("=")
+
+
+# Writes a file atomically (temp file in the same directory, then rename) and
+# reports whether anything changed. Path and mode arrive as argv, data on stdin.
+_PUT_FILE_PY = r"""
+import os, sys, tempfile
+path, mode = sys.argv[1], int(sys.argv[2], 8)
+data = sys.stdin.buffer.read()
+try:
+    with open(path, "rb") as f:
+        same = f.read() == data and os.stat(path).st_mode & 0o7777 == mode
+except FileNotFoundError:
+    same = False
+if same:
+    print("unchanged")
+    sys.exit(0)
+fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix="." + os.path.basename(path) + ".")
+try:
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+except BaseException:
+    os.unlink(tmp)
+    raise
+print("changed")
+"""
+
+
+class Transport:
+    def run(self, argv, *, input=None, timeout=None, check=True):
+        raise NotImplementedError
+
+    def describe(self):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+    def put_file(self, path, data, mode=0o644):
+        """Atomically make `path` hold `data` with `mode`; True if it changed."""
+        if not path.startswith("/"):
+            raise ValueError(f"put_file path {path!r} must be absolute")
+        if isinstance(data, str):
+            data = data.encode()
+        result = self.run(["python3", "-I", "-c", _PUT_FILE_PY, path, "%o" % mode], input=data)
+        return result.stdout.strip() == "changed"
+
+    def _run_argv(self, local_argv, argv, input, timeout, check):
+        """Run `local_argv` here; report the result as the run of `argv`."""
+        if not isinstance(argv, (list, tuple)) or not all(isinstance(a, str) for a in argv):
+            raise TypeError(f"argv must be a list of strings, got {argv!r}")
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(
+                local_argv,
+                input=input,
+                stdin=None if input is not None else subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            result = CommandResult(list(argv), -1, _text(exc.stdout), _text(exc.stderr),
+                                   time.monotonic() - started)
+            raise CommandTimeout(result, self.describe(), timeout) from None
+        result = CommandResult(list(argv), proc.returncode, _text(proc.stdout),
+                               _text(proc.stderr), time.monotonic() - started)
+        self._check_transport(result)
+        if check and result.rc != 0:
+            raise CommandFailed(result, self.describe())
+        return result
+
+    def _check_transport(self, result):
+        pass
+
+
+def _text(data):
+    if data is None:
+        return ""
+    return data.decode("utf-8", errors="replace")
+
+
+class LocalTransport(Transport):
+    def run(self, argv, *, input=None, timeout=None, check=True):
+        try:
+            return self._run_argv(list(argv), argv, input, timeout, check)
+        except FileNotFoundError as exc:
+            result = CommandResult(list(argv), 127, "", str(exc), 0.0)
+            if check:
+                raise CommandFailed(result, self.describe()) from None
+            return result
+
+    def describe(self):
+        return "local"
+
+    def rsync(self, src_dir, dest_dir, link_dest=None, delete=True):
+        return self.run(_rsync_argv(src_dir, dest_dir, link_dest, delete))
+
+
+def _rsync_argv(src_dir, dest, link_dest, delete, ssh_cmd=None):
+    argv = ["rsync", "-a"]
+    if delete:
+        argv.append("--delete")
+    if link_dest:
+        argv.append("--link-dest=" + link_dest)
+    if ssh_cmd:
+        argv += ["-e", ssh_cmd]
+    # Trailing slashes: copy the contents of src into dest, not src itself.
+    return argv + ["--", src_dir.rstrip("/") + "/", dest.rstrip("/") + "/"]
+
+
+# ssh's own failures (exit 255) as opposed to a remote command exiting 255.
+_SSH_ERROR_RE = re.compile(
+    r"^(ssh: |kex_exchange_identification|Connection (closed|reset|timed out)|"
+    r"Permission denied|Bad owner|Warning: Identity file|Load key|"
+    r"mux_client|Control ?socket|ControlPath|Could not|banner exchange|"
+    r"no such identity|Received disconnect|Disconnected from)",
+    re.MULTILINE | re.IGNORECASE,
+)
+_HOST_KEY_RE = re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key verification failed")
+
+
+class SSHTransport(Transport):
+    def __init__(self, address, port, user, host_key, identity_file, control_dir,
+                 connect_timeout=10, node=None):
+        self.address = validate_address(address)
+        self.port = validate_port(port, "ssh_port")
+        self.host_key = validate_host_key(host_key)
+        if not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", user or ""):
+            raise ValueError(f"ssh_user {user!r} is invalid: it must be a Unix user name")
+        self.user = user
+        self.identity_file = identity_file
+        self.connect_timeout = connect_timeout
+        self.node = node
+        os.makedirs(control_dir, mode=0o700, exist_ok=True)
+        # The pinned key is part of the name, so a re-pinned node never reuses
+        # a master that was authenticated against the old key.
+        ident = hashlib.sha256(
+            "\0".join([user, self.address, str(self.port), self.host_key]).encode()
+        ).hexdigest()[:16]
+        self.control_path = os.path.join(control_dir, ident)
+        if len(self.control_path) > 100:
+            # ssh appends a random suffix while creating the socket; unix
+            # socket paths are limited to 108 bytes.
+            raise ValueError(f"control_dir {control_dir!r} is too long for ssh control sockets")
+        self.known_hosts = self.control_path + ".known_hosts"
+        # ssh looks a host on the default port up without brackets.
+        host = self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+        _write_if_changed(self.known_hosts, f"{host} {self.host_key}\n")
+
+    def describe(self):
+        return f"{self.address}:{self.port}"
+
+    def ssh_options(self):
+        """The ssh argv without destination; shared by run, rsync and close."""
+        return [
+            "ssh",
+            "-F", "none",  # no user/system ssh_config: behave the same everywhere
+            "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={self.known_hosts}",
+            "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "UpdateHostKeys=no",
+            "-o", "CheckHostIP=no",
+            "-o", "IdentitiesOnly=yes",
+            "-o", "ControlMaster=auto",
+            "-o", f"ControlPath={self.control_path}",
+            "-o", "ControlPersist=60",
+            "-o", f"ConnectTimeout={int(self.connect_timeout)}",
+            "-o", "ServerAliveInterval=15",
+            "-o", "ServerAliveCountMax=3",
+            "-o", "LogLevel=ERROR",
+            "-i", self.identity_file,
+            "-p", str(self.port),
+            "-l", self.user,
+        ]
+
+    def run(self, argv, *, input=None, timeout=None, check=True):
+        if not argv:
+            raise ValueError("argv must not be empty")
+        local = self.ssh_options() + ["--", self.address, shlex.join(argv)]
+        return self._run_argv(local, argv, input, timeout, check)
+
+    def _check_transport(self, result):
+        if result.rc != 255:
+            return
+        if _HOST_KEY_RE.search(result.stderr):
+            node = self.node or "NODE"
+            raise HostKeyMismatch(
+                f"the host at {self.describe()} presented a host key that does not "
+                f"match the key pinned for it ({fingerprint(self.host_key)}). If the "
+                f"host was really rebuilt, re-pin its key with `manage.py node "
+                f"pin-key {node}`; otherwise someone may be intercepting the connection."
+            )
+        if _SSH_ERROR_RE.search(result.stderr):
+            lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
+            raise TransportError(f"cannot reach {self.describe()} over ssh: {' / '.join(lines[-3:])}")
+
+    def rsync(self, src_dir, dest_dir, link_dest=None, delete=True):
+        """Copy the contents of local `src_dir` into `dest_dir` on the host."""
+        # rsync splits -e on whitespace honouring quotes, like a shell does.
+        ssh_cmd = shlex.join(self.ssh_options())
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        argv = _rsync_argv(src_dir, f"{host}:{dest_dir}", link_dest, delete, ssh_cmd)
+        # rsync >= 3.2.4 passes remote paths to the remote shell safely
+        # (like --protect-args), so spaces or quotes in paths are fine.
+        return self._run_argv(argv, argv, None, None, True)
+
+    def close(self):
+        if os.path.exists(self.control_path):
+            subprocess.run(
+                self.ssh_options() + ["-O", "exit", "--", self.address],
+                stdin=subprocess.DEVNULL, capture_output=True, timeout=10,
+            )
+
+
+def _write_if_changed(path, text):
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return
+    except FileNotFoundError:
+        pass
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def transport_for(spec):
+    kind = spec.get("transport", "ssh")
+    if kind == "local":
+        return LocalTransport()
+    if kind != "ssh":
+        raise ValueError(f"transport {kind!r} is invalid: use 'local' or 'ssh'")
+    return SSHTransport(
+        spec["address"], spec.get("ssh_port", 22), spec.get("ssh_user", "root"),
+        spec["host_key"], spec["identity_file"], spec["control_dir"],
+        connect_timeout=spec.get("connect_timeout", 10), node=spec.get("name"),
+    )
+
+
+def scan_host_key(address, port, timeout=5):
+    """Ask the host for its ed25519 key (trust on first use); 'type base64'."""
+    address = validate_address(address)
+    port = validate_port(port, "ssh_port")
+    try:
+        proc = subprocess.run(
+            ["ssh-keyscan", "-T", str(int(timeout)), "-t", "ed25519", "-p", str(port), "--", address],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout + 5,
+        )
+    except subprocess.TimeoutExpired:
+        raise TransportError(f"cannot scan the host key of {address}:{port}: timed out") from None
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and not line.startswith("#"):
+            return validate_host_key(f"{parts[1]} {parts[2]}")
+    why = proc.stderr.strip().splitlines()[-1:] or ["no ed25519 key offered"]
+    raise TransportError(f"cannot scan the host key of {address}:{port}: {why[0]}")

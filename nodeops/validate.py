@@ -1,0 +1,146 @@
+"""Validation of everything a person types that later reaches a host.
+
+Each validator returns the (normalized) value or raises ValueError whose
+message names the field and repeats the bad value, so the admin or a
+management command can show it as is.
+"""
+
+import base64
+import ipaddress
+import os
+import re
+import struct
+
+_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,62}")
+_LABEL_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_ROOT_CHARS_RE = re.compile(r"[A-Za-z0-9._/-]+")
+
+HOST_KEY_TYPES = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "ssh-rsa",
+)
+
+# The root may not be one of these, nor anything below the ones in
+# _SYSTEM_TREES (package-managed or virtual filesystems).
+_SYSTEM_DIRS = {"/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc",
+                "/root", "/run", "/sbin", "/sys", "/usr", "/var", "/tmp"}
+_SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc",
+                 "/run", "/sbin", "/sys", "/usr")
+
+
+def validate_name(value, field="name"):
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+        raise ValueError(
+            f"{field} {value!r} is invalid: use 1 to 63 characters a-z, 0-9 "
+            f"and '-', starting with a letter"
+        )
+    return value
+
+
+def validate_address(value):
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"address {value!r} is invalid: it must be an IP address or a host name")
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    else:
+        # A scope id ("fe80::1%eth0") would have to be quoted differently by
+        # ssh, nginx and urls; nobody needs it for a server.
+        if "%" in value:
+            raise ValueError(f"address {value!r} is invalid: IPv6 scope ids are not supported")
+        return str(ip)
+    if value.startswith("-"):
+        raise ValueError(f"address {value!r} is invalid: it must not start with '-'")
+    labels = value[:-1].split(".") if value.endswith(".") else value.split(".")
+    if (
+        len(value) > 253
+        or not all(_LABEL_RE.fullmatch(label) for label in labels)
+        # "10.1.2" is not a name: resolvers would read it as an IPv4 address.
+        or labels[-1].isdigit()
+    ):
+        raise ValueError(
+            f"address {value!r} is invalid: it must be an IPv4/IPv6 address or a "
+            f"host name made of letters, digits, '-' and '.'"
+        )
+    return value
+
+
+def validate_port(value, field="port"):
+    if isinstance(value, bool):
+        raise ValueError(f"{field} {value!r} is invalid: it must be a number from 1 to 65535")
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"{field} {value!r} is invalid: it must be a number from 1 to 65535")
+    return value
+
+
+def validate_root(value):
+    def bad(why):
+        return ValueError(f"root {value!r} is invalid: {why}")
+
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise bad("it must be an absolute path")
+    if not _ROOT_CHARS_RE.fullmatch(value):
+        raise bad("only letters, digits, '.', '_', '-' and '/' are allowed")
+    if ".." in value.split("/"):
+        raise bad("'..' is not allowed")
+    # normpath keeps a leading "//" (POSIX allows it a special meaning).
+    if os.path.normpath(value) != value or value.startswith("//"):
+        raise bad(f"it must be a normalized path (like {os.path.normpath(value).replace('//', '/')!r})")
+    if value == "/" or value in _SYSTEM_DIRS:
+        raise bad("it must not be a system directory; use e.g. /srv/toppcloud")
+    if any(value.startswith(tree + "/") for tree in _SYSTEM_TREES):
+        raise bad("it must not be inside a system directory; use e.g. /srv/toppcloud")
+    return value
+
+
+def validate_host_key(value):
+    """Check an OpenSSH public host key line; return it as 'type base64'."""
+    if not isinstance(value, str) or "\n" in value.strip() or "\r" in value:
+        raise ValueError(f"host_key {value!r} is invalid: it must be a single line '<type> <base64>'")
+    parts = value.split()
+    if len(parts) < 2:
+        raise ValueError(f"host_key {value!r} is invalid: it must be '<type> <base64>'")
+    keytype, b64 = parts[0], parts[1]
+    if keytype not in HOST_KEY_TYPES:
+        raise ValueError(
+            f"host_key {value!r} is invalid: key type {keytype!r} is not one of "
+            f"{', '.join(HOST_KEY_TYPES)}"
+        )
+    try:
+        blob = base64.b64decode(b64, validate=True)
+    except ValueError:
+        blob = b""
+    # The key blob starts with its own type name; a pasted mix of two keys
+    # or a truncated key is caught here rather than by ssh later.
+    if len(blob) < 4 or blob[4:4 + struct.unpack(">I", blob[:4])[0]] != keytype.encode():
+        raise ValueError(f"host_key {value!r} is invalid: the key data is not a valid {keytype} key")
+    return f"{keytype} {b64}"
+
+
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+def validate_user(value, field="ssh user"):
+    """A POSIX login name (what useradd accepts by default)."""
+    if not isinstance(value, str) or not _USER.match(value):
+        raise ValueError(f"{field} {value!r} is not a valid login name: "
+                         "use lowercase letters, digits, '_' and '-', starting with a letter or '_'")
+    return value
+
+
+_URL_PATH = re.compile(r"^/([A-Za-z0-9._~-]+/)*$")
+
+
+def validate_url_path(value, field="path"):
+    """A location's path prefix: starts and ends with '/', plain segments only."""
+    if not isinstance(value, str) or not _URL_PATH.match(value) or any(
+            seg in (".", "..") for seg in value.split("/")):
+        raise ValueError(f"{field} {value!r} is not a valid location path: it must start and end with '/' "
+                         "and contain only letters, digits and . _ ~ - (no '..' segments)")
+    return value

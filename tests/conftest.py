@@ -1,0 +1,27 @@
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from tests.workers import Worker
+
+
+@pytest.fixture(scope="session")
+def live_db(django_db_setup, django_db_blocker):
+    """Committed data the worker process can see.
+
+    Events are append-only, so nothing is flushed between tests: tests that
+    use this fixture name their records uniquely. The test database is
+    dropped at the end of the session.
+    """
+    with django_db_blocker.unblock():
+        yield
+
+
+@pytest.fixture(scope="session")
+def worker(live_db):
+    """A real Celery worker process on the test database and RabbitMQ."""
+    w = Worker(Path(settings.VAR_DIR) / "worker.log")
+    w.start(purge=True)
+    yield w
+    w.stop()

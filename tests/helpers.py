@@ -1,0 +1,20 @@
+"""Small helpers shared by tests."""
+
+import time
+
+from jobs.models import Job
+from jobs.states import TERMINAL
+
+
+def wait_for_job(job_id, timeout=60, statuses=TERMINAL):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = Job.objects.get(pk=job_id)
+        if job.status in statuses:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} still {job.status} after {timeout}s: {list(job.events.values_list('kind', 'data'))}")
+
+
+def event_kinds(job):
+    return list(job.events.order_by("seq").values_list("kind", flat=True))

@@ -1,0 +1,19 @@
+"""Test settings: the production stack (PostgreSQL + RabbitMQ) on this machine.
+
+Defaults only; the environment wins. The Celery worker processes the tests
+start get the same values (tests/conftest.py passes them on).
+"""
+
+import os
+import tempfile
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/toppcloud")
+os.environ.setdefault("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+os.environ.setdefault("SECRET_KEY", "test-secret-key-only-for-the-test-suite-0123456789")
+os.environ.setdefault("TOPPCLOUD_VAR_DIR", tempfile.mkdtemp(prefix="toppcloud-test-"))
+os.environ.setdefault("TOPPCLOUD_SSH_CONTROL_DIR", f"/tmp/tc-test-{os.getpid()}")
+# Short enough that fault tests finish in seconds.
+os.environ.setdefault("JOBS_LEASE_SECONDS", "3")
+os.environ.setdefault("JOBS_RESEND_AFTER", "2")
+
+from toppcloud_site.settings import *  # noqa: E402,F401,F403

@@ -1,0 +1,79 @@
+"""A real Celery worker process for tests, started and stopped by pid."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def worker_env():
+    """The test process's settings, so the worker sees the same database and broker."""
+    env = dict(os.environ)
+    env.update({
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": _test_database_url(),
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "TOPPCLOUD_VAR_DIR": str(settings.VAR_DIR),
+        "TOPPCLOUD_SSH_KEY_FILE": settings.TOPPCLOUD_SSH_KEY_FILE,
+        "TOPPCLOUD_SSH_CONTROL_DIR": settings.TOPPCLOUD_SSH_CONTROL_DIR,
+        "JOBS_LEASE_SECONDS": str(settings.JOBS_LEASE_SECONDS),
+        "JOBS_RESEND_AFTER": str(settings.JOBS_RESEND_AFTER),
+        "PYTHONPATH": str(ROOT),
+    })
+    return env
+
+
+def _test_database_url():
+    s = connection.settings_dict
+    if s["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{s['NAME']}"
+    return f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
+
+
+class Worker:
+    def __init__(self, log_path, queues="jobs,nodeops", concurrency=2, name="test"):
+        self.log_path = Path(log_path)
+        self.argv = [sys.executable, "-m", "celery", "-A", "toppcloud_site", "worker", "-Q", queues,
+                     "-c", str(concurrency), "-E", "-l", "info", "-n", f"{name}-{os.getpid()}@%h"]
+        self.proc = None
+
+    def start(self, purge=False, timeout=60):
+        argv = self.argv + (["--purge"] if purge else [])
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = open(self.log_path, "ab")
+        # Own process group: kill() can take the main process and its pool children at once.
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=worker_env(), stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            if b" ready." in self.log_path.read_bytes()[offset:]:
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log()[-3000:]}")
+
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+    def kill_group(self, sig=signal.SIGKILL):
+        """Kill the main process and its pool children, as a crash or OOM would."""
+        os.killpg(self.proc.pid, sig)
+        self.proc.wait(timeout=30)
+
+    def stop(self):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()

@@ -1,0 +1,61 @@
+"""System checks for configuration mistakes (`manage.py check --deploy` too)."""
+
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.checks import Error, Warning, register
+
+BROKER_SCHEMES = {"amqp", "amqps", "pyamqp", "redis", "rediss", "filesystem"}
+DATABASE_ENGINES = {"django.db.backends.postgresql", "django.db.backends.sqlite3"}
+
+
+def _is_postgresql():
+    return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+
+
+@register()
+def check_settings(app_configs=None, **kwargs):
+    errors = []
+    if settings.SECRET_KEY == settings.INSECURE_DEFAULT_SECRET_KEY and _is_postgresql():
+        errors.append(Error(
+            "SECRET_KEY is not set, but DATABASE_URL points at PostgreSQL (a production setup).",
+            hint="Set SECRET_KEY or SECRET_KEY_FILE to at least 50 random characters.",
+            id="toppcloud.E001",
+        ))
+    elif settings.SECRET_KEY != settings.INSECURE_DEFAULT_SECRET_KEY and len(settings.SECRET_KEY) < 32:
+        errors.append(Error(
+            f"SECRET_KEY is {len(settings.SECRET_KEY)} characters long; it needs at least 32.",
+            id="toppcloud.E002",
+        ))
+    scheme = urlsplit(settings.CELERY_BROKER_URL).scheme
+    if scheme not in BROKER_SCHEMES:
+        errors.append(Error(
+            f"CELERY_BROKER_URL has scheme {scheme!r}; toppcloud supports {', '.join(sorted(BROKER_SCHEMES))}.",
+            id="toppcloud.E003",
+        ))
+    engine = settings.DATABASES["default"]["ENGINE"]
+    if engine not in DATABASE_ENGINES:
+        errors.append(Error(
+            f"DATABASE_URL selects {engine}; toppcloud runs on PostgreSQL (production) or SQLite (embedded).",
+            id="toppcloud.E004",
+        ))
+    if scheme == "filesystem" and _is_postgresql():
+        errors.append(Warning(
+            "CELERY_BROKER_URL is the embedded filesystem broker while the database is PostgreSQL.",
+            hint="Workers on other machines cannot see var/broker; set CELERY_BROKER_URL to RabbitMQ (amqp://...).",
+            id="toppcloud.W001",
+        ))
+    auth = settings.FLOWER_BASIC_AUTH
+    if auth and any(":" not in pair or not pair.split(":", 1)[0] or not pair.split(":", 1)[1] for pair in auth.split(",")):
+        errors.append(Error(
+            "FLOWER_BASIC_AUTH must be user:password (several separated by commas).",
+            id="toppcloud.E005",
+        ))
+    if len(settings.TOPPCLOUD_SSH_CONTROL_DIR) > 60:
+        errors.append(Error(
+            f"TOPPCLOUD_SSH_CONTROL_DIR is {len(settings.TOPPCLOUD_SSH_CONTROL_DIR)} characters long; "
+            "ssh control sockets inside it would pass the 108-byte unix socket limit.",
+            hint="Use a short directory such as /tmp/toppcloud-ssh.",
+            id="toppcloud.E006",
+        ))
+    return errors

@@ -1,0 +1,10 @@
+from django.apps import AppConfig
+
+
+class RecordsConfig(AppConfig):
+    name = "toppcloud_site.records"
+    label = "records"
+    verbose_name = "Records"
+
+    def ready(self):
+        from toppcloud_site import checks  # noqa: F401  (registers system checks)

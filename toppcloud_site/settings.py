@@ -1,0 +1,172 @@
+"""toppcloud settings: everything comes from the environment.
+
+With nothing set you get the embedded default: SQLite and kombu's filesystem
+broker under var/, fine for one machine and for trying toppcloud out.
+Production sets DATABASE_URL (PostgreSQL) and CELERY_BROKER_URL (RabbitMQ);
+.env.example lists every variable. Mistakes surface as system checks
+(toppcloud_site/checks.py, ids toppcloud.E0xx).
+"""
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from toppcloud_site.env import env_bool, env_float, env_int, env_list, env_secret, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("TOPPCLOUD_VAR_DIR", str(BASE_DIR / "var")))
+
+DEBUG = env_bool("DEBUG", False)
+# The embedded default has no secret to read; checks refuse it outside DEBUG.
+INSECURE_DEFAULT_SECRET_KEY = "toppcloud-embedded-default-not-secret"
+SECRET_KEY = env_secret("SECRET_KEY", INSECURE_DEFAULT_SECRET_KEY)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_celery_beat",
+    "toppcloud_site.records",
+    "jobs",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # the admin's CSS/JS under gunicorn
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "toppcloud_site.urls"
+WSGI_APPLICATION = "toppcloud_site.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- database -------------------------------------------------------------
+DATABASE_URL = env_secret("DATABASE_URL", f"sqlite:///{VAR_DIR / 'toppcloud.sqlite3'}")
+try:
+    _db = dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL cannot be parsed: {exc}") from None
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # Web, worker and beat write concurrently: WAL plus IMMEDIATE transactions
+    # make writers queue for the lock instead of failing with "locked".
+    _db["CONN_MAX_AGE"] = 0
+    _db["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(VAR_DIR / "static")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+}
+
+# --- Celery ---------------------------------------------------------------
+CELERY_BROKER_URL = env_secret("CELERY_BROKER_URL", "filesystem://")
+BROKER_DIR = VAR_DIR / "broker"
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    for _folder in ("queue", "control", "processed"):
+        (BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "control_folder": str(BROKER_DIR / "control"),
+        "processed_folder": str(BROKER_DIR / "processed"),
+        "store_processed": False,
+    }
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# PostgreSQL is the source of truth; Celery only carries job ids.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_DEFAULT_QUEUE = "jobs"
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Queues are declared durable in toppcloud_site/celery.py.
+
+# --- jobs -----------------------------------------------------------------
+# A queued job not started after this long is sent again (lost message).
+JOBS_RESEND_AFTER = env_float("JOBS_RESEND_AFTER", 60.0, minimum=1.0)
+# A running job whose worker has not renewed its lease for this long is lost.
+JOBS_LEASE_SECONDS = env_float("JOBS_LEASE_SECONDS", 30.0, minimum=1.0)
+JOBS_SWEEP_INTERVAL = env_float("JOBS_SWEEP_INTERVAL", 15.0, minimum=1.0)
+# How many times a job is started again after its worker died under it.
+JOBS_MAX_ATTEMPTS = env_int("JOBS_MAX_ATTEMPTS", 3, minimum=1, maximum=20)
+# Step output kept per event and per job (the rest is cut, and says so).
+JOBS_OUTPUT_CAP_EVENT = env_int("JOBS_OUTPUT_CAP_EVENT", 64 * 1024, minimum=1024)
+JOBS_OUTPUT_CAP_JOB = env_int("JOBS_OUTPUT_CAP_JOB", 1024 * 1024, minimum=1024)
+
+CELERY_BEAT_SCHEDULE = {
+    "toppcloud-sweep-jobs": {"task": "jobs.sweep", "schedule": JOBS_SWEEP_INTERVAL},
+}
+
+# --- nodes ----------------------------------------------------------------
+# The control plane's SSH identity; `manage.py ssh_key` creates it if missing.
+TOPPCLOUD_SSH_KEY_FILE = env_str("TOPPCLOUD_SSH_KEY_FILE", str(VAR_DIR / "ssh" / "id_ed25519"))
+# ControlMaster sockets; kept short because unix socket paths are limited.
+TOPPCLOUD_SSH_CONTROL_DIR = env_str("TOPPCLOUD_SSH_CONTROL_DIR", "/tmp/toppcloud-ssh")
+TOPPCLOUD_SSH_CONNECT_TIMEOUT = env_int("TOPPCLOUD_SSH_CONNECT_TIMEOUT", 10, minimum=1, maximum=300)
+
+# --- Flower ---------------------------------------------------------------
+# Read here so checks can refuse a malformed value before flower starts.
+FLOWER_BASIC_AUTH = env_secret("FLOWER_BASIC_AUTH", "")
+FLOWER_URL = env_str("FLOWER_URL", "http://127.0.0.1:5555")
+
+if not DEBUG:
+    SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+    CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE

@@ -1,0 +1,17 @@
+from django.contrib import admin
+from django.http import HttpResponse
+from django.urls import path
+
+
+def health(request):
+    return HttpResponse("ok\n", content_type="text/plain")
+
+
+admin.site.site_header = "toppcloud"
+admin.site.site_title = "toppcloud"
+admin.site.index_title = "Apps, nodes and jobs"
+
+urlpatterns = [
+    path("healthz", health),
+    path("", admin.site.urls),
+]
