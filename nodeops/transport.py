@@ -174,10 +174,10 @@ def _rsync_argv(src_dir, dest, link_dest, delete, ssh_cmd=None):
 
 # ssh's own failures (exit 255) as opposed to a remote command exiting 255.
 _SSH_ERROR_RE = re.compile(
-    r"^(ssh: |kex_exchange_identification|Connection (closed|reset|timed out)|"
-    r"Permission denied|Bad owner|Warning: Identity file|Load key|"
-    r"mux_client|Control ?socket|ControlPath|Could not|banner exchange|"
-    r"no such identity|Received disconnect|Disconnected from)",
+    r"^ssh: |kex_exchange_identification|Connection (closed|reset|timed out|refused)|"
+    r"Permission denied \(|Bad owner|Load key|Identity file .* not accessible|"
+    r"mux_client|Control ?socket|ControlPath|Could not resolve|banner exchange|"
+    r"Received disconnect|Disconnected from|No route to host|Network is unreachable",
     re.MULTILINE | re.IGNORECASE,
 )
 _HOST_KEY_RE = re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key verification failed")
@@ -275,6 +275,11 @@ class SSHTransport(Transport):
                 self.ssh_options() + ["-O", "exit", "--", self.address],
                 stdin=subprocess.DEVNULL, capture_output=True, timeout=10,
             )
+            # The master removes its socket just after answering; wait for
+            # it so that the next run surely opens a fresh connection.
+            deadline = time.monotonic() + 3
+            while os.path.exists(self.control_path) and time.monotonic() < deadline:
+                time.sleep(0.02)
 
 
 def _write_if_changed(path, text):

@@ -7,6 +7,23 @@ from tests.workers import Worker
 
 
 @pytest.fixture(scope="session")
+def django_db_setup(request, django_test_environment, django_db_blocker):
+    """Create the test database whatever tests were selected.
+
+    pytest-django creates it only when a collected test has the django_db
+    mark; tests that share committed data with a worker process use live_db
+    instead, so the database is made here for every session.
+    """
+    from django.test.utils import setup_databases, teardown_databases
+
+    with django_db_blocker.unblock():
+        config = setup_databases(verbosity=0, interactive=False)
+    yield
+    with django_db_blocker.unblock():
+        teardown_databases(config, verbosity=0)
+
+
+@pytest.fixture(scope="session")
 def live_db(django_db_setup, django_db_blocker):
     """Committed data the worker process can see.
 

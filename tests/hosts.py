@@ -30,6 +30,8 @@ def make_control_key(directory):
 
 def port_free(address, port):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As sshd and nginx do: a port with only TIME_WAIT leftovers is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((address, port))
         except OSError:
