@@ -6,7 +6,6 @@ from django.conf import settings
 from django.core.checks import Error, Warning, register
 
 BROKER_SCHEMES = {"amqp", "amqps", "pyamqp", "redis", "rediss", "filesystem"}
-DATABASE_ENGINES = {"django.db.backends.postgresql", "django.db.backends.sqlite3"}
 
 
 def _is_postgresql():
@@ -33,12 +32,6 @@ def check_settings(app_configs=None, **kwargs):
             f"CELERY_BROKER_URL has scheme {scheme!r}; toppcloud supports {', '.join(sorted(BROKER_SCHEMES))}.",
             id="toppcloud.E003",
         ))
-    engine = settings.DATABASES["default"]["ENGINE"]
-    if engine not in DATABASE_ENGINES:
-        errors.append(Error(
-            f"DATABASE_URL selects {engine}; toppcloud runs on PostgreSQL (production) or SQLite (embedded).",
-            id="toppcloud.E004",
-        ))
     if scheme == "filesystem" and _is_postgresql():
         errors.append(Warning(
             "CELERY_BROKER_URL is the embedded filesystem broker while the database is PostgreSQL.",
@@ -49,13 +42,13 @@ def check_settings(app_configs=None, **kwargs):
     if auth and any(":" not in pair or not pair.split(":", 1)[0] or not pair.split(":", 1)[1] for pair in auth.split(",")):
         errors.append(Error(
             "FLOWER_BASIC_AUTH must be user:password (several separated by commas).",
-            id="toppcloud.E005",
+            id="toppcloud.E004",
         ))
     if len(settings.TOPPCLOUD_SSH_CONTROL_DIR) > 60:
         errors.append(Error(
             f"TOPPCLOUD_SSH_CONTROL_DIR is {len(settings.TOPPCLOUD_SSH_CONTROL_DIR)} characters long; "
             "ssh control sockets inside it would pass the 108-byte unix socket limit.",
             hint="Use a short directory such as /tmp/toppcloud-ssh.",
-            id="toppcloud.E006",
+            id="toppcloud.E005",
         ))
     return errors
