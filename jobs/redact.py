@@ -1,9 +1,11 @@
 """Keep secrets out of events: mask known secret values and URL passwords."""
 
+import functools
 import re
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.signals import setting_changed
 
 MASK = "********"
 # user:password@ in any URL-looking text (amqp://, postgres://, https://, ...)
@@ -16,9 +18,11 @@ def register_secret(value):
     """Mask this value from now on (config secrets, generated passwords)."""
     if value and len(value) >= 4:
         _extra.add(value)
+        _secrets.cache_clear()
 
 
-def _settings_secrets():
+@functools.cache
+def _secrets():
     found = {settings.SECRET_KEY, *_extra}
     for url in (settings.DATABASE_URL, settings.CELERY_BROKER_URL):
         password = urlsplit(url).password
@@ -32,7 +36,7 @@ def _settings_secrets():
 
 def redact_text(text):
     text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
-    for secret in _settings_secrets():
+    for secret in _secrets():
         if secret in text:
             text = text.replace(secret, MASK)
     return text
@@ -47,3 +51,10 @@ def redact(value):
     if isinstance(value, (list, tuple)):
         return [redact(v) for v in value]
     return value
+
+
+def _forget(**kwargs):
+    _secrets.cache_clear()
+
+
+setting_changed.connect(_forget)

@@ -10,7 +10,9 @@ recorded as lost and the job starts again, up to JOBS_MAX_ATTEMPTS.
 import os
 import socket
 import threading
+import time
 import traceback
+from contextlib import contextmanager
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -32,7 +34,7 @@ def run(job_id, worker):
     if job is None:
         return None
     ctx = JobContext(job, worker)
-    with _Heartbeat(job_id):
+    with _leases.held(job_id):
         try:
             outcome = FLOWS[job.kind].run(ctx, **job.params)
         except EXPLAINED as exc:
@@ -61,6 +63,7 @@ def claim(job_id, worker):
                 JobLease.objects.filter(job_id=job_id).delete()
                 return None
             events.append(job, Kind.RETRYING, actor, {"reason": why})
+            JobLease.objects.filter(job_id=job_id).delete()
         elif job.status != Status.QUEUED:
             events.append(job, Kind.DELIVERY_IGNORED, actor, {"reason": f"job already {job.status}"})
             return None
@@ -68,9 +71,8 @@ def claim(job_id, worker):
         events.append(job, Kind.STARTED, actor, {
             "attempt": job.attempt + 1, "worker": worker, "hostname": hostname, "pid": pid,
         })
-        JobLease.objects.update_or_create(job_id=job_id, defaults={
-            "worker": worker, "hostname": hostname, "pid": pid, "renewed_at": timezone.now(),
-        })
+        JobLease(job_id=job_id, worker=worker, hostname=hostname, pid=pid,
+                 renewed_at=timezone.now()).save(force_insert=True)
         return job
 
 
@@ -109,28 +111,43 @@ def _finish(job_id, actor, kind, **data):
         return job
 
 
-class _Heartbeat:
-    """Renews the job's lease from a thread while the flow runs."""
+class _Leases:
+    """Renews the leases of the jobs this process runs, from one thread.
 
-    def __init__(self, job_id):
-        self.job_id = job_id
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name=f"lease-{job_id}", daemon=True)
+    One long-lived thread per worker process rather than one per job: a
+    no-op job then costs no thread start.
+    """
 
-    def __enter__(self):
-        self.thread.start()
-        return self
+    def __init__(self):
+        self.running = set()
+        self.lock = threading.Lock()
+        self.thread = None
 
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
+    @contextmanager
+    def held(self, job_id):
+        with self.lock:
+            self.running.add(job_id)
+            if self.thread is None or not self.thread.is_alive() or self.thread_pid != os.getpid():
+                # After a fork the parent's thread does not exist in the child.
+                self.thread_pid = os.getpid()
+                self.thread = threading.Thread(target=self._loop, name="job-leases", daemon=True)
+                self.thread.start()
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.running.discard(job_id)
 
     def _loop(self):
-        every = settings.JOBS_LEASE_SECONDS / 3
-        try:
-            while not self.stop.wait(every):
-                JobLease.objects.filter(job_id=self.job_id).update(renewed_at=timezone.now())
-        finally:
-            connection.close()
+        while True:
+            time.sleep(settings.JOBS_LEASE_SECONDS / 3)
+            with self.lock:
+                ids = list(self.running)
+            if ids:
+                try:
+                    JobLease.objects.filter(job_id__in=ids).update(renewed_at=timezone.now())
+                finally:
+                    connection.close()
 
 
+_leases = _Leases()

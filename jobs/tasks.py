@@ -1,6 +1,8 @@
 """Celery tasks: thin, like views. They pass job ids; PostgreSQL holds the rest."""
 
 from celery import shared_task
+from celery.signals import task_prerun
+from django.db import close_old_connections
 
 from jobs import dispatch, runner
 
@@ -13,3 +15,9 @@ def run_job(self, job_id):
 @shared_task(name="jobs.sweep", acks_late=True)
 def sweep():
     return dispatch.sweep()
+
+
+@task_prerun.connect
+def _fresh_connection(**kwargs):
+    # Like a Django request: drop a broken or too old connection, keep a good one.
+    close_old_connections()

@@ -54,7 +54,7 @@ class CommandTimeout(CommandFailed):
         )
 
 
-def fingerprint(host_key):
+def fingerprint(host_key: str) -> str:
     """'SHA256:...' exactly as ssh-keygen -l prints it."""
     blob = base64.b64decode(validate_host_key(host_key).split()[1])
     digest = base64.b64encode(hashlib.sha256(blob).digest()).decode()
@@ -91,16 +91,18 @@ print("changed")
 
 
 class Transport:
-    def run(self, argv, *, input=None, timeout=None, check=True):
+    def run(self, argv: list[str], *, input: bytes | None = None, timeout: float | None = None,
+            check: bool = True) -> CommandResult:
+        """Run argv on the node. check=True raises CommandFailed on rc != 0."""
         raise NotImplementedError
 
-    def describe(self):
+    def describe(self) -> str:
         raise NotImplementedError
 
-    def close(self):
+    def close(self) -> None:
         pass
 
-    def put_file(self, path, data, mode=0o644):
+    def put_file(self, path: str, data: bytes, mode: int = 0o644) -> bool:
         """Atomically make `path` hold `data` with `mode`; True if it changed."""
         if not path.startswith("/"):
             raise ValueError(f"put_file path {path!r} must be absolute")
@@ -144,7 +146,7 @@ def _text(data):
 
 
 class LocalTransport(Transport):
-    def run(self, argv, *, input=None, timeout=None, check=True):
+    def run(self, argv, *, input=None, timeout=None, check=True) -> CommandResult:
         try:
             return self._run_argv(list(argv), argv, input, timeout, check)
         except FileNotFoundError as exc:
@@ -238,7 +240,7 @@ class SSHTransport(Transport):
             "-l", self.user,
         ]
 
-    def run(self, argv, *, input=None, timeout=None, check=True):
+    def run(self, argv, *, input=None, timeout=None, check=True) -> CommandResult:
         if not argv:
             raise ValueError("argv must not be empty")
         local = self.ssh_options() + ["--", self.address, shlex.join(argv)]
@@ -295,7 +297,7 @@ def _write_if_changed(path, text):
     os.replace(tmp, path)
 
 
-def transport_for(spec):
+def transport_for(spec: dict) -> Transport:
     kind = spec.get("transport", "ssh")
     if kind == "local":
         return LocalTransport()
@@ -308,7 +310,7 @@ def transport_for(spec):
     )
 
 
-def scan_host_key(address, port, timeout=5):
+def scan_host_key(address: str, port: int, timeout: float = 5) -> str:
     """Ask the host for its ed25519 key (trust on first use); 'type base64'."""
     address = validate_address(address)
     port = validate_port(port, "ssh_port")

@@ -6,6 +6,7 @@ sshd child we spawned, and the supervisord (with its nginx) that node setup
 started under the host's root. Plain Python, no Django.
 """
 
+import fcntl
 import os
 import signal
 import socket
@@ -13,6 +14,21 @@ import subprocess
 import time
 
 SSHD = "/usr/sbin/sshd"
+# Test runs of several sessions share this machine: a host holds an flock on
+# its address for its lifetime, and other harness instances skip it. The
+# kernel drops the lock when the process dies, so nothing goes stale.
+LOCK_DIR = "/tmp/toppcloud-host-locks"
+
+
+def _lock_address(address):
+    os.makedirs(LOCK_DIR, exist_ok=True)
+    fd = os.open(os.path.join(LOCK_DIR, address), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def make_control_key(directory):
@@ -105,6 +121,7 @@ class TestHost:
         self.authorized_keys = os.path.join(directory, "authorized_keys")
         self.sshd = None
         self.host_key = None
+        self.lock_fd = None
         os.makedirs(directory, exist_ok=True)
         # nginx workers run as www-data and must traverse to the root.
         os.chmod(directory, 0o755)
@@ -215,6 +232,9 @@ class TestHost:
     def stop(self):
         self.stop_services()
         self.stop_sshd()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
 
 def start_hosts(n, base_dir, authorized_pubkey, first=2, ssh_port=2222, http_port=8080):
@@ -227,15 +247,21 @@ def start_hosts(n, base_dir, authorized_pubkey, first=2, ssh_port=2222, http_por
                 raise RuntimeError("no free loopback address for a test host")
             address = f"127.0.0.{last}"
             last += 1
+            lock_fd = _lock_address(address)
+            if lock_fd is None:
+                continue  # another test run has a host here
             sp = _free_port(address, ssh_port)
             hp = _free_port(address, http_port)
             if sp is None or hp is None:
+                os.close(lock_fd)
                 continue
             name = f"host{len(hosts) + 1}"
             host = TestHost(name, address, sp, hp, os.path.join(base_dir, name), authorized_pubkey)
+            host.lock_fd = lock_fd
             try:
                 host.start_sshd()
             except RuntimeError:
+                host.stop()
                 # Another process may have taken the port since we looked.
                 if not port_free(address, sp):
                     continue
