@@ -1,8 +1,13 @@
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 
+from jobs.management.commands.ssh_key import ensure_key
+from tests.hosts import start_hosts, stop_hosts
 from tests.workers import Worker
 
 
@@ -42,3 +47,33 @@ def worker(live_db):
     w.start(purge=True)
     yield w
     w.stop()
+
+
+@pytest.fixture(scope="session")
+def test_hosts():
+    """Two real hosts: sshd on 127.0.0.x, each with its own host key and node root.
+
+    Their directory is 0755 under /tmp: nginx workers (www-data) must reach
+    the node roots, and ssh control socket paths must stay short.
+    """
+    base = tempfile.mkdtemp(prefix="tc-hosts-", dir="/tmp")
+    os.chmod(base, 0o755)
+    hosts = start_hosts(2, base, ensure_key(settings.TOPPCLOUD_SSH_KEY_FILE))
+    yield hosts
+    stop_hosts(hosts)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def nodes(test_hosts, live_db):
+    """A Node record for each test host, its host key pinned."""
+    from toppcloud_site.records.models import Node
+
+    records = []
+    for host in test_hosts:
+        node = Node(name=f"test-{host.name}-{os.getpid()}", address=host.address, ssh_port=host.ssh_port,
+                    ssh_user=host.ssh_user, root=host.root, http_port=host.http_port, host_key=host.host_key)
+        node.full_clean()
+        node.save()
+        records.append(node)
+    return records

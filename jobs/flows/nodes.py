@@ -22,4 +22,4 @@ def setup_node(ctx, node):
 def ping_node(ctx, node):
     node = Node.objects.get(name=node)
     result = ping.ping(ctx.transport(node), emit=ctx.emit)
-    return f"node {node.name} answered in {result.get('rtt_ms', '?')} ms", result
+    return f"node {node.name} answered in {result['round_trip_seconds'] * 1000:.0f} ms, load {result['load1']}", result

@@ -84,6 +84,7 @@ class Node(models.Model):
         """What nodeops.transport.transport_for needs to reach this node."""
         return {
             "transport": self.transport,
+            "name": self.name,
             "address": self.address,
             "ssh_port": self.ssh_port,
             "ssh_user": self.ssh_user,
