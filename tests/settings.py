@@ -17,3 +17,7 @@ os.environ.setdefault("JOBS_LEASE_SECONDS", "3")
 os.environ.setdefault("JOBS_RESEND_AFTER", "2")
 
 from toppcloud_site.settings import *  # noqa: E402,F401,F403
+
+# No collectstatic before tests: serve the admin's files unhashed.
+STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
+WHITENOISE_AUTOREFRESH = True

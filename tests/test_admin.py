@@ -1,0 +1,63 @@
+"""The admin: jobs read-only with their timeline, node actions start jobs."""
+
+import pytest
+from django.db import transaction
+from django.urls import reverse
+
+from jobs import events
+from jobs.models import Job
+from jobs.states import Kind
+from toppcloud_site.records.models import Node
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def finished_job():
+    with transaction.atomic():
+        job = events.new_job("setup_node", target="node:web1", params={"node": "web1"}, actor_kind="user",
+                             actor="alice")
+    events.record(job.pk, Kind.STARTED, "worker:w1", attempt=1, worker="w1", hostname="h", pid=1)
+    events.record(job.pk, "step.started", "worker:w1", step="layout")
+    events.record(job.pk, "command", "worker:w1", step="layout", argv=["mkdir", "-p", "/srv/x"], rc=0,
+                  stdout="made <dirs>", stderr="", seconds=0.01)
+    events.record(job.pk, "step.finished", "worker:w1", step="layout", ok=True, seconds=0.02)
+    events.record(job.pk, Kind.FAILED, "worker:w1", error="nginx -t failed")
+    return job
+
+
+def test_it_lists_jobs_with_status_kind_target_actor_and_duration(admin_client, finished_job):
+    page = admin_client.get(reverse("admin:jobs_job_changelist")).content.decode()
+    for text in ("setup_node", "node:web1", "user:alice", "failed", "duration"):
+        assert text in page
+    filtered = admin_client.get(reverse("admin:jobs_job_changelist") + "?status__exact=succeeded").content.decode()
+    assert "node:web1" not in filtered
+
+
+def test_it_shows_the_event_timeline_read_only(admin_client, finished_job):
+    url = reverse("admin:jobs_job_change", args=[finished_job.pk])
+    page = admin_client.get(url).content.decode()
+    positions = [page.index(f'id="event-{seq}"') for seq in range(1, 7)]
+    assert positions == sorted(positions)
+    assert "<details><summary>output</summary>" in page and "made &lt;dirs&gt;" in page  # escaped, collapsible
+    assert "nginx -t failed" in page and "mkdir -p /srv/x" in page
+    assert 'name="_save"' not in page and "deletelink" not in page
+    assert admin_client.post(url, {"status": "succeeded"}).status_code == 403
+    assert Job.objects.get(pk=finished_job.pk).status == "failed"
+
+
+def test_the_set_up_action_starts_a_job_as_the_admin(admin_client, admin_user, django_capture_on_commit_callbacks):
+    good = Node.objects.create(name="admin-good", transport="local", address="127.0.0.1", http_port=18081,
+                               root="/srv/toppcloud-admin-test")
+    bad = Node.objects.create(name="admin-bad", transport="ssh", address="127.0.0.1", http_port=18082,
+                              root="/srv/x", host_key="")
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = admin_client.post(reverse("admin:records_node_changelist"),
+                                     {"action": "set_up_nodes", "_selected_action": [good.pk, bad.pk]}, follow=True)
+    page = response.content.decode()
+    job = Job.objects.get(target="node:admin-good")
+    assert (job.kind, job.status, job.actor_kind, job.actor) == ("setup_node", "queued", "user", admin_user.username)
+    assert f"job {job.pk} (admin-good)" in page
+    assert "node &#x27;admin-bad&#x27; is not valid, no job was started: host_key" in page.lower()
+    assert not Job.objects.filter(target="node:admin-bad").exists()
+    assert len(callbacks) == 1  # one message to the broker, sent on commit
