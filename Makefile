@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test bench check clean
+.PHONY: install run stop-node test bench check clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(BIN)/.installed
 run: install
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py run_embedded
+
+# The local node's supervisord (and the nginx it keeps up) outlive `make run`, as on a real host.
+stop-node:
+	test ! -f var/node/run/supervisor/supervisord.pid || kill $$(cat var/node/run/supervisor/supervisord.pid)
 
 # The suite runs on PostgreSQL + RabbitMQ (tests/settings.py has the defaults).
 test: install

@@ -22,7 +22,10 @@ def describe(event):
         result = "ok" if d.get("ok") else f"FAILED: {d.get('error', '')}"
         return f"{d['step']} {result} ({d.get('seconds', 0):.2f}s)"
     if event.kind == Kind.COMMAND:
-        return f"$ {' '.join(d.get('argv', []))} → rc {d.get('rc')}"
+        command = " ".join(d.get("argv", [])).replace("\n", " ")
+        if len(command) > 100:
+            command = command[:97] + "..."
+        return f"$ {command} → rc {d.get('rc')}"
     if event.kind == Kind.SUCCEEDED:
         return f"succeeded: {d.get('summary', '')}"
     text = d.get("reason") or d.get("error") or d.get("text") or d.get("summary") or ""
