@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/toppcloud_bench")
-os.environ.setdefault("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+BENCH_VHOST = "toppcloud-bench"
+os.environ.setdefault("CELERY_BROKER_URL", f"amqp://guest:guest@127.0.0.1:5672/{BENCH_VHOST}")
 os.environ.setdefault("SECRET_KEY", "bench-secret-key-bench-secret-key-bench-secret-key")
 os.environ.setdefault("TOPPCLOUD_VAR_DIR", tempfile.mkdtemp(prefix="toppcloud-bench-"))
 os.environ["DJANGO_SETTINGS_MODULE"] = "toppcloud_site.settings"
@@ -47,6 +48,14 @@ def create_database():
 
 
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "2"))
+
+
+def create_vhost():
+    """The bench's own RabbitMQ vhost, so tests or a dev server on the machine do not share its queues."""
+    if os.environ["CELERY_BROKER_URL"].endswith("/" + BENCH_VHOST):
+        subprocess.run(["rabbitmqctl", "-q", "add_vhost", BENCH_VHOST], capture_output=True)
+        subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", BENCH_VHOST, "guest", ".*", ".*", ".*"],
+                       check=True, capture_output=True)
 
 
 def start_worker(log):
@@ -131,6 +140,7 @@ def main():
     args = parser.parse_args()
 
     create_database()
+    create_vhost()
     import django
 
     django.setup()

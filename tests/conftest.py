@@ -1,5 +1,6 @@
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -8,7 +9,23 @@ from django.conf import settings
 
 from jobs.management.commands.ssh_key import ensure_key
 from tests.hosts import start_hosts, stop_hosts
+from tests.settings import TEST_VHOST
 from tests.workers import Worker
+
+
+def _rabbitmqctl(*args):
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def pytest_sessionstart(session):
+    if settings.CELERY_BROKER_URL.endswith("/" + TEST_VHOST):
+        _rabbitmqctl("add_vhost", TEST_VHOST)
+        _rabbitmqctl("set_permissions", "-p", TEST_VHOST, "guest", ".*", ".*", ".*")
+
+
+def pytest_sessionfinish(session):
+    if settings.CELERY_BROKER_URL.endswith("/" + TEST_VHOST):
+        _rabbitmqctl("delete_vhost", TEST_VHOST)
 
 
 @pytest.fixture(scope="session")

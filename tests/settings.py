@@ -8,7 +8,10 @@ import os
 import tempfile
 
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/toppcloud")
-os.environ.setdefault("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+# A RabbitMQ vhost of this test run alone (tests/conftest.py makes and removes
+# it), so a second run or a benchmark on the machine never takes its messages.
+TEST_VHOST = f"toppcloud-test-{os.getpid()}"
+os.environ.setdefault("CELERY_BROKER_URL", f"amqp://guest:guest@127.0.0.1:5672/{TEST_VHOST}")
 os.environ.setdefault("SECRET_KEY", "test-secret-key-only-for-the-test-suite-0123456789")
 os.environ.setdefault("TOPPCLOUD_VAR_DIR", tempfile.mkdtemp(prefix="toppcloud-test-"))
 os.environ.setdefault("TOPPCLOUD_SSH_CONTROL_DIR", f"/tmp/tc-test-{os.getpid()}")
