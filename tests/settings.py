@@ -24,3 +24,7 @@ from toppcloud_site.settings import *  # noqa: E402,F401,F403
 # No collectstatic before tests: serve the admin's files unhashed.
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
 WHITENOISE_AUTOREFRESH = True
+
+# A database of this run alone too, so two runs on one machine do not collide.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":  # noqa: F405
+    DATABASES["default"]["TEST"] = {"NAME": f"test_toppcloud_{os.getpid()}"}  # noqa: F405
