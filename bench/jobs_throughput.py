@@ -14,6 +14,7 @@ RabbitMQ at CELERY_BROKER_URL unless DATABASE_URL / CELERY_BROKER_URL say otherw
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -157,8 +158,12 @@ def main():
         raw_lat = raw_latency(args.latency_samples, str(tmp / "raw-latency"))
         job_lat = job_latency(args.latency_samples)
     finally:
-        os.killpg(worker.pid, 15)
-        worker.wait()
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
 
     ratio = job_tps / raw_tps
     print(f"\njobs throughput: {args.jobs} no-op jobs vs {args.jobs} raw Celery tasks, one worker -c 2, "

@@ -12,9 +12,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import events
+from jobs import events, runner
 from jobs.flows import FLOWS
-from jobs.models import Job, JobLease
+from jobs.models import Job, WorkerHeartbeat
 from jobs.states import Kind, Status
 
 log = logging.getLogger(__name__)
@@ -66,21 +66,17 @@ def sweep(now=None):
             _send_on_commit(job)
         resent.append(job_id)
 
-    lease_cutoff = now - timedelta(seconds=settings.JOBS_LEASE_SECONDS)
-    stale = JobLease.objects.filter(renewed_at__lt=lease_cutoff, job__status=Status.RUNNING)
-    for job_id in stale.values_list("job_id", flat=True):
+    for job_id in Job.objects.filter(status=Status.RUNNING).values_list("pk", flat=True):
+        if runner.previous_attempt_lost(Job.objects.get(pk=job_id), now) is None:
+            continue
         with transaction.atomic():
             job = events.lock(job_id)
-            lease = JobLease.objects.filter(job_id=job_id, renewed_at__lt=lease_cutoff).first()
-            if job.status != Status.RUNNING or lease is None:
+            why = runner.previous_attempt_lost(job, now) if job.status == Status.RUNNING else None
+            if why is None:
                 continue
-            silent = (now - lease.renewed_at).total_seconds()
-            events.append(job, Kind.LOST, SWEEPER, {
-                "reason": f"worker {lease.worker} (pid {lease.pid} on {lease.hostname}) vanished: "
-                          f"no lease renewal for {silent:.0f}s during attempt {job.attempt}",
-            })
-            lease.delete()
+            events.append(job, Kind.LOST, SWEEPER, {"reason": why})
         lost.append(job_id)
+    WorkerHeartbeat.objects.filter(seen_at__lt=now - timedelta(days=1)).delete()  # processes long gone
     if resent or lost:
         log.info("sweep: resent %s, lost %s", resent, lost)
     return {"resent": resent, "lost": lost}

@@ -13,8 +13,8 @@ from jobs.states import ActorKind, Status
 # compares exactly these.
 PROJECTED_FIELDS = (
     "kind", "target", "params", "actor_kind", "actor", "parent_id", "status",
-    "attempt", "resends", "queued_at", "sent_at", "started_at", "finished_at",
-    "worker", "summary", "result", "error", "output_bytes", "last_seq", "last_hash",
+    "attempt", "resends", "queued_at", "sent_at", "started_at", "attempt_started_at", "finished_at",
+    "worker", "worker_hostname", "worker_pid", "summary", "result", "error", "output_bytes", "last_seq", "last_hash",
 )
 
 
@@ -31,8 +31,11 @@ class Job(models.Model):
     queued_at = models.DateTimeField(null=True)
     sent_at = models.DateTimeField(null=True, help_text="Last time its message was handed to the broker")
     started_at = models.DateTimeField(null=True)
+    attempt_started_at = models.DateTimeField(null=True)
     finished_at = models.DateTimeField(null=True)
     worker = models.CharField(max_length=200, blank=True)
+    worker_hostname = models.CharField(max_length=200, blank=True)
+    worker_pid = models.PositiveIntegerField(null=True, blank=True)
     summary = models.TextField(blank=True)
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
@@ -64,7 +67,8 @@ class Job(models.Model):
 
 
 class JobEvent(models.Model):
-    job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="events")
+    # No index of its own: jobs_jobevent_job_seq_uniq (job, seq) serves lookups by job.
+    job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="events", db_index=False)
     seq = models.PositiveIntegerField()
     at = models.DateTimeField()
     kind = models.CharField(max_length=64)
@@ -83,15 +87,26 @@ class JobEvent(models.Model):
         return f"job {self.job_id} #{self.seq} {self.kind}"
 
 
-class JobLease(models.Model):
-    """Which worker runs a job, renewed while it runs.
+class WorkerHeartbeat(models.Model):
+    """A worker process saying it is alive, renewed from a thread of its own.
 
-    Operational state, not history: the sweeper reads it to find jobs whose
-    worker vanished. It is not part of the projection.
+    Operational state, not history: the sweeper compares the running jobs'
+    worker (hostname, pid) against it to find jobs whose worker vanished.
+    One row per process, not per job, so a job costs no extra writes.
     """
 
-    job = models.OneToOneField(Job, on_delete=models.CASCADE, primary_key=True, related_name="lease")
-    worker = models.CharField(max_length=200)
     hostname = models.CharField(max_length=200)
     pid = models.PositiveIntegerField()
-    renewed_at = models.DateTimeField(db_index=True)
+    worker = models.CharField(max_length=200)
+    started_at = models.DateTimeField()
+    seen_at = models.DateTimeField()
+    # The job the process was running at seen_at (no foreign key: a heartbeat must never wait on a job lock).
+    job_id = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["hostname", "pid"], name="jobs_workerheartbeat_hostname_pid_uniq"),
+        ]
+
+    def __str__(self):
+        return f"{self.worker} pid {self.pid} on {self.hostname}"

@@ -42,7 +42,10 @@ def apply(job, event):
     elif event.kind == Kind.STARTED:
         job.attempt = data["attempt"]
         job.worker = data["worker"]
+        job.worker_hostname = data["hostname"]
+        job.worker_pid = data["pid"]
         job.started_at = job.started_at or event.at
+        job.attempt_started_at = event.at
     elif event.kind == Kind.RETRYING:
         job.sent_at = event.at
         job.error = data["reason"]

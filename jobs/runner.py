@@ -7,6 +7,7 @@ elsewhere (the delivery is ignored) or was running on a worker that died
 recorded as lost and the job starts again, up to JOBS_MAX_ATTEMPTS.
 """
 
+import logging
 import os
 import socket
 import threading
@@ -15,26 +16,28 @@ import traceback
 from contextlib import contextmanager
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from jobs import events
 from jobs.context import FlowFailed, JobContext
 from jobs.flows import FLOWS
-from jobs.models import JobLease
+from jobs.models import WorkerHeartbeat
 from jobs.states import Kind, Status
 from nodeops.transport import CommandFailed, TransportError
 
+log = logging.getLogger(__name__)
 # Failures that explain themselves: recorded without a traceback.
 EXPLAINED = (FlowFailed, TransportError, CommandFailed)
 
 
 def run(job_id, worker):
-    job = claim(job_id, worker)
-    if job is None:
-        return None
-    ctx = JobContext(job, worker)
-    with _leases.held(job_id):
+    heartbeat.start(worker)
+    with heartbeat.running(job_id):
+        job = claim(job_id, worker)
+        if job is None:
+            return None
+        ctx = JobContext(job, worker)
         try:
             outcome = FLOWS[job.kind].run(ctx, **job.params)
         except EXPLAINED as exc:
@@ -42,8 +45,8 @@ def run(job_id, worker):
         except Exception as exc:
             return _finish(job_id, ctx.actor, Kind.FAILED, error=f"{type(exc).__name__}: {exc}",
                            traceback=traceback.format_exc())
-    summary, result = outcome if isinstance(outcome, tuple) else (outcome, None)
-    return _finish(job_id, ctx.actor, Kind.SUCCEEDED, summary=summary or "", result=result)
+        summary, result = outcome if isinstance(outcome, tuple) else (outcome, None)
+        return _finish(job_id, ctx.actor, Kind.SUCCEEDED, summary=summary or "", result=result)
 
 
 def claim(job_id, worker):
@@ -52,51 +55,56 @@ def claim(job_id, worker):
     with transaction.atomic():
         job = events.lock(job_id)
         if job.status == Status.RUNNING:
-            lease = JobLease.objects.filter(job_id=job_id).first()
-            why = _previous_attempt_lost(lease, job)
+            why = previous_attempt_lost(job)
             if why is None:
                 events.append(job, Kind.DELIVERY_IGNORED, actor,
-                              {"reason": f"already running on {lease.worker} (attempt {job.attempt})"})
+                              {"reason": f"already running on {job.worker} (attempt {job.attempt})"})
                 return None
             if job.attempt >= settings.JOBS_MAX_ATTEMPTS or not FLOWS[job.kind].retry_when_worker_lost:
                 events.append(job, Kind.LOST, actor, {"reason": why + "; no attempt left"})
-                JobLease.objects.filter(job_id=job_id).delete()
                 return None
             events.append(job, Kind.RETRYING, actor, {"reason": why})
-            JobLease.objects.filter(job_id=job_id).delete()
         elif job.status != Status.QUEUED:
             events.append(job, Kind.DELIVERY_IGNORED, actor, {"reason": f"job already {job.status}"})
             return None
-        hostname, pid = socket.gethostname(), os.getpid()
         events.append(job, Kind.STARTED, actor, {
-            "attempt": job.attempt + 1, "worker": worker, "hostname": hostname, "pid": pid,
+            "attempt": job.attempt + 1, "worker": worker, "hostname": socket.gethostname(), "pid": os.getpid(),
         })
-        JobLease(job_id=job_id, worker=worker, hostname=hostname, pid=pid,
-                 renewed_at=timezone.now()).save(force_insert=True)
         return job
 
 
-def _previous_attempt_lost(lease, job):
-    """Why the running attempt is known to be dead, or None if it may be alive."""
-    if lease is None:
-        return f"attempt {job.attempt} left no lease"
-    if lease.hostname == socket.gethostname() and not _pid_alive(lease.pid):
-        return (f"worker process {lease.pid} on {lease.hostname} died during attempt {job.attempt}; "
-                "the broker delivered the job again")
-    silent = (timezone.now() - lease.renewed_at).total_seconds()
+def previous_attempt_lost(job, now=None):
+    """Why the running attempt's worker process is known to be gone, or None if it may be alive."""
+    where = f"worker process {job.worker_pid} on {job.worker_hostname}"
+    if job.worker_hostname == socket.gethostname() and not _pid_alive(job.worker_pid):
+        return f"{where} died during attempt {job.attempt}"
+    beat = WorkerHeartbeat.objects.filter(hostname=job.worker_hostname, pid=job.worker_pid).first()
+    if beat is None:
+        return f"{where} left no heartbeat during attempt {job.attempt}"
+    silent = ((now or timezone.now()) - beat.seen_at).total_seconds()
     if silent > settings.JOBS_LEASE_SECONDS:
-        return f"worker {lease.worker} stopped renewing its lease {silent:.0f}s ago during attempt {job.attempt}"
+        return f"{where} vanished: no heartbeat for {silent:.0f}s during attempt {job.attempt}"
+    if beat.seen_at > job.attempt_started_at and beat.job_id != job.pk:
+        # A process runs one job at a time; since this attempt began it said it runs another, or none.
+        return f"{where} is alive but gave attempt {job.attempt} up without recording its end"
     return None
 
 
 def _pid_alive(pid):
+    """True if the process runs; a zombie (dead, not yet reaped) counts as gone."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    except PermissionError:
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
 
 
 def _finish(job_id, actor, kind, **data):
@@ -107,47 +115,60 @@ def _finish(job_id, actor, kind, **data):
                                                  "error": data.get("error", "")})
             return job
         events.append(job, kind, actor, data)
-        JobLease.objects.filter(job_id=job_id).delete()
         return job
 
 
-class _Leases:
-    """Renews the leases of the jobs this process runs, from one thread.
+class _Heartbeat:
+    """This worker process's heartbeat: one row, renewed from one thread.
 
-    One long-lived thread per worker process rather than one per job: a
-    no-op job then costs no thread start.
+    Each renewal also says which job the process is running (prefork runs
+    one at a time), so a job the process gave up shows even while the
+    process lives on; and a job costs no database writes for it. The first
+    job a process runs writes the row before it is claimed.
     """
 
     def __init__(self):
-        self.running = set()
+        self.pid = None
+        self.current = None
         self.lock = threading.Lock()
-        self.thread = None
+
+    def start(self, worker):
+        with self.lock:
+            if self.pid == os.getpid():  # this process's thread already renews it
+                return
+            self.pid = os.getpid()  # after a fork, the parent's thread does not exist here
+            self.current = None
+        self._renew(worker)
+        threading.Thread(target=self._loop, args=(worker,), name="heartbeat", daemon=True).start()
 
     @contextmanager
-    def held(self, job_id):
+    def running(self, job_id):
+        # Set before the claim: a renewal that reads it cannot predate the attempt.
         with self.lock:
-            self.running.add(job_id)
-            if self.thread is None or not self.thread.is_alive() or self.thread_pid != os.getpid():
-                # After a fork the parent's thread does not exist in the child.
-                self.thread_pid = os.getpid()
-                self.thread = threading.Thread(target=self._loop, name="job-leases", daemon=True)
-                self.thread.start()
+            self.current = job_id
         try:
             yield
         finally:
             with self.lock:
-                self.running.discard(job_id)
+                self.current = None
 
-    def _loop(self):
+    def _renew(self, worker):
+        with self.lock:  # the time and the job it ran then, read together
+            now, job_id = timezone.now(), self.current
+        WorkerHeartbeat.objects.update_or_create(
+            hostname=socket.gethostname(), pid=os.getpid(),
+            defaults={"worker": worker, "seen_at": now, "job_id": job_id},
+            create_defaults={"worker": worker, "started_at": now, "seen_at": now, "job_id": job_id})
+
+    def _loop(self, worker):
         while True:
             time.sleep(settings.JOBS_LEASE_SECONDS / 3)
-            with self.lock:
-                ids = list(self.running)
-            if ids:
-                try:
-                    JobLease.objects.filter(job_id__in=ids).update(renewed_at=timezone.now())
-                finally:
-                    connection.close()
+            try:
+                self._renew(worker)
+            except DatabaseError:
+                log.exception("heartbeat not renewed; trying again")
+            finally:
+                connection.close()
 
 
-_leases = _Leases()
+heartbeat = _Heartbeat()

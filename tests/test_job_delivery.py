@@ -6,10 +6,11 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from jobs import dispatch
-from jobs.models import Job, JobLease
+from jobs.models import Job, WorkerHeartbeat
 from jobs.tasks import run_job
 from tests.helpers import event_kinds, wait_for_job
 
@@ -36,7 +37,8 @@ def test_it_runs_a_job_end_to_end(worker):
     assert event_kinds(job) == ["job.queued", "job.started", "noop.ran", "job.succeeded"]
     started = job.events.get(kind="job.started")
     assert started.actor.startswith("worker:test-") and started.data["attempt"] == 1
-    assert not JobLease.objects.filter(job=job).exists()
+    assert (job.worker_hostname, job.worker_pid) == (started.data["hostname"], started.data["pid"])
+    assert WorkerHeartbeat.objects.filter(hostname=job.worker_hostname, pid=job.worker_pid).exists()
 
 
 def test_it_does_nothing_twice_on_duplicate_delivery(worker):
@@ -83,19 +85,55 @@ def test_it_retries_a_job_whose_worker_process_was_killed(worker):
 def test_it_marks_lost_a_job_whose_whole_worker_vanished(worker):
     job = submit_noop(mark=True, seconds=30)
     started = wait_until(lambda: job.events.filter(kind="job.started").first(), what="job start")
+    assert dispatch.sweep()["lost"] == []  # alive and well
     worker.kill_group()  # main process and pool children, no goodbye
     try:
-        time.sleep(0.5)
-        assert dispatch.sweep()["lost"] == []  # lease still fresh: it could be alive
-        wait_until(lambda: job.pk in dispatch.sweep()["lost"], timeout=20, what="sweeper to mark it lost")
+        wait_until(lambda: dispatch.sweep()["lost"] == [job.pk], timeout=10, what="sweeper to mark it lost")
         job = Job.objects.get(pk=job.pk)
         assert job.status == "lost" and job.finished_at is not None
         lost = job.events.get(kind="job.lost")
         assert lost.actor == "system:sweeper"
-        assert f"pid {started.data['pid']}" in lost.data["reason"] and "no lease renewal" in lost.data["reason"]
+        assert lost.data["reason"] == (f"worker process {started.data['pid']} on {started.data['hostname']} "
+                                       "died during attempt 1")
     finally:
         worker.start()
     # RabbitMQ hands the unacked message to the restarted worker, which must not run it again.
     wait_until(lambda: job.events.filter(kind="job.delivery_ignored").exists(), what="redelivery")
     assert job.events.get(kind="job.delivery_ignored").data["reason"] == "job already lost"
     assert event_kinds(job).count("noop.ran") == 1
+
+
+def test_it_ends_a_job_whose_worker_lost_its_database_mid_job(worker):
+    job = submit_noop(mark=True, seconds=2)
+    wait_until(lambda: job.events.filter(kind="noop.ran").exists(), what="job start")
+    with connection.cursor() as cursor:  # PostgreSQL drops the worker's connections (restart, failover)
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    # The worker cannot record the end; its process lives on and its heartbeat shows it gave the job up.
+    wait_until(lambda: job.pk in dispatch.sweep()["lost"], timeout=30, what="sweeper to end the job")
+    job = Job.objects.get(pk=job.pk)
+    assert job.status == "lost"
+    assert job.events.get(kind="job.lost").data["reason"].endswith("is alive but gave attempt 1 up without "
+                                                                   "recording its end")
+    assert wait_for_job(submit_noop().pk).status == "succeeded"  # and the worker carries on
+
+
+@pytest.mark.django_db
+def test_the_sweeper_judges_a_worker_on_another_host_by_its_heartbeat(settings):
+    from django.db import transaction
+
+    from jobs import events
+
+    with transaction.atomic():
+        job = events.new_job("noop", target="t", params={}, actor_kind="user", actor="tester")
+    events.record(job.pk, "job.started", "worker:far", attempt=1, worker="far@elsewhere", hostname="elsewhere",
+                  pid=4242)
+    now = timezone.now()
+    beat = WorkerHeartbeat.objects.create(hostname="elsewhere", pid=4242, worker="far@elsewhere", started_at=now,
+                                          seen_at=now, job_id=job.pk)
+    assert dispatch.sweep(now=now + timedelta(seconds=settings.JOBS_LEASE_SECONDS - 1))["lost"] == []
+    assert dispatch.sweep(now=now + timedelta(seconds=settings.JOBS_LEASE_SECONDS + 2))["lost"] == [job.pk]
+    reason = Job.objects.get(pk=job.pk).events.get(kind="job.lost").data["reason"]
+    assert reason == (f"worker process 4242 on elsewhere vanished: no heartbeat for "
+                      f"{settings.JOBS_LEASE_SECONDS + 2:.0f}s during attempt 1")
+    beat.delete()

@@ -15,7 +15,7 @@ app.conf.task_queues = [
 ]
 # Celery's Django fixup closes the database connection around every task
 # unless told to reuse it: a new PostgreSQL connection per job cost more than
-# the job. Reuse it for this many tasks; jobs/tasks.py still drops connections
-# that are broken or older than CONN_MAX_AGE before each task.
+# the job. Reuse it for this many tasks; jobs.run drops a broken connection
+# and retries when the database fails under it.
 app.conf.CELERY_DB_REUSE_MAX = 1000
 app.autodiscover_tasks()
