@@ -19,12 +19,13 @@ PROJECTED_FIELDS = (
 
 
 class Job(models.Model):
-    kind = models.CharField(max_length=64, db_index=True)
+    kind = models.CharField(max_length=64)
     target = models.CharField(max_length=200, blank=True, help_text="What the job acts on, e.g. node:web1")
     params = models.JSONField(default=dict)
     actor_kind = models.CharField(max_length=16, choices=ActorKind.choices, blank=True)
     actor = models.CharField(max_length=200, blank=True)
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children",
+                               db_index=False)
     status = models.CharField(max_length=16, choices=Status.choices, blank=True)
     attempt = models.PositiveIntegerField(default=0)
     resends = models.PositiveIntegerField(default=0)
@@ -46,10 +47,14 @@ class Job(models.Model):
     class Meta:
         ordering = ["-id"]
         indexes = [
+            # Few indexes, each partial: a job row is updated at every status
+            # change, and each index on it is written again each time.
             # The sweeper: queued jobs whose message may be lost, running jobs
             # whose worker may be gone. Finished jobs, the bulk, stay out.
             models.Index(fields=["status", "sent_at"], name="jobs_job_active_idx",
                          condition=Q(status__in=[Status.QUEUED, Status.RUNNING])),
+            # A job's children (fan-out); most jobs have no parent and stay out.
+            models.Index(fields=["parent"], name="jobs_job_parent_idx", condition=Q(parent__isnull=False)),
         ]
 
     def __str__(self):
@@ -67,8 +72,12 @@ class Job(models.Model):
 
 
 class JobEvent(models.Model):
-    # No index of its own: jobs_jobevent_job_seq_uniq (job, seq) serves lookups by job.
-    job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="events", db_index=False)
+    # An event is (job, seq): the primary key is the order of the log, so each
+    # insert maintains one index, and readers page by it.
+    pk = models.CompositePrimaryKey("job", "seq")
+    # No foreign key in the database: jobs/triggers.py says why and what guards instead.
+    job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="events", db_index=False,
+                            db_constraint=False)
     seq = models.PositiveIntegerField()
     at = models.DateTimeField()
     kind = models.CharField(max_length=64)
@@ -79,9 +88,6 @@ class JobEvent(models.Model):
 
     class Meta:
         ordering = ["job_id", "seq"]
-        constraints = [
-            models.UniqueConstraint(fields=["job", "seq"], name="jobs_jobevent_job_seq_uniq"),
-        ]
 
     def __str__(self):
         return f"job {self.job_id} #{self.seq} {self.kind}"

@@ -31,6 +31,11 @@ def verify_job(job, events):
     return problems
 
 
+def orphan_events():
+    """Job ids that events name but no job row has (there should be none)."""
+    return sorted(set(JobEvent.objects.exclude(job_id__in=Job.objects.values("pk")).values_list("job_id", flat=True)))
+
+
 def verify_all(batch=500):
     """Yield (job, problems) for every job, oldest first."""
     last_id = 0

@@ -68,3 +68,14 @@ def test_it_catches_a_projection_that_disagrees_with_the_events(capsys):
     code, out = verify(capsys)
     assert code == 1
     assert f"job {job.pk}: projection field status: row has 'failed', events give 'succeeded'" in out
+
+
+def test_it_catches_events_of_a_job_that_does_not_exist(capsys):
+    job = finished_job()
+    missing = job.pk + 1_000_000
+    run_without_trigger("INSERT INTO jobs_jobevent (job_id, seq, at, kind, data, actor, prev_hash, hash) "
+                        "SELECT %s, seq, at, kind, data, actor, prev_hash, hash FROM jobs_jobevent WHERE job_id = %s",
+                        [missing, job.pk])
+    code, out = verify(capsys)
+    assert code == 1
+    assert f"events of jobs that do not exist: {missing}" in out

@@ -9,7 +9,7 @@ from jobs.admin import format_duration
 from jobs.follow import describe, exit_code, follow
 from jobs.models import Job
 from jobs.states import TERMINAL
-from jobs.verify import verify_all
+from jobs.verify import orphan_events, verify_all
 
 
 def job_dict(job):
@@ -101,8 +101,11 @@ class Command(BaseCommand):
                 bad += 1
                 for problem in problems:
                     self.stderr.write(f"job {job.pk}: {problem}")
+        orphans = orphan_events()
+        if orphans:
+            self.stderr.write(f"events of jobs that do not exist: {', '.join(map(str, orphans))}")
         self.stdout.write(f"verified {checked} jobs: {checked - bad} intact, {bad} with problems")
-        if bad:
+        if bad or orphans:
             sys.exit(1)
 
 
