@@ -13,6 +13,7 @@ class FlowFailed(Exception):
 
 class JobContext:
     def __init__(self, job, worker):
+        self.job = job  # as this process last wrote it
         self.job_id = job.pk
         self.params = job.params
         self.attempt = job.attempt
@@ -22,7 +23,7 @@ class JobContext:
         """Record an event of this job (node operations call this)."""
         if kind in TRANSITIONS:
             raise ValueError(f"{kind} is recorded by the job runner, not by a flow")
-        events.record(self.job_id, kind, self.actor, **data)
+        self.job = events.write_as_known(self.job, lambda job: events.append(job, kind, self.actor, data))
 
     def step(self, name):
         return steps.step(self.emit, name)

@@ -6,13 +6,14 @@ reducer updates the Job row in the same transaction. Nothing else in
 toppcloud inserts JobEvent rows or assigns projected Job fields.
 """
 
+import copy
 import functools
 import hashlib
 import json
 from datetime import timezone as dt_timezone
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from jobs import reducer
@@ -122,37 +123,70 @@ _EVENT_FIELDS = [JobEvent._meta.get_field(f) for f in ("job", "seq", "at", "kind
 _JOB_FIELDS = {f: Job._meta.get_field(f) for f in PROJECTED_FIELDS}
 
 
-def _insert(job):
-    """INSERT a new job row (its projection is then set by its first event)."""
+def _insert_sql(model, fields, obj):
     quote = connection.ops.quote_name
-    fields = [f for f in Job._meta.concrete_fields if not f.primary_key]
+    sql = (f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+           f"VALUES ({', '.join(['%s'] * len(fields))})")
+    return sql, [f.get_db_prep_save(getattr(obj, f.attname), connection) for f in fields]
+
+
+def _insert(job):
+    """INSERT a new job row and learn its id (its projection is then set by its first event)."""
+    sql, params = _insert_sql(Job, [f for f in Job._meta.concrete_fields if not f.primary_key], job)
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {quote(Job._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
-            f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {quote('id')}",
-            [f.get_db_prep_save(getattr(job, f.attname), connection) for f in fields])
+        cursor.execute(sql + f" RETURNING {connection.ops.quote_name('id')}", params)
         job.pk = cursor.fetchone()[0]
     job._state.adding = False
 
 
 def _insert_and_project(event, job, changed):
+    """UPDATE the projection where the job is still at the seq before this event, then INSERT the event.
+
+    The UPDATE takes the job row's lock first, as lock() does, so writers
+    queue in one order. A job that moved on since it was read (another writer
+    appended) matches no row: the event then gets no job id and the database
+    refuses it (IntegrityError), which write_as_known() turns into a re-read.
+    """
     quote = connection.ops.quote_name
-    insert_sql = (f"INSERT INTO {quote(JobEvent._meta.db_table)} ({', '.join(quote(f.column) for f in _EVENT_FIELDS)}) "
-                  f"VALUES ({', '.join(['%s'] * len(_EVENT_FIELDS))})")
-    insert_params = [f.get_db_prep_save(getattr(event, f.attname), connection) for f in _EVENT_FIELDS]
     fields = [_JOB_FIELDS[name] for name in changed]  # only what the event changed: no JSON sent again
     update_sql = (f"UPDATE {quote(Job._meta.db_table)} SET {', '.join(f'{quote(f.column)} = %s' for f in fields)} "
-                  f"WHERE {quote('id')} = %s")
-    update_params = [f.get_db_prep_save(getattr(job, f.attname), connection) for f in fields] + [job.pk]
+                  f"WHERE {quote('id')} = %s AND {quote('last_seq')} = %s")
+    update_params = [f.get_db_prep_save(getattr(job, f.attname), connection) for f in fields] + [
+        job.pk, event.seq - 1]
+    insert_sql, insert_params = _insert_sql(JobEvent, _EVENT_FIELDS, event)
     with connection.cursor() as cursor:
-        if not fields:
-            cursor.execute(insert_sql, insert_params)
-        elif connection.vendor == "postgresql":
-            # One round trip: PostgreSQL runs a data-modifying WITH in the same statement.
-            cursor.execute(f"WITH event AS ({insert_sql}) {update_sql}", insert_params + update_params)
+        if connection.vendor == "postgresql":
+            # One round trip: the event's job id is read from the UPDATE, so the UPDATE runs first.
+            values = insert_sql.split(" VALUES (%s, ", 1)
+            cursor.execute(f"WITH job AS ({update_sql} RETURNING {quote('id')}) "
+                           f"{values[0]} VALUES ((SELECT {quote('id')} FROM job), {values[1]}",
+                           update_params + insert_params[1:])
         else:
-            cursor.execute(insert_sql, insert_params)
             cursor.execute(update_sql, update_params)
+            if cursor.rowcount != 1:
+                raise IntegrityError(f"job {job.pk} is no longer at event {event.seq - 1}")
+            cursor.execute(insert_sql, insert_params)
+
+
+def write_as_known(job, write):
+    """Run write(job) on the job as this process last wrote it, without reading it again.
+
+    For the runner's own writes (a flow's events, the job's end): nobody else
+    writes to a running job unless it goes wrong, so the lock and the read
+    are skipped. If another writer did append meanwhile (the sweeper ending a
+    job it thinks lost), the write is refused and done again on the job read
+    under its lock. Returns the job as written.
+    """
+    try:
+        with transaction.atomic():
+            current = copy.copy(job)
+            write(current)
+            return current
+    except IntegrityError:
+        with transaction.atomic():
+            current = lock(job.pk)
+            write(current)
+            return current
 
 
 def record(job_id, kind, actor, **data):

@@ -41,12 +41,12 @@ def run(job_id, worker):
         try:
             outcome = FLOWS[job.kind].run(ctx, **job.params)
         except EXPLAINED as exc:
-            return _finish(job_id, ctx.actor, Kind.FAILED, error=str(exc))
+            return _finish(ctx, Kind.FAILED, error=str(exc))
         except Exception as exc:
-            return _finish(job_id, ctx.actor, Kind.FAILED, error=f"{type(exc).__name__}: {exc}",
+            return _finish(ctx, Kind.FAILED, error=f"{type(exc).__name__}: {exc}",
                            traceback=traceback.format_exc())
         summary, result = outcome if isinstance(outcome, tuple) else (outcome, None)
-        return _finish(job_id, ctx.actor, Kind.SUCCEEDED, summary=summary or "", result=result)
+        return _finish(ctx, Kind.SUCCEEDED, summary=summary or "", result=result)
 
 
 def claim(job_id, worker):
@@ -107,15 +107,15 @@ def _pid_alive(pid):
         return True
 
 
-def _finish(job_id, actor, kind, **data):
-    with transaction.atomic():
-        job = events.lock(job_id)
+def _finish(ctx, kind, **data):
+    def write(job):
         if job.status != Status.RUNNING:  # the sweeper declared it lost meanwhile
-            events.append(job, Kind.LOG, actor, {"text": f"attempt ended after the job was {job.status}: {kind}",
-                                                 "error": data.get("error", "")})
-            return job
-        events.append(job, kind, actor, data)
-        return job
+            events.append(job, Kind.LOG, ctx.actor, {"text": f"attempt ended after the job was {job.status}: {kind}",
+                                                     "error": data.get("error", "")})
+        else:
+            events.append(job, kind, ctx.actor, data)
+
+    return events.write_as_known(ctx.job, write)
 
 
 class _Heartbeat:

@@ -108,3 +108,19 @@ def test_it_keeps_job_rows_for_ever():
     with pytest.raises(Exception):
         with transaction.atomic():
             Job.objects.filter(pk=job.pk).delete()
+
+
+def test_a_writer_that_read_the_job_before_another_appended_writes_after_it():
+    job = new_job()
+    events.record(job.pk, Kind.STARTED, "worker:w", attempt=1, worker="w", hostname="h", pid=1)
+    as_the_worker_saw_it = Job.objects.get(pk=job.pk)
+    events.record(job.pk, Kind.LOST, "system:sweeper", reason="thought it dead")  # meanwhile
+    written = events.write_as_known(
+        as_the_worker_saw_it, lambda current: events.append(current, "log", "worker:w", {"text": f"{current.status}"}))
+    rows = list(job.events.order_by("seq").values_list("seq", "kind", "actor"))
+    assert rows == [(1, "job.queued", "user:alice"), (2, "job.started", "worker:w"),
+                    (3, "job.lost", "system:sweeper"), (4, "log", "worker:w")]
+    assert job.events.get(seq=4).data["text"] == "lost"  # the write saw the job as it really was
+    assert written.last_seq == 4 and Job.objects.get(pk=job.pk).last_seq == 4
+    rebuilt = reducer.replay(job.pk, list(job.events.order_by("seq")))
+    assert rebuilt.status == "lost" and rebuilt.last_hash == Job.objects.get(pk=job.pk).last_hash
