@@ -23,7 +23,7 @@ class JobContext:
         """Record an event of this job (node operations call this)."""
         if kind in TRANSITIONS:
             raise ValueError(f"{kind} is recorded by the job runner, not by a flow")
-        self.job = events.write_as_known(self.job, lambda job: events.append(job, kind, self.actor, data))
+        self.job = events.write_as_known(self.job, self.actor, lambda job: (kind, data))
 
     def step(self, name):
         return steps.step(self.emit, name)

@@ -29,23 +29,24 @@ def submit(kind, *, target="", params=None, actor_kind, actor, parent_id=None):
     """Create a queued job; its Celery message is sent when the transaction commits."""
     if kind not in FLOWS:
         raise UnknownJobKind(f"unknown job kind {kind!r}; known: {', '.join(sorted(FLOWS))}")
-    with transaction.atomic():
-        job = events.new_job(kind, target=target, params=params or {}, actor_kind=actor_kind,
-                             actor=actor, parent_id=parent_id)
-        _send_on_commit(job)
+    job = events.new_job(kind, target=target, params=params or {}, actor_kind=actor_kind,
+                         actor=actor, parent_id=parent_id)
+    _send_on_commit(job)  # at once if that committed it, else when the caller's transaction commits
     return job
 
 
 def _send_on_commit(job):
     # robust: a broker that is down must not undo or hide the committed job;
     # the sweeper sends it again later.
-    transaction.on_commit(lambda: send(job.pk, job.kind), robust=True)
+    queued_hash = job.last_hash if job.last_seq == 1 else None  # lets the worker start it in one statement
+    transaction.on_commit(lambda: send(job.pk, job.kind, queued_hash), robust=True)
 
 
-def send(job_id, kind):
+def send(job_id, kind, queued_hash=None):
     from jobs.tasks import run_job
 
-    run_job.apply_async(args=[job_id], queue=FLOWS[kind].queue)
+    run_job.apply_async(args=[job_id], kwargs={"queued_hash": queued_hash} if queued_hash else {},
+                        queue=FLOWS[kind].queue)
 
 
 def sweep(now=None):

@@ -31,10 +31,10 @@ log = logging.getLogger(__name__)
 EXPLAINED = (FlowFailed, TransportError, CommandFailed)
 
 
-def run(job_id, worker):
+def run(job_id, worker, queued_hash=None):
     heartbeat.start(worker)
     with heartbeat.running(job_id):
-        job = claim(job_id, worker)
+        job = claim(job_id, worker, queued_hash)
         if job is None:
             return None
         ctx = JobContext(job, worker)
@@ -49,9 +49,14 @@ def run(job_id, worker):
         return _finish(ctx, Kind.SUCCEEDED, summary=summary or "", result=result)
 
 
-def claim(job_id, worker):
+def claim(job_id, worker, queued_hash=None):
     """Start the job on this worker, or return None when it must not run here."""
     actor = f"worker:{worker}"
+    started = {"worker": worker, "hostname": socket.gethostname(), "pid": os.getpid()}
+    if queued_hash is not None:  # the usual case, a first delivery: one statement
+        job = events.start_as_queued(job_id, queued_hash, actor, {"attempt": 1, **started})
+        if job is not None:
+            return job
     with transaction.atomic():
         job = events.lock(job_id)
         if job.status == Status.RUNNING:
@@ -67,9 +72,7 @@ def claim(job_id, worker):
         elif job.status != Status.QUEUED:
             events.append(job, Kind.DELIVERY_IGNORED, actor, {"reason": f"job already {job.status}"})
             return None
-        events.append(job, Kind.STARTED, actor, {
-            "attempt": job.attempt + 1, "worker": worker, "hostname": socket.gethostname(), "pid": os.getpid(),
-        })
+        events.append(job, Kind.STARTED, actor, {"attempt": job.attempt + 1, **started})
         return job
 
 
@@ -108,14 +111,13 @@ def _pid_alive(pid):
 
 
 def _finish(ctx, kind, **data):
-    def write(job):
+    def decide(job):
         if job.status != Status.RUNNING:  # the sweeper declared it lost meanwhile
-            events.append(job, Kind.LOG, ctx.actor, {"text": f"attempt ended after the job was {job.status}: {kind}",
-                                                     "error": data.get("error", "")})
-        else:
-            events.append(job, kind, ctx.actor, data)
+            return Kind.LOG, {"text": f"attempt ended after the job was {job.status}: {kind}",
+                              "error": data.get("error", "")}
+        return kind, data
 
-    return events.write_as_known(ctx.job, write)
+    return events.write_as_known(ctx.job, ctx.actor, decide)
 
 
 class _Heartbeat:

@@ -7,9 +7,9 @@ from jobs import dispatch, runner
 
 
 @shared_task(name="jobs.run", bind=True, acks_late=True, reject_on_worker_lost=True)
-def run_job(self, job_id):
+def run_job(self, job_id, queued_hash=None):
     try:
-        runner.run(int(job_id), worker=self.request.hostname or "unknown")
+        runner.run(int(job_id), worker=self.request.hostname or "unknown", queued_hash=queued_hash)
     except DatabaseError:
         # The database failed under the job, so its end could not be recorded:
         # drop the broken connection. Still queued, the sweeper sends it again;

@@ -43,9 +43,10 @@ def test_it_runs_a_job_end_to_end(worker):
 
 def test_it_does_nothing_twice_on_duplicate_delivery(worker):
     job = submit_noop(mark=True, seconds=1)
-    run_job.apply_async(args=[job.pk], queue="jobs")  # the broker delivers it a second time
+    same_message = {"args": [job.pk], "kwargs": {"queued_hash": job.events.get(seq=1).hash}, "queue": "jobs"}
+    run_job.apply_async(**same_message)  # the broker delivers it a second time
     wait_for_job(job.pk)
-    run_job.apply_async(args=[job.pk], queue="jobs")  # and a third, after it finished
+    run_job.apply_async(**same_message)  # and a third, after it finished
     wait_until(lambda: job.events.filter(kind="job.delivery_ignored").count() == 2, what="two ignored deliveries")
     kinds = event_kinds(job)
     assert kinds.count("noop.ran") == 1 and kinds.count("job.started") == 1
@@ -55,7 +56,7 @@ def test_it_does_nothing_twice_on_duplicate_delivery(worker):
 
 
 def test_it_resends_a_job_whose_message_was_lost(worker, monkeypatch):
-    monkeypatch.setattr(dispatch, "send", lambda job_id, kind: None)  # the broker drops the message
+    monkeypatch.setattr(dispatch, "send", lambda *args: None)  # the broker drops the message
     job = submit_noop(mark=True)
     monkeypatch.undo()
     time.sleep(0.5)
@@ -137,3 +138,17 @@ def test_the_sweeper_judges_a_worker_on_another_host_by_its_heartbeat(settings):
     assert reason == (f"worker process 4242 on elsewhere vanished: no heartbeat for "
                       f"{settings.JOBS_LEASE_SECONDS + 2:.0f}s during attempt 1")
     beat.delete()
+
+
+def test_a_stale_write_outside_any_transaction_is_redone_on_the_current_job(live_db):
+    """As in a worker: no surrounding transaction, so the write is one statement that the database refuses."""
+    from jobs import events
+
+    job = events.new_job("noop", target="t", params={}, actor_kind="user", actor="tester")
+    events.record(job.pk, "job.started", "worker:w", attempt=1, worker="w", hostname="h", pid=1)
+    seen = Job.objects.get(pk=job.pk)
+    events.record(job.pk, "job.lost", "system:sweeper", reason="thought it dead")
+    written = events.write_as_known(seen, "worker:w", lambda current: ("log", {"text": current.status}))
+    assert list(job.events.order_by("seq").values_list("kind", flat=True)) == [
+        "job.queued", "job.started", "job.lost", "log"]
+    assert job.events.get(seq=4).data["text"] == "lost" and written.last_seq == 4

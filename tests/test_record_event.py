@@ -13,7 +13,6 @@ from jobs.states import Kind, Status
 
 pytestmark = pytest.mark.django_db
 
-
 def new_job(**params):
     with transaction.atomic():
         return events.new_job("noop", target="t:1", params=params, actor_kind="user", actor="alice")
@@ -115,8 +114,7 @@ def test_a_writer_that_read_the_job_before_another_appended_writes_after_it():
     events.record(job.pk, Kind.STARTED, "worker:w", attempt=1, worker="w", hostname="h", pid=1)
     as_the_worker_saw_it = Job.objects.get(pk=job.pk)
     events.record(job.pk, Kind.LOST, "system:sweeper", reason="thought it dead")  # meanwhile
-    written = events.write_as_known(
-        as_the_worker_saw_it, lambda current: events.append(current, "log", "worker:w", {"text": f"{current.status}"}))
+    written = events.write_as_known(as_the_worker_saw_it, "worker:w", lambda current: ("log", {"text": current.status}))
     rows = list(job.events.order_by("seq").values_list("seq", "kind", "actor"))
     assert rows == [(1, "job.queued", "user:alice"), (2, "job.started", "worker:w"),
                     (3, "job.lost", "system:sweeper"), (4, "log", "worker:w")]
