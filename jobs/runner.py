@@ -1,8 +1,10 @@
 """Running one job on a worker: claim it, run its flow, record the end.
 
-The claim is the guard against duplicate delivery: under the Job's row lock
-only a queued job is started. A job found running is either still running
-elsewhere (the delivery is ignored) or was running on a worker that died
+The claim is the guard against duplicate delivery. A first delivery of a job
+still as it was queued starts it at once (events.start_as_queued); anything
+else is decided under the Job's row lock: only a queued job is started. A
+job found running is either still running elsewhere (the delivery is
+ignored) or was running in a worker process that is gone or gave it up
 (acks_late + reject_on_worker_lost delivered it again): then the attempt is
 recorded as lost and the job starts again, up to JOBS_MAX_ATTEMPTS.
 """

@@ -145,7 +145,7 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # --- jobs -----------------------------------------------------------------
 # A queued job not started after this long is sent again (lost message).
 JOBS_RESEND_AFTER = env_float("JOBS_RESEND_AFTER", 60.0, minimum=1.0)
-# A running job whose worker has not renewed its lease for this long is lost.
+# A running job whose worker process sent no heartbeat for this long is lost.
 JOBS_LEASE_SECONDS = env_float("JOBS_LEASE_SECONDS", 30.0, minimum=1.0)
 JOBS_SWEEP_INTERVAL = env_float("JOBS_SWEEP_INTERVAL", 15.0, minimum=1.0)
 # How many times a job is started again after its worker died under it.
