@@ -26,11 +26,12 @@ from jobs.context import FlowFailed, JobContext
 from jobs.flows import FLOWS
 from jobs.models import WorkerHeartbeat
 from jobs.states import Kind, Status
+from nodeops.setup import SetupError
 from nodeops.transport import CommandFailed, TransportError
 
 log = logging.getLogger(__name__)
 # Failures that explain themselves: recorded without a traceback.
-EXPLAINED = (FlowFailed, TransportError, CommandFailed)
+EXPLAINED = (FlowFailed, TransportError, CommandFailed, SetupError)
 
 
 def run(job_id, worker, queued_hash=None):

@@ -74,12 +74,16 @@ class SetupError(Exception):
     pass
 
 
+STEPS = ("facts", "packages", "layout", "config", "validate", "start", "verify")
+
+
 def setup_node(t, *, root, address, http_port, emit):
     root = validate_root(root)
     address = validate_address(address)
     http_port = validate_port(http_port, "http_port")
     layout = NodeLayout(root)
     changed = []
+    emit("plan", steps=list(STEPS))  # lets a follower show progress as n/7
 
     with step(emit, "facts") as s:
         facts = gather_facts(t, emit)
