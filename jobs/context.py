@@ -11,10 +11,18 @@ class FlowFailed(Exception):
     """A failure the flow can explain; its message becomes the job's error."""
 
 
+class WaitForChildren:
+    """What a parent flow returns once it has queued its child jobs; the last child to end ends it."""
+
+    def __init__(self, summary):
+        self.summary = summary
+
+
 class JobContext:
     def __init__(self, job, worker):
         self.job = job  # as this process last wrote it
         self.job_id = job.pk
+        self.parent_id = job.parent_id
         self.params = job.params
         self.attempt = job.attempt
         self.actor = f"worker:{worker}"

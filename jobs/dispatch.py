@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import events, runner
+from jobs import events, fan_out, runner
 from jobs.flows import FLOWS
 from jobs.models import Job, WorkerHeartbeat
 from jobs.states import Kind, Status
@@ -77,6 +77,8 @@ def sweep(now=None):
                 continue
             events.append(job, Kind.LOST, SWEEPER, {"reason": why})
         lost.append(job_id)
+    for parent_id in Job.objects.filter(status=Status.WAITING).values_list("pk", flat=True):
+        fan_out.child_ended(parent_id)  # ends (or moves on) a parent whose last child's call was lost
     WorkerHeartbeat.objects.filter(seen_at__lt=now - timedelta(days=1)).delete()  # processes long gone
     if resent or lost:
         log.info("sweep: resent %s, lost %s", resent, lost)

@@ -83,7 +83,22 @@ def append(job, kind, actor, data=None):
     """
     event = _event(job, kind, actor, data)
     _write(event, job, _project(job, event))
+    if kind == Kind.RELEASE_ACTIVATED:
+        _project_live(event)
     return event
+
+
+def _project_live(event):
+    """What is live where: the release.activated event's (app, node, host, path) now serves its release."""
+    from jobs.models import LiveRelease
+    from toppcloud_site.records.models import App, Node, Release
+
+    d = event.data
+    app = App.objects.get(name=d["app"])
+    LiveRelease.objects.update_or_create(
+        app=app, node=Node.objects.get(name=d["node"]), host=d["host"], path=d["path"],
+        defaults={"release": Release.objects.get(app=app, name=d["release"]), "port": d["port"],
+                  "job_id": event.job_id, "activated_at": event.at})
 
 
 def record(job_id, kind, actor, **data):
@@ -145,8 +160,8 @@ def write_as_known(job, actor, decide):
     """
     current = copy.copy(job)
     try:
-        with _unless_one_statement():
-            kind, data = decide(current)
+        kind, data = decide(current)
+        with _unless_one_statement(kind):
             append(current, kind, actor, data)
         return current
     except IntegrityError:
@@ -279,13 +294,14 @@ def _job_from_row(row):
 
 
 @contextmanager
-def _unless_one_statement():
+def _unless_one_statement(kind=None):
     """No transaction where the write is one statement (PostgreSQL), else one.
 
-    Inside a caller's transaction it gets a savepoint, so a refused write
-    leaves that transaction usable.
+    An event that also updates another projection (release.activated) is
+    more than one statement. Inside a caller's transaction it gets a
+    savepoint, so a refused write leaves that transaction usable.
     """
-    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+    if connection.vendor == "postgresql" and not connection.in_atomic_block and kind != Kind.RELEASE_ACTIVATED:
         yield
     else:
         with transaction.atomic():

@@ -52,7 +52,7 @@ class Job(models.Model):
             # The sweeper: queued jobs whose message may be lost, running jobs
             # whose worker may be gone. Finished jobs, the bulk, stay out.
             models.Index(fields=["status", "sent_at"], name="jobs_job_active_idx",
-                         condition=Q(status__in=[Status.QUEUED, Status.RUNNING])),
+                         condition=Q(status__in=[Status.QUEUED, Status.RUNNING, Status.WAITING])),
             # A job's children (fan-out); most jobs have no parent and stay out.
             models.Index(fields=["parent"], name="jobs_job_parent_idx", condition=Q(parent__isnull=False)),
         ]
@@ -116,3 +116,33 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self):
         return f"{self.worker} pid {self.pid} on {self.hostname}"
+
+
+class LiveRelease(models.Model):
+    """What is live where: a projection of release.activated events (jobs/events.py writes it)."""
+
+    app = models.ForeignKey("records.App", on_delete=models.PROTECT, related_name="live")
+    node = models.ForeignKey("records.Node", on_delete=models.PROTECT, related_name="live")
+    host = models.CharField(max_length=253)
+    path = models.CharField(max_length=200)
+    release = models.ForeignKey("records.Release", on_delete=models.PROTECT, related_name="live")
+    port = models.PositiveIntegerField()
+    job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="+", db_constraint=False)
+    activated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["app_id", "node_id", "host", "path"]
+        constraints = [
+            models.UniqueConstraint(fields=["app", "node", "host", "path"], name="jobs_liverelease_location_uniq"),
+        ]
+
+    def __str__(self):
+        return f"{self.release} live on {self.node} at {self.host}{self.path}"
+
+
+class AppLock(models.Model):
+    """The job deploying (or rolling back) an app; free when that job has ended."""
+
+    app = models.OneToOneField("records.App", on_delete=models.CASCADE, primary_key=True, related_name="lock")
+    job = models.ForeignKey(Job, null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False)
+    taken_at = models.DateTimeField(null=True)

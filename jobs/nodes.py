@@ -24,12 +24,12 @@ def get_node(name):
         raise InvalidNode(f"there is no node {name!r} (known: {known})") from None
 
 
-def submit_node_job(kind, node, *, actor_kind, actor):
-    """Validate the node record, then queue the job (kind: setup_node, ping_node)."""
+def submit_node_job(kind, node, *, actor_kind, actor, params=None, target=None):
+    """Validate the node record, then queue a job that acts on it."""
     try:
         node.full_clean()
     except ValidationError as exc:
         raise InvalidNode(f"node {node.name!r} is not valid, no job was started: "
                           f"{validation_message(exc)}") from None
-    return dispatch.submit(kind, target=f"node:{node.name}", params={"node": node.name},
+    return dispatch.submit(kind, target=target or f"node:{node.name}", params=params or {"node": node.name},
                            actor_kind=actor_kind, actor=actor)

@@ -21,8 +21,8 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from jobs import events
-from jobs.context import FlowFailed, JobContext
+from jobs import events, fan_out
+from jobs.context import FlowFailed, JobContext, WaitForChildren
 from jobs.flows import FLOWS
 from jobs.models import WorkerHeartbeat
 from jobs.states import Kind, Status
@@ -36,6 +36,13 @@ EXPLAINED = (FlowFailed, TransportError, CommandFailed, SetupError)
 
 def run(job_id, worker, queued_hash=None):
     heartbeat.start(worker)
+    job = _run(job_id, worker, queued_hash)
+    if job is not None and job.parent_id is not None:
+        fan_out.child_ended(job.parent_id)
+    return job
+
+
+def _run(job_id, worker, queued_hash):
     with heartbeat.running(job_id):
         job = claim(job_id, worker, queued_hash)
         if job is None:
@@ -48,6 +55,8 @@ def run(job_id, worker, queued_hash=None):
         except Exception as exc:
             return _finish(ctx, Kind.FAILED, error=f"{type(exc).__name__}: {exc}",
                            traceback=traceback.format_exc())
+        if isinstance(outcome, WaitForChildren):
+            return _finish(ctx, Kind.WAITING, summary=outcome.summary)
         summary, result = outcome if isinstance(outcome, tuple) else (outcome, None)
         return _finish(ctx, Kind.SUCCEEDED, summary=summary or "", result=result)
 

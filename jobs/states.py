@@ -6,6 +6,7 @@ from django.db import models
 class Status(models.TextChoices):
     QUEUED = "queued"
     RUNNING = "running"
+    WAITING = "waiting"    # a parent job whose child jobs are running
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     LOST = "lost"          # its worker vanished and no attempt is left
@@ -30,6 +31,7 @@ class Kind:
     RESENT = "job.resent"
     STARTED = "job.started"
     RETRYING = "job.retrying"
+    WAITING = "job.waiting"
     SUCCEEDED = "job.succeeded"
     FAILED = "job.failed"
     LOST = "job.lost"
@@ -39,6 +41,7 @@ class Kind:
     STEP_FINISHED = "step.finished"
     COMMAND = "command"
     LOG = "log"
+    RELEASE_ACTIVATED = "release.activated"  # also projected into LiveRelease
 
 
 # event kind -> (statuses it may follow, status it leads to)
@@ -47,8 +50,9 @@ TRANSITIONS = {
     Kind.RESENT: ({Status.QUEUED}, Status.QUEUED),
     Kind.STARTED: ({Status.QUEUED}, Status.RUNNING),
     Kind.RETRYING: ({Status.RUNNING}, Status.QUEUED),
-    Kind.SUCCEEDED: ({Status.RUNNING}, Status.SUCCEEDED),
-    Kind.FAILED: ({Status.QUEUED, Status.RUNNING}, Status.FAILED),
+    Kind.WAITING: ({Status.RUNNING}, Status.WAITING),
+    Kind.SUCCEEDED: ({Status.RUNNING, Status.WAITING}, Status.SUCCEEDED),
+    Kind.FAILED: ({Status.QUEUED, Status.RUNNING, Status.WAITING}, Status.FAILED),
     Kind.LOST: ({Status.RUNNING}, Status.LOST),
     Kind.CANCELLED: ({Status.QUEUED}, Status.CANCELLED),
 }

@@ -94,3 +94,15 @@ def nodes(test_hosts, live_db):
         node.save()
         records.append(node)
     return records
+
+
+@pytest.fixture(scope="session")
+def ready_nodes(nodes, worker):
+    """The test hosts set up by real setup_node jobs (once a session), ready for deploys."""
+    from jobs.nodes import submit_node_job
+    from tests.helpers import wait_for_job
+
+    for node in nodes:
+        job = wait_for_job(submit_node_job("setup_node", node, actor_kind="system", actor="tests").pk, timeout=120)
+        assert job.status == "succeeded", job.error
+    return nodes

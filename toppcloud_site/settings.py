@@ -158,6 +158,10 @@ CELERY_BEAT_SCHEDULE = {
     "toppcloud-sweep-jobs": {"task": "jobs.sweep", "schedule": JOBS_SWEEP_INTERVAL},
 }
 
+# --- releases -------------------------------------------------------------
+# Packed app directories, one file per content hash (web and workers share it).
+TOPPCLOUD_ARTIFACT_DIR = env_str("TOPPCLOUD_ARTIFACT_DIR", str(VAR_DIR / "artifacts"))
+
 # --- nodes ----------------------------------------------------------------
 # The control plane's SSH identity; `manage.py ssh_key` creates it if missing.
 TOPPCLOUD_SSH_KEY_FILE = env_str("TOPPCLOUD_SSH_KEY_FILE", str(VAR_DIR / "ssh" / "id_ed25519"))

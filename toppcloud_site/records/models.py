@@ -109,9 +109,13 @@ class App(models.Model):
 
 
 class Release(models.Model):
+    """One packed app directory: a content-addressed archive and its parsed app.ini."""
+
     app = models.ForeignKey(App, on_delete=models.PROTECT, related_name="releases")
     name = models.CharField(max_length=64, help_text="Release id, also the directory under apps/<app>/releases/.")
-    artifact_sha256 = models.CharField(max_length=64, blank=True)
+    artifact_sha256 = models.CharField(max_length=64)
+    size = models.PositiveBigIntegerField(default=0, help_text="Archive size in bytes")
+    app_ini = models.JSONField(default=dict, help_text="The [production] settings it was packed with")
     version = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -119,6 +123,8 @@ class Release(models.Model):
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(fields=["app", "name"], name="records_release_app_name_uniq"),
+            # Packing an unchanged directory again finds this release instead of making another.
+            models.UniqueConstraint(fields=["app", "artifact_sha256"], name="records_release_app_artifact_uniq"),
         ]
 
     def __str__(self):

@@ -1,0 +1,72 @@
+"""manage.py deploy APP_DIR (--node N ... | --group G): pack the app directory and deploy it, following live."""
+
+import getpass
+
+from django.core.management.base import BaseCommand, CommandError
+
+from jobs import dispatch
+from jobs.cli import add_follow_arguments, follow_job
+from jobs.nodes import InvalidNode, get_node, submit_node_job
+from jobs.releases import ReleaseRefused, pack_release
+from jobs.states import ActorKind
+from nodeops.appini import AppIniError
+from nodeops.archive import ArchiveError
+from toppcloud_site.records.models import Node
+
+
+class Command(BaseCommand):
+    help = "Deploy an app directory (with its app.ini) to nodes, with zero downtime."
+
+    def add_arguments(self, parser):
+        parser.add_argument("app_dir")
+        parser.add_argument("--node", action="append", default=[], help="node name (repeat for several)")
+        parser.add_argument("--group", help="every node of this server group")
+        parser.add_argument("--max-parallel", type=int, default=4, help="nodes deployed at once (default 4)")
+        add_follow_arguments(parser)
+
+    def handle(self, app_dir, node, group, max_parallel, **opts):
+        try:
+            nodes = [get_node(name) for name in node]
+            if group:
+                nodes += [n for n in Node.objects.filter(group__name=group) if n not in nodes]
+                if not nodes:
+                    raise ReleaseRefused(f"server group {group!r} has no nodes")
+            if not nodes:
+                raise ReleaseRefused("say where: --node NODE (repeatable) or --group GROUP")
+            if max_parallel < 1:
+                raise ReleaseRefused("--max-parallel must be 1 or more")
+            release, warnings = pack_release(app_dir)
+        except (AppIniError, ArchiveError, ReleaseRefused, InvalidNode) as exc:
+            raise CommandError(f"nothing was deployed: {exc}") from None
+        for warning in warnings:
+            self.stderr.write(f"warning: {warning}")
+        self.stdout.write(f"release {release.app.name} {release.name} ({release.size} bytes, "
+                          f"sha256 {release.artifact_sha256[:12]})")
+        actor = opts.get("actor") or getpass.getuser()
+        app = release.app.name
+        plans = [{"kind": "deploy", "target": f"app:{app}@{n.name}",
+                  "params": {"app": app, "release": release.name, "node": n.name}} for n in nodes]
+        try:
+            if len(nodes) == 1:
+                job = submit_node_job("deploy", nodes[0], actor_kind=ActorKind.USER, actor=actor,
+                                      target=plans[0]["target"], params=plans[0]["params"])
+            else:
+                for n in nodes:
+                    submit_check(n)
+                job = dispatch.submit("deploy_many", target=f"app:{app}@{len(nodes)} nodes", actor_kind=ActorKind.USER,
+                                      actor=actor, params={"app": app, "release": release.name, "children": plans,
+                                                           "max_parallel": max_parallel})
+        except InvalidNode as exc:
+            raise CommandError(f"nothing was deployed: {exc}") from None
+        follow_job(self, job, no_wait=opts["no_wait"], as_json=opts["as_json"])
+
+
+def submit_check(node):
+    """Refuse a bad node record before the parent job exists (the same check each child gets)."""
+    from jobs.nodes import validation_message
+    from django.core.exceptions import ValidationError
+
+    try:
+        node.full_clean()
+    except ValidationError as exc:
+        raise InvalidNode(f"node {node.name!r} is not valid, no job was started: {validation_message(exc)}") from None

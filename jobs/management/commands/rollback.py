@@ -1,0 +1,36 @@
+"""manage.py rollback APP --node N [--release R]: make a previous release live again (seconds, no upload)."""
+
+from django.core.management.base import BaseCommand, CommandError
+
+from jobs.cli import add_follow_arguments, follow_job
+from jobs.nodes import InvalidNode, get_node, submit_node_job
+from jobs.states import ActorKind
+from toppcloud_site.records.models import App
+
+
+class Command(BaseCommand):
+    help = "Roll an app back on a node to the previous (or a named) release still on its disk."
+
+    def add_arguments(self, parser):
+        parser.add_argument("app")
+        parser.add_argument("--node", required=True)
+        parser.add_argument("--release", help="release name (default: the one before the live one)")
+        add_follow_arguments(parser)
+
+    def handle(self, app, node, release, **opts):
+        if not App.objects.filter(name=app).exists():
+            raise CommandError(f"there is no app {app!r}")
+        try:
+            node = get_node(node)
+        except InvalidNode as exc:
+            raise CommandError(str(exc)) from None
+        import getpass
+
+        params = {"app": app, "node": node.name, **({"release": release} if release else {})}
+        try:
+            job = submit_node_job("rollback", node, actor_kind=ActorKind.USER,
+                                  actor=opts.get("actor") or getpass.getuser(), target=f"app:{app}@{node.name}",
+                                  params=params)
+        except InvalidNode as exc:
+            raise CommandError(str(exc)) from None
+        follow_job(self, job, no_wait=opts["no_wait"], as_json=opts["as_json"])
