@@ -8,73 +8,21 @@ worker process (prefork, -c 2, prefetch 1, acks_late) in the same run.
 
     python bench/jobs_throughput.py [--jobs 1000] [--latency-samples 100]
 
-Uses PostgreSQL database toppcloud_bench (created and migrated) and the
-RabbitMQ at CELERY_BROKER_URL unless DATABASE_URL / CELERY_BROKER_URL say otherwise.
+Uses an empty PostgreSQL database toppcloud_bench and RabbitMQ vhost
+toppcloud-bench unless DATABASE_URL / CELERY_BROKER_URL say otherwise.
 """
 
 import argparse
 import os
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/toppcloud_bench")
-BENCH_VHOST = "toppcloud-bench"
-os.environ.setdefault("CELERY_BROKER_URL", f"amqp://guest:guest@127.0.0.1:5672/{BENCH_VHOST}")
-os.environ.setdefault("SECRET_KEY", "bench-secret-key-bench-secret-key-bench-secret-key")
-os.environ.setdefault("TOPPCLOUD_VAR_DIR", tempfile.mkdtemp(prefix="toppcloud-bench-"))
-os.environ["DJANGO_SETTINGS_MODULE"] = "toppcloud_site.settings"
-
-
-def create_database():
-    """An empty PostgreSQL database for this run."""
-    import psycopg2
-    from urllib.parse import urlsplit
-
-    url = urlsplit(os.environ["DATABASE_URL"])
-    if url.scheme.startswith("postgres"):
-        con = psycopg2.connect(host=url.hostname, port=url.port or 5432, user=url.username,
-                               password=url.password, dbname="postgres")
-        con.autocommit = True
-        with con.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [url.path.lstrip("/")])
-            if cur.fetchone():  # start empty: a table grown by earlier runs skews the figures
-                cur.execute(f'DROP DATABASE "{url.path.lstrip("/")}"')
-            cur.execute(f'CREATE DATABASE "{url.path.lstrip("/")}"')
-        con.close()
-
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import configure, start_worker, stop_worker  # noqa: E402
 
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "2"))
-
-
-def create_vhost():
-    """The bench's own RabbitMQ vhost, so tests or a dev server on the machine do not share its queues."""
-    if os.environ["CELERY_BROKER_URL"].endswith("/" + BENCH_VHOST):
-        subprocess.run(["rabbitmqctl", "-q", "add_vhost", BENCH_VHOST], capture_output=True)
-        subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", BENCH_VHOST, "guest", ".*", ".*", ".*"],
-                       check=True, capture_output=True)
-
-
-def start_worker(log):
-    argv = [sys.executable, "-m", "celery", "-A", "toppcloud_site", "worker", "-Q", "jobs,bench", "-c", str(CONCURRENCY),
-            "-l", "warning", "--include", "bench.tasks", "-n", f"bench-{os.getpid()}@%h", "--purge"]
-    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    from toppcloud_site.celery import app
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if app.control.ping(destination=[f"bench-{os.getpid()}@{os.uname().nodename}"], timeout=0.5):
-            return proc
-        if proc.poll() is not None:
-            sys.exit(f"worker exited: {Path(log).read_text()[-2000:]}")
-    sys.exit("worker did not answer a ping in 60 s")
 
 
 def lines(path):
@@ -148,17 +96,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="alternate raw and job rounds; report medians")
     args = parser.parse_args()
 
-    create_database()
-    create_vhost()
-    import django
-
-    django.setup()
-    from django.core.management import call_command
+    configure("toppcloud-bench")
     from django.db import connection
 
-    call_command("migrate", verbosity=0)
     tmp = Path(os.environ["TOPPCLOUD_VAR_DIR"])
-    worker = start_worker(tmp / "worker.log")
+    worker = start_worker(tmp / "worker.log", "jobs,bench", CONCURRENCY, include=["bench.tasks"])
     try:
         raw_throughput(50, str(tmp / "warm"))  # warm both paths: connections, imports
         job_throughput(50)
@@ -172,12 +114,7 @@ def main():
         raw_lat = raw_latency(args.latency_samples, str(tmp / "raw-latency"))
         job_lat = job_latency(args.latency_samples)
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        stop_worker(worker)
 
     ratio = job_tps / raw_tps
     print(f"\njobs throughput: {args.jobs} no-op jobs vs {args.jobs} raw Celery tasks, median of {args.rounds} "

@@ -1,0 +1,86 @@
+"""What the benchmarks share: an empty database, a RabbitMQ vhost and a worker of their own."""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def configure(name):
+    """Environment for a benchmark called name: database and vhost of that name unless set already."""
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DATABASE_URL", f"postgres://postgres@127.0.0.1:5432/{name.replace('-', '_')}")
+    os.environ.setdefault("CELERY_BROKER_URL", f"amqp://guest:guest@127.0.0.1:5672/{name}")
+    os.environ.setdefault("SECRET_KEY", "bench-secret-key-bench-secret-key-bench-secret-key")
+    os.environ.setdefault("TOPPCLOUD_VAR_DIR", tempfile.mkdtemp(prefix=f"{name}-"))
+    os.environ["DJANGO_SETTINGS_MODULE"] = "toppcloud_site.settings"
+    _create_database()
+    _create_vhost(name)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def _create_database():
+    """An empty PostgreSQL database: a table grown by earlier runs skews the figures."""
+    import psycopg2
+
+    url = urlsplit(os.environ["DATABASE_URL"])
+    if not url.scheme.startswith("postgres"):
+        return
+    con = psycopg2.connect(host=url.hostname, port=url.port or 5432, user=url.username, password=url.password,
+                           dbname="postgres")
+    con.autocommit = True
+    name = url.path.lstrip("/")
+    with con.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+        if cur.fetchone():
+            cur.execute(f'DROP DATABASE "{name}"')
+        cur.execute(f'CREATE DATABASE "{name}"')
+    con.close()
+
+
+def _create_vhost(name):
+    """The benchmark's own RabbitMQ vhost, so tests or a dev server on the machine do not share its queues."""
+    if os.environ["CELERY_BROKER_URL"].endswith("/" + name):
+        subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], capture_output=True)
+        subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+                       check=True, capture_output=True)
+
+
+def start_worker(log, queues, concurrency, include=()):
+    """A Celery worker of this run, in its own process group; returns once it answers a ping."""
+    name = f"bench-{os.getpid()}"
+    argv = [sys.executable, "-m", "celery", "-A", "toppcloud_site", "worker", "-Q", queues, "-c", str(concurrency),
+            "-l", "warning", "-n", f"{name}@%h", "--purge"]
+    for module in include:
+        argv += ["--include", module]
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    from toppcloud_site.celery import app
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if app.control.ping(destination=[f"{name}@{os.uname().nodename}"], timeout=0.5):
+            return proc
+        if proc.poll() is not None:
+            sys.exit(f"worker exited: {Path(log).read_text()[-2000:]}")
+    sys.exit("worker did not answer a ping in 60 s")
+
+
+def stop_worker(proc):
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
