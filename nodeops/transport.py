@@ -163,7 +163,10 @@ class LocalTransport(Transport):
 
 
 def _rsync_argv(src_dir, dest, link_dest, delete, ssh_cmd=None):
-    argv = ["rsync", "-a"]
+    # --checksum: release files are unpacked with one fixed mtime, so rsync's
+    # size+mtime check would call two different files of equal size the same
+    # (and hard-link the old one). --stats: the bytes sent, for the job's events.
+    argv = ["rsync", "-a", "--checksum", "--stats"]
     if delete:
         argv.append("--delete")
     if link_dest:

@@ -38,6 +38,11 @@ def steps(job):
 
 
 def test_it_sets_up_two_hosts_and_again_changes_nothing(worker, test_hosts, nodes, capsys):
+    for host in test_hosts:  # whether or not an earlier test set them up, someone edited a file by hand
+        conf = os.path.join(host.root, "run/nginx/nginx.conf")
+        if os.path.exists(conf):
+            with open(conf, "a") as f:
+                f.write("# edited by hand\n")
     for host, node in zip(test_hosts, nodes):
         code, job = run_command("setup_node", node.name)
         assert code == 0, job.error

@@ -1,0 +1,234 @@
+"""Deploy and rollback on one node, as a person would do them by hand.
+
+Deploy: take the app's lock; upload the release next to the previous one;
+build or reuse its virtualenv; write its environment; start it on a fresh
+port beside the live one; wait until it answers; ask its health URL (not
+live yet); run its database updates; point nginx at it; record
+release.activated; stop the old release; prune old releases.
+A failure before activation stops the new release; the old one never stops
+serving.
+"""
+
+import os
+import shlex
+import shutil
+import tempfile
+from contextlib import contextmanager
+
+from django.db import transaction
+from django.utils import timezone
+
+from jobs import fan_out
+from jobs.context import FlowFailed, WaitForChildren
+from jobs.flows import flow
+from jobs.models import AppLock, Job, LiveRelease
+from jobs.releases import artifact_path
+from jobs.states import TERMINAL, Kind
+from nodeops import archive, release as node_release
+from nodeops.layout import NodeLayout
+from toppcloud_site.records.models import App, Node, Release
+
+
+@flow("deploy", queue="nodeops", retry_when_worker_lost=False)
+def deploy(ctx, app, release, node):
+    app, node = App.objects.get(name=app), Node.objects.get(name=node)
+    release = Release.objects.get(app=app, name=release)
+    ini = release.app_ini
+    t, layout = ctx.transport(node), NodeLayout(node.root)
+    live = LiveRelease.objects.filter(app=app, node=node, host=ini["location_host"], path=ini["location_path"]).first()
+    previous = live.release if live else None
+    take_app_lock(ctx, app)
+    if previous == release:
+        return f"{app.name} {release.name} is already live on {node.name}; nothing to do", {"release": release.name}
+
+    with ctx.step("upload") as s:
+        link_dest = node_release_dir(layout, app, previous) if previous else None
+        with unpacked(release) as src:
+            release_dir = node_release.upload(t, ctx.emit, layout, app.name, release.name, src, previous=link_dest)
+        s.data["release_dir"] = release_dir
+    with ctx.step("venv") as s:
+        venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name, release_dir, ini["requirements"])
+    with ctx.step("env"):
+        env_file = node_release.write_env(t, layout, app.name, release.name, release_env(app, release, node, layout))
+    port = start_release(ctx, t, layout, app, release, ini, venv, env_file)
+    try:
+        with ctx.step("health"):
+            check_health(ctx, t, port, ini, release, previous)
+        with ctx.step("update_fetch"):
+            run_update_fetch(ctx, t, port, ini, release_dir, env_file)
+        with ctx.step("activate"):
+            activate(ctx, t, layout, app, node, release, port, ini)
+    except BaseException:
+        with ctx.step("stop new release"):
+            node_release.stop(t, ctx.emit, layout, app.name, release.name)
+        raise
+    if previous and previous != release:
+        with ctx.step("stop old release"):
+            node_release.stop(t, ctx.emit, layout, app.name, previous.name)
+    with ctx.step("prune") as s:
+        s.data["removed"] = node_release.prune(t, ctx.emit, layout, app.name, keep_releases(app, release, ini))
+    was = f" (was {previous.name})" if previous else ""
+    return (f"{app.name} {release.name} live on {node.name} at {ini['location_host']}{ini['location_path']}{was}",
+            {"release": release.name, "previous": previous.name if previous else None, "port": port})
+
+
+@flow("rollback", queue="nodeops", retry_when_worker_lost=False)
+def rollback(ctx, app, node, release=None):
+    """Make a previous release, still on the node's disk, live again: no upload, no venv build."""
+    app, node = App.objects.get(name=app), Node.objects.get(name=node)
+    live = LiveRelease.objects.filter(app=app, node=node).select_related("release").first()
+    if live is None:
+        raise FlowFailed(f"{app.name} has no live release on {node.name} to roll back from")
+    target = _rollback_target(app, node, live.release, release)
+    ini = target.app_ini
+    t, layout = ctx.transport(node), NodeLayout(node.root)
+    take_app_lock(ctx, app)
+    with ctx.step("venv") as s:
+        venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name,
+                                                   node_release_dir(layout, app, target), ini["requirements"])
+    env_file = f"{layout.env_dir(app.name)}/{target.name}.env"
+    port = start_release(ctx, t, layout, app, target, ini, venv, env_file)
+    try:
+        with ctx.step("health"):
+            check_health(ctx, t, port, ini, target, live.release)
+        with ctx.step("activate"):
+            activate(ctx, t, layout, app, node, target, port, ini)
+    except BaseException:
+        with ctx.step("stop rolled-back-to release"):
+            node_release.stop(t, ctx.emit, layout, app.name, target.name)
+        raise
+    with ctx.step("stop old release"):
+        node_release.stop(t, ctx.emit, layout, app.name, live.release.name)
+    return (f"{app.name} rolled back to {target.name} on {node.name} (was {live.release.name})",
+            {"release": target.name, "previous": live.release.name, "port": port})
+
+
+# --- the steps ------------------------------------------------------------------
+
+def take_app_lock(ctx, app):
+    """One deploy or rollback of an app at a time: a second one is refused, never interleaved.
+
+    The lock is the job holding it; it is free again once that job has ended,
+    however it ended. Child jobs work under their parent's lock.
+    """
+    with transaction.atomic():
+        lock, _ = AppLock.objects.select_for_update().get_or_create(app=app)
+        holder = Job.objects.filter(pk=lock.job_id).first() if lock.job_id else None
+        if holder is not None and holder.pk == ctx.parent_id:
+            return
+        if holder is not None and holder.pk != ctx.job_id and holder.status not in TERMINAL:
+            raise FlowFailed(f"{app.name} is being changed by job {holder.pk} ({holder.kind}, started "
+                             f"{holder.started_at:%H:%M:%S} by {holder.actor_kind}:{holder.actor}); "
+                             f"this job did nothing: run it again when that one has ended")
+        lock.job_id, lock.taken_at = ctx.job_id, timezone.now()
+        lock.save()
+    ctx.emit("lock.taken", app=app.name)
+
+
+@flow("deploy_many", queue="jobs", retry_when_worker_lost=False)
+def deploy_many(ctx, app, release, children, max_parallel):
+    """One child deploy job per node, max_parallel at a time, all under this job's lock of the app."""
+    take_app_lock(ctx, App.objects.get(name=app))
+    fan_out.start_children(ctx.job, children, max_parallel)
+    return WaitForChildren(f"deploying {app} {release} to {len(children)} nodes, {max_parallel} at a time")
+
+
+@contextmanager
+def unpacked(release):
+    """The release's archive unpacked into a temporary directory on this machine (checked, never trusted)."""
+    tmp = tempfile.mkdtemp(prefix=f"toppcloud-{release.app.name}-")
+    try:
+        dest = os.path.join(tmp, "app")
+        archive.unpack(artifact_path(release), dest, sha256=release.artifact_sha256)
+        yield dest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def start_release(ctx, t, layout, app, release, ini, venv, env_file):
+    with ctx.step("start") as s:
+        port = node_release.free_port(t)
+        node_release.start(t, ctx.emit, layout, app.name, release.name, port=port, runner=ini["runner"],
+                           venv=venv, processes=ini["processes"], threads=ini["threads"], env_file=env_file)
+        s.data["port"] = port
+    with ctx.step("wait until it answers"):
+        node_release.wait_until_answers(t, port, timeout=60, log_file=node_release.error_log(layout, app.name),
+                                        host=ini["location_host"])
+    return port
+
+
+def check_health(ctx, t, port, ini, release, previous):
+    """Test-before-activate: the new release, not yet live, must answer its health URL with 2xx."""
+    if not ini["health_check"]:
+        ctx.emit("log", text="app.ini has no health_check; the release answered, which is all that is checked")
+        return
+    status, body = node_release.http_get(t, port, ini["health_check"], host=ini["location_host"])
+    ctx.emit("health", path=ini["health_check"], status=status, body=body)
+    if not 200 <= status < 300:
+        still = f"; {previous.name} is still live" if previous else "; nothing was live before"
+        raise FlowFailed(f"health check {ini['health_check']} of {release.name} answered {status}: "
+                         f"{body[:200]!r}; the release was not activated{still}")
+
+
+def run_update_fetch(ctx, t, port, ini, release_dir, env_file):
+    """The database updates (update_fetch): URLs asked of the new release, or script: commands in its directory."""
+    for entry in ini["update_fetch"]:
+        if entry.startswith("script:"):
+            argv = shlex.split(entry[len("script:"):])
+            result = t.run(["env", "-C", release_dir, *_env_assignments(t, env_file), *argv], check=False)
+            ctx.emit("command", step="update_fetch", argv=argv, rc=result.rc, stdout=result.stdout,
+                     stderr=result.stderr, seconds=result.seconds)
+            if result.rc != 0:
+                raise FlowFailed(f"update_fetch {entry!r} exited {result.rc}: {result.stderr.strip()[-300:]}")
+        else:
+            status, body = node_release.http_get(t, port, entry, host=ini["location_host"])
+            ctx.emit("update_fetch", path=entry, status=status, body=body)
+            if not 200 <= status < 300:
+                raise FlowFailed(f"update_fetch {entry} answered {status}: {body[:200]!r}")
+
+
+def activate(ctx, t, layout, app, node, release, port, ini):
+    release_dir = node_release_dir(layout, app, release)
+    node_release.activate(t, ctx.emit, layout, app.name, host=ini["location_host"], path=ini["location_path"],
+                          port=port, static_dir=os.path.join(release_dir, ini["static"]))
+    ctx.emit(Kind.RELEASE_ACTIVATED, app=app.name, node=node.name, host=ini["location_host"],
+             path=ini["location_path"], release=release.name, port=port)
+
+
+def release_env(app, release, node, layout):
+    """The one environment of a release (issue 5 widens it: services, config, cron)."""
+    return {
+        "TOPPCLOUD_APP_NAME": app.name,
+        "TOPPCLOUD_RELEASE": release.name,
+        "TOPPCLOUD_NODE": node.name,
+        "TOPPCLOUD_LOGS": f"{layout.logs}/{app.name}",
+    }
+
+
+def keep_releases(app, release, ini):
+    """The newest keep_releases releases of the app, the new one among them."""
+    names = list(Release.objects.filter(app=app).order_by("-created_at").values_list("name", flat=True))
+    keep = names[: ini["keep_releases"]]
+    return keep if release.name in keep else keep[:-1] + [release.name]
+
+
+def node_release_dir(layout, app, release):
+    return os.path.join(layout.releases_dir(app.name), release.name)
+
+
+def _rollback_target(app, node, current, name):
+    if name:
+        try:
+            return Release.objects.get(app=app, name=name)
+        except Release.DoesNotExist:
+            raise FlowFailed(f"{app.name} has no release {name}") from None
+    older = Release.objects.filter(app=app, created_at__lt=current.created_at).order_by("-created_at").first()
+    if older is None:
+        raise FlowFailed(f"{app.name} has no release older than {current.name} to roll back to")
+    return older
+
+
+def _env_assignments(t, env_file):
+    """KEY=value argv words from the release's env file, for env(1): the same environment web processes get."""
+    env = node_release.parse_env(t.run(["cat", env_file]).stdout)
+    return [f"{key}={value}" for key, value in env.items()]

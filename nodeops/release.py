@@ -1,0 +1,618 @@
+"""What a deploy does on a node: upload, venv, env, start, check, activate, stop, prune.
+
+See "Deploy (zero downtime)" in DESIGN.md. Each function does one step a
+person would do by hand; the deploy flow calls them in order. Commands are
+argv lists; anything an app provides reaches the node as an argv element,
+on stdin, or (for nginx and supervisor configs) only after validation.
+
+Where things are, for an app `a` and a release `r` under the node root:
+
+    apps/a/releases/r/                  the code (rsync, hard links to the previous release)
+    apps/a/venvs/<key>/                 virtualenv; <key> hashes requirements + python + gunicorn
+    apps/a/env/r.env                    the release's environment, KEY='value' lines (0600)
+    run/supervisor/programs/app-a-r.conf    gunicorn on 127.0.0.1:<port> while the release runs
+    run/nginx/sites/a.conf              the server block that makes one release live
+    logs/a/                             app.log (stdout), error.log (stderr + gunicorn), access.log
+"""
+
+import json
+import os
+import re
+import shlex
+
+from .steps import run_logged
+from .transport import CommandFailed
+from .validate import validate_address, validate_name, validate_port, validate_url_path
+
+# The WSGI server put into every venv. Part of the venv key: changing the pin
+# builds fresh venvs instead of silently mixing versions.
+GUNICORN = "gunicorn==27.0.1"
+VENV_MARKER = ".toppcloud-complete"
+# The node's system python (setup installs Debian's python3): it runs the
+# small scripts below and builds the venvs. Not whatever `python3` is first
+# on the login PATH: a pyenv shim there costs ~0.1 s per call and would
+# build venvs on a python the node's owner may remove.
+PYTHON = "/usr/bin/python3"
+
+_RELEASE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_RUNNER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+# Paths written into nginx and supervisor configs: nothing either would read
+# as syntax (quotes, ';', '{', '%', spaces, '#').
+_SAFE_PATH_RE = re.compile(r"/[A-Za-z0-9._/-]*")
+_HTTP_PATH_RE = re.compile(r"/[\x21-\x7e]*")
+
+
+class ReleaseError(Exception):
+    """A release cannot be made to run; the message says why, for the job's summary."""
+
+
+# --- names and paths ----------------------------------------------------------
+
+def validate_release(value):
+    if not isinstance(value, str) or not _RELEASE_RE.fullmatch(value):
+        raise ValueError(f"release {value!r} is invalid: use 1 to 64 characters a-z, 0-9 and '-'")
+    return value
+
+
+def _safe_path(value, field):
+    if (not isinstance(value, str) or not _SAFE_PATH_RE.fullmatch(value)
+            or ".." in value.split("/") or "//" in value):
+        raise ValueError(f"{field} {value!r} is invalid: it must be an absolute path of letters, digits, "
+                         "'.', '_', '-' and '/'")
+    return value
+
+
+def release_dir(layout, app, release):
+    return os.path.join(layout.releases_dir(app), validate_release(release))
+
+
+def env_file(layout, app, release):
+    return os.path.join(layout.env_dir(app), validate_release(release) + ".env")
+
+
+def program_name(app, release) -> str:
+    return f"app-{validate_name(app, 'app')}-{validate_release(release)}"
+
+
+def program_conf(layout, app, release):
+    return os.path.join(layout.supervisor_programs, program_name(app, release) + ".conf")
+
+
+def error_log(layout, app):
+    """Where a release's stderr (tracebacks, gunicorn's own log) goes."""
+    return os.path.join(layout.app_logs(app), "error.log")
+
+
+def _supervisorctl(layout, *args):
+    return ["supervisorctl", "-c", layout.supervisor_conf, *args]
+
+
+def _emit_result(emit, step, r):
+    emit("command", step=step, argv=list(r.argv), rc=r.rc, stdout=r.stdout, stderr=r.stderr,
+         seconds=round(r.seconds, 3))
+
+
+# --- upload -------------------------------------------------------------------
+
+def upload(t, emit, layout, app, release, src_dir, previous=None) -> str:
+    """Copy `src_dir` (on this machine) to the release dir on the node; return that dir.
+
+    `previous` (a release id or an absolute release dir) is given to rsync as
+    --link-dest: files equal to the previous release's become hard links, so
+    a deploy sends and stores only what changed.
+    """
+    dest = release_dir(layout, app, release)
+    if not os.path.isdir(src_dir):
+        raise ReleaseError(f"{src_dir} is not a directory")
+    link_dest = None
+    if previous:
+        link_dest = previous if previous.startswith("/") else release_dir(layout, app, previous)
+        link_dest = _safe_path(link_dest.rstrip("/"), "previous release dir")
+        if link_dest == dest:
+            link_dest = None  # re-uploading the same release: nothing to link against
+    run_logged(t, emit, ["mkdir", "-p", dest], step="upload")
+    try:
+        r = t.rsync(src_dir, dest, link_dest=link_dest)
+    except CommandFailed as exc:
+        _emit_result(emit, "upload", exc.result)
+        raise
+    _emit_result(emit, "upload", r)
+    sent = re.search(r"Total bytes sent: ([\d,]+)", r.stdout)
+    if sent:
+        emit("upload.stats", bytes_sent=int(sent.group(1).replace(",", "")))
+    return dest
+
+
+# --- virtualenv ---------------------------------------------------------------
+
+# One round trip decides whether the venv can be reused: the key is computed
+# where the venv lives (the node's python3 and the requirements file there).
+_VENV_KEY_PY = r"""
+import hashlib, json, os, sys
+release_dir, req, venvs, pin, marker = sys.argv[1:6]
+data = b""
+path = None
+if req:
+    path = os.path.join(release_dir, req)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        sys.exit(f"the requirements file {req} is not in the release")
+key = hashlib.sha256(f"{sys.version}\n{pin}\n".encode() + data).hexdigest()[:16]
+venv = os.path.join(venvs, key)
+# pip ignores blank lines and '#' comments; with nothing else, skip -r.
+needed = any(l.strip() and not l.strip().startswith("#") for l in data.decode("utf-8", "replace").splitlines())
+print(json.dumps({"venv": venv, "complete": os.path.exists(os.path.join(venv, marker)),
+                  "requirements": path if needed else None}))
+"""
+
+
+def ensure_venv(t, emit, layout, app, release_dir, requirements="requirements.txt") -> tuple[str, bool]:
+    """The venv for the release's requirements: (path, built). Reused when complete."""
+    release_dir = _safe_path(release_dir, "release_dir")
+    if requirements:
+        norm = os.path.normpath(requirements)
+        if requirements.startswith("/") or norm.startswith("..") or "\0" in requirements:
+            raise ReleaseError(f"requirements {requirements!r} is invalid: it must be a path inside the app")
+        requirements = norm
+    argv = [PYTHON, "-I", "-c", _VENV_KEY_PY, release_dir, requirements or "", layout.venvs_dir(app),
+            GUNICORN, VENV_MARKER]
+    try:
+        found = json.loads(run_logged(t, emit, argv, step="venv").stdout)
+    except CommandFailed as exc:
+        raise ReleaseError(exc.result.stderr.strip() or str(exc)) from None
+    venv = found["venv"]
+    if found["complete"]:
+        return venv, False
+
+    # Built in place (venvs are not relocatable). --clear empties what a
+    # build that died half-way left behind; the marker is written last, so
+    # only a complete venv is ever reused.
+    try:
+        run_logged(t, emit, [PYTHON, "-m", "venv", "--clear", venv], step="venv", timeout=300)
+        pip = [f"{venv}/bin/pip", "install", "--no-input", "--disable-pip-version-check",
+               "--progress-bar", "off", GUNICORN]
+        if found["requirements"]:
+            pip += ["-r", found["requirements"]]
+        run_logged(t, emit, pip, step="venv", timeout=1800)
+    except CommandFailed as exc:
+        t.run(["rm", "-rf", venv], check=False)
+        raise ReleaseError(f"requirements failed to install: {_pip_errors(exc.result)}") from None
+    t.put_file(f"{venv}/{VENV_MARKER}", f"{GUNICORN}\n".encode())
+    return venv, True
+
+
+def _pip_errors(result):
+    """pip's ERROR lines (they name the package), else the last lines of its output."""
+    lines = [l.strip() for l in (result.stdout + "\n" + result.stderr).splitlines() if l.strip()]
+    errors = [l for l in lines if l.startswith("ERROR")]
+    return " / ".join((errors or lines)[-5:]) or f"exit code {result.rc}"
+
+
+# --- environment --------------------------------------------------------------
+
+def render_env(env: dict) -> str:
+    lines = ["# Managed by toppcloud: the environment of one release (web, cron, commands)."]
+    for key, value in env.items():
+        if not isinstance(key, str) or not _ENV_KEY_RE.fullmatch(key):
+            raise ValueError(f"environment variable name {key!r} is invalid: use A-Z, a-z, 0-9 and '_'")
+        value = str(value)
+        if "\0" in value:
+            raise ValueError(f"environment variable {key} contains a NUL byte")
+        lines.append(f"{key}={shlex.quote(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_env(text: str) -> dict:
+    """The inverse of render_env; handles values with newlines too."""
+    env = {}
+    for word in shlex.split(text, comments=True):
+        key, _, value = word.partition("=")
+        env[key] = value
+    return env
+
+
+def write_env(t, layout, app, release, env: dict) -> str:
+    """Write the release's env file (0600) and return its path.
+
+    Not logged: the values are secrets. They travel on stdin, never in argv.
+    The file is valid POSIX sh (values shell-quoted), so `.` loads it.
+    """
+    path = env_file(layout, app, release)
+    text = render_env(env)
+    try:
+        t.put_file(path, text.encode(), mode=0o600)
+    except CommandFailed:  # the first release of the app on this node: no env dir yet
+        t.run(["install", "-d", "-m", "0700", layout.env_dir(app)])
+        t.put_file(path, text.encode(), mode=0o600)
+    return path
+
+
+# --- running a release ----------------------------------------------------------
+
+_FREE_PORT_PY = r"""
+import socket, sys
+with socket.socket() as s:
+    s.bind((sys.argv[1], 0))
+    print(s.getsockname()[1])
+"""
+
+
+def free_port(t, address="127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the kernel's pick)."""
+    address = validate_address(address)
+    return int(t.run([PYTHON, "-I", "-c", _FREE_PORT_PY, address]).stdout.strip())
+
+
+# supervisord runs this with the env file and the gunicorn argv as
+# arguments: `set -a` exports everything the file assigns, then exec makes
+# gunicorn the process supervisord signals. The script is constant; the
+# file is ours and shell-quoted, so no value is ever parsed as code. (A
+# supervisord `environment=` line would need its own quoting and '%'
+# escaping and would put secrets into supervisor's config.)
+ENV_RUN_SH = 'set -a && . "$1" && set +a && shift && exec "$@"'
+
+
+def render_program(layout, app, release, *, port, runner, venv, processes, threads, env_file):
+    name = program_name(app, release)
+    rdir = release_dir(layout, app, release)
+    logs = layout.app_logs(app)
+    gunicorn = [
+        f"{venv}/bin/gunicorn",
+        "--bind", f"127.0.0.1:{port}",
+        "--workers", str(processes),
+        "--threads", str(threads),
+        "--chdir", rdir,
+        # On TERM gunicorn stops accepting and lets workers finish their
+        # requests for this long; supervisor's stopwaitsecs is longer.
+        "--graceful-timeout", "25",
+        # gunicorn >= 24 opens a control socket in $HOME by default: two
+        # releases running side by side would fight over it.
+        "--no-control-socket",
+        "--access-logfile", f"{logs}/access.log",
+        "--error-logfile", "-",
+        "--name", name,
+        runner,
+    ]
+    command = shlex.join(["/bin/sh", "-c", ENV_RUN_SH, name, env_file, *gunicorn])
+    # supervisord expands %(...)s in command; validation keeps '%' out.
+    assert "%" not in command, command
+    return f"""\
+; Managed by toppcloud: release {release} of {app}; removed when the release stops.
+[program:{name}]
+command = {command}
+directory = {rdir}
+autostart = true
+autorestart = true
+startsecs = 1
+startretries = 3
+; TERM = gunicorn's graceful shutdown: requests in flight are finished.
+stopsignal = TERM
+stopwaitsecs = 30
+killasgroup = true
+environment = PYTHONUNBUFFERED="1"
+stdout_logfile = {logs}/app.log
+stdout_logfile_maxbytes = 10MB
+stdout_logfile_backups = 3
+stderr_logfile = {logs}/error.log
+stderr_logfile_maxbytes = 10MB
+stderr_logfile_backups = 3
+"""
+
+
+def start(t, emit, layout, app, release, *, port, runner, venv, processes, threads, env_file) -> None:
+    """Run the release under supervisord on 127.0.0.1:<port>; other programs are not touched."""
+    port = validate_port(port, "port")
+    if not isinstance(runner, str) or not _RUNNER_RE.fullmatch(runner):
+        raise ValueError(f"runner {runner!r} is invalid: it must be module:callable, like app:application")
+    for value, field in ((processes, "processes"), (threads, "threads")):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
+            raise ValueError(f"{field} {value!r} is invalid: it must be a number from 1 to 64")
+    venv, env_file = _safe_path(venv, "venv"), _safe_path(env_file, "env_file")
+    name = program_name(app, release)
+    text = render_program(layout, app, release, port=port, runner=runner, venv=venv,
+                          processes=processes, threads=threads, env_file=env_file)
+    run_logged(t, emit, ["mkdir", "-p", layout.app_logs(app)], step="start")
+    t.put_file(program_conf(layout, app, release), text.encode())
+    # `update <name>` adds (or, if its config changed, restarts) only this
+    # program; the live release keeps running.
+    r = run_logged(t, emit, _supervisorctl(layout, "update", name), step="start")
+    if "process group" in r.stdout:
+        return  # added or updated: supervisord starts it (autostart)
+    # Its program was there already, unchanged (a rollback to a release that
+    # still runs, or one that had died): make sure it runs. "already
+    # started" is rc 0.
+    r = run_logged(t, emit, _supervisorctl(layout, "start", name), step="start", check=False)
+    if r.rc != 0:
+        tail = _tail(t, error_log(layout, app))
+        raise ReleaseError(f"supervisord could not start {name}: {r.stdout.strip() or r.stderr.strip()}"
+                           + (f"; log tail: {tail}" if tail else ""))
+
+
+def stop(t, emit, layout, app, release) -> None:
+    """Stop the release gracefully and forget its program. Stopping a stopped release is fine."""
+    name = program_name(app, release)
+    # TERM, then wait until gunicorn has finished its requests in flight (at
+    # most stopwaitsecs). `stop` answers as soon as the process is gone;
+    # letting `update` stop it takes a second longer (supervisord's loop tick).
+    run_logged(t, emit, _supervisorctl(layout, "stop", name), step="stop", check=False, timeout=60)
+    run_logged(t, emit, ["rm", "-f", program_conf(layout, app, release)], step="stop")
+    r = run_logged(t, emit, _supervisorctl(layout, "update", name), step="stop", check=False)
+    if r.rc != 0 and "no such group" not in r.stdout:  # no such group: it was stopped before
+        raise ReleaseError(f"supervisord could not remove {name}: {r.stdout.strip() or r.stderr.strip()}")
+
+
+def _tail(t, path, lines=10):
+    r = t.run(["tail", "-n", str(lines), path], check=False)
+    return " / ".join(l for l in r.stdout.strip().splitlines() if l.strip())[-1500:] if r.rc == 0 else ""
+
+
+# --- internal requests ----------------------------------------------------------
+
+# Asks one URL on the node, ignoring proxies and not following redirects (a
+# health check answered with a redirect to a login page is not healthy).
+# Polls until an HTTP answer arrives when given a timeout > 0.
+_HTTP_GET_PY = r"""
+import json, sys, time, urllib.error, urllib.request
+url, host, wait = sys.argv[1], sys.argv[2], float(sys.argv[3])
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kw):
+        return None
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirect)
+req = urllib.request.Request(url, headers={"Host": host} if host else {})
+deadline = time.monotonic() + wait
+while True:
+    try:
+        try:
+            with opener.open(req, timeout=10) as r:
+                status, body = r.status, r.read(4000)
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read(4000)
+        print(json.dumps({"status": status, "body": body.decode("utf-8", "replace")[:2000]}))
+        break
+    except Exception as exc:
+        exc = getattr(exc, "reason", exc)  # URLError wraps the socket error
+        error = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() >= deadline:
+            print(json.dumps({"error": error}))
+            break
+        time.sleep(0.1)
+"""
+
+
+def _request(t, port, path, host, wait, timeout):
+    port = validate_port(port, "port")
+    if not isinstance(path, str) or not _HTTP_PATH_RE.fullmatch(path):
+        raise ValueError(f"path {path!r} is invalid: it must start with '/' and contain no spaces")
+    url = f"http://127.0.0.1:{port}{path}"
+    r = t.run([PYTHON, "-I", "-c", _HTTP_GET_PY, url, host or "", str(wait)], timeout=timeout)
+    return json.loads(r.stdout)
+
+
+def http_get(t, port, path, timeout=10, *, host=None) -> tuple[int, str]:
+    """GET http://127.0.0.1:<port><path> on the node: (status, body[:2000]).
+
+    Any HTTP status is returned; only no answer at all raises ReleaseError.
+    `host` sets the Host header (apps that check it, like Django's
+    ALLOWED_HOSTS, refuse 127.0.0.1).
+    """
+    answer = _request(t, port, path, host, 0, timeout + 10)
+    if "error" in answer:
+        raise ReleaseError(f"GET {path} on port {port} got no answer: {answer['error']}")
+    return answer["status"], answer["body"]
+
+
+def wait_until_answers(t, port, path="/", timeout=30, *, log_file=None, host=None) -> tuple[int, str]:
+    """Poll until the release answers HTTP at all (any status); (status, body).
+
+    The polling runs on the node, so this is one round trip however long it
+    takes. `log_file` (e.g. error_log(layout, app)) adds its tail to the error.
+    """
+    answer = _request(t, port, path, host, timeout, timeout + 20)
+    if "error" not in answer:
+        return answer["status"], answer["body"]
+    tail = _tail(t, log_file) if log_file else ""
+    raise ReleaseError(f"release did not answer on port {port} within {timeout:g} s; last error: "
+                       f"{answer['error']}" + (f"; log tail: {tail}" if tail else ""))
+
+
+# --- activation -------------------------------------------------------------------
+
+def render_site(app, *, host, path, port, static_dir, listen):
+    """The server block making one release of `app` live at host+path."""
+    host = validate_address(host)
+    path = validate_url_path(path, "path")
+    port = validate_port(port, "port")
+    # X-Script-Name: the prefix the app is mounted at, without the final '/'
+    # ('' for '/', which nginx then does not send at all).
+    script_name = path.rstrip("/")
+    static = ""
+    if static_dir:
+        static_dir = _safe_path(static_dir.rstrip("/"), "static_dir")
+        static = f"""
+    location {path}static/ {{
+        alias {static_dir}/;
+        expires 1h;
+        access_log off;
+    }}
+"""
+    return f"""\
+# Managed by toppcloud: {app} at {host}{path}, release on port {port}.
+server {{
+    listen {listen};
+    server_name {host};
+
+    location {path} {{
+        proxy_pass http://127.0.0.1:{port};
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-Real-IP $remote_addr;
+        proxy_set_header X-Script-Name "{script_name}";
+        proxy_read_timeout 60s;
+    }}
+{static}}}
+"""
+
+
+# Tests the candidate site together with the live nginx.conf and every other
+# live site (copied into a private directory, so a concurrent activation of
+# another app is neither seen nor disturbed), and only if nginx -t passes
+# replaces the live site file atomically. Candidate on stdin.
+_ACTIVATE_PY = r"""
+import os, re, shutil, subprocess, sys, tempfile
+conf, sites, name, tmp, errlog, listen = sys.argv[1:7]
+with open(conf) as f:
+    main = f.read()
+if not listen:
+    # The node's default server: same address:port, so hosts are told apart by name.
+    m = re.search(r"^\s*listen\s+([0-9A-Za-z.:\[\]]+)\s+default_server\s*;", main, re.MULTILINE)
+    if not m:
+        sys.exit(f"{conf} has no default_server listen line; run node setup again")
+    listen = m.group(1)
+new = sys.stdin.buffer.read().replace(b"@LISTEN@", listen.encode())
+live = os.path.join(sites, name)
+try:
+    with open(live, "rb") as f:
+        if f.read() == new:
+            print("unchanged")
+            sys.exit(0)
+except FileNotFoundError:
+    pass
+nginx = shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin")
+include = f"include {sites}/*.conf;"
+if include not in main:
+    sys.exit(f"{conf} does not include {sites}/*.conf; run node setup again")
+test_dir = tempfile.mkdtemp(prefix="nginx-test-", dir=tmp)
+try:
+    test_sites = os.path.join(test_dir, "sites")
+    os.mkdir(test_sites)
+    for f in os.listdir(sites):
+        if f.endswith(".conf") and not f.startswith(".") and f != name:
+            shutil.copyfile(os.path.join(sites, f), os.path.join(test_sites, f))
+    with open(os.path.join(test_sites, name), "wb") as f:
+        f.write(new)
+    test_conf = os.path.join(test_dir, "nginx.conf")
+    with open(test_conf, "w") as f:
+        f.write(main.replace(include, f"include {test_sites}/*.conf;"))
+    r = subprocess.run([nginx, "-t", "-q", "-e", errlog, "-c", test_conf], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit((r.stderr + r.stdout).replace(test_sites, sites).strip() or f"nginx -t failed ({r.returncode})")
+finally:
+    shutil.rmtree(test_dir, ignore_errors=True)
+fd, part = tempfile.mkstemp(dir=sites, prefix="." + name, suffix=".tmp")  # not matched by *.conf
+with os.fdopen(fd, "wb") as f:
+    f.write(new)
+os.chmod(part, 0o644)
+os.replace(part, live)
+print("changed")
+"""
+
+# HUP the nginx master (what `supervisorctl signal HUP` would do, without
+# its 0.2 s start-up), then wait until the master runs workers
+# with the new config and every old worker has stopped accepting: nginx
+# renames a worker "worker process is shutting down" just before it closes
+# its listening sockets (it then finishes its requests in flight). From
+# then on every new connection meets the new config, so the caller may
+# stop the old release.
+_RELOAD_PY = r"""
+import os, signal, sys, time
+pidfile, conf = sys.argv[1:3]
+with open(pidfile) as f:
+    master = int(f.read())
+with open(f"/proc/{master}/cmdline", "rb") as f:
+    if conf.encode() not in f.read():
+        sys.exit(f"pid {master} from {pidfile} is not the nginx running {conf}; run node setup again")
+def workers():
+    kids = {}
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == master:
+                        with open(f"/proc/{p}/cmdline", "rb") as f:
+                            kids[p] = f.read().decode(errors="replace")
+            except (OSError, IndexError, ValueError):
+                pass
+    return kids
+before = set(workers())
+os.kill(master, signal.SIGHUP)
+deadline = time.monotonic() + 15
+while time.monotonic() < deadline:
+    now = workers()
+    if set(now) - before and all("shutting down" in now[p] for p in before if p in now):
+        time.sleep(0.05)  # the old workers close their sockets right after the rename
+        print("reloaded")
+        sys.exit(0)
+    time.sleep(0.01)
+sys.exit("nginx did not switch to workers with the new config within 15 s; see its error log")
+"""
+
+
+def activate(t, emit, layout, app, *, host, path, port, static_dir, listen=None) -> bool:
+    """Point host+path at the release on `port`: test, swap the site file, reload nginx.
+
+    `listen` defaults to the address:port of the node's default server (read
+    from nginx.conf on the node), so name-based virtual hosting shares its
+    socket. A config that fails `nginx -t` never replaces the live one.
+    True if the site changed (and nginx was reloaded).
+    """
+    if listen is not None and not re.fullmatch(r"[A-Za-z0-9.:\[\]]+", listen):
+        raise ValueError(f"listen {listen!r} is invalid: it must be address:port")
+    text = render_site(app, host=host, path=path, port=port, static_dir=static_dir, listen="@LISTEN@")
+    site = os.path.basename(layout.app_dir(app)) + ".conf"
+    argv = [PYTHON, "-I", "-c", _ACTIVATE_PY, layout.nginx_conf, layout.nginx_sites, site, layout.tmp,
+            layout.nginx_error_log, listen or ""]
+    try:
+        r = run_logged(t, emit, argv, step="activate", input=text.encode())
+    except CommandFailed as exc:
+        raise ReleaseError(f"nginx refused the new site config for {app}; the live config is unchanged: "
+                           f"{exc.result.stderr.strip()[-1500:]}") from None
+    if r.stdout.strip() == "unchanged":
+        return False
+    try:
+        run_logged(t, emit, [PYTHON, "-I", "-c", _RELOAD_PY, layout.nginx_pid, layout.nginx_conf],
+                   step="activate", timeout=60)
+    except CommandFailed as exc:
+        raise ReleaseError(exc.result.stderr.strip() or str(exc)) from None
+    return True
+
+
+# --- cleanup -------------------------------------------------------------------------
+
+_PRUNE_PY = r"""
+import json, os, shutil, sys
+releases, env_dir, programs, prefix = sys.argv[1:5]
+keep = set(json.loads(sys.argv[5]))
+removed, running = [], []
+for name in sorted(os.listdir(releases)) if os.path.isdir(releases) else []:
+    if name in keep:
+        continue
+    if os.path.exists(os.path.join(programs, prefix + name + ".conf")):
+        running.append(name)  # never pull the code out from under a running release
+        continue
+    shutil.rmtree(os.path.join(releases, name))
+    try:
+        os.unlink(os.path.join(env_dir, name + ".env"))
+    except FileNotFoundError:
+        pass
+    removed.append(name)
+print(json.dumps({"removed": removed, "running": running}))
+"""
+
+
+def prune(t, emit, layout, app, keep: list[str]) -> list[str]:
+    """Remove release dirs (and env files) not in `keep`; return the removed ids.
+
+    A release that still has a supervisor program is kept whatever `keep` says.
+    """
+    keep = [validate_release(k) for k in keep]
+    prefix = f"app-{validate_name(app, 'app')}-"  # + release = program_name(app, release)
+    argv = [PYTHON, "-I", "-c", _PRUNE_PY, layout.releases_dir(app), layout.env_dir(app),
+            layout.supervisor_programs, prefix, json.dumps(keep)]
+    result = json.loads(run_logged(t, emit, argv, step="prune").stdout)
+    if result["running"]:
+        emit("log", text=f"kept releases that are still running: {', '.join(result['running'])}")
+    return result["removed"]

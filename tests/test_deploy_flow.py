@@ -1,0 +1,207 @@
+"""Deploy and rollback of real WSGI apps onto real test hosts, through a real worker, under load."""
+
+import http.client
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from jobs.models import Job, LiveRelease
+from tests.helpers import event_kinds
+
+pytestmark = [pytest.mark.hosts, pytest.mark.worker]
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "apps"
+
+
+def app_copy(tmp_path, fixture, *, name, version="1", location=None):
+    """A fixture app in a fresh directory, renamed so each test has its own app."""
+    dest = tmp_path / f"{name}-{version}"
+    shutil.copytree(FIXTURES / fixture, dest)
+    ini = (dest / "app.ini").read_text()
+    ini = ini.replace(f"app_name = {fixture}", f"app_name = {name}")
+    ini = ini.replace(f"default_location = {fixture}.test", f"default_location = {location or name + '.test'}")
+    (dest / "app.ini").write_text(ini)
+    (dest / "VERSION").write_text(version + "\n")
+    return dest
+
+
+def deploy(app_dir, node):
+    before = Job.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("deploy", str(app_dir), "--node", node.name)
+    return exit_info.value.code, Job.objects.filter(pk__gt=before, kind="deploy").order_by("pk").last()
+
+
+def rollback(app, node):
+    before = Job.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("rollback", app, "--node", node.name)
+    return exit_info.value.code, Job.objects.filter(pk__gt=before, kind="rollback").order_by("pk").last()
+
+
+def get(host, hostname, path="/"):
+    conn = http.client.HTTPConnection(host.address, host.http_port, timeout=5)
+    try:
+        conn.request("GET", path, headers={"Host": hostname})
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+class Load:
+    """Steady requests to each host while a deploy runs; counts every failure."""
+
+    def __init__(self, hosts, hostname, threads_per_host=2):
+        self.hosts, self.hostname = hosts, hostname
+        self.stop = threading.Event()
+        self.ok = 0
+        self.failures = []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._loop, args=(h,), daemon=True)
+                        for h in hosts for _ in range(threads_per_host)]
+
+    def _loop(self, host):
+        deadline = time.monotonic() + 300  # bounded, whatever happens
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                status, body = get(host, self.hostname)
+                failed = None if status == 200 and "hello version" in body else f"{status} {body[:80]!r}"
+            except OSError as exc:
+                failed = f"{type(exc).__name__}: {exc}"
+            with self.lock:
+                if failed:
+                    self.failures.append(failed)
+                else:
+                    self.ok += 1
+            time.sleep(0.01)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=10)
+
+
+def test_it_deploys_redeploys_and_rolls_back_two_hosts_without_a_failed_request(worker, test_hosts, ready_nodes,
+                                                                               tmp_path):
+    nodes = ready_nodes
+    name = f"hello{os.getpid() % 10000}"
+    v1, v2 = (app_copy(tmp_path, "hello", name=name, version=v) for v in ("1", "2"))
+    for host, node in zip(test_hosts, nodes):
+        code, job = deploy(v1, node)
+        assert code == 0, job.error
+        status, page = get(host, f"{name}.test")
+        assert status == 200 and "hello version 1" in page
+        assert get(host, f"{name}.test", "/static/style.css")[0] == 200
+
+    with Load(test_hosts, f"{name}.test") as load:
+        for node in nodes:
+            code, job = deploy(v2, node)
+            assert code == 0, job.error
+        time.sleep(0.5)
+        for host in test_hosts:
+            assert "hello version 2" in get(host, f"{name}.test")[1]
+        for node in nodes:
+            code, job = rollback(name, node)
+            assert code == 0, job.error
+        time.sleep(0.5)
+    assert load.failures == [], load.failures[:5]
+    assert load.ok > 50
+    for host in test_hosts:
+        assert "hello version 1" in get(host, f"{name}.test")[1]
+    live = LiveRelease.objects.filter(app__name=name).select_related("release")
+    assert {lr.release.version for lr in live} == {"1"} and live.count() == 2
+    kinds = event_kinds(job)
+    assert kinds.index("release.activated") < kinds.index("step.finished", kinds.index("release.activated"))
+
+
+def test_a_failing_release_leaves_the_old_one_serving(worker, test_hosts, ready_nodes, tmp_path):
+    host, node = test_hosts[0], ready_nodes[0]
+    name = f"guard{os.getpid() % 10000}"
+    assert deploy(app_copy(tmp_path, "hello", name=name, version="1"), node)[0] == 0
+
+    broken = app_copy(tmp_path, "hello", name=name, version="2")
+    shutil.copy(FIXTURES / "unhealthy" / "app.py", broken / "app.py")
+    code, job = deploy(broken, node)
+    assert code == 1 and job.status == "failed"
+    assert "health check /health of" in job.error and "answered 500" in job.error and "still live" in job.error
+    assert "release.activated" not in event_kinds(job)
+    assert "hello version 1" in get(host, f"{name}.test")[1]
+
+    badreq = app_copy(tmp_path, "hello", name=name, version="3")
+    shutil.copy(FIXTURES / "badreq" / "requirements.txt", badreq / "requirements.txt")
+    code, job = deploy(badreq, node)
+    assert code == 1 and "requirements failed to install" in job.error
+    assert "hello version 1" in get(host, f"{name}.test")[1]
+
+
+def test_two_deploys_of_one_app_never_interleave(worker, test_hosts, ready_nodes, tmp_path):
+    from jobs import dispatch
+    from jobs.releases import pack_release
+
+    node = ready_nodes[0]
+    name = f"twice{os.getpid() % 10000}"
+    first, _ = pack_release(app_copy(tmp_path, "hello", name=name, version="1"))
+    second, _ = pack_release(app_copy(tmp_path, "hello", name=name, version="2"))
+    jobs = [dispatch.submit("deploy", target=f"app:{name}", actor_kind="user", actor="tester",
+                            params={"app": name, "release": r.name, "node": node.name}) for r in (first, second)]
+    from tests.helpers import wait_for_job
+
+    done = [wait_for_job(j.pk, timeout=180) for j in jobs]
+    assert sorted(j.status for j in done) == ["failed", "succeeded"]
+    refused = next(j for j in done if j.status == "failed")
+    assert f"{name} is being changed by job" in refused.error and "this job did nothing" in refused.error
+    assert "lock.taken" not in event_kinds(refused)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda ini: ini.replace("runner = app:application\n", ""),
+     "app.ini: [production] has no runner (the WSGI callable, e.g. runner = app:application)"),
+    (lambda ini: ini.replace("default_location = ", "default_location = exa mple.test/"),
+     "app.ini line 4: default_location 'exa mple.test/"),
+    (lambda ini: ini.replace("processes = 2", "processes = two"), "app.ini line 8: processes 'two' is not a whole number"),
+    (lambda ini: ini.replace("app_name = bad", "app_name = ../bad"), "app.ini line 2: app_name '../bad"),
+])
+def test_bad_app_ini_is_refused_before_any_job(live_db, nodes, tmp_path, edit, message):
+    app_dir = app_copy(tmp_path, "hello", name=f"bad{os.getpid() % 10000}")
+    (app_dir / "app.ini").write_text(edit((app_dir / "app.ini").read_text()))
+    jobs_before = Job.objects.count()
+    with pytest.raises(CommandError) as error:
+        call_command("deploy", str(app_dir), "--node", nodes[0].name)
+    assert str(error.value).startswith(f"nothing was deployed: {app_dir}/{message}"), str(error.value)
+    assert Job.objects.count() == jobs_before
+
+
+def test_a_symlink_out_of_the_app_is_refused_before_any_job(live_db, nodes, tmp_path):
+    app_dir = app_copy(tmp_path, "hello", name=f"link{os.getpid() % 10000}")
+    os.symlink("/etc/passwd", app_dir / "passwd")
+    jobs_before = Job.objects.count()
+    with pytest.raises(CommandError) as error:
+        call_command("deploy", str(app_dir), "--node", nodes[0].name)
+    assert "nothing was deployed" in str(error.value) and "passwd" in str(error.value)
+    assert Job.objects.count() == jobs_before
+
+
+def test_a_slow_starting_release_goes_live_without_a_failed_request(worker, test_hosts, ready_nodes, tmp_path):
+    host, node = test_hosts[1], ready_nodes[1]
+    name = f"slow{os.getpid() % 10000}"
+    assert deploy(app_copy(tmp_path, "hello", name=name, version="1"), node)[0] == 0
+    slow = app_copy(tmp_path, "hello", name=name, version="2")
+    shutil.copy(FIXTURES / "slowstart" / "app.py", slow / "app.py")  # sleeps 3 s at import
+    with Load([host], f"{name}.test") as load:
+        code, job = deploy(slow, node)
+        time.sleep(0.3)
+    assert code == 0, job.error
+    assert load.failures == [] and load.ok > 20
+    assert "hello version 2" in get(host, f"{name}.test")[1]
+    waited = job.events.get(kind="step.finished", data__step="wait until it answers").data["seconds"]
+    assert waited >= 2.5  # it really was slow, and the old release served meanwhile
