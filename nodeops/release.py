@@ -111,7 +111,6 @@ def upload(t, emit, layout, app, release, src_dir, previous=None) -> str:
         link_dest = _safe_path(link_dest.rstrip("/"), "previous release dir")
         if link_dest == dest:
             link_dest = None  # re-uploading the same release: nothing to link against
-    run_logged(t, emit, ["mkdir", "-p", dest], step="upload")
     try:
         r = t.rsync(src_dir, dest, link_dest=link_dest)
     except CommandFailed as exc:
@@ -302,9 +301,58 @@ stderr_logfile_backups = 3
 """
 
 
-def start(t, emit, layout, app, release, *, port, runner, venv, processes, threads, env_file) -> None:
-    """Run the release under supervisord on 127.0.0.1:<port>; other programs are not touched."""
-    port = validate_port(port, "port")
+# supervisord's XML-RPC over its unix socket, for the programs below (sock_path is theirs).
+_RPC_LINES = [
+    "import http.client, socket",
+    "class _Connection(http.client.HTTPConnection):",
+    "    def connect(self):",
+    "        self.sock = socket.socket(socket.AF_UNIX)",
+    "        self.sock.connect(sock_path)",
+    "class _Transport(xmlrpc.client.Transport):",
+    "    def make_connection(self, host):",
+    "        return _Connection('localhost')",
+    "rpc = xmlrpc.client.ServerProxy('http://localhost/RPC2', transport=_Transport()).supervisor",
+]
+
+# Starting a release is one program on the node: it picks a free port,
+# writes the supervisor program with it, and adds only that program through
+# supervisord's XML-RPC (what `supervisorctl update <name>` does), where the
+# separate steps took four ssh round trips and a supervisorctl start-up.
+_START_PY = r"""
+import os, socket, sys, xmlrpc.client
+sock_path, conf, name, logs, token, port = sys.argv[1:7]
+if port == "0":
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+os.makedirs(logs, exist_ok=True)
+with open(conf + ".tmp", "w") as f:
+    f.write(sys.stdin.read().replace(token, port))
+os.replace(conf + ".tmp", conf)
+""" + "\n".join(_RPC_LINES) + r"""
+[added, changed, _removed] = rpc.reloadConfig()[0]
+try:
+    if name in changed:  # the program was there with another port or command: replace it
+        rpc.stopProcess(f"{name}:{name}", True)
+        rpc.removeProcessGroup(name)
+    if name in added or name in changed:
+        rpc.addProcessGroup(name)  # autostart
+    else:  # there already, unchanged (it had died, or a rollback to a release still running)
+        rpc.startProcess(f"{name}:{name}", True)
+except xmlrpc.client.Fault as exc:
+    if "ALREADY_STARTED" not in exc.faultString:
+        sys.exit(f"supervisord could not start {name}: {exc.faultString}")
+print(port)
+"""
+
+_PORT_TOKEN = "@@TOPPCLOUD_PORT@@"
+
+
+def start(t, emit, layout, app, release, *, port=None, runner, venv, processes, threads, env_file) -> int:
+    """Run the release under supervisord on 127.0.0.1:<port> (a free one if None); other programs are not touched.
+
+    Returns the port."""
+    port = 0 if port is None else validate_port(port, "port")
     if not isinstance(runner, str) or not _RUNNER_RE.fullmatch(runner):
         raise ValueError(f"runner {runner!r} is invalid: it must be module:callable, like app:application")
     for value, field in ((processes, "processes"), (threads, "threads")):
@@ -312,36 +360,48 @@ def start(t, emit, layout, app, release, *, port, runner, venv, processes, threa
             raise ValueError(f"{field} {value!r} is invalid: it must be a number from 1 to 64")
     venv, env_file = _safe_path(venv, "venv"), _safe_path(env_file, "env_file")
     name = program_name(app, release)
-    text = render_program(layout, app, release, port=port, runner=runner, venv=venv,
+    text = render_program(layout, app, release, port=_PORT_TOKEN, runner=runner, venv=venv,
                           processes=processes, threads=threads, env_file=env_file)
-    run_logged(t, emit, ["mkdir", "-p", layout.app_logs(app)], step="start")
-    t.put_file(program_conf(layout, app, release), text.encode())
-    # `update <name>` adds (or, if its config changed, restarts) only this
-    # program; the live release keeps running.
-    r = run_logged(t, emit, _supervisorctl(layout, "update", name), step="start")
-    if "process group" in r.stdout:
-        return  # added or updated: supervisord starts it (autostart)
-    # Its program was there already, unchanged (a rollback to a release that
-    # still runs, or one that had died): make sure it runs. "already
-    # started" is rc 0.
-    r = run_logged(t, emit, _supervisorctl(layout, "start", name), step="start", check=False)
+    r = run_logged(t, emit, [PYTHON, "-I", "-c", _START_PY, layout.supervisor_sock, program_conf(layout, app, release),
+                             name, layout.app_logs(app), _PORT_TOKEN, str(port)],
+                   step="start", input=text.encode(), check=False, timeout=60)
     if r.rc != 0:
         tail = _tail(t, error_log(layout, app))
-        raise ReleaseError(f"supervisord could not start {name}: {r.stdout.strip() or r.stderr.strip()}"
+        raise ReleaseError((r.stderr.strip() or f"supervisord could not start {name}")
                            + (f"; log tail: {tail}" if tail else ""))
+    return int(r.stdout.strip())
+
+
+# One program on the node does what `supervisorctl stop`, `rm` and
+# `supervisorctl update` did in three ssh round trips and two supervisorctl
+# starts: it speaks supervisord's XML-RPC on its unix socket.
+_STOP_PY = r"""
+import os, sys, xmlrpc.client
+sock_path, name, conf = sys.argv[1:4]
+""" + "\n".join(_RPC_LINES) + r"""
+try:
+    # TERM, then wait until gunicorn has finished its requests in flight (at most stopwaitsecs).
+    rpc.stopProcess(f"{name}:{name}", True)
+except xmlrpc.client.Fault as exc:
+    if "BAD_NAME" not in exc.faultString:  # no such group: it was stopped before
+        sys.exit(f"supervisord could not stop {name}: {exc.faultString}")
+try:
+    rpc.removeProcessGroup(name)
+except xmlrpc.client.Fault as exc:
+    if "BAD_NAME" not in exc.faultString:
+        sys.exit(f"supervisord could not forget {name}: {exc.faultString}")
+if os.path.exists(conf):
+    os.remove(conf)
+"""
 
 
 def stop(t, emit, layout, app, release) -> None:
     """Stop the release gracefully and forget its program. Stopping a stopped release is fine."""
     name = program_name(app, release)
-    # TERM, then wait until gunicorn has finished its requests in flight (at
-    # most stopwaitsecs). `stop` answers as soon as the process is gone;
-    # letting `update` stop it takes a second longer (supervisord's loop tick).
-    run_logged(t, emit, _supervisorctl(layout, "stop", name), step="stop", check=False, timeout=60)
-    run_logged(t, emit, ["rm", "-f", program_conf(layout, app, release)], step="stop")
-    r = run_logged(t, emit, _supervisorctl(layout, "update", name), step="stop", check=False)
-    if r.rc != 0 and "no such group" not in r.stdout:  # no such group: it was stopped before
-        raise ReleaseError(f"supervisord could not remove {name}: {r.stdout.strip() or r.stderr.strip()}")
+    r = run_logged(t, emit, [PYTHON, "-I", "-c", _STOP_PY, layout.supervisor_sock, name,
+                             program_conf(layout, app, release)], step="stop", check=False, timeout=60)
+    if r.rc != 0:
+        raise ReleaseError(r.stderr.strip() or f"could not stop {name}")
 
 
 def _tail(t, path, lines=10):

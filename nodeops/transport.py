@@ -166,7 +166,8 @@ def _rsync_argv(src_dir, dest, link_dest, delete, ssh_cmd=None):
     # --checksum: release files are unpacked with one fixed mtime, so rsync's
     # size+mtime check would call two different files of equal size the same
     # (and hard-link the old one). --stats: the bytes sent, for the job's events.
-    argv = ["rsync", "-a", "--checksum", "--stats"]
+    # --mkpath: the destination's missing parents are made, without an ssh round trip of their own.
+    argv = ["rsync", "-a", "--checksum", "--stats", "--mkpath"]
     if delete:
         argv.append("--delete")
     if link_dest:

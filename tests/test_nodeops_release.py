@@ -168,16 +168,13 @@ def test_the_env_file_is_private_and_reaches_the_app(node):
     assert "--no-control-socket" in open(f"/proc/{pid}/cmdline").read().split("\0")
     conf = open(f"{node.layout.supervisor_programs}/app-hello-r1.conf").read()
     assert "it's" not in conf  # secrets stay in the env file
-    assert [c["argv"][-2:] for c in events.kinds("command") if c["argv"][0] == "supervisorctl"] == [
-        ["update", "app-hello-r1"]]
+    assert len(events.kinds("command")) == 1  # port, program and start: one round trip to the node
 
     # Starting it again (a rollback to a release whose process had died) starts it.
     node.t.run(["supervisorctl", "-c", node.layout.supervisor_conf, "stop", "app-hello-r1"])
     events = Events()
     rel.start(node.t, events, node.layout, "hello", "r1", port=port, runner="app:application", venv=node.venv,
               processes=2, threads=2, env_file=path)
-    assert [c["argv"][-2:] for c in events.kinds("command") if c["argv"][0] == "supervisorctl"] == [
-        ["update", "app-hello-r1"], ["start", "app-hello-r1"]]
     assert rel.wait_until_answers(node.t, port, "/health", timeout=30) == (200, "ok")
 
 

@@ -147,9 +147,8 @@ def unpacked(release):
 
 def start_release(ctx, t, layout, app, release, ini, venv, env_file):
     with ctx.step("start") as s:
-        port = node_release.free_port(t)
-        node_release.start(t, ctx.emit, layout, app.name, release.name, port=port, runner=ini["runner"],
-                           venv=venv, processes=ini["processes"], threads=ini["threads"], env_file=env_file)
+        port = node_release.start(t, ctx.emit, layout, app.name, release.name, runner=ini["runner"], venv=venv,
+                                  processes=ini["processes"], threads=ini["threads"], env_file=env_file)
         s.data["port"] = port
     with ctx.step("wait until it answers"):
         node_release.wait_until_answers(t, port, timeout=60, log_file=node_release.error_log(layout, app.name),
