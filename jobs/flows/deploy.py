@@ -50,10 +50,10 @@ def deploy(ctx, app, release, node):
         venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name, release_dir, ini["requirements"])
     with ctx.step("env"):
         env_file = node_release.write_env(t, layout, app.name, release.name, release_env(app, release, node, layout))
-    port = start_release(ctx, t, layout, app, release, ini, venv, env_file)
+    port, answer = start_release(ctx, t, layout, app, release, ini, venv, env_file)
     try:
         with ctx.step("health"):
-            check_health(ctx, t, port, ini, release, previous)
+            check_health(ctx, answer, ini, release, previous)
         with ctx.step("update_fetch"):
             run_update_fetch(ctx, t, port, ini, release_dir, env_file)
         with ctx.step("activate"):
@@ -87,10 +87,10 @@ def rollback(ctx, app, node, release=None):
         venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name,
                                                    node_release_dir(layout, app, target), ini["requirements"])
     env_file = f"{layout.env_dir(app.name)}/{target.name}.env"
-    port = start_release(ctx, t, layout, app, target, ini, venv, env_file)
+    port, answer = start_release(ctx, t, layout, app, target, ini, venv, env_file)
     try:
         with ctx.step("health"):
-            check_health(ctx, t, port, ini, target, live.release)
+            check_health(ctx, answer, ini, target, live.release)
         with ctx.step("activate"):
             activate(ctx, t, layout, app, node, target, port, ini)
     except BaseException:
@@ -150,18 +150,20 @@ def start_release(ctx, t, layout, app, release, ini, venv, env_file):
         port = node_release.start(t, ctx.emit, layout, app.name, release.name, runner=ini["runner"], venv=venv,
                                   processes=ini["processes"], threads=ini["threads"], env_file=env_file)
         s.data["port"] = port
-    with ctx.step("wait until it answers"):
-        node_release.wait_until_answers(t, port, timeout=60, log_file=node_release.error_log(layout, app.name),
-                                        host=ini["location_host"])
-    return port
+    with ctx.step("wait until it answers") as s:
+        # Asking the health URL itself: its first answer is the health check's too.
+        s.data["answer"] = node_release.wait_until_answers(
+            t, port, ini["health_check"] or "/", timeout=60, log_file=node_release.error_log(layout, app.name),
+            host=ini["location_host"])
+    return port, s.data["answer"]
 
 
-def check_health(ctx, t, port, ini, release, previous):
+def check_health(ctx, answer, ini, release, previous):
     """Test-before-activate: the new release, not yet live, must answer its health URL with 2xx."""
     if not ini["health_check"]:
         ctx.emit("log", text="app.ini has no health_check; the release answered, which is all that is checked")
         return
-    status, body = node_release.http_get(t, port, ini["health_check"], host=ini["location_host"])
+    status, body = answer
     ctx.emit("health", path=ini["health_check"], status=status, body=body)
     if not 200 <= status < 300:
         still = f"; {previous.name} is still live" if previous else "; nothing was live before"
