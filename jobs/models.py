@@ -45,8 +45,10 @@ class Job(models.Model):
     last_hash = models.CharField(max_length=64, blank=True)
 
     class Meta:
-        ordering = ["-id"]
+        # Newest first by time: ids are taken in blocks per process, so they are not in creation order.
+        ordering = ["-queued_at", "-id"]
         indexes = [
+            models.Index(fields=["-queued_at", "-id"], name="jobs_job_newest_idx"),
             # Few indexes, each partial: a job row is updated at every status
             # change, and each index on it is written again each time.
             # The sweeper: queued jobs whose message may be lost, running jobs

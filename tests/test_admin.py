@@ -61,3 +61,36 @@ def test_the_set_up_action_starts_a_job_as_the_admin(admin_client, admin_user, d
     assert "node &#x27;admin-bad&#x27; is not valid, no job was started: host_key" in page.lower()
     assert not Job.objects.filter(target="node:admin-bad").exists()
     assert len(callbacks) == 1  # one message to the broker, sent on commit
+
+
+def test_release_and_app_pages_start_deploy_and_rollback_jobs(admin_client, admin_user,
+                                                             django_capture_on_commit_callbacks):
+    from django.utils import timezone
+
+    from jobs.models import LiveRelease
+    from toppcloud_site.records.models import App, Release
+
+    app = App.objects.create(name="adminapp")
+    node = Node.objects.create(name="admin-node", transport="local", address="127.0.0.1", http_port=18090,
+                               root="/srv/toppcloud-admin-deploy")
+    release = Release.objects.create(app=app, name="r1", artifact_sha256="a" * 64, version="1",
+                                     app_ini={"location_host": "adminapp.test", "location_path": "/"})
+    url = reverse("admin:records_release_changelist")
+    page = admin_client.post(url, {"action": "deploy_to_node", "_selected_action": [release.pk]}).content.decode()
+    assert "Deploy to a node" in page and "admin-node" in page  # asks where first, starts nothing
+    assert not Job.objects.filter(kind="deploy").exists()
+    with django_capture_on_commit_callbacks(execute=False):
+        admin_client.post(url, {"action": "deploy_to_node", "_selected_action": [release.pk], "node": node.pk})
+    job = Job.objects.get(kind="deploy")
+    assert job.params == {"app": "adminapp", "release": "r1", "node": "admin-node"}
+    assert (job.actor_kind, job.actor) == ("user", admin_user.username)
+
+    LiveRelease.objects.create(app=app, node=node, host="adminapp.test", path="/", release=release, port=9000,
+                               job_id=job.pk, activated_at=timezone.now())
+    app_page = admin_client.get(reverse("admin:records_app_change", args=[app.pk])).content.decode()
+    assert "live now (from release.activated events)" in app_page.lower() and "9000" in app_page
+    with django_capture_on_commit_callbacks(execute=False):
+        admin_client.post(reverse("admin:records_app_changelist"),
+                          {"action": "roll_back", "_selected_action": [app.pk]})
+    rollback = Job.objects.get(kind="rollback")
+    assert rollback.params == {"app": "adminapp", "node": "admin-node"} and rollback.target == "app:adminapp@admin-node"

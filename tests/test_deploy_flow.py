@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from jobs.models import Job, LiveRelease
 from tests.helpers import event_kinds
@@ -30,17 +31,17 @@ def app_copy(tmp_path, fixture, *, name, version="1", location=None):
 
 
 def deploy(app_dir, node):
-    before = Job.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+    before = timezone.now()  # job ids come in blocks per process: not in creation order
     with pytest.raises(SystemExit) as exit_info:
         call_command("deploy", str(app_dir), "--node", node.name)
-    return exit_info.value.code, Job.objects.filter(pk__gt=before, kind="deploy").order_by("pk").last()
+    return exit_info.value.code, Job.objects.filter(queued_at__gt=before, kind="deploy").order_by("queued_at").last()
 
 
 def rollback(app, node):
-    before = Job.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+    before = timezone.now()  # job ids come in blocks per process: not in creation order
     with pytest.raises(SystemExit) as exit_info:
         call_command("rollback", app, "--node", node.name)
-    return exit_info.value.code, Job.objects.filter(pk__gt=before, kind="rollback").order_by("pk").last()
+    return exit_info.value.code, Job.objects.filter(queued_at__gt=before, kind="rollback").order_by("queued_at").last()
 
 
 def get(host, hostname, path="/"):
@@ -205,3 +206,57 @@ def test_a_slow_starting_release_goes_live_without_a_failed_request(worker, test
     assert "hello version 2" in get(host, f"{name}.test")[1]
     waited = job.events.get(kind="step.finished", data__step="wait until it answers").data["seconds"]
     assert waited >= 2.5  # it really was slow, and the old release served meanwhile
+
+
+def test_a_group_deploy_runs_one_child_per_node_under_one_parent(worker, test_hosts, ready_nodes, tmp_path, capsys):
+    from toppcloud_site.records.models import ServerGroup
+
+    name = f"group{os.getpid() % 10000}"
+    group = ServerGroup.objects.create(name=f"g{os.getpid()}")
+    for node in ready_nodes:
+        node.group = group
+        node.save(update_fields=["group"])
+    app_dir = app_copy(tmp_path, "hello", name=name, version="7")
+    before = timezone.now()  # job ids come in blocks per process: not in creation order
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("deploy", str(app_dir), "--group", group.name, "--max-parallel", "1")
+    assert exit_info.value.code == 0
+    parent = Job.objects.get(queued_at__gt=before, kind="deploy_many")
+    children = list(Job.objects.filter(parent=parent).order_by("pk"))
+    assert parent.status == "succeeded" and parent.summary == "2 of 2 child jobs succeeded"
+    assert [c.status for c in children] == ["succeeded", "succeeded"]
+    assert all(c.actor_kind == "parent" and c.actor == str(parent.pk) for c in children)
+    assert children[1].started_at >= children[0].finished_at  # --max-parallel 1: one after the other
+    assert event_kinds(parent) == ["job.queued", "job.started", "lock.taken", "job.waiting", "job.succeeded"]
+    for host in test_hosts:
+        assert "hello version 7" in get(host, f"{name}.test")[1]
+
+    # The same directory again is the same release (stored once), already live: nothing to do.
+    from jobs.releases import pack_release
+    assert pack_release(app_dir)[0].name == children[0].params["release"]
+
+    call_command("status", name)
+    out = capsys.readouterr().out
+    for node in ready_nodes:
+        assert f"{name}  {node.name}" in out and f"{name}.test/" in out and children[0].params["release"] in out
+
+
+def test_update_fetch_runs_in_the_release_and_a_failure_keeps_the_old_one(worker, test_hosts, ready_nodes,
+                                                                         tmp_path):
+    host, node = test_hosts[0], ready_nodes[0]
+    name = f"upd{os.getpid() % 10000}"
+    good = app_copy(tmp_path, "hello", name=name, version="1")
+    with open(good / "app.ini", "a") as f:
+        f.write("update_fetch =\n    /health\n    script: python3 -c \"import os; open('migrated', 'w').write(os.environ['TOPPCLOUD_RELEASE'])\"\n")
+    code, job = deploy(good, node)
+    assert code == 0, job.error
+    release = job.params["release"]
+    assert Path(host.root, "apps", name, "releases", release, "migrated").read_text() == release  # same env as web
+
+    bad = app_copy(tmp_path, "hello", name=name, version="2")
+    with open(bad / "app.ini", "a") as f:
+        f.write("update_fetch = script: python3 -c \"import sys; sys.exit('migration 0042 failed')\"\n")
+    code, job = deploy(bad, node)
+    assert code == 1 and "migration 0042 failed" in job.error
+    assert "hello version 1" in get(host, f"{name}.test")[1]
+    assert "release.activated" not in event_kinds(job)

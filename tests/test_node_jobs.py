@@ -8,6 +8,7 @@ import urllib.request
 import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from jobs.models import Job
 from nodeops.transport import transport_for
@@ -21,10 +22,10 @@ SETUP_STEPS = ["facts", "packages", "layout", "config", "validate", "start", "ve
 
 def run_command(*args):
     """Run a management command as a person would; return (exit code, newest job)."""
-    before = Job.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+    before = timezone.now()  # job ids come in blocks per process: not in creation order
     with pytest.raises(SystemExit) as exit_info:
         call_command(*args)
-    job = Job.objects.filter(pk__gt=before).order_by("pk").last()
+    job = Job.objects.filter(queued_at__gt=before).order_by("queued_at").last()
     return exit_info.value.code, job
 
 
