@@ -29,6 +29,7 @@ test: install
 
 bench: install
 	$(BIN)/python bench/jobs_throughput.py
+	$(BIN)/python bench/deploy.py
 
 check: install
 	$(BIN)/python manage.py check
