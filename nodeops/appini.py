@@ -27,7 +27,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from nodeops.validate import validate_address, validate_name, validate_url_path
+from nodeops.validate import RUNNER_RE, validate_address, validate_name, validate_url_path
 
 SECTION = "production"
 
@@ -41,8 +41,6 @@ _REQUIRED_HINTS = {
 _RANGES = {"processes": (1, 64), "threads": (1, 256), "keep_releases": (1, 100)}
 KNOWN_KEYS = frozenset(_REQUIRED_HINTS) | frozenset(_OPTIONAL_KEYS)
 
-_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_RUNNER_RE = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}")
 # A URL path the platform requests itself: printable ASCII without spaces.
 _URL_PATH_RE = re.compile(r"/[!-~]*")
 _REL_PATH_RE = re.compile(r"[A-Za-z0-9._/-]+")
@@ -192,7 +190,7 @@ def _check_app_name(key, value):
 
 
 def _check_runner(key, value):
-    if not _RUNNER_RE.fullmatch(value):
+    if not RUNNER_RE.fullmatch(value):
         raise _Bad(f"{key} {value!r} must be module:callable (e.g. app:application)")
     return value
 

@@ -22,7 +22,7 @@ import shlex
 
 from .steps import run_logged
 from .transport import CommandFailed
-from .validate import validate_address, validate_name, validate_port, validate_url_path
+from .validate import RUNNER_RE, validate_address, validate_name, validate_port, validate_url_path
 
 # The WSGI server put into every venv. Part of the venv key: changing the pin
 # builds fresh venvs instead of silently mixing versions.
@@ -36,7 +36,6 @@ PYTHON = "/usr/bin/python3"
 
 _RELEASE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_RUNNER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 # Paths written into nginx and supervisor configs: nothing either would read
 # as syntax (quotes, ';', '{', '%', spaces, '#').
 _SAFE_PATH_RE = re.compile(r"/[A-Za-z0-9._/-]*")
@@ -353,7 +352,7 @@ def start(t, emit, layout, app, release, *, port=None, runner, venv, processes, 
 
     Returns the port."""
     port = 0 if port is None else validate_port(port, "port")
-    if not isinstance(runner, str) or not _RUNNER_RE.fullmatch(runner):
+    if not isinstance(runner, str) or not RUNNER_RE.fullmatch(runner):
         raise ValueError(f"runner {runner!r} is invalid: it must be module:callable, like app:application")
     for value, field in ((processes, "processes"), (threads, "threads")):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:

@@ -144,3 +144,8 @@ def validate_url_path(value, field="path"):
         raise ValueError(f"{field} {value!r} is not a valid location path: it must start and end with '/' "
                          "and contain only letters, digits and . _ ~ - (no '..' segments)")
     return value
+
+
+# A WSGI runner, module.path:callable; app.ini and the node's program config both check it.
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+RUNNER_RE = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}")
