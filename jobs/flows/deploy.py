@@ -35,9 +35,9 @@ def deploy(ctx, app, release, node):
     release = Release.objects.get(app=app, name=release)
     ini = release.app_ini
     t, layout = ctx.transport(node), NodeLayout(node.root)
+    take_app_lock(ctx, app)  # before reading what is live: nobody else changes it while we hold it
     live = LiveRelease.objects.filter(app=app, node=node, host=ini["location_host"], path=ini["location_path"]).first()
     previous = live.release if live else None
-    take_app_lock(ctx, app)
     if previous == release:
         return f"{app.name} {release.name} is already live on {node.name}; nothing to do", {"release": release.name}
 
@@ -76,13 +76,13 @@ def deploy(ctx, app, release, node):
 def rollback(ctx, app, node, release=None):
     """Make a previous release, still on the node's disk, live again: no upload, no venv build."""
     app, node = App.objects.get(name=app), Node.objects.get(name=node)
+    take_app_lock(ctx, app)
     live = LiveRelease.objects.filter(app=app, node=node).select_related("release").first()
     if live is None:
         raise FlowFailed(f"{app.name} has no live release on {node.name} to roll back from")
     target = _rollback_target(app, node, live.release, release)
     ini = target.app_ini
     t, layout = ctx.transport(node), NodeLayout(node.root)
-    take_app_lock(ctx, app)
     with ctx.step("venv") as s:
         venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name,
                                                    node_release_dir(layout, app, target), ini["requirements"])
