@@ -51,17 +51,13 @@ def deploy(ctx, app, release, node):
     with ctx.step("env"):
         env_file = node_release.write_env(t, layout, app.name, release.name, release_env(app, release, node, layout))
     port, answer = start_release(ctx, t, layout, app, release, ini, venv, env_file)
-    try:
+    with stopped_if_not_live(ctx, t, layout, app, release):
         with ctx.step("health"):
             check_health(ctx, answer, ini, release, previous)
         with ctx.step("update_fetch"):
             run_update_fetch(ctx, t, port, ini, release_dir, env_file)
         with ctx.step("activate"):
             activate(ctx, t, layout, app, node, release, port, ini)
-    except BaseException:
-        with ctx.step("stop new release"):
-            node_release.stop(t, ctx.emit, layout, app.name, release.name)
-        raise
     if previous and previous != release:
         with ctx.step("stop old release"):
             node_release.stop(t, ctx.emit, layout, app.name, previous.name)
@@ -88,15 +84,11 @@ def rollback(ctx, app, node, release=None):
                                                    node_release_dir(layout, app, target), ini["requirements"])
     env_file = f"{layout.env_dir(app.name)}/{target.name}.env"
     port, answer = start_release(ctx, t, layout, app, target, ini, venv, env_file)
-    try:
+    with stopped_if_not_live(ctx, t, layout, app, target):
         with ctx.step("health"):
             check_health(ctx, answer, ini, target, live.release)
         with ctx.step("activate"):
             activate(ctx, t, layout, app, node, target, port, ini)
-    except BaseException:
-        with ctx.step("stop rolled-back-to release"):
-            node_release.stop(t, ctx.emit, layout, app.name, target.name)
-        raise
     with ctx.step("stop old release"):
         node_release.stop(t, ctx.emit, layout, app.name, live.release.name)
     return (f"{app.name} rolled back to {target.name} on {node.name} (was {live.release.name})",
@@ -131,6 +123,17 @@ def deploy_many(ctx, app, release, children, max_parallel):
     take_app_lock(ctx, App.objects.get(name=app))
     fan_out.start_children(ctx.job, children, max_parallel)
     return WaitForChildren(f"deploying {app} {release} to {len(children)} nodes, {max_parallel} at a time")
+
+
+@contextmanager
+def stopped_if_not_live(ctx, t, layout, app, release):
+    """A started release that fails before it is live is stopped again; the live one was never touched."""
+    try:
+        yield
+    except BaseException:
+        with ctx.step("stop new release"):
+            node_release.stop(t, ctx.emit, layout, app.name, release.name)
+        raise
 
 
 @contextmanager
