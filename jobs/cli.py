@@ -6,7 +6,7 @@ import sys
 
 from django.core.management.base import CommandError
 
-from jobs import dispatch, nodes
+from jobs import nodes
 from jobs.follow import exit_code, follow
 from jobs.states import ActorKind
 
@@ -25,13 +25,6 @@ def node_job(command, kind, node_name, **opts):
         job = nodes.submit_node_job(kind, node, actor_kind=ActorKind.USER, actor=actor)
     except nodes.InvalidNode as exc:
         raise CommandError(str(exc)) from None
-    follow_job(command, job, no_wait=opts["no_wait"], as_json=opts["as_json"])
-
-
-def start_and_follow(command, kind, *, target, params, **opts):
-    """Submit a job as the person running the command; follow it unless told not to."""
-    job = dispatch.submit(kind, target=target, params=params, actor_kind=ActorKind.USER,
-                          actor=opts.get("actor") or getpass.getuser())
     follow_job(command, job, no_wait=opts["no_wait"], as_json=opts["as_json"])
 
 

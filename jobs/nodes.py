@@ -24,12 +24,17 @@ def get_node(name):
         raise InvalidNode(f"there is no node {name!r} (known: {known})") from None
 
 
-def submit_node_job(kind, node, *, actor_kind, actor, params=None, target=None):
-    """Validate the node record, then queue a job that acts on it."""
+def check_node(node):
+    """Refuse a node record that is not valid (edited in the database, say) before any job exists."""
     try:
         node.full_clean()
     except ValidationError as exc:
         raise InvalidNode(f"node {node.name!r} is not valid, no job was started: "
                           f"{validation_message(exc)}") from None
+
+
+def submit_node_job(kind, node, *, actor_kind, actor, params=None, target=None):
+    """Validate the node record, then queue a job that acts on it."""
+    check_node(node)
     return dispatch.submit(kind, target=target or f"node:{node.name}", params=params or {"node": node.name},
                            actor_kind=actor_kind, actor=actor)

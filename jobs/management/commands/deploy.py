@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from jobs import dispatch
 from jobs.cli import add_follow_arguments, follow_job
-from jobs.nodes import InvalidNode, get_node, submit_node_job
+from jobs.nodes import InvalidNode, check_node, get_node, submit_node_job
 from jobs.releases import ReleaseRefused, pack_release
 from jobs.states import ActorKind
 from nodeops.appini import AppIniError
@@ -52,21 +52,10 @@ class Command(BaseCommand):
                                       target=plans[0]["target"], params=plans[0]["params"])
             else:
                 for n in nodes:
-                    submit_check(n)
+                    check_node(n)  # each child would refuse it too, but only after the parent started
                 job = dispatch.submit("deploy_many", target=f"app:{app}@{len(nodes)} nodes", actor_kind=ActorKind.USER,
                                       actor=actor, params={"app": app, "release": release.name, "children": plans,
                                                            "max_parallel": max_parallel})
         except InvalidNode as exc:
             raise CommandError(f"nothing was deployed: {exc}") from None
         follow_job(self, job, no_wait=opts["no_wait"], as_json=opts["as_json"])
-
-
-def submit_check(node):
-    """Refuse a bad node record before the parent job exists (the same check each child gets)."""
-    from jobs.nodes import validation_message
-    from django.core.exceptions import ValidationError
-
-    try:
-        node.full_clean()
-    except ValidationError as exc:
-        raise InvalidNode(f"node {node.name!r} is not valid, no job was started: {validation_message(exc)}") from None
