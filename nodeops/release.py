@@ -140,6 +140,9 @@ if req:
         sys.exit(f"the requirements file {req} is not in the release")
 key = hashlib.sha256(f"{sys.version}\n{pin}\n".encode() + data).hexdigest()[:16]
 venv = os.path.join(venvs, key)
+# The release says which venv it uses, so prune can remove venvs no release uses.
+with open(os.path.join(release_dir, ".toppcloud-venv"), "w") as f:
+    f.write(venv)
 # pip ignores blank lines and '#' comments; with nothing else, skip -r.
 needed = any(l.strip() and not l.strip().startswith("#") for l in data.decode("utf-8", "replace").splitlines())
 print(json.dumps({"venv": venv, "complete": os.path.exists(os.path.join(venv, marker)),
@@ -643,8 +646,8 @@ def activate(t, emit, layout, app, *, host, path, port, static_dir, listen=None)
 
 _PRUNE_PY = r"""
 import json, os, shutil, sys
-releases, env_dir, programs, prefix = sys.argv[1:5]
-keep = set(json.loads(sys.argv[5]))
+releases, env_dir, programs, prefix, venvs = sys.argv[1:6]
+keep = set(json.loads(sys.argv[6]))
 removed, running = [], []
 for name in sorted(os.listdir(releases)) if os.path.isdir(releases) else []:
     if name in keep:
@@ -658,20 +661,35 @@ for name in sorted(os.listdir(releases)) if os.path.isdir(releases) else []:
     except FileNotFoundError:
         pass
     removed.append(name)
-print(json.dumps({"removed": removed, "running": running}))
+# Venvs that no remaining release uses (each release names its venv in .toppcloud-venv).
+used = set()
+for name in os.listdir(releases) if os.path.isdir(releases) else []:
+    try:
+        with open(os.path.join(releases, name, ".toppcloud-venv")) as f:
+            used.add(f.read().strip())
+    except FileNotFoundError:
+        pass
+removed_venvs = []
+for key in sorted(os.listdir(venvs)) if os.path.isdir(venvs) else []:
+    if os.path.join(venvs, key) not in used:
+        shutil.rmtree(os.path.join(venvs, key))
+        removed_venvs.append(key)
+print(json.dumps({"removed": removed, "running": running, "removed_venvs": removed_venvs}))
 """
 
 
 def prune(t, emit, layout, app, keep: list[str]) -> list[str]:
-    """Remove release dirs (and env files) not in `keep`; return the removed ids.
+    """Remove release dirs (and env files) not in `keep`, then venvs no remaining release uses; return the removed ids.
 
     A release that still has a supervisor program is kept whatever `keep` says.
     """
     keep = [validate_release(k) for k in keep]
     prefix = f"app-{validate_name(app, 'app')}-"  # + release = program_name(app, release)
     argv = [PYTHON, "-I", "-c", _PRUNE_PY, layout.releases_dir(app), layout.env_dir(app),
-            layout.supervisor_programs, prefix, json.dumps(keep)]
+            layout.supervisor_programs, prefix, layout.venvs_dir(app), json.dumps(keep)]
     result = json.loads(run_logged(t, emit, argv, step="prune").stdout)
+    if result["removed_venvs"]:
+        emit("log", text=f"removed virtualenvs no release uses: {', '.join(result['removed_venvs'])}")
     if result["running"]:
         emit("log", text=f"kept releases that are still running: {', '.join(result['running'])}")
     return result["removed"]

@@ -282,7 +282,11 @@ def test_a_redeploy_with_unchanged_requirements_takes_under_3_seconds(node, sour
 
 def test_prune_keeps_only_the_given_releases(node, sources):
     rel.upload(node.t, Events(), node.layout, "hello", "r3", sources["v2"], previous="r2")
+    stale = os.path.join(node.layout.venvs_dir("hello"), "0123456789abcdef")  # a venv no release names
+    os.makedirs(stale)
     removed = rel.prune(node.t, Events(), node.layout, "hello", ["r2", "r4"])
+    assert not os.path.exists(stale)
+    assert os.path.isdir(node.venv)  # the one the kept releases use
     assert removed == ["r1", "r3"]
     assert sorted(os.listdir(node.layout.releases_dir("hello"))) == ["r2", "r4"]
     assert sorted(os.listdir(node.layout.env_dir("hello"))) == ["r2.env", "r4.env"]
