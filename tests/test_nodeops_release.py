@@ -9,8 +9,6 @@ import shutil
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -19,31 +17,12 @@ from nodeops.layout import NodeLayout
 from nodeops.setup import setup_node
 from nodeops.transport import transport_for
 from tests.hosts import start_hosts, stop_hosts
+from tests.nodeops_helpers import Events, get
 from tests.nodeops_conftest_snippet import control_dir, control_key, hosts_dir  # noqa: F401
 
 pytestmark = pytest.mark.hosts
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "apps")
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class Events(list):
-    def __call__(self, kind, **data):
-        self.append((kind, data))
-
-    def kinds(self, kind):
-        return [data for k, data in self if k == kind]
-
-
-def get(url, host=None):
-    req = urllib.request.Request(url, headers={"Host": host} if host else {})
-    try:
-        with NO_PROXY.open(req, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 class Node:
     def __init__(self, host, t):
         self.host, self.t = host, t

@@ -1,6 +1,4 @@
 import os
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -8,33 +6,12 @@ from nodeops.layout import NodeLayout
 from nodeops.ping import ping
 from nodeops.setup import SetupError, render_nginx_conf, setup_node
 from nodeops.transport import CommandFailed, transport_for
+from tests.nodeops_helpers import NO_PROXY, Events, get
 from tests.nodeops_conftest_snippet import control_dir, control_key, hosts_dir, test_hosts  # noqa: F401
 
 pytestmark = pytest.mark.hosts
 
 STEPS = ["facts", "packages", "layout", "config", "validate", "start", "verify"]
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class Events(list):
-    def __call__(self, kind, **data):
-        self.append((kind, data))
-
-    def kinds(self, kind):
-        return [data for k, data in self if k == kind]
-
-    def finished(self):
-        return {d["step"]: d for d in self.kinds("step.finished")}
-
-
-def get(url):
-    try:
-        with NO_PROXY.open(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 @pytest.fixture(scope="module")
 def transports(test_hosts, control_key, control_dir):
     ts = [transport_for(h.spec(control_key[0], control_dir)) for h in test_hosts]
