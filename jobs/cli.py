@@ -28,7 +28,8 @@ def node_job(command, kind, node_name, **opts):
     follow_job(command, job, no_wait=opts["no_wait"], as_json=opts["as_json"])
 
 
-def follow_job(command, job, *, no_wait, as_json):
+def follow_job(command, job, *, no_wait, as_json, exit=True):
+    """Print the job's events until it ends; exit with its status (or return it, exit=False)."""
     kind, target = job.kind, job.target
     if no_wait:
         command.stdout.write(json.dumps({"job": job.pk}) if as_json else f"job {job.pk} queued")
@@ -41,4 +42,6 @@ def follow_job(command, job, *, no_wait, as_json):
                                          "error": job.error}))
     else:
         command.stdout.write(f"job {job.pk} {job.status}" + (f": {job.error}" if job.error else ""))
+    if not exit:
+        return job
     sys.exit(exit_code(job))

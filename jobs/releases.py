@@ -55,6 +55,7 @@ def ini_dict(ini):
         "health_check": ini.health_check, "update_fetch": list(ini.update_fetch),
         "requirements": ini.requirements, "static": ini.static, "processes": ini.processes,
         "threads": ini.threads, "keep_releases": ini.keep_releases,
+        "keep_backups": ini.keep_backups, "services": list(ini.services),
     }
 
 

@@ -26,12 +26,14 @@ from jobs.context import FlowFailed, JobContext, WaitForChildren
 from jobs.flows import FLOWS
 from jobs.models import WorkerHeartbeat
 from jobs.states import Kind, Status
+from nodeops.node_data import DataError
+from nodeops.release import ReleaseError
 from nodeops.setup import SetupError
 from nodeops.transport import CommandFailed, TransportError
 
 log = logging.getLogger(__name__)
 # Failures that explain themselves: recorded without a traceback.
-EXPLAINED = (FlowFailed, TransportError, CommandFailed, SetupError)
+EXPLAINED = (FlowFailed, TransportError, CommandFailed, SetupError, ReleaseError, DataError)
 
 
 def run(job_id, worker, queued_hash=None):

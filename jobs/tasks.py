@@ -21,3 +21,13 @@ def run_job(self, job_id, queued_hash=None):
 @shared_task(name="jobs.sweep", acks_late=True)
 def sweep():
     return dispatch.sweep()
+
+
+@shared_task(name="jobs.submit_backup", acks_late=True)
+def submit_backup(app):
+    """A scheduled backup (django-celery-beat entry `backup APP`): queue the backup job."""
+    from jobs.states import ActorKind
+
+    job = dispatch.submit("backup", target=f"app:{app}", params={"app": app}, actor_kind=ActorKind.SCHEDULE,
+                          actor=f"backup {app}")
+    return job.pk

@@ -13,7 +13,12 @@ so it can be shown to the person deploying as is.
         script: python manage.py migrate --noinput
     processes = 2
     threads = 4
+    service.postgresql =
+    service.files =
+    keep_backups = 10
 
+`service.NAME =` (no value) asks for a data service: `postgresql` (a
+database and role of the app's own) or `files` (a persistent directory).
 Other sections ([cron], [services], ...) are kept unvalidated in
 `extra_sections` for the code that will handle them.
 """
@@ -33,12 +38,14 @@ SECTION = "production"
 
 # The defaults of the optional keys are those of AppIni's fields.
 _OPTIONAL_KEYS = ("default_location", "health_check", "update_fetch", "requirements",
-                  "static", "processes", "threads", "keep_releases")
+                  "static", "processes", "threads", "keep_releases", "keep_backups")
+# The data services a node provides, in the order they are backed up.
+SERVICES = ("postgresql", "files")
 _REQUIRED_HINTS = {
     "app_name": "the app's name, e.g. app_name = blog",
     "runner": "the WSGI callable, e.g. runner = app:application",
 }
-_RANGES = {"processes": (1, 64), "threads": (1, 256), "keep_releases": (1, 100)}
+_RANGES = {"processes": (1, 64), "threads": (1, 256), "keep_releases": (1, 100), "keep_backups": (1, 1000)}
 KNOWN_KEYS = frozenset(_REQUIRED_HINTS) | frozenset(_OPTIONAL_KEYS)
 
 # A URL path the platform requests itself: printable ASCII without spaces.
@@ -70,6 +77,8 @@ class AppIni:
     processes: int = 2
     threads: int = 2
     keep_releases: int = 5
+    keep_backups: int = 10
+    services: tuple[str, ...] = ()  # of SERVICES, in that order
     warnings: tuple[str, ...] = ()
     # Not validated yet: left to the code that handles [cron], [services]...
     extra_sections: dict[str, dict[str, str]] = field(default_factory=dict, hash=False)
@@ -143,8 +152,12 @@ def parse_app_ini_text(text, path="app.ini"):
     lines = _scan_lines(text, parser)
     warnings = []
     values = {}
+    services = set()
     for key, raw in parser.items(SECTION):
         line = lines[(SECTION, key)][0]
+        if key.startswith("service."):
+            services.add(_check_service(key, raw, path, line))
+            continue
         if key not in KNOWN_KEYS:
             warnings.append(f"{path} line {line}: unknown key {key!r} in [{SECTION}] (ignored)")
             continue
@@ -175,7 +188,19 @@ def parse_app_ini_text(text, path="app.ini"):
 
     extra = {s: dict(parser.items(s)) for s in parser.sections() if s != SECTION}
     key_lines = {k: v[0] for k, v in lines.items()}
-    return AppIni(**checked, warnings=tuple(warnings), extra_sections=extra, key_lines=key_lines)
+    return AppIni(**checked, services=tuple(s for s in SERVICES if s in services), warnings=tuple(warnings),
+                  extra_sections=extra, key_lines=key_lines)
+
+
+def _check_service(key, raw, path, line):
+    name = key[len("service."):]
+    if name not in SERVICES:
+        raise AppIniError(f"{path} line {line}: unknown service {name!r}: toppcloud provides "
+                          + " and ".join(f"service.{s}" for s in SERVICES), path=path, line=line, key=key)
+    if raw.strip():
+        raise AppIniError(f"{path} line {line}: {key} takes no value (write `{key} =`), got {raw.strip()!r}",
+                          path=path, line=line, key=key)
+    return name
 
 
 class _Bad(Exception):
@@ -319,6 +344,7 @@ _CHECKS = {
     "processes": _check_int,
     "threads": _check_int,
     "keep_releases": _check_int,
+    "keep_backups": _check_int,
 }
 
 

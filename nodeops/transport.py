@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -111,6 +112,18 @@ class Transport:
         result = self.run(["python3", "-I", "-c", _PUT_FILE_PY, path, "%o" % mode], input=data)
         return result.stdout.strip() == "changed"
 
+    def open(self, argv: list[str]) -> "Stream":
+        """Start argv on the node with its stdin and stdout as pipes, for data that streams
+        (backups, restores) instead of being held in memory. See Stream."""
+        raise NotImplementedError
+
+    def _open_argv(self, local_argv, argv):
+        if not isinstance(argv, (list, tuple)) or not all(isinstance(a, str) for a in argv):
+            raise TypeError(f"argv must be a list of strings, got {argv!r}")
+        err = tempfile.TemporaryFile()  # a file, so a chatty stderr can never block the stream
+        proc = subprocess.Popen(local_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        return Stream(self, list(argv), proc, err)
+
     def _run_argv(self, local_argv, argv, input, timeout, check):
         """Run `local_argv` here; report the result as the run of `argv`."""
         if not isinstance(argv, (list, tuple)) or not all(isinstance(a, str) for a in argv):
@@ -139,6 +152,46 @@ class Transport:
         pass
 
 
+class Stream:
+    """A command running on a node: write .stdin, read .stdout, then finish()."""
+
+    def __init__(self, transport, argv, proc, err):
+        self.transport, self.argv, self.proc, self._err = transport, argv, proc, err
+        self.stdin, self.stdout = proc.stdin, proc.stdout
+        self.started = time.monotonic()
+
+    def finish(self, check=True, timeout=None) -> CommandResult:
+        """Close stdin, wait for the end; the result (stdout is the caller's to read)."""
+        try:
+            if not self.stdin.closed:
+                self.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise CommandTimeout(self._result(-1), self.transport.describe(), timeout) from None
+        result = self._result(rc)
+        self.transport._check_transport(result)
+        if check and rc != 0:
+            raise CommandFailed(result, self.transport.describe())
+        return result
+
+    def _result(self, rc):
+        self._err.seek(0)
+        stderr = _text(self._err.read())
+        self._err.close()
+        self.stdout.close()
+        return CommandResult(self.argv, rc, "", stderr, time.monotonic() - self.started)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
 def _text(data):
     if data is None:
         return ""
@@ -158,8 +211,14 @@ class LocalTransport(Transport):
     def describe(self):
         return "local"
 
+    def open(self, argv):
+        return self._open_argv(list(argv), argv)
+
     def rsync(self, src_dir, dest_dir, link_dest=None, delete=True):
         return self.run(_rsync_argv(src_dir, dest_dir, link_dest, delete))
+
+    def send_file(self, local_path, remote_path):
+        return self.run(["rsync", "-a", "--mkpath", "--", local_path, remote_path])
 
 
 def _rsync_argv(src_dir, dest, link_dest, delete, ssh_cmd=None):
@@ -250,6 +309,11 @@ class SSHTransport(Transport):
         local = self.ssh_options() + ["--", self.address, shlex.join(argv)]
         return self._run_argv(local, argv, input, timeout, check)
 
+    def open(self, argv):
+        if not argv:
+            raise ValueError("argv must not be empty")
+        return self._open_argv(self.ssh_options() + ["--", self.address, shlex.join(argv)], argv)
+
     def _check_transport(self, result):
         if result.rc != 255:
             return
@@ -273,6 +337,13 @@ class SSHTransport(Transport):
         argv = _rsync_argv(src_dir, f"{host}:{dest_dir}", link_dest, delete, ssh_cmd)
         # rsync >= 3.2.4 passes remote paths to the remote shell safely
         # (like --protect-args), so spaces or quotes in paths are fine.
+        return self._run_argv(argv, argv, None, None, True)
+
+    def send_file(self, local_path, remote_path):
+        """Copy one local file to `remote_path` on the host (its directory is made)."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        argv = ["rsync", "-a", "--mkpath", "-e", shlex.join(self.ssh_options()), "--", local_path,
+                f"{host}:{remote_path}"]
         return self._run_argv(argv, argv, None, None, True)
 
     def close(self):

@@ -7,7 +7,9 @@ started under the host's root. Plain Python, no Django.
 """
 
 import fcntl
+import glob
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -60,6 +62,43 @@ def _free_port(address, start, count=100):
         if port_free(address, port):
             return port
     return None
+
+
+def _free_pg_port(address, start, count=10):
+    """A port for a host's PostgreSQL cluster: free on its address and as a local socket."""
+    for port in range(start, start + count):
+        if (port_free(address, port) and port_free("127.0.0.1", port)
+                and not os.path.exists(f"/var/run/postgresql/.s.PGSQL.{port}")
+                and not _pg_port_taken(port)):
+            return port
+    return None
+
+
+def _pg_port_taken(port):
+    """Another cluster (running or not) is configured with this port."""
+    for conf in glob.glob("/etc/postgresql/*/*/postgresql.conf"):
+        try:
+            with open(conf) as f:
+                if re.search(rf"^\s*port\s*=\s*{port}\b", f.read(), re.MULTILINE):
+                    return True
+        except OSError:
+            pass
+    return False
+
+
+def drop_pg_cluster(name):
+    """Stop and remove a cluster node setup or a deploy created for a test host (all versions)."""
+    for conf_dir in glob.glob(f"/etc/postgresql/*/{name}"):
+        version = conf_dir.split("/")[3]
+        subprocess.run(["pg_dropcluster", "--stop", version, name], capture_output=True, timeout=120)
+
+
+def drop_stale_pg_clusters():
+    """Clusters of test runs whose process is gone (their names carry its pid)."""
+    for conf_dir in glob.glob("/etc/postgresql/*/tc-*-*"):
+        m = re.fullmatch(r"tc-(\d+)-.*", os.path.basename(conf_dir))
+        if m and not _pid_alive(int(m.group(1))):
+            drop_pg_cluster(os.path.basename(conf_dir))
 
 
 def _pid_alive(pid):
@@ -122,6 +161,9 @@ class TestHost:
         self.sshd = None
         self.host_key = None
         self.lock_fd = None
+        # The PostgreSQL cluster a deploy of an app with service.postgresql creates here.
+        self.pg_cluster = f"tc-{os.getpid()}-{name}"
+        self.pg_port = None
         os.makedirs(directory, exist_ok=True)
         # nginx workers run as www-data and must traverse to the root.
         os.chmod(directory, 0o755)
@@ -237,6 +279,7 @@ class TestHost:
 
     def stop(self):
         self.stop_services()
+        drop_pg_cluster(self.pg_cluster)
         self.stop_sshd()
         if self.lock_fd is not None:
             os.close(self.lock_fd)
@@ -245,6 +288,7 @@ class TestHost:
 
 def start_hosts(n, base_dir, authorized_pubkey, first=2, ssh_port=2222, http_port=8080):
     """Start `n` test hosts on 127.0.0.<first>, ... skipping addresses in use."""
+    drop_stale_pg_clusters()
     hosts = []
     last = first
     try:
@@ -258,12 +302,14 @@ def start_hosts(n, base_dir, authorized_pubkey, first=2, ssh_port=2222, http_por
                 continue  # another test run has a host here
             sp = _free_port(address, ssh_port)
             hp = _free_port(address, http_port)
-            if sp is None or hp is None:
+            pp = _free_pg_port(address, 5400 + 10 * last)  # one range per address: addresses are locked
+            if sp is None or hp is None or pp is None:
                 os.close(lock_fd)
                 continue
             name = f"host{len(hosts) + 1}"
             host = TestHost(name, address, sp, hp, os.path.join(base_dir, name), authorized_pubkey)
             host.lock_fd = lock_fd
+            host.pg_port = pp
             try:
                 host.start_sshd()
             except RuntimeError:

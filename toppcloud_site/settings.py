@@ -162,6 +162,10 @@ CELERY_BEAT_SCHEDULE = {
 # Packed app directories, one file per content hash (web and workers share it).
 TOPPCLOUD_ARTIFACT_DIR = env_str("TOPPCLOUD_ARTIFACT_DIR", str(VAR_DIR / "artifacts"))
 
+# --- backups --------------------------------------------------------------
+# Backup archives (NAME.tar under a directory per app); web and workers must share it.
+TOPPCLOUD_BACKUP_DIR = env_str("TOPPCLOUD_BACKUP_DIR", str(VAR_DIR / "backups"))
+
 # --- nodes ----------------------------------------------------------------
 # The control plane's SSH identity; `manage.py ssh_key` creates it if missing.
 TOPPCLOUD_SSH_KEY_FILE = env_str("TOPPCLOUD_SSH_KEY_FILE", str(VAR_DIR / "ssh" / "id_ed25519"))

@@ -1,12 +1,13 @@
 """Deploy and rollback on one node, as a person would do them by hand.
 
-Deploy: take the app's lock; upload the release next to the previous one;
-build or reuse its virtualenv; write its environment; start it on a fresh
-port beside the live one; wait until it answers; ask its health URL (not
-live yet); run its database updates; point nginx at it; record
-release.activated; stop the old release; prune old releases.
+Deploy: take the app's lock; install its data services; upload the
+release next to the previous one; build or reuse its virtualenv; write its
+environment; start it on a fresh port beside the live one; wait until it
+answers; ask its health URL (not live yet); take a checkpoint of its data;
+run its database updates; point nginx at it; record release.activated;
+stop the old release; prune old releases.
 A failure before activation stops the new release; the old one never stops
-serving.
+serving. A failure of the database updates also restores the checkpoint.
 """
 
 import os
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import fan_out
+from jobs import data, fan_out
 from jobs.context import FlowFailed, WaitForChildren
 from jobs.flows import flow
 from jobs.models import AppLock, Job, LiveRelease
@@ -26,7 +27,7 @@ from jobs.releases import artifact_path
 from jobs.states import TERMINAL, Kind
 from nodeops import archive, release as node_release
 from nodeops.layout import NodeLayout
-from toppcloud_site.records.models import App, Node, Release
+from toppcloud_site.records.models import App, Backup, Node, Release
 
 
 @flow("deploy", queue="nodeops", retry_when_worker_lost=False)
@@ -41,6 +42,8 @@ def deploy(ctx, app, release, node):
     if previous == release:
         return f"{app.name} {release.name} is already live on {node.name}; nothing to do", {"release": release.name}
 
+    with ctx.step("services") as s:
+        service_env, s.changed = data.ensure_services(ctx, app, node, ini.get("services", []))
     with ctx.step("upload") as s:
         link_dest = node_release_dir(layout, app, previous) if previous else None
         with unpacked(release) as src:
@@ -49,13 +52,16 @@ def deploy(ctx, app, release, node):
     with ctx.step("venv") as s:
         venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name, release_dir, ini["requirements"])
     with ctx.step("env"):
-        env_file = node_release.write_env(t, layout, app.name, release.name, release_env(app, release, node, layout))
+        env_file = node_release.write_env(t, layout, app.name, release.name,
+                                          release_env(app, release, node, layout, venv) | service_env)
     port, answer = start_release(ctx, t, layout, app, release, ini, venv, env_file)
     with stopped_if_not_live(ctx, t, layout, app, release):
         with ctx.step("health"):
             check_health(ctx, answer, ini, release, previous)
-        with ctx.step("update_fetch"):
-            run_update_fetch(ctx, t, port, ini, release_dir, env_file)
+        checkpoint = take_checkpoint(ctx, app, node, ini)
+        with reverted_on_failure(ctx, app, node, checkpoint):
+            with ctx.step("update_fetch"):
+                run_update_fetch(ctx, t, port, ini, release_dir, env_file)
         with ctx.step("activate"):
             activate(ctx, t, layout, app, node, release, port, ini)
     if previous and previous != release:
@@ -136,6 +142,45 @@ def stopped_if_not_live(ctx, t, layout, app, release):
         raise
 
 
+def take_checkpoint(ctx, app, node, ini):
+    """Checkpoint-and-revert: an app with data services is backed up before its database updates."""
+    if not ini.get("services"):
+        return None
+    with ctx.step("checkpoint") as s:
+        place = data.DataPlace(app, node)
+        checkpoint = data.take_backup(ctx, place, Backup.Kind.CHECKPOINT)
+        s.data.update(backup=checkpoint.name, size=checkpoint.size)
+        data.prune_backups(ctx, app, Backup.Kind.CHECKPOINT, ini.get("keep_backups") or 10)
+    return checkpoint
+
+
+@contextmanager
+def reverted_on_failure(ctx, app, node, checkpoint):
+    """If the database updates fail, put the data back as the checkpoint has them.
+
+    What the failed updates left is kept as a backup of its own first, so
+    that nothing written in between is lost either.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if checkpoint is None:
+            raise
+        try:
+            with ctx.step("revert") as s:
+                place = data.DataPlace(app, node)
+                failed = data.take_backup(ctx, place, Backup.Kind.CHECKPOINT, label="failed-update")
+                s.data["failed_state"] = failed.name
+                data.restore_backup(ctx, checkpoint, place, data.verify_backup(ctx, checkpoint))
+                s.data["restored"] = checkpoint.name
+        except Exception as revert_exc:
+            raise FlowFailed(f"{exc}; restoring checkpoint {checkpoint.name} failed too: {revert_exc}; the data "
+                             f"are as the failed update left them: `manage.py restore {checkpoint.name} "
+                             f"{app.name}` puts the checkpoint back") from exc
+        raise FlowFailed(f"{exc}; the data were restored from checkpoint {checkpoint.name} (what the failed "
+                         f"update left is kept in {failed.name})") from exc
+
+
 @contextmanager
 def unpacked(release):
     """The release's archive unpacked into a temporary directory on this machine (checked, never trusted)."""
@@ -199,13 +244,19 @@ def activate(ctx, t, layout, app, node, release, port, ini):
              path=ini["location_path"], release=release.name, port=port)
 
 
-def release_env(app, release, node, layout):
-    """The one environment of a release (issue 5 widens it: services, config, cron)."""
+def release_env(app, release, node, layout, venv):
+    """The one environment of a release (issue 5 widens it: config, cron).
+
+    The venv's bin comes first on PATH, so `script: python manage.py
+    migrate` runs the app's python with its requirements, as web does.
+    """
     return {
         "TOPPCLOUD_APP_NAME": app.name,
         "TOPPCLOUD_RELEASE": release.name,
         "TOPPCLOUD_NODE": node.name,
         "TOPPCLOUD_LOGS": f"{layout.logs}/{app.name}",
+        "VIRTUAL_ENV": venv,
+        "PATH": f"{venv}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     }
 
 

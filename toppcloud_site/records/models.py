@@ -35,6 +35,9 @@ validate_user = _django(validate.validate_user)
 class ServerGroup(models.Model):
     name = models.CharField(max_length=63, unique=True, validators=[validate_name])
     description = models.TextField(blank=True)
+    database_node = models.ForeignKey(
+        "Node", null=True, blank=True, on_delete=models.PROTECT, related_name="database_for",
+        help_text="Where the group's apps keep their PostgreSQL databases. Empty: on each node an app runs on.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -59,6 +62,10 @@ class Node(models.Model):
     root = models.CharField(max_length=255, default="/srv/toppcloud", validators=[validate_root],
                             help_text="Everything toppcloud puts on the host lives below this directory.")
     http_port = models.PositiveIntegerField(default=80, validators=[validate_port])
+    pg_cluster = models.CharField(
+        "PostgreSQL cluster", max_length=63, default="toppcloud", validators=[validate_name],
+        help_text="The Debian PostgreSQL cluster (pg_createcluster) holding apps' databases on this node.")
+    pg_port = models.PositiveIntegerField("PostgreSQL port", default=5433, validators=[validate_port])
     host_key = models.TextField(blank=True, validators=[validate_host_key],
                                 help_text="Pinned SSH host key (`type base64`); connections presenting another key are refused.")
     facts = models.JSONField(default=dict, blank=True, editable=False,
@@ -152,3 +159,67 @@ class Location(models.Model):
             validate.validate_url_path(self.path)
         except ValueError as exc:
             raise ValidationError({"path": str(exc)}) from None
+
+
+class Service(models.Model):
+    """A data service of an app (app.ini `service.NAME`), installed where its data lives.
+
+    postgresql: one per app, on the group's database node or the node the
+    app runs on; files: one per node the app runs on.
+    """
+
+    class Kind(models.TextChoices):
+        POSTGRESQL = "postgresql", "PostgreSQL database"
+        FILES = "files", "files directory"
+
+    app = models.ForeignKey(App, on_delete=models.PROTECT, related_name="services")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="services",
+                             help_text="The node that holds the data.")
+    settings = models.JSONField(default=dict, editable=False,
+                                help_text="Where the data is: cluster, version, port, database and role, or directory.")
+    # Generated once, given to the app as CONFIG_PG_PASSWORD; never shown.
+    # (Issue 6 encrypts secrets at rest.)
+    password = models.CharField(max_length=64, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["app__name", "kind", "node__name"]
+        constraints = [
+            models.UniqueConstraint(fields=["app", "kind", "node"], name="records_service_app_kind_node_uniq"),
+        ]
+
+    def __str__(self):
+        return f"{self.app.name} {self.kind} on {self.node.name}"
+
+
+class Backup(models.Model):
+    """One backup archive of an app's data, stored on the control plane (see docs/data.md)."""
+
+    class Kind(models.TextChoices):
+        BACKUP = "backup", "backup"
+        CHECKPOINT = "checkpoint", "checkpoint before an update"
+        IMPORTED = "imported", "imported archive"
+
+    app = models.ForeignKey(App, on_delete=models.PROTECT, related_name="backups")
+    name = models.CharField(max_length=100, unique=True, help_text="Also the archive's file name, NAME.tar.")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.BACKUP)
+    job_id = models.BigIntegerField(null=True, blank=True, help_text="The job that made it.")
+    release = models.CharField(max_length=64, blank=True, help_text="The app's live release when it was taken.")
+    services = models.JSONField(default=list)
+    size = models.PositiveBigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, help_text="Of the whole archive.")
+    manifest = models.JSONField(default=dict)
+    uploaded_to = models.CharField(max_length=500, blank=True, help_text="Remote copy, if one was made.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # Retention: the newest backups of an app, per kind.
+            models.Index(fields=["app", "kind", "-created_at"], name="records_backup_app_kind_idx"),
+        ]
+
+    def __str__(self):
+        return self.name

@@ -1,0 +1,329 @@
+"""Apps' data as the control plane sees it: where each service lives, and the backup archives.
+
+The flows (jobs/flows/data.py, and deploy's checkpoint) are built from
+these steps; nodeops.services does the work on the nodes. See docs/data.md.
+"""
+
+import hashlib
+import os
+import secrets
+from importlib import metadata
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from jobs.context import FlowFailed
+from jobs.models import LiveRelease
+from jobs.redact import register_secret
+from nodeops import node_data, services as node_services
+from nodeops.layout import NodeLayout
+from nodeops.node_data import FILES, SQL, ArchiveWriter, DataError
+from toppcloud_site.records.models import Backup, Service
+
+
+def toppcloud_version():
+    try:
+        return metadata.version("toppcloud")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def database_node(app, node):
+    """Where the app's PostgreSQL database lives: its group's database node, else the node it runs on."""
+    group = app.group
+    return group.database_node if group is not None and group.database_node_id else node
+
+
+# --- installing services (a deploy step) ----------------------------------------------
+
+def ensure_services(ctx, app, node, wanted):
+    """Install the app's data services for a release on `node`; return (their env, changed)."""
+    env, changed = {}, False
+    if "postgresql" in wanted:
+        db_node = database_node(app, node)
+        t = ctx.transport(db_node)
+        cluster = node_services.ensure_cluster(t, ctx.emit, cluster=db_node.pg_cluster, port=db_node.pg_port,
+                                               listen=db_node.address)
+        service = _postgresql_service(app, db_node, cluster["version"])
+        done = node_services.ensure_database(t, ctx.emit, _pg_spec(service), service.password)
+        changed |= bool(cluster["changed"] or done)
+        ctx.emit("service.postgresql", app=app.name, node=db_node.name, changed=cluster["changed"] + done,
+                 **service.settings)
+        env.update(node_services.service_env(pg=service.settings, host=db_node.address,
+                                             password=service.password))
+    if "files" in wanted:
+        directory = NodeLayout(node.root).files_dir(app.name)
+        Service.objects.update_or_create(app=app, kind=Service.Kind.FILES, node=node,
+                                         defaults={"settings": {"dir": directory}})
+        done = node_services.ensure_files(ctx.transport(node), ctx.emit, directory)
+        changed |= bool(done)
+        ctx.emit("service.files", app=app.name, node=node.name, dir=directory, changed=done)
+        env.update(node_services.service_env(files_dir=directory))
+    return env, changed
+
+
+def _postgresql_service(app, db_node, version):
+    with transaction.atomic():
+        service, created = Service.objects.select_for_update().get_or_create(
+            app=app, kind=Service.Kind.POSTGRESQL, node=db_node,
+            defaults={"password": secrets.token_urlsafe(24)})
+        wanted = {"version": version, "port": db_node.pg_port, "cluster": db_node.pg_cluster,
+                  "dbname": app.name, "role": app.name}
+        if service.settings != wanted:
+            service.settings = wanted
+            service.save(update_fields=["settings", "updated_at"])
+    register_secret(service.password)
+    return service
+
+
+# --- where an app's data is, for backup, restore and clear --------------------------------
+
+class DataPlace:
+    """The services of one app to back up or restore: PostgreSQL on one node, files on one node."""
+
+    def __init__(self, app, node=None):
+        self.app = app
+        pg = list(Service.objects.filter(app=app, kind=Service.Kind.POSTGRESQL).select_related("node"))
+        files = list(Service.objects.filter(app=app, kind=Service.Kind.FILES).select_related("node"))
+        if not pg and not files:
+            raise FlowFailed(f"{app.name} has no data services: its app.ini asks for neither service.postgresql "
+                             "nor service.files, or it was never deployed")
+        self.pg = _pick(app, pg, node, "postgresql")
+        self.files = _pick(app, files, node, "files")
+        if self.pg:
+            register_secret(self.pg.password)
+
+    @property
+    def services(self):
+        return [s for s, v in (("postgresql", self.pg), ("files", self.files)) if v]
+
+    def nodes(self):
+        return sorted({s.node.name for s in (self.pg, self.files) if s})
+
+    def release(self):
+        node = (self.files or self.pg).node
+        live = LiveRelease.objects.filter(app=self.app, node=node).select_related("release").first()
+        return live.release.name if live else ""
+
+
+def _pick(app, found, node, kind):
+    if node is not None:
+        on_node = [s for s in found if s.node_id == node.pk]
+        if on_node:
+            return on_node[0]
+        if kind == "files" or len(found) != 1:
+            return None  # the files of another node are not this node's
+        return found[0]  # the one database (the group's database node)
+    if len(found) > 1:
+        raise FlowFailed(f"{app.name} has {kind} on {len(found)} nodes "
+                         f"({', '.join(s.node.name for s in found)}); say which with --node")
+    return found[0] if found else None
+
+
+# --- archives on the control plane -------------------------------------------------------
+
+def backup_dir(app_name):
+    path = Path(settings.TOPPCLOUD_BACKUP_DIR) / app_name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def archive_path(backup):
+    return backup_dir(backup.app.name) / f"{backup.name}.tar"
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(node_data.CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def take_backup(ctx, place, kind, label=None):
+    """Dump the app's services into a new archive here and record it as a Backup."""
+    app = place.app
+    name = f"{app.name}-{timezone.now():%Y%m%d-%H%M%S}-{label or kind}-j{ctx.job_id}"
+    final = backup_dir(app.name) / f"{name}.tar"
+    part = final.with_name(f".{name}.tar.part")
+    try:
+        with open(part, "wb") as f:
+            writer = ArchiveWriter(f)
+            if place.pg:
+                node_services.dump_into(ctx.transport(place.pg.node), ctx.emit, writer, SQL, _pg_spec(place.pg))
+            if place.files:
+                node_services.dump_into(ctx.transport(place.files.node), ctx.emit, writer, FILES,
+                                        place.files.settings)
+            manifest = writer.finish(app=app.name, release=place.release(), created_at=timezone.now().isoformat(),
+                                     toppcloud_version=toppcloud_version(), services=place.services)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(part, final)
+    finally:
+        part.unlink(missing_ok=True)
+    backup = Backup.objects.create(app=app, name=name, kind=kind, job_id=ctx.job_id, release=manifest["release"],
+                                   services=manifest["services"], size=final.stat().st_size,
+                                   sha256=sha256_file(final), manifest=manifest)
+    ctx.emit("backup.created", backup=name, backup_kind=kind, size=backup.size, sha256=backup.sha256,
+             services=backup.services, release=backup.release)
+    return backup
+
+
+def _pg_spec(service):
+    return {k: service.settings[k] for k in ("version", "port", "dbname", "role")}
+
+
+def verify_backup(ctx, backup):
+    """Every checksum of the stored archive, before anything is touched; its manifest."""
+    path = archive_path(backup)
+    if not path.exists():
+        raise FlowFailed(f"the archive of backup {backup.name} is missing from {path}")
+    sha = sha256_file(path)
+    if sha != backup.sha256:
+        raise FlowFailed(f"backup {backup.name} is corrupted: its archive's sha256 is {sha[:16]}..., "
+                         f"recorded {backup.sha256[:16]}...; nothing was changed")
+    try:
+        manifest = node_data.verify_archive(path)
+    except DataError as exc:
+        raise FlowFailed(f"backup {backup.name} cannot be restored: {exc}; nothing was changed") from None
+    ctx.emit("backup.verified", backup=backup.name, sha256=sha, services=manifest["services"])
+    return manifest
+
+
+def restore_backup(ctx, backup, place, manifest):
+    """Swap the archive's data in for the app's, node by node; each swap all-or-nothing."""
+    path = archive_path(backup)
+    wanted = [s for s in manifest["services"] if s in place.services]
+    missing = [s for s in manifest["services"] if s not in place.services]
+    if missing:
+        raise FlowFailed(f"backup {backup.name} holds {' and '.join(missing)} but {place.app.name} has no such "
+                         f"service; add service.{missing[0]} to its app.ini and deploy it first")
+    if not wanted:
+        raise FlowFailed(f"backup {backup.name} holds no data of a service {place.app.name} has")
+    per_node = {}
+    if "postgresql" in wanted:
+        per_node.setdefault(place.pg.node, {})["postgresql"] = _pg_spec(place.pg)
+    if "files" in wanted:
+        per_node.setdefault(place.files.node, {})["files"] = place.files.settings
+    done = {}
+    for node, specs in per_node.items():
+        result = node_services.restore(ctx.transport(node), ctx.emit, path, **specs)
+        done[node.name] = result["staged"]
+    return done
+
+
+def clear_data(ctx, place):
+    per_node = {}
+    if place.pg:
+        per_node.setdefault(place.pg.node, {})["postgresql"] = _pg_spec(place.pg)
+    if place.files:
+        per_node.setdefault(place.files.node, {})["files"] = place.files.settings
+    for node, specs in per_node.items():
+        node_services.clear(ctx.transport(node), ctx.emit, **specs)
+
+
+def prune_backups(ctx, app, kind, keep):
+    """Keep the newest `keep` backups of this kind; delete the older records and their archives."""
+    old = list(Backup.objects.filter(app=app, kind=kind).order_by("-created_at", "-pk")[keep:])
+    for backup in old:
+        archive_path(backup).unlink(missing_ok=True)
+        backup.delete()
+    if old:
+        ctx.emit("backup.pruned", backup_kind=kind, keep=keep, removed=[b.name for b in old])
+    return [b.name for b in old]
+
+
+def keep_backups(app):
+    """app.ini keep_backups of the app's newest release (10 if it has none)."""
+    release = app.releases.order_by("-created_at").first()
+    return (release.app_ini.get("keep_backups") if release else None) or 10
+
+
+# --- for the commands and the admin: refused before any job exists ------------------------
+
+class DataRefused(ValueError):
+    pass
+
+
+def check_data_app(name):
+    """The app, if it has data services to act on."""
+    from toppcloud_site.records.models import App
+
+    app = App.objects.filter(name=name).first()
+    if app is None:
+        raise DataRefused(f"there is no app {name!r}")
+    if not Service.objects.filter(app=app).exists():
+        raise DataRefused(f"{name} has no data services yet: deploy it with service.postgresql or "
+                          "service.files in its app.ini first")
+    return app
+
+
+def find_backup(name):
+    backup = Backup.objects.select_related("app").filter(name=name).first()
+    if backup is None:
+        recent = ", ".join(Backup.objects.values_list("name", flat=True)[:5]) or "none yet"
+        raise DataRefused(f"there is no backup {name!r} (newest: {recent})")
+    return backup
+
+
+def import_archive(path, app):
+    """An archive file from elsewhere, checked whole, stored as a Backup of `app` (once per content)."""
+    if not os.path.isfile(path):
+        raise DataRefused(f"{path} is neither a backup name nor an archive file")
+    try:
+        manifest = node_data.verify_archive(path)
+    except DataError as exc:
+        raise DataRefused(f"{path} cannot be restored: {exc}; nothing was changed") from None
+    sha = sha256_file(path)
+    existing = Backup.objects.filter(app=app, sha256=sha).first()
+    if existing is not None:
+        return existing
+    name = f"{app.name}-{timezone.now():%Y%m%d-%H%M%S}-imported-{sha[:8]}"
+    final = backup_dir(app.name) / f"{name}.tar"
+    part = final.with_name(f".{name}.tar.part")
+    try:
+        with open(path, "rb") as src, open(part, "wb") as dst:
+            while chunk := src.read(node_data.CHUNK):
+                dst.write(chunk)
+        if sha256_file(part) != sha:
+            raise DataRefused(f"{path} changed while it was being imported; nothing was changed")
+        os.replace(part, final)
+    finally:
+        part.unlink(missing_ok=True)
+    return Backup.objects.create(app=app, name=name, kind=Backup.Kind.IMPORTED, release=manifest.get("release", ""),
+                                 services=manifest["services"], size=final.stat().st_size, sha256=sha,
+                                 manifest=manifest)
+
+
+SCHEDULE_TASK = "jobs.submit_backup"
+
+
+def schedule_backups(app, cron):
+    """A django-celery-beat entry that starts a backup job of `app` on this crontab ('' removes it)."""
+    import json
+
+    from django_celery_beat.models import CrontabSchedule, PeriodicTask
+
+    name = f"backup {app.name}"
+    if not cron:
+        return PeriodicTask.objects.filter(name=name).delete()[0] > 0
+    fields = cron.split()
+    if len(fields) != 5:
+        raise DataRefused(f"schedule {cron!r} is invalid: give 5 crontab fields, like '0 3 * * *'")
+    minute, hour, day_of_month, month_of_year, day_of_week = fields
+    try:
+        from celery.schedules import crontab
+
+        crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
+                day_of_week=day_of_week)
+    except ValueError as exc:
+        raise DataRefused(f"schedule {cron!r} is invalid: {exc}") from None
+    schedule, _ = CrontabSchedule.objects.get_or_create(
+        minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
+        day_of_week=day_of_week, timezone=settings.TIME_ZONE)
+    task, _ = PeriodicTask.objects.update_or_create(
+        name=name, defaults={"task": SCHEDULE_TASK, "crontab": schedule, "interval": None,
+                             "kwargs": json.dumps({"app": app.name}), "enabled": True})
+    return task

@@ -1,0 +1,774 @@
+"""App data on a node, and the backup archive format.
+
+This module runs in two places: the control plane imports it to write and
+check archives, and nodes run it as a program (its source is sent as
+`python3 -I -c SOURCE COMMAND SPEC`). So: the standard library only, and no
+import of the rest of nodeops.
+
+Commands on the node (SPEC is one JSON argument; secrets come on stdin,
+never in argv):
+
+    pg-ensure     the node's PostgreSQL cluster exists, listens where it should, runs
+    pg-app        the app's role (password verifier on stdin) and database exist
+    files-ensure  the app's files directory exists
+    dump-sql      the app's database as ordered plain SQL, on stdout
+    dump-files    the app's files directory as a deterministic tar, on stdout
+    restore       read an archive on stdin, stage and verify it, swap it in when told
+    clear         replace the app's database and files with empty ones
+
+A backup archive is an uncompressed tar holding, in this order:
+
+    postgresql.sql  (service.postgresql) schema; each table's rows in primary-key
+                    order; sequence values; then indexes, constraints, triggers
+    files.tar       (service.files) the files directory: sorted names, mtime 0, owner 0
+    manifest.json   what the archive is, and the sha256 and size of every member
+
+Every member has mtime 0 and owner 0, so the same data always gives the same
+bytes but for the manifest's created_at, and a changed row is a changed line.
+"""
+
+import ctypes
+import glob
+import hashlib
+import json
+import os
+import posixpath
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+FORMAT = "toppcloud-backup/1"
+SQL, FILES, MANIFEST = "postgresql.sql", "files.tar", "manifest.json"
+MEMBERS = (SQL, FILES)  # in archive order; the manifest comes last
+SERVICE_MEMBER = {"postgresql": SQL, "files": FILES}
+MAX_MANIFEST = 1 << 20
+CHUNK = 1 << 20
+STAGING, OLD = "__restore", "__old"  # suffixes; app names cannot contain '_'
+
+
+class DataError(Exception):
+    """The data, an archive or a data service cannot be used; the message says why."""
+
+
+# --- the archive --------------------------------------------------------------
+
+def _header(name, size):
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    # GNU format: sizes over 8 GiB still fit in the one 512-byte header.
+    return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "strict")
+
+
+class _Hashing:
+    """A reader that counts and hashes what passes through it."""
+
+    def __init__(self, raw, limit=None):
+        self.raw, self.limit = raw, limit
+        self.size, self.sha = 0, hashlib.sha256()
+
+    def read(self, n=-1):
+        if self.limit is not None:
+            left = self.limit - self.size
+            n = left if n is None or n < 0 else min(n, left)
+            if n <= 0:
+                return b""
+        data = self.raw.read(n)
+        self.size += len(data)
+        self.sha.update(data)
+        return data
+
+    def drain(self):
+        while self.read(CHUNK):
+            pass
+
+
+class ArchiveWriter:
+    """Write an archive to a seekable binary file, one member at a time.
+
+    A member's size is known only once it has been copied (it streams from
+    a node), so its header is written again, with the size, afterwards.
+    """
+
+    def __init__(self, f):
+        self.f = f
+        self.files = {}
+
+    def add(self, name, reader):
+        if name not in MEMBERS or name in self.files or any(MEMBERS.index(n) > MEMBERS.index(name) for n in self.files):
+            raise ValueError(f"cannot add {name!r} after {sorted(self.files)}")
+        start = self.f.tell()
+        self.f.write(_header(name, 0))
+        src = _Hashing(reader)
+        while True:
+            chunk = src.read(CHUNK)
+            if not chunk:
+                break
+            self.f.write(chunk)
+        self.f.write(b"\0" * (-src.size % 512))
+        end = self.f.tell()
+        self.f.seek(start)
+        self.f.write(_header(name, src.size))
+        self.f.seek(end)
+        self.files[name] = {"sha256": src.sha.hexdigest(), "size": src.size}
+        return self.files[name]
+
+    def finish(self, **fields):
+        """Write manifest.json (fields + the members' checksums) and the end of the archive."""
+        manifest = dict(fields, format=FORMAT, files=self.files)
+        data = manifest_bytes(manifest)
+        self.f.write(_header(MANIFEST, len(data)) + data + b"\0" * (-len(data) % 512))
+        self.f.write(b"\0" * 1024)  # end-of-archive
+        self.f.write(b"\0" * (-self.f.tell() % tarfile.RECORDSIZE))
+        return manifest
+
+
+def manifest_bytes(manifest):
+    return (json.dumps(manifest, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def read_archive(fileobj, on_member=None):
+    """Read an archive stream, check everything; return its manifest.
+
+    `on_member(name, reader)` may consume a member's data (reader.read);
+    whatever it leaves is read here, so every member is hashed anyway.
+    Raises DataError naming the first problem found.
+    """
+    seen, manifest_data = {}, None
+    try:
+        tar = tarfile.open(fileobj=fileobj, mode="r|")
+        for member in tar:
+            name = member.name
+            if manifest_data is not None:
+                raise DataError(f"{name!r} follows {MANIFEST}, which must be the last member")
+            if name in seen:
+                raise DataError(f"{name!r} is in the archive twice")
+            if name not in (*MEMBERS, MANIFEST):
+                raise DataError(f"unexpected member {name!r}: a backup holds only "
+                                  f"{', '.join(MEMBERS)} and {MANIFEST}")
+            if not member.isreg():
+                raise DataError(f"member {name!r} is not a regular file")
+            if name == MANIFEST:
+                if member.size > MAX_MANIFEST:
+                    raise DataError(f"{MANIFEST} is {member.size} bytes, more than a manifest can be")
+                manifest_data = tar.extractfile(member).read()
+                continue
+            if seen and MEMBERS.index(name) < max(MEMBERS.index(n) for n in seen):
+                raise DataError(f"members are out of order: {name!r} after {', '.join(seen)}")
+            reader = _Hashing(tar.extractfile(member))
+            if on_member is not None:
+                on_member(name, reader)
+            reader.drain()
+            seen[name] = {"sha256": reader.sha.hexdigest(), "size": reader.size}
+    except tarfile.TarError as exc:
+        raise DataError(f"not a readable backup archive: {exc}") from None
+    except EOFError:
+        raise DataError("the archive ends in the middle of a member (truncated)") from None
+    if manifest_data is None:
+        raise DataError(f"the archive has no {MANIFEST}" + (" (truncated?)" if seen else ""))
+    return check_manifest(manifest_data, seen)
+
+
+def check_manifest(data, seen):
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{MANIFEST} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{MANIFEST} does not describe a {FORMAT} archive")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise DataError(f"{MANIFEST} has no files table")
+    for name in files:
+        if name not in seen:
+            raise DataError(f"{MANIFEST} lists {name!r} but the archive has no such member")
+    for name, got in seen.items():
+        want = files.get(name)
+        if not isinstance(want, dict):
+            raise DataError(f"{name!r} is in the archive but not in {MANIFEST}")
+        if want.get("size") != got["size"]:
+            raise DataError(f"{name!r} is {got['size']} bytes; {MANIFEST} says {want.get('size')}")
+        if want.get("sha256") != got["sha256"]:
+            raise DataError(f"{name!r} does not match its sha256 in {MANIFEST} "
+                              f"(got {got['sha256'][:16]}..., expected {str(want.get('sha256'))[:16]}...)")
+    services = manifest.get("services")
+    if not isinstance(services, list) or any(SERVICE_MEMBER.get(s) not in files for s in services):
+        raise DataError(f"{MANIFEST} names services {services!r} that do not match its members")
+    return manifest
+
+
+def verify_archive(path):
+    """Check a stored archive, reading it once; its manifest, or DataError.
+
+    files.tar is also opened and every entry checked, as a restore would.
+    """
+    def check(name, reader):
+        if name == FILES:
+            for _ in _file_entries(reader):
+                pass
+
+    with open(path, "rb") as f:
+        return read_archive(f, check)
+
+
+# --- files ---------------------------------------------------------------------
+
+def pack_files(directory, out):
+    """Write `directory` as a tar to `out`: names sorted, mtime 0, owner 0.
+
+    Only directories and regular files; anything else (links, sockets) is
+    left out and returned.
+    """
+    entries, skipped = [], []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        rel_dir = os.path.relpath(dirpath, directory)
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
+                entries.append((rel, path, st))
+            else:
+                skipped.append(rel)  # os.walk does not descend into a link to a directory either
+    tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.GNU_FORMAT)
+    for rel, path, st in sorted(entries):
+        info = tarfile.TarInfo(rel)
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        info.mode = st.st_mode & 0o777
+        if stat.S_ISDIR(st.st_mode):
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        else:
+            info.size = st.st_size
+            with open(path, "rb") as f:
+                tar.addfile(info, f)
+    tar.close()
+    return sorted(skipped)
+
+
+def _file_entries(reader):
+    """Each (name, member, tar) of a files.tar stream, checked: no absolute paths, no '..', files and dirs only."""
+    names = set()
+    try:
+        tar = tarfile.open(fileobj=reader, mode="r|")
+        for m in tar:
+            name = m.name
+            norm = posixpath.normpath(name)
+            if (not name or "\0" in name or name.startswith("/") or norm in (".", "..")
+                    or norm.startswith("../") or ".." in name.split("/")):
+                raise DataError(f"{FILES} member {name!r} is not allowed: paths must stay inside the files directory")
+            if not (m.isreg() or m.isdir()):
+                raise DataError(f"{FILES} member {name!r} is a {_kind(m)}; only files and directories are restored")
+            if norm in names:
+                raise DataError(f"{FILES} member {name!r} is there twice")
+            names.add(norm)
+            yield norm, m, tar
+    except tarfile.TarError as exc:
+        raise DataError(f"{FILES} is not a readable tar: {exc}") from None
+
+
+def _kind(m):
+    if m.issym():
+        return "symbolic link"
+    if m.islnk():
+        return "hard link"
+    if m.isdev():
+        return "device"
+    if m.isfifo():
+        return "fifo"
+    return "special member"
+
+
+def unpack_files(reader, dest):
+    """Extract a files.tar stream into `dest` (which must not exist), checking every entry.
+
+    Only directories and regular files are made, and every name was checked
+    to stay inside, so nothing can be written outside `dest`.
+    """
+    os.mkdir(dest, 0o755)
+    count = size = 0
+    try:
+        for name, m, tar in _file_entries(reader):
+            path = os.path.join(dest, name)
+            if m.isdir():
+                os.makedirs(path, exist_ok=True)
+                os.chmod(path, (m.mode & 0o777) | 0o700)
+                continue
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "xb") as f:
+                shutil.copyfileobj(tar.extractfile(m), f, CHUNK)
+            os.chmod(path, (m.mode & 0o777) | 0o600)
+            count += 1
+            size += m.size
+    except OSError as exc:
+        raise DataError(f"{FILES} cannot be unpacked: {exc}") from None
+    return {"files": count, "bytes": size}
+
+
+# --- PostgreSQL -------------------------------------------------------------------
+
+# Each ordinary table of the app (not the system's, not an extension's), as
+# the COPY that writes its rows in primary-key order (whole-row text order
+# without one) and the COPY header a restore reads them with. PostgreSQL
+# quotes the names itself.
+_TABLES_SQL = r"""
+SELECT coalesce(json_agg(json_build_array(t.copy_out, t.copy_in) ORDER BY t.nspname, t.relname), '[]')
+FROM (
+  SELECT n.nspname, c.relname,
+    format('COPY (SELECT %s FROM ONLY %s AS toppcloud_row_ ORDER BY %s) TO STDOUT;',
+           cols.list, format('%I.%I', n.nspname, c.relname), coalesce(pk.list, 'toppcloud_row_::text')) AS copy_out,
+    format('COPY %I.%I (%s) FROM stdin;', n.nspname, c.relname, cols.list) AS copy_in
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  CROSS JOIN LATERAL (
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) AS list
+    FROM pg_attribute a
+    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '') cols
+  LEFT JOIN LATERAL (
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.ord) AS list
+    FROM pg_index i
+    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+    WHERE i.indrelid = c.oid AND i.indisprimary) pk ON true
+  WHERE c.relkind = 'r' AND cols.list IS NOT NULL
+    AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
+    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                    AND d.objid = c.oid AND d.deptype = 'e')
+) t;
+"""
+
+_SEQUENCES_SQL = r"""
+SELECT coalesce(json_agg(format('SELECT pg_catalog.setval(%L, %s, %s);',
+                                format('%I.%I', s.schemaname, s.sequencename),
+                                coalesce(s.last_value, s.start_value), (s.last_value IS NOT NULL)::text)
+                         ORDER BY s.schemaname, s.sequencename), '[]')
+FROM pg_sequences s
+WHERE NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                  AND d.objid = format('%I.%I', s.schemaname, s.sequencename)::regclass AND d.deptype = 'e');
+"""
+
+# pg_dump >= 15.14 brackets its output with \restrict KEY ... \unrestrict KEY;
+# with a fixed key the lines are dropped, so the dump stays byte-stable and
+# holds no psql meta-command but the `\.` ending each table's rows.
+_RESTRICT_KEY = "toppcloud"
+_DUMP_FLAGS = ["--no-owner", "--no-privileges", "--no-tablespaces", "--no-publications",
+               "--no-subscriptions", "--no-security-labels", f"--restrict-key={_RESTRICT_KEY}"]
+
+
+class _Pg:
+    """One cluster on this node, reached as the postgres superuser over the local socket."""
+
+    def __init__(self, spec):
+        self.version = str(spec["version"])
+        if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", self.version):
+            raise DataError(f"PostgreSQL version {self.version!r} is invalid")
+        self.port = str(int(spec["port"]))
+        self.bin = f"/usr/lib/postgresql/{self.version}/bin"
+
+    def argv(self, program, *args):
+        as_postgres = [] if os.geteuid() == _postgres_uid() else ["runuser", "-u", "postgres", "--"]
+        return [*as_postgres, f"{self.bin}/{program}", "-p", self.port, *args]
+
+    def psql(self, db, *args):
+        return self.argv("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=terse", "-d", db, *args)
+
+    def run(self, db, sql, *args):
+        r = subprocess.run(self.psql(db, "-At", *args), input=sql.encode(), capture_output=True)
+        if r.returncode != 0:
+            raise DataError(f"psql on {db}: {r.stderr.decode(errors='replace').strip()[-1500:]}")
+        return r.stdout.decode()
+
+    def exists(self, db):
+        return self.run("postgres", f"SELECT 1 FROM pg_database WHERE datname = {_lit(db)};\n").strip() == "1"
+
+
+def _postgres_uid():
+    import pwd
+    try:
+        return pwd.getpwnam("postgres").pw_uid
+    except KeyError:
+        raise DataError("there is no postgres user on this node: is PostgreSQL installed?") from None
+
+
+def _lit(value):
+    if "\0" in value:
+        raise DataError("a NUL character cannot be part of an SQL literal")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _ident(value):
+    return '"' + value.replace('"', '""') + '"'
+
+
+def dump_sql(spec, out):
+    """Write the database as ordered plain SQL to the binary file `out`; one consistent snapshot."""
+    pg, db = _Pg(spec), spec["dbname"]
+    # This session holds the snapshot every other process below imports.
+    holder = subprocess.Popen(pg.psql(db, "-At"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        holder.stdin.write(("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\nSELECT pg_export_snapshot();\n"
+                            + _TABLES_SQL + _SEQUENCES_SQL).encode())
+        holder.stdin.flush()
+        snapshot = holder.stdout.readline().decode().strip()
+        tables, sequences = json.loads(holder.stdout.readline() or "null"), json.loads(holder.stdout.readline() or "null")
+        if not snapshot or tables is None or sequences is None:
+            holder.kill()
+            raise DataError(f"cannot read {db}: {holder.stderr.read().decode(errors='replace').strip()[-1500:]}")
+        for copy_out, copy_in in tables:
+            if any(c in copy_in for c in "\n\r\\"):
+                raise DataError(f"table {copy_in[5:].split(' (')[0]} has a newline or backslash in its "
+                                  "name or a column's; such names cannot be backed up")
+        dump = ["pg_dump", *_DUMP_FLAGS, f"--snapshot={snapshot}", "-d", db]
+        pre = subprocess.Popen(pg.argv(*dump, "--section=pre-data"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        post = subprocess.Popen(pg.argv(*dump, "--section=post-data"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        pre_out, post_out = _finish(pre, "pg_dump (schema)"), _finish(post, "pg_dump (indexes and constraints)")
+        out.write(_unrestricted(pre_out))
+        out.flush()
+        script = ["BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;", f"SET TRANSACTION SNAPSHOT {_lit(snapshot)};",
+                  # Rows come out in index order; a big sort would spill to disk.
+                  "SET enable_sort = off;", "SET work_mem = '64MB';"]
+        script.append(_echo("--\n-- Table data, each table in primary-key order\n--\n"))
+        for copy_out, copy_in in tables:
+            script += [_echo(copy_in), copy_out, _echo("\\.\n")]
+        if sequences:
+            script.append(_echo("--\n-- Sequences\n--\n"))
+            script += [_echo(line) for line in sequences]
+        script += [_echo(""), "COMMIT;"]
+        # psql writes the rows straight to `out`: no copy through this process.
+        data = subprocess.run(pg.psql(db, "-At"), input="\n".join(script).encode() + b"\n", stdout=out,
+                              stderr=subprocess.PIPE)
+        if data.returncode != 0:
+            raise DataError(f"reading the rows of {db} failed: "
+                              f"{data.stderr.decode(errors='replace').strip()[-1500:]}")
+        out.write(_unrestricted(post_out))
+        out.flush()
+    finally:
+        if holder.poll() is None:
+            holder.stdin.close()
+            holder.wait()
+    return {"tables": len(tables), "sequences": len(sequences)}
+
+
+def _echo(text):
+    """A query whose output (psql -At) is exactly `text` and a newline."""
+    return f"SELECT {_lit(text)};"
+
+
+def _finish(proc, what):
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise DataError(f"{what} failed: {err.decode(errors='replace').strip()[-1500:]}")
+    return out
+
+
+def _unrestricted(dump):
+    return re.sub(rb"^\\(un)?restrict " + _RESTRICT_KEY.encode() + rb"\n", b"", dump, flags=re.MULTILINE)
+
+
+def load_sql(pg, db, role, reader):
+    """Feed an archive's SQL into `db` as `role`, in one transaction; psql may run no meta-command."""
+    key = os.urandom(16).hex()  # the SQL cannot know it, so it cannot lift the restriction
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(pg.psql(db, "--single-transaction"), stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            proc.stdin.write(f"\\restrict {key}\nSET ROLE {_ident(role)};\n".encode())
+            while True:
+                chunk = reader.read(CHUNK)
+                if not chunk:
+                    break
+                proc.stdin.write(chunk)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # psql stopped: its error is below
+        except BaseException:
+            # The archive ended early: closing psql's input would commit what it
+            # has read, so it is killed, and its transaction never commits.
+            proc.kill()
+            proc.wait()
+            raise
+        rc = proc.wait()
+        if rc != 0:
+            err.seek(0)
+            raise DataError(f"{SQL} did not load: {err.read().decode(errors='replace').strip()[-1500:]}")
+
+
+def _create_db(pg, db, role):
+    pg.run("postgres", f"CREATE DATABASE {_ident(db)} OWNER {_ident(role)} TEMPLATE template0 "
+                       f"ENCODING 'UTF8';\nREVOKE CONNECT, TEMPORARY ON DATABASE {_ident(db)} FROM PUBLIC;\n")
+
+
+def _drop_db(pg, db):
+    pg.run("postgres", f"DROP DATABASE IF EXISTS {_ident(db)} WITH (FORCE);\n")
+
+
+def _swap_db(pg, db):
+    """Make db+STAGING the app's database in one transaction; the old one is dropped after."""
+    old, staged = db + OLD, db + STAGING
+    _drop_db(pg, old)
+    had = pg.exists(db)
+    sql = ["BEGIN;"]
+    if had:
+        # Connections of the app end here; it reconnects to the new database.
+        sql += [f"SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
+                f"WHERE datname = {_lit(db)} AND pid <> pg_backend_pid();",
+                f"ALTER DATABASE {_ident(db)} RENAME TO {_ident(old)};"]
+    sql += [f"ALTER DATABASE {_ident(staged)} RENAME TO {_ident(db)};", "COMMIT;"]
+    for attempt in range(10):
+        try:
+            pg.run("postgres", "\n".join(sql) + "\n")
+            break
+        except DataError as exc:
+            # An app connection that arrived between terminate and rename: try again.
+            if "being accessed by other users" not in str(exc) or attempt == 9:
+                raise
+    if had:
+        _drop_db(pg, old)
+
+
+# --- files directory swap ------------------------------------------------------------
+
+def _exchange(a, b):
+    """Swap two paths atomically (renameat2 RENAME_EXCHANGE); no moment where either is missing."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(-100, a.encode(), -100, b.encode(), 2) != 0:  # AT_FDCWD, RENAME_EXCHANGE
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot exchange {a} and {b}: {os.strerror(err)}")
+
+
+def _swap_dir(directory):
+    staged = directory + STAGING
+    if os.path.isdir(directory):
+        _exchange(staged, directory)
+        shutil.rmtree(staged)  # now the old contents
+    else:
+        os.rename(staged, directory)
+
+
+# --- commands ---------------------------------------------------------------------
+
+def cmd_pg_ensure(spec):
+    """The cluster for apps' databases: created once, our listen address and hba, running."""
+    cluster, port, listen = spec["cluster"], int(spec["port"]), spec["listen"]
+    changed = []
+    versions = _pg_versions()
+    if not versions:
+        apt = shutil.which("apt-get")
+        if not apt or os.geteuid() != 0:
+            raise DataError("PostgreSQL is not installed on the node; install the postgresql package")
+        _run([apt, "install", "-y", "-q", "--no-install-recommends", "postgresql"],
+             env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        changed.append("installed postgresql")
+        versions = _pg_versions()
+    existing = [v for v in versions if os.path.isdir(f"/etc/postgresql/{v}/{cluster}")]
+    version = existing[0] if existing else versions[-1]
+    conf_dir = f"/etc/postgresql/{version}/{cluster}"
+    if not existing:
+        _run(["pg_createcluster", "--locale", "C.UTF-8", "--encoding", "UTF8", "-p", str(port), version, cluster])
+        changed.append("created cluster")
+    with open(f"{conf_dir}/postgresql.conf") as f:
+        m = re.search(r"^\s*port\s*=\s*(\d+)", f.read(), re.MULTILINE)
+    if not m or int(m.group(1)) != port:
+        raise DataError(f"cluster {version}/{cluster} exists with port {m.group(1) if m else '?'}, "
+                          f"but the node's pg_port is {port}: change one of them")
+    conf = ("# Managed by toppcloud.\n"
+            f"listen_addresses = {_lit(listen)}\n")
+    hba = ("# Managed by toppcloud: the superuser only on the local socket; each app's role\n"
+           "# only into its own database (named like it), with its password.\n"
+           "local   all        postgres                peer\n"
+           "host    sameuser   all        0.0.0.0/0    scram-sha-256\n"
+           "host    sameuser   all        ::/0         scram-sha-256\n")
+    conf_changed = _write_if_changed(f"{conf_dir}/conf.d/toppcloud.conf", conf, "postgres")
+    hba_changed = _write_if_changed(f"{conf_dir}/pg_hba.conf", hba, "postgres")
+    changed += ["listen_addresses"] * conf_changed + ["pg_hba.conf"] * hba_changed
+    running = subprocess.run(["pg_ctlcluster", version, cluster, "status"], capture_output=True).returncode == 0
+    if not running:
+        _run(["pg_ctlcluster", version, cluster, "start"])
+        changed.append("started")
+    elif conf_changed:
+        _run(["pg_ctlcluster", version, cluster, "restart"])
+        changed.append("restarted")
+    elif hba_changed:
+        _run(["pg_ctlcluster", version, cluster, "reload"])
+    return {"version": version, "changed": changed}
+
+
+def _pg_versions():
+    found = [p.split("/")[4] for p in glob.glob("/usr/lib/postgresql/*/bin/postgres")]
+    return sorted(found, key=lambda v: [int(x) for x in v.split(".") if x.isdigit()])
+
+
+def cmd_pg_app(spec, verifier):
+    """The app's role (LOGIN, this password verifier) and its database, owned by it."""
+    pg, db, role = _Pg(spec), spec["dbname"], spec["role"]
+    if not verifier.startswith("SCRAM-SHA-256$"):
+        raise DataError("the password must come as a SCRAM-SHA-256 verifier")
+    changed = []
+    current = pg.run("postgres", f"SELECT coalesce(rolpassword, '') FROM pg_authid WHERE rolname = {_lit(role)};\n")
+    if not current:
+        pg.run("postgres", f"CREATE ROLE {_ident(role)} LOGIN PASSWORD {_lit(verifier)};\n")
+        changed.append("created role")
+    elif current.strip() != verifier:
+        pg.run("postgres", f"ALTER ROLE {_ident(role)} LOGIN PASSWORD {_lit(verifier)};\n")
+        changed.append("set password")
+    if not pg.exists(db):
+        _create_db(pg, db, role)
+        changed.append("created database")
+    # Leftovers of a restore that was interrupted.
+    for name in (db + STAGING, db + OLD):
+        if pg.exists(name):
+            _drop_db(pg, name)
+            changed.append(f"dropped {name}")
+    return {"changed": changed}
+
+
+def cmd_files_ensure(spec):
+    directory = spec["dir"]
+    if os.path.isdir(directory):
+        return {"changed": []}
+    os.makedirs(directory, 0o755)
+    return {"changed": ["created " + directory]}
+
+
+def cmd_dump_files(spec, out):
+    directory = spec["dir"]
+    if not os.path.isdir(directory):
+        raise DataError(f"{directory} does not exist: has the app been deployed with service.files?")
+    skipped = pack_files(directory, out)
+    return {"skipped": skipped}
+
+
+def cmd_restore(spec, stdin, stdout):
+    """Stage the archive on stdin, verify all of it, and swap it in only when the control plane says `swap`.
+
+    The archive is exactly spec["size"] bytes; then one line. Anything but
+    "swap" (the control plane died: end of input) drops what was staged.
+    """
+    pg_spec, files_spec = spec.get("postgresql"), spec.get("files")
+    pg = _Pg(pg_spec) if pg_spec else None
+    staged = {}
+    if pg:
+        db = pg_spec["dbname"]
+        _drop_db(pg, db + STAGING)
+        _create_db(pg, db + STAGING, pg_spec["role"])
+    if files_spec:
+        shutil.rmtree(files_spec["dir"] + STAGING, ignore_errors=True)
+
+    def stage(name, reader):
+        if name == SQL and pg:
+            load_sql(pg, pg_spec["dbname"] + STAGING, pg_spec["role"], reader)
+            staged["postgresql"] = {"bytes": reader.size}
+        elif name == FILES and files_spec:
+            staged["files"] = unpack_files(reader, files_spec["dir"] + STAGING)
+
+    try:
+        archive = _Hashing(stdin, int(spec["size"]))
+        manifest = read_archive(archive, stage)
+        archive.drain()  # the padding after the end-of-archive blocks
+        for service, what in (("postgresql", pg_spec), ("files", files_spec)):
+            if what and service not in staged:
+                raise DataError(f"the archive holds no {SERVICE_MEMBER[service]} to restore {service} from")
+        stdout.write(json.dumps({"staged": staged, "app": manifest.get("app"), "release": manifest.get("release")})
+                     .encode() + b"\n")
+        stdout.flush()
+        if stdin.readline() != b"swap\n":
+            raise DataError("the control plane went away before the swap; nothing was changed")
+    except BaseException:
+        if pg:
+            _drop_db(pg, pg_spec["dbname"] + STAGING)
+        if files_spec:
+            shutil.rmtree(files_spec["dir"] + STAGING, ignore_errors=True)
+        raise
+    _swap(pg, pg_spec, files_spec)
+    return {"swapped": sorted(staged), "staged": staged}
+
+
+def _swap(pg, pg_spec, files_spec):
+    # From here on, finish: a hang-up or a dying control plane must not leave half a swap.
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    if pg:
+        _swap_db(pg, pg_spec["dbname"])
+    if files_spec:
+        _swap_dir(files_spec["dir"])
+
+
+def cmd_clear(spec):
+    """Empty database and files directory, swapped in like a restore."""
+    pg_spec, files_spec = spec.get("postgresql"), spec.get("files")
+    pg = _Pg(pg_spec) if pg_spec else None
+    if pg:
+        _drop_db(pg, pg_spec["dbname"] + STAGING)
+        _create_db(pg, pg_spec["dbname"] + STAGING, pg_spec["role"])
+    if files_spec:
+        shutil.rmtree(files_spec["dir"] + STAGING, ignore_errors=True)
+        os.mkdir(files_spec["dir"] + STAGING, 0o755)
+    _swap(pg, pg_spec, files_spec)
+    return {"cleared": [s for s, v in (("postgresql", pg_spec), ("files", files_spec)) if v]}
+
+
+def _run(argv, **kw):
+    r = subprocess.run(argv, capture_output=True, **kw)
+    if r.returncode != 0:
+        raise DataError(f"{' '.join(argv[:3])} failed: {(r.stderr or r.stdout).decode(errors='replace').strip()[-1500:]}")
+    return r.stdout.decode(errors="replace")
+
+
+def _write_if_changed(path, text, owner):
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return False
+    except FileNotFoundError:
+        pass
+    tmp = path + ".toppcloud.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    import pwd
+    pw = pwd.getpwnam(owner)
+    os.chown(tmp, pw.pw_uid, pw.pw_gid)
+    os.chmod(tmp, 0o640)
+    os.replace(tmp, path)
+    return True
+
+
+def main(argv):
+    command, spec = argv[0], json.loads(argv[1])
+    out = sys.stdout.buffer
+    try:
+        if command == "pg-ensure":
+            result = cmd_pg_ensure(spec)
+        elif command == "pg-app":
+            result = cmd_pg_app(spec, sys.stdin.readline().strip())
+        elif command == "files-ensure":
+            result = cmd_files_ensure(spec)
+        elif command == "dump-sql":
+            result = dump_sql(spec, out)
+        elif command == "dump-files":
+            result = cmd_dump_files(spec, out)
+        elif command == "restore":
+            result = cmd_restore(spec, sys.stdin.buffer, out)
+        elif command == "clear":
+            result = cmd_clear(spec)
+        else:
+            raise DataError(f"unknown command {command!r}")
+    except DataError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    if command not in ("dump-sql", "dump-files"):  # their stdout is the data
+        out.write(json.dumps(result).encode() + b"\n")
+    else:
+        print(json.dumps(result), file=sys.stderr)
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,163 @@
+"""Data services on a node (PostgreSQL databases, files directories) and moving their data:
+backup into an archive, restore from one, clear.
+
+The work happens on the node, in node_data, sent as a program; these
+functions run it over a transport and report through `emit`. Secrets travel
+on stdin, never in argv, and the events name the program, not its source.
+
+A spec says where one app's data is on the node:
+    postgresql: {"version": "15", "port": 5433, "dbname": "blog", "role": "blog"}
+    files:      {"dir": "/srv/toppcloud/apps/blog/files"}
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import threading
+from urllib.parse import quote
+
+from . import node_data
+from .node_data import FILES, SQL, DataError
+from .release import PYTHON
+from .validate import validate_address, validate_name, validate_port
+
+_SOURCE = open(node_data.__file__, encoding="utf-8").read()
+
+
+def _argv(command, spec):
+    return [PYTHON, "-I", "-c", _SOURCE, command, json.dumps(spec, sort_keys=True)]
+
+
+def _emit_command(emit, command, spec, r):
+    emit("command", step=command, argv=["node_data", command, json.dumps(spec, sort_keys=True)], rc=r.rc,
+         stdout=r.stdout, stderr=r.stderr, seconds=round(r.seconds, 3))
+
+
+def _call(t, emit, command, spec, *, input=None, timeout=900):
+    r = t.run(_argv(command, spec), input=input, check=False, timeout=timeout)
+    _emit_command(emit, command, spec, r)
+    if r.rc != 0:
+        raise DataError(r.stderr.strip()[-1500:] or f"node_data {command} exited {r.rc}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# --- installing services ----------------------------------------------------------
+
+def ensure_cluster(t, emit, *, cluster, port, listen) -> dict:
+    """The node's PostgreSQL cluster for apps: created, listening on `listen`, running. {version, changed}."""
+    spec = {"cluster": validate_name(cluster, "pg_cluster"), "port": validate_port(port, "pg_port"),
+            "listen": validate_address(listen)}
+    return _call(t, emit, "pg-ensure", spec)
+
+
+def ensure_database(t, emit, pg, password) -> list:
+    """The app's role with this password, and its database owned by it; what changed."""
+    verifier = scram_verifier(password)
+    return _call(t, emit, "pg-app", pg, input=(verifier + "\n").encode())["changed"]
+
+
+def ensure_files(t, emit, directory) -> list:
+    return _call(t, emit, "files-ensure", {"dir": directory})["changed"]
+
+
+def scram_verifier(password, iterations=4096):
+    """What PostgreSQL stores for a SCRAM-SHA-256 password (RFC 5802/7677), so the
+    password itself never reaches the node's server, its logs or its errors.
+
+    The salt is derived from the password: the same password gives the same
+    verifier, so an unchanged password is not written again.
+    """
+    salt = hmac.new(password.encode(), b"toppcloud scram salt", hashlib.sha256).digest()[:16]
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def service_env(*, pg=None, host=None, password=None, files_dir=None) -> dict:
+    """The variables an app reads its services from."""
+    env = {}
+    if pg:
+        host_in_url = f"[{host}]" if ":" in host else host
+        env.update({
+            "CONFIG_PG_DBNAME": pg["dbname"],
+            "CONFIG_PG_USER": pg["role"],
+            "CONFIG_PG_PASSWORD": password,
+            "CONFIG_PG_HOST": host,
+            "CONFIG_PG_PORT": str(pg["port"]),
+            "DATABASE_URL": f"postgres://{quote(pg['role'], safe='')}:{quote(password, safe='')}@"
+                            f"{host_in_url}:{pg['port']}/{quote(pg['dbname'], safe='')}",
+        })
+    if files_dir:
+        env["CONFIG_FILES"] = files_dir
+    return env
+
+
+# --- moving data ------------------------------------------------------------------
+
+def dump_into(t, emit, writer, member, spec) -> dict:
+    """Stream one member (postgresql.sql or files.tar) from the node into an ArchiveWriter."""
+    command = {SQL: "dump-sql", FILES: "dump-files"}[member]
+    stream = t.open(_argv(command, spec))
+    try:
+        info = writer.add(member, stream.stdout)
+    except BaseException:
+        stream.kill()
+        raise
+    r = stream.finish(check=False)
+    _emit_command(emit, command, spec, r)
+    if r.rc != 0:
+        raise DataError(r.stderr.strip()[-1500:] or f"node_data {command} exited {r.rc}")
+    emit("backup.member", member=member, size=info["size"], sha256=info["sha256"], seconds=round(r.seconds, 3))
+    return info
+
+
+def restore(t, emit, archive_path, *, postgresql=None, files=None) -> dict:
+    """Restore an archive (already verified here) into the node's services named by the specs.
+
+    The node stages everything beside the live data and checks every
+    checksum again; only then does this side tell it to swap. If this
+    process dies before that, the node drops what it staged.
+    """
+    spec = {"size": os.path.getsize(archive_path), "postgresql": postgresql, "files": files}
+    stream = t.open(_argv("restore", spec))
+    feed_error = []
+
+    def feed():
+        try:
+            with open(archive_path, "rb") as f:
+                while chunk := f.read(node_data.CHUNK):
+                    stream.stdin.write(chunk)
+            stream.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError) as exc:  # the node stopped reading: it says why
+            feed_error.append(exc)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        staged = stream.stdout.readline()
+        feeder.join()
+        if staged:
+            emit("restore.staged", **json.loads(staged))
+            stream.stdin.write(b"swap\n")
+            stream.stdin.flush()
+            out = stream.stdout.read()
+    except BaseException:
+        stream.kill()
+        raise
+    r = stream.finish(check=False)
+    _emit_command(emit, "restore", spec, r)
+    if r.rc != 0 or not staged:
+        raise DataError(r.stderr.strip()[-1500:] or f"node_data restore exited {r.rc}")
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    emit("restore.swapped", services=result["swapped"])
+    return result
+
+
+def clear(t, emit, *, postgresql=None, files=None) -> dict:
+    """Replace the app's database and files directory with empty ones (each swapped in at once)."""
+    return _call(t, emit, "clear", {"postgresql": postgresql, "files": files})
