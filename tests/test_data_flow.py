@@ -164,3 +164,214 @@ def test_it_backs_up_the_same_data_to_the_same_bytes_and_a_changed_row_to_a_chan
     assert len(diff) == 2 and diff[0].startswith("- ") and diff[1].startswith("+ ")
     assert diff[0][2:].split("\t")[:2] == [diff[1][2:].split("\t")[0], "second note"]
     assert diff[1][2:].split("\t")[1] == "second note, edited"
+
+
+def all_rows(node, name):
+    return psql(node, name, "SELECT * FROM notes ORDER BY id").splitlines()
+
+
+def columns(node, name):
+    return psql(node, name, "SELECT column_name FROM information_schema.columns "
+                            "WHERE table_name = 'notes' ORDER BY ordinal_position").split()
+
+
+def test_it_restores_a_failed_migration_from_its_checkpoint(notes_app, ready_nodes, test_hosts, tmp_path):
+    name = notes_app[0]
+    host, node = test_hosts[0], ready_nodes[0]
+    live_version = get(host, f"{name}.test")[1]
+    rows, cols = all_rows(node, name), columns(node, name)
+    put_file(host, name, "kept.txt", b"kept\n")
+    bad = app_copy(tmp_path, "notes", name=name, version="9")
+    (bad / "migrate.py").write_text(
+        "import os, sys, psycopg2\n"
+        "conn = psycopg2.connect(os.environ['DATABASE_URL'])\n"
+        "conn.autocommit = True\n"
+        "cur = conn.cursor()\n"
+        "cur.execute('ALTER TABLE notes ADD COLUMN priority integer')\n"
+        "cur.execute(\"UPDATE notes SET body = 'clobbered'\")\n"
+        "cur.execute('DELETE FROM notes WHERE id > (SELECT min(id) FROM notes)')\n"
+        "open(os.path.join(os.environ['CONFIG_FILES'], 'kept.txt'), 'w').write('overwritten')\n"
+        "sys.exit('migration 0007 failed half-way')\n")
+    code, job = deploy(bad, node)
+    assert code == 1
+    assert "migration 0007 failed half-way" in job.error and "the data were restored from checkpoint" in job.error
+
+    assert all_rows(node, name) == rows and columns(node, name) == cols  # row by row, and the schema
+    assert get_file(host, name, "kept.txt") == (200, b"kept\n")
+    assert get(host, f"{name}.test")[1] == live_version  # the old release never stopped serving
+    steps = [(e.data["step"], e.data["ok"]) for e in job.events.filter(kind="step.finished").order_by("seq")]
+    names = [s for s, _ in steps]
+    assert names[names.index("checkpoint"):] == ["checkpoint", "update_fetch", "revert", "stop new release"]
+    assert dict(steps)["update_fetch"] is False and dict(steps)["revert"] is True
+    revert = job.events.get(kind="step.finished", data__step="revert").data
+    checkpoint = Backup.objects.get(name=revert["restored"])
+    failed = Backup.objects.get(name=revert["failed_state"])
+    assert checkpoint.kind == failed.kind == "checkpoint" and checkpoint.job_id == failed.job_id == job.pk
+    assert "clobbered" in members(data.archive_path(failed))["postgresql.sql"].decode()  # nothing is lost
+    assert job.events.filter(kind="restore.swapped").count() == 1
+    kinds = event_kinds(job)
+    assert kinds.index("backup.verified") < kinds.index("restore.staged") < kinds.index("restore.swapped")
+
+
+@pytest.fixture(scope="module")
+def second_app(notes_app, ready_nodes, test_hosts, tmp_path_factory):
+    """Another notes app, on the second test host, with data of its own."""
+    name = notes_app[0] + "b"
+    code, job = deploy(app_copy(tmp_path_factory.mktemp("second"), "notes", name=name), ready_nodes[1])
+    assert code == 0, job.error
+    add_note(test_hosts[1], name, "a note of the second app")
+    put_file(test_hosts[1], name, "own.txt", b"own\n")
+    return name
+
+
+def test_it_restores_a_backup_into_another_app_on_another_host(notes_app, second_app, ready_nodes, test_hosts):
+    name, other = notes_app[0], second_app
+    source, _ = backup_now(name)
+    code, job = run_command("restore", source.name, other)
+    assert code == 0, job.error
+    assert notes(test_hosts[1], other) == notes(test_hosts[0], name)
+    assert get_file(test_hosts[1], other, "report.txt") == (200, b"quarterly numbers\n")
+    assert get_file(test_hosts[1], other, "own.txt")[0] == 404  # the files directory was replaced, not merged
+    # The restored sequence goes on where the source's was.
+    add_note(test_hosts[1], other, "after the restore")
+    ids = [int(line.split("\t")[0]) for line in notes(test_hosts[1], other)]
+    assert ids[-1] == max(ids[:-1]) + 1
+    # What was replaced is kept.
+    kept = Backup.objects.get(name=job.result["checkpoint"])
+    assert "a note of the second app" in members(data.archive_path(kept))["postgresql.sql"].decode()
+    assert psql(ready_nodes[1], other, "SELECT tableowner FROM pg_tables WHERE tablename = 'notes'").strip() == other
+
+
+def corrupted(tmp_path, source, how):
+    """A copy of an archive, damaged in one way, with a manifest that still looks right."""
+    parts = members(data.archive_path(source))
+    path = tmp_path / f"{how}.tar"
+    if how == "flipped byte":
+        raw = bytearray(data.archive_path(source).read_bytes())
+        raw[512 + 100] ^= 0x01  # inside postgresql.sql, the first member
+        path.write_bytes(bytes(raw))
+        return path
+    if how == "missing file":
+        del parts["files.tar"]
+    if how == "path outside":
+        inner = io.BytesIO()
+        with tarfile.open(fileobj=inner, mode="w", format=tarfile.GNU_FORMAT) as t:
+            evil = tarfile.TarInfo("../../evil.txt")
+            evil.size = 4
+            t.addfile(evil, io.BytesIO(b"evil"))
+        parts["files.tar"] = inner.getvalue()
+        manifest = json.loads(parts["manifest.json"])
+        manifest["files"]["files.tar"] = {"sha256": hashlib.sha256(parts["files.tar"]).hexdigest(),
+                                          "size": len(parts["files.tar"])}
+        parts["manifest.json"] = json.dumps(manifest).encode()
+    with tarfile.open(path, "w") as t:
+        for member, content in parts.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(content)
+            t.addfile(info, io.BytesIO(content))
+    return path
+
+
+@pytest.mark.parametrize("how, message", [
+    ("flipped byte", "'postgresql.sql' does not match its sha256 in manifest.json"),
+    ("missing file", "manifest.json lists 'files.tar' but the archive has no such member"),
+    ("path outside", "files.tar member '../../evil.txt' is not allowed"),
+])
+def test_it_refuses_a_corrupted_archive_before_anything_changes(notes_app, ready_nodes, tmp_path, how, message):
+    name = notes_app[0]
+    source = Backup.objects.filter(app__name=name, kind="backup").first()
+    rows = all_rows(ready_nodes[0], name)
+    jobs_before = Job.objects.count()
+    with pytest.raises(CommandError) as refused:
+        call_command("restore", str(corrupted(tmp_path, source, how)), name)
+    assert message in str(refused.value) and "nothing was changed" in str(refused.value)
+    assert Job.objects.count() == jobs_before and all_rows(ready_nodes[0], name) == rows
+
+
+def test_a_stored_archive_damaged_later_fails_the_restore_at_verify(notes_app, ready_nodes):
+    name = notes_app[0]
+    source, _ = backup_now(name)
+    rows = all_rows(ready_nodes[0], name)
+    path = data.archive_path(source)
+    raw = bytearray(path.read_bytes())
+    raw[-20000] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    code, job = run_command("restore", source.name, name)
+    assert code == 1 and f"backup {source.name} is corrupted" in job.error and "nothing was changed" in job.error
+    assert [e.data["step"] for e in job.events.filter(kind="step.started")] == ["verify"]
+    assert all_rows(ready_nodes[0], name) == rows
+
+
+def test_a_restore_whose_worker_is_killed_midway_leaves_the_data_as_they_were(notes_app, ready_nodes, test_hosts):
+    name, node = notes_app[0], ready_nodes[0]
+    # Enough rows that loading them takes a while.
+    psql(node, name, "INSERT INTO notes (body) SELECT repeat('bulk ', 40) || g FROM generate_series(1, 300000) g")
+    big, _ = backup_now(name)
+    psql(node, name, "DELETE FROM notes WHERE body LIKE 'bulk %'")
+    rows = all_rows(node, name)
+    before = timezone.now()
+    call_command("restore", big.name, name, "--no-checkpoint", "--no-wait")
+    job = Job.objects.filter(queued_at__gt=before, kind="restore").get()
+    started = wait_until(lambda: job.events.filter(kind="step.started", data__step="restore").first())
+    pid = job.events.get(kind="job.started").data["pid"]
+    time.sleep(0.5)
+    assert not job.events.filter(kind="restore.staged").exists(), "the restore was too quick to interrupt"
+    os.kill(pid, 9)  # the worker process running it dies mid-restore
+    job = wait_for_job(job.pk, timeout=90)
+    assert job.status in ("failed", "lost") and "died during attempt 1" in job.error, job.error
+    assert started and not job.events.filter(kind="restore.swapped").exists()
+    assert all_rows(node, name) == rows
+    # The node dropped what it had staged.
+    wait_until(lambda: psql(node, "postgres", f"SELECT count(*) FROM pg_database WHERE datname LIKE "
+                                              f"'{name}\\_\\_%'").strip() == "0", timeout=30)
+    assert notes(test_hosts[0], name) == ["\t".join(line.split("|")[:2]) for line in rows]  # and the app serves them
+
+
+def wait_until(check, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"not true after {timeout}s")
+
+
+def test_clear_needs_confirmation_and_keeps_a_checkpoint(second_app, ready_nodes, test_hosts):
+    name = second_app
+    rows = all_rows(ready_nodes[1], name)
+    with pytest.raises(CommandError, match="--yes-delete-data"):
+        call_command("clear", name)
+    assert all_rows(ready_nodes[1], name) == rows
+    code, job = run_command("clear", name, "--yes-delete-data")
+    assert code == 0, job.error
+    assert psql(ready_nodes[1], name, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").strip() == "0"
+    assert os.listdir(f"{ready_nodes[1].root}/apps/{name}/files") == []
+    kept = Backup.objects.get(name=job.result["checkpoint"])
+    assert kept.kind == "checkpoint" and "after the restore" in members(data.archive_path(kept))["postgresql.sql"].decode()
+    assert job.actor_kind == "user" and "cleared" in job.summary
+
+
+def test_backups_are_scheduled_with_beat_and_old_ones_pruned(notes_app):
+    from django_celery_beat.models import PeriodicTask
+
+    from jobs.tasks import submit_backup
+
+    name = notes_app[0]
+    with pytest.raises(CommandError, match="schedule '61 3 \\* \\* \\*' is invalid"):
+        call_command("backup", name, "--schedule", "61 3 * * *")
+    call_command("backup", name, "--schedule", "0 3 * * *")
+    task = PeriodicTask.objects.get(name=f"backup {name}")
+    assert task.task == "jobs.submit_backup" and json.loads(task.kwargs) == {"app": name}
+    assert (task.crontab.minute, task.crontab.hour) == ("0", "3")
+    # What beat runs at 03:00: a backup job whose actor is the schedule.
+    for _ in range(6):
+        job = wait_for_job(submit_backup(name), timeout=120)
+        assert job.status == "succeeded", job.error
+    assert (job.actor_kind, job.actor) == ("schedule", f"backup {name}")
+    kept = list(Backup.objects.filter(app__name=name, kind="backup"))
+    assert len(kept) == 5  # keep_backups = 5 in the app's app.ini
+    assert sorted(p.name for p in data.backup_dir(name).glob(f"{name}-*-backup-*.tar")) == sorted(
+        f"{b.name}.tar" for b in kept)
+    call_command("backup", name, "--unschedule")
+    assert not PeriodicTask.objects.filter(name=f"backup {name}").exists()
