@@ -151,11 +151,12 @@ def take_backup(ctx, place, kind, label=None):
     try:
         with open(part, "wb") as f:
             writer = ArchiveWriter(f)
+            dumps = []
             if place.pg:
-                node_services.dump_into(ctx.transport(place.pg.node), ctx.emit, writer, SQL, _pg_spec(place.pg))
+                dumps.append((ctx.transport(place.pg.node), SQL, _pg_spec(place.pg)))
             if place.files:
-                node_services.dump_into(ctx.transport(place.files.node), ctx.emit, writer, FILES,
-                                        place.files.settings)
+                dumps.append((ctx.transport(place.files.node), FILES, place.files.settings))
+            node_services.dump_into(ctx.emit, writer, dumps)
             manifest = writer.finish(app=app.name, release=place.release(), created_at=timezone.now().isoformat(),
                                      toppcloud_version=toppcloud_version(), services=place.services)
             f.flush()
@@ -165,9 +166,10 @@ def take_backup(ctx, place, kind, label=None):
         part.unlink(missing_ok=True)
     backup = Backup.objects.create(app=app, name=name, kind=kind, job_id=ctx.job_id, release=manifest["release"],
                                    services=manifest["services"], size=final.stat().st_size,
-                                   sha256=sha256_file(final), manifest=manifest)
-    ctx.emit("backup.created", backup=name, backup_kind=kind, size=backup.size, sha256=backup.sha256,
-             services=backup.services, release=backup.release)
+                                   manifest_sha256=hashlib.sha256(node_data.manifest_bytes(manifest)).hexdigest(),
+                                   manifest=manifest)
+    ctx.emit("backup.created", backup=name, backup_kind=kind, size=backup.size,
+             manifest_sha256=backup.manifest_sha256, services=backup.services, release=backup.release)
     return backup
 
 
@@ -176,19 +178,25 @@ def _pg_spec(service):
 
 
 def verify_backup(ctx, backup):
-    """Every checksum of the stored archive, before anything is touched; its manifest."""
+    """The stored archive is the one recorded: its size and its manifest, whose checksums the
+    node then checks every member against before it swaps anything in. Its manifest."""
     path = archive_path(backup)
     if not path.exists():
-        raise FlowFailed(f"the archive of backup {backup.name} is missing from {path}")
-    sha = sha256_file(path)
-    if sha != backup.sha256:
-        raise FlowFailed(f"backup {backup.name} is corrupted: its archive's sha256 is {sha[:16]}..., "
-                         f"recorded {backup.sha256[:16]}...; nothing was changed")
+        raise FlowFailed(f"the archive of backup {backup.name} is missing from {path}; nothing was changed")
     try:
-        manifest = node_data.verify_archive(path)
+        manifest_data, sizes = node_data.read_manifest(path)
+        if hashlib.sha256(manifest_data).hexdigest() != backup.manifest_sha256:
+            raise DataError(f"its manifest.json is not the one recorded (sha256 {backup.manifest_sha256[:16]}...)")
+        manifest = backup.manifest
+        recorded = {name: info["size"] for name, info in manifest["files"].items()}
+        if sizes != recorded:
+            raise DataError(f"its members and sizes {sizes} are not the ones recorded {recorded}")
+        if path.stat().st_size != backup.size:
+            raise DataError(f"the archive is {path.stat().st_size} bytes; {backup.size} were recorded")
     except DataError as exc:
-        raise FlowFailed(f"backup {backup.name} cannot be restored: {exc}; nothing was changed") from None
-    ctx.emit("backup.verified", backup=backup.name, sha256=sha, services=manifest["services"])
+        raise FlowFailed(f"backup {backup.name} is corrupted: {exc}; nothing was changed") from None
+    ctx.emit("backup.verified", backup=backup.name, manifest_sha256=backup.manifest_sha256,
+             services=manifest["services"])
     return manifest
 
 
@@ -276,10 +284,11 @@ def import_archive(path, app):
         manifest = node_data.verify_archive(path)
     except DataError as exc:
         raise DataRefused(f"{path} cannot be restored: {exc}; nothing was changed") from None
-    sha = sha256_file(path)
-    existing = Backup.objects.filter(app=app, sha256=sha).first()
-    if existing is not None:
+    manifest_sha = hashlib.sha256(node_data.read_manifest(path)[0]).hexdigest()
+    existing = Backup.objects.filter(app=app, manifest_sha256=manifest_sha).first()
+    if existing is not None and archive_path(existing).exists():
         return existing
+    sha = sha256_file(path)
     name = f"{app.name}-{timezone.now():%Y%m%d-%H%M%S}-imported-{sha[:8]}"
     final = backup_dir(app.name) / f"{name}.tar"
     part = final.with_name(f".{name}.tar.part")
@@ -293,8 +302,8 @@ def import_archive(path, app):
     finally:
         part.unlink(missing_ok=True)
     return Backup.objects.create(app=app, name=name, kind=Backup.Kind.IMPORTED, release=manifest.get("release", ""),
-                                 services=manifest["services"], size=final.stat().st_size, sha256=sha,
-                                 manifest=manifest)
+                                 services=manifest["services"], size=final.stat().st_size,
+                                 manifest_sha256=manifest_sha, manifest=manifest)
 
 
 SCHEDULE_TASK = "jobs.submit_backup"

@@ -67,11 +67,11 @@ def _header(name, size):
 
 
 class _Hashing:
-    """A reader that counts and hashes what passes through it."""
+    """A reader that counts and hashes what passes through it (up to `limit` bytes, if given)."""
 
-    def __init__(self, raw, limit=None):
+    def __init__(self, raw, limit=None, hash=True):
         self.raw, self.limit = raw, limit
-        self.size, self.sha = 0, hashlib.sha256()
+        self.size, self.sha = 0, hashlib.sha256() if hash else None
 
     def read(self, n=-1):
         if self.limit is not None:
@@ -81,7 +81,8 @@ class _Hashing:
                 return b""
         data = self.raw.read(n)
         self.size += len(data)
-        self.sha.update(data)
+        if self.sha is not None:
+            self.sha.update(data)
         return data
 
     def drain(self):
@@ -142,7 +143,7 @@ def read_archive(fileobj, on_member=None):
     """
     seen, manifest_data = {}, None
     try:
-        tar = tarfile.open(fileobj=fileobj, mode="r|")
+        tar = tarfile.open(fileobj=fileobj, mode="r|", bufsize=CHUNK)
         for member in tar:
             name = member.name
             if manifest_data is not None:
@@ -201,6 +202,19 @@ def check_manifest(data, seen):
     if not isinstance(services, list) or any(SERVICE_MEMBER.get(s) not in files for s in services):
         raise DataError(f"{MANIFEST} names services {services!r} that do not match its members")
     return manifest
+
+
+def read_manifest(path):
+    """The manifest of a stored archive and its members' sizes, found by seeking (no data is read)."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            found = {m.name: m for m in tar.getmembers()}
+            if MANIFEST not in found or found[MANIFEST].size > MAX_MANIFEST:
+                raise DataError(f"the archive has no {MANIFEST}")
+            data = tar.extractfile(found[MANIFEST]).read()
+    except (tarfile.TarError, OSError) as exc:
+        raise DataError(f"not a readable backup archive: {exc}") from None
+    return data, {name: m.size for name, m in found.items() if name != MANIFEST}
 
 
 def verify_archive(path):
@@ -313,34 +327,34 @@ def unpack_files(reader, dest):
 
 # --- PostgreSQL -------------------------------------------------------------------
 
-# Each ordinary table of the app (not the system's, not an extension's), as
-# the COPY that writes its rows in primary-key order (whole-row text order
-# without one) and the COPY header a restore reads them with. PostgreSQL
-# quotes the names itself.
+# Each ordinary table of the app (not the system's, not an extension's):
+# [COPY header a restore reads its rows with, select list, qualified name,
+# ORDER BY (primary key; whole-row text order without one), the primary key
+# column when it is a single integer (its rows can be read in ranges),
+# estimated rows]. PostgreSQL quotes the names itself.
 _TABLES_SQL = r"""
-SELECT coalesce(json_agg(json_build_array(t.copy_out, t.copy_in) ORDER BY t.nspname, t.relname), '[]')
-FROM (
-  SELECT n.nspname, c.relname,
-    format('COPY (SELECT %s FROM ONLY %s AS toppcloud_row_ ORDER BY %s) TO STDOUT;',
-           cols.list, format('%I.%I', n.nspname, c.relname), coalesce(pk.list, 'toppcloud_row_::text')) AS copy_out,
-    format('COPY %I.%I (%s) FROM stdin;', n.nspname, c.relname, cols.list) AS copy_in
-  FROM pg_class c
-  JOIN pg_namespace n ON n.oid = c.relnamespace
-  CROSS JOIN LATERAL (
-    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) AS list
-    FROM pg_attribute a
-    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '') cols
-  LEFT JOIN LATERAL (
-    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.ord) AS list
-    FROM pg_index i
-    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
-    WHERE i.indrelid = c.oid AND i.indisprimary) pk ON true
-  WHERE c.relkind = 'r' AND cols.list IS NOT NULL
-    AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
-    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
-                    AND d.objid = c.oid AND d.deptype = 'e')
-) t;
+SELECT coalesce(json_agg(json_build_array(
+         format('COPY %I.%I (%s) FROM stdin;', n.nspname, c.relname, cols.list), cols.list,
+         format('%I.%I', n.nspname, c.relname), coalesce(pk.list, 'toppcloud_row_::text'),
+         CASE WHEN pk.n = 1 AND pk.int THEN pk.list END, c.reltuples::bigint)
+       ORDER BY n.nspname, c.relname), '[]')
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL (
+  SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) AS list
+  FROM pg_attribute a
+  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '') cols
+LEFT JOIN LATERAL (
+  SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.ord) AS list, count(*) AS n,
+         bool_and(a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)) AS int
+  FROM pg_index i
+  CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+  WHERE i.indrelid = c.oid AND i.indisprimary) pk ON true
+WHERE c.relkind = 'r' AND cols.list IS NOT NULL
+  AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                  AND d.objid = c.oid AND d.deptype = 'e');
 """
 
 _SEQUENCES_SQL = r"""
@@ -406,54 +420,112 @@ def _ident(value):
     return '"' + value.replace('"', '""') + '"'
 
 
+# A table estimated to hold more rows than this is read in key ranges, one
+# session per range, in parallel; the ranges are written out in order.
+SPLIT_ROWS = 200_000
+
+
 def dump_sql(spec, out):
-    """Write the database as ordered plain SQL to the binary file `out`; one consistent snapshot."""
+    """Write the database as ordered plain SQL to the binary file `out`; one consistent snapshot.
+
+    pg_dump writes the schema (before the rows) and the indexes and
+    constraints (after them); the rows come from COPY in primary-key order.
+    Several sessions read at once, all in the snapshot the first one holds.
+    """
     pg, db = _Pg(spec), spec["dbname"]
-    # This session holds the snapshot every other process below imports.
+    workers = max(1, min(4, os.cpu_count() or 1))
     holder = subprocess.Popen(pg.psql(db, "-At"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE)
+    running = []
     try:
-        holder.stdin.write(("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\nSELECT pg_export_snapshot();\n"
-                            + _TABLES_SQL + _SEQUENCES_SQL).encode())
-        holder.stdin.flush()
-        snapshot = holder.stdout.readline().decode().strip()
-        tables, sequences = json.loads(holder.stdout.readline() or "null"), json.loads(holder.stdout.readline() or "null")
-        if not snapshot or tables is None or sequences is None:
-            holder.kill()
-            raise DataError(f"cannot read {db}: {holder.stderr.read().decode(errors='replace').strip()[-1500:]}")
-        for copy_out, copy_in in tables:
-            if any(c in copy_in for c in "\n\r\\"):
-                raise DataError(f"table {copy_in[5:].split(' (')[0]} has a newline or backslash in its "
-                                  "name or a column's; such names cannot be backed up")
+        def ask(sql):
+            holder.stdin.write(sql.encode())
+            holder.stdin.flush()
+            line = holder.stdout.readline().decode().strip()
+            if not line:
+                holder.kill()
+                raise DataError(f"cannot read {db}: {holder.stderr.read().decode(errors='replace').strip()[-1500:]}")
+            return line
+
+        snapshot = ask("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\nSELECT pg_export_snapshot();\n")
+        tables, sequences = json.loads(ask(_TABLES_SQL)), json.loads(ask(_SEQUENCES_SQL))
+        segments, current = [], []
+        for header, cols, rel, order, int_pk, rows in tables:
+            if any(c in header + rel + cols + order for c in "\n\r\\"):
+                raise DataError(f"table {rel} has a newline or backslash in its name or a column's; "
+                                "such names cannot be backed up")
+            select = f"COPY (SELECT {cols} FROM ONLY {rel} AS toppcloud_row_{{}} ORDER BY {order}) TO STDOUT;"
+            ranges = _ranges(ask, rel, int_pk, workers) if int_pk and rows > SPLIT_ROWS and workers > 1 else [""]
+            current += [_echo(header), select.format(ranges[0])]
+            for where in ranges[1:]:
+                segments.append(current)
+                current = [select.format(where)]
+            current.append(_echo("\\.\n"))
+        current += [_echo(line) for line in sequences] + [_echo("")]
+        segments.append(current)
+
         dump = ["pg_dump", *_DUMP_FLAGS, f"--snapshot={snapshot}", "-d", db]
         pre = subprocess.Popen(pg.argv(*dump, "--section=pre-data"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         post = subprocess.Popen(pg.argv(*dump, "--section=post-data"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        prelude = ["BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;", f"SET TRANSACTION SNAPSHOT {_lit(snapshot)};",
+                   "SET enable_sort = off;"]  # rows come in index order; a big sort would spill to disk
+
+        def start(i, target):
+            proc = subprocess.Popen(pg.psql(db, "-At"), stdin=subprocess.PIPE, stdout=target, stderr=subprocess.PIPE)
+            proc.stdin.write("\n".join(prelude + segments[i] + ["COMMIT;", ""]).encode())
+            proc.stdin.close()
+            running.append(proc)
+            return proc
+
+        # Segments after the first read at once into temporary files; the
+        # first streams straight to `out` once the schema is written.
+        spooled, started = {}, 1
+
+        def fill():
+            nonlocal started
+            while started < len(segments) and sum(p.poll() is None for p in running) < workers:
+                spooled[started] = (tempfile.TemporaryFile(),)
+                spooled[started] += (start(started, spooled[started][0]),)
+                started += 1
+
+        fill()
         pre_out, post_out = _finish(pre, "pg_dump (schema)"), _finish(post, "pg_dump (indexes and constraints)")
         out.write(_unrestricted(pre_out))
+        out.write(b"--\n-- Table data, each table in primary-key order\n--\n")
         out.flush()
-        script = ["BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;", f"SET TRANSACTION SNAPSHOT {_lit(snapshot)};",
-                  # Rows come out in index order; a big sort would spill to disk.
-                  "SET enable_sort = off;", "SET work_mem = '64MB';"]
-        script.append(_echo("--\n-- Table data, each table in primary-key order\n--\n"))
-        for copy_out, copy_in in tables:
-            script += [_echo(copy_in), copy_out, _echo("\\.\n")]
-        if sequences:
-            script.append(_echo("--\n-- Sequences\n--\n"))
-            script += [_echo(line) for line in sequences]
-        script += [_echo(""), "COMMIT;"]
-        # psql writes the rows straight to `out`: no copy through this process.
-        data = subprocess.run(pg.psql(db, "-At"), input="\n".join(script).encode() + b"\n", stdout=out,
-                              stderr=subprocess.PIPE)
-        if data.returncode != 0:
-            raise DataError(f"reading the rows of {db} failed: "
-                              f"{data.stderr.decode(errors='replace').strip()[-1500:]}")
+        first = start(0, out)
+        for i in range(len(segments)):
+            f, proc = spooled.pop(i) if i else (None, first)
+            err = proc.stderr.read()
+            if proc.wait() != 0:
+                raise DataError(f"reading the rows of {db} failed: {err.decode(errors='replace').strip()[-1500:]}")
+            if f is not None:
+                f.seek(0)
+                shutil.copyfileobj(f, out, CHUNK)
+                f.close()
+            fill()
         out.write(_unrestricted(post_out))
         out.flush()
     finally:
+        for proc in running:
+            if proc.poll() is None:
+                proc.kill()
         if holder.poll() is None:
             holder.stdin.close()
             holder.wait()
-    return {"tables": len(tables), "sequences": len(sequences)}
+    return {"tables": len(tables), "sequences": len(sequences), "sessions": len(segments)}
+
+
+def _ranges(ask, rel, pk, parts):
+    """WHERE clauses splitting the table into `parts` ranges of its integer primary key."""
+    low, high = json.loads(ask(f"SELECT json_build_array(min({pk}), max({pk})) FROM ONLY {rel};\n"))
+    if low is None or high - low < parts:
+        return [""]
+    step = (high - low + 1) // parts
+    bounds = [low + step * i for i in range(1, parts)]
+    return ([f" WHERE {pk} < {bounds[0]}"]
+            + [f" WHERE {pk} >= {a} AND {pk} < {b}" for a, b in zip(bounds, bounds[1:])]
+            + [f" WHERE {pk} >= {bounds[-1]}"])
 
 
 def _echo(text):
@@ -530,7 +602,11 @@ def _swap_db(pg, db):
             if "being accessed by other users" not in str(exc) or attempt == 9:
                 raise
     if had:
-        _drop_db(pg, old)
+        # DROP DATABASE waits for a checkpoint: done after this program has
+        # answered, by a process of its own (pg-app drops a leftover too).
+        subprocess.Popen(pg.psql("postgres", "-c", f"DROP DATABASE IF EXISTS {_ident(old)} WITH (FORCE)"),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
 
 
 # --- files directory swap ------------------------------------------------------------
@@ -669,7 +745,7 @@ def cmd_restore(spec, stdin, stdout):
             staged["files"] = unpack_files(reader, files_spec["dir"] + STAGING)
 
     try:
-        archive = _Hashing(stdin, int(spec["size"]))
+        archive = _Hashing(stdin, int(spec["size"]), hash=False)  # each member is hashed on its own
         manifest = read_archive(archive, stage)
         archive.drain()  # the padding after the end-of-archive blocks
         for service, what in (("postgresql", pg_spec), ("files", files_spec)):

@@ -15,6 +15,8 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
+import tempfile
 import threading
 from urllib.parse import quote
 
@@ -99,21 +101,43 @@ def service_env(*, pg=None, host=None, password=None, files_dir=None) -> dict:
 
 # --- moving data ------------------------------------------------------------------
 
-def dump_into(t, emit, writer, member, spec) -> dict:
-    """Stream one member (postgresql.sql or files.tar) from the node into an ArchiveWriter."""
-    command = {SQL: "dump-sql", FILES: "dump-files"}[member]
-    stream = t.open(_argv(command, spec))
+def dump_into(emit, writer, dumps) -> dict:
+    """Stream members from nodes into an ArchiveWriter; `dumps` is [(transport, member, spec)] in archive order.
+
+    All dumps run at once: the first streams into the archive, the others
+    into temporary files here until their turn.
+    """
+    streams = [(t, member, spec, t.open(_argv(_DUMP[member], spec))) for t, member, spec in dumps]
+    spools, threads = {}, []
+    for _t, member, _spec, stream in streams[1:]:
+        spools[member] = tempfile.SpooledTemporaryFile(max_size=64 << 20)
+        threads.append(threading.Thread(target=shutil.copyfileobj, args=(stream.stdout, spools[member], 1 << 20),
+                                        daemon=True))
+        threads[-1].start()
+    infos = {}
     try:
-        info = writer.add(member, stream.stdout)
+        for i, (t, member, spec, stream) in enumerate(streams):
+            if i:
+                threads[i - 1].join()
+                spools[member].seek(0)
+            infos[member] = writer.add(member, spools[member] if i else stream.stdout)
+            r = stream.finish(check=False)
+            _emit_command(emit, _DUMP[member], spec, r)
+            if r.rc != 0:
+                raise DataError(r.stderr.strip()[-1500:] or f"node_data {_DUMP[member]} exited {r.rc}")
+            emit("backup.member", member=member, size=infos[member]["size"], sha256=infos[member]["sha256"],
+                 seconds=round(r.seconds, 3))
     except BaseException:
-        stream.kill()
+        for *_, stream in streams:
+            stream.kill()
         raise
-    r = stream.finish(check=False)
-    _emit_command(emit, command, spec, r)
-    if r.rc != 0:
-        raise DataError(r.stderr.strip()[-1500:] or f"node_data {command} exited {r.rc}")
-    emit("backup.member", member=member, size=info["size"], sha256=info["sha256"], seconds=round(r.seconds, 3))
-    return info
+    finally:
+        for spool in spools.values():
+            spool.close()
+    return infos
+
+
+_DUMP = {SQL: "dump-sql", FILES: "dump-files"}
 
 
 def restore(t, emit, archive_path, *, postgresql=None, files=None) -> dict:

@@ -291,6 +291,9 @@ class SSHTransport(Transport):
             "-o", "UpdateHostKeys=no",
             "-o", "CheckHostIP=no",
             "-o", "IdentitiesOnly=yes",
+            # AES-GCM first: with AES instructions (any server CPU of the last decade)
+            # it moves backups and uploads at less CPU than ssh's default.
+            "-o", "Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com",
             "-o", "ControlMaster=auto",
             "-o", f"ControlPath={self.control_path}",
             "-o", "ControlPersist=60",

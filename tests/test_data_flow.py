@@ -148,7 +148,7 @@ def test_it_backs_up_the_same_data_to_the_same_bytes_and_a_changed_row_to_a_chan
     assert ma == mb and ma["app"] == name and ma["services"] == ["postgresql", "files"]
     assert ma["files"]["postgresql.sql"]["sha256"] == hashlib.sha256(a["postgresql.sql"]).hexdigest()
     sql = a["postgresql.sql"].decode()
-    assert "\\restrict" not in sql and f"COPY public.notes (id, body, created) FROM stdin;" in sql
+    assert "\\restrict" not in sql and "COPY public.notes (id, body, created) FROM stdin;" in sql
     with tarfile.open(fileobj=io.BytesIO(a["files.tar"])) as files:
         [report] = files.getmembers()
         assert (report.name, report.mtime, report.uid, report.uname) == ("report.txt", 0, 0, "")

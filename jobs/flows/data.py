@@ -39,7 +39,7 @@ def backup(ctx, app, node=None, copy_to=None):
             s.data["to"] = made.uploaded_to
             copied = f", copied to {made.uploaded_to}"
     return (f"{app.name} backed up as {made.name} ({', '.join(made.services)}; {made.size} bytes){copied}",
-            {"backup": made.name, "size": made.size, "sha256": made.sha256})
+            {"backup": made.name, "size": made.size, "manifest_sha256": made.manifest_sha256})
 
 
 @flow("restore", queue="nodeops", retry_when_worker_lost=False)

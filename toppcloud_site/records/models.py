@@ -209,7 +209,8 @@ class Backup(models.Model):
     release = models.CharField(max_length=64, blank=True, help_text="The app's live release when it was taken.")
     services = models.JSONField(default=list)
     size = models.PositiveBigIntegerField(default=0)
-    sha256 = models.CharField(max_length=64, help_text="Of the whole archive.")
+    manifest_sha256 = models.CharField(
+        max_length=64, help_text="Of the archive's manifest.json, which holds the sha256 of every other member.")
     manifest = models.JSONField(default=dict)
     uploaded_to = models.CharField(max_length=500, blank=True, help_text="Remote copy, if one was made.")
     created_at = models.DateTimeField(auto_now_add=True)

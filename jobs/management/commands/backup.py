@@ -46,4 +46,4 @@ class Command(BaseCommand):
             raise SystemExit(1)
         backup = data.find_backup(job.result["backup"])
         shutil.copyfile(data.archive_path(backup), output)
-        self.stdout.write(f"wrote {output} ({backup.size} bytes, sha256 {backup.sha256})")
+        self.stdout.write(f"wrote {output} ({backup.size} bytes; sha256 of its manifest.json {backup.manifest_sha256})")

@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Backup and restore speed against pg_dump and psql, on a real test host with its own PostgreSQL cluster.
+
+The notes fixture app is deployed (service.postgresql + service.files) and
+its table filled with 1,000,000 generated rows. Then, alternating, ROUNDS
+times each, medians reported:
+
+    toppcloud backup   a `backup` job, queued to succeeded (its own record): ordered SQL dump and
+                       files tar streamed over ssh into the archive, checksums,
+                       Backup record (what `manage.py backup` waits for)
+    pg_dump            pg_dump of the same database on the host, to a file
+    toppcloud restore  a `restore` job (--no-checkpoint), queued to succeeded:
+                       archive verified here, streamed over ssh, loaded into a
+                       staging database, verified again, swapped in
+    psql load          psql -f of pg_dump's output into an empty database
+
+    python bench/backup.py
+"""
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import ROOT, configure, start_worker, stop_worker  # noqa: E402
+
+ROWS = 1_000_000
+ROUNDS = 5
+TARGET = 1.3
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def job_seconds(kind, params):
+    """A job's own record of its duration, queued to finished (no polling delay in it)."""
+    done = job(kind, params)
+    return (done.finished_at - done.queued_at).total_seconds(), done
+
+
+def job(kind, params):
+    from jobs import dispatch
+    from tests.helpers import wait_for_job
+
+    done = wait_for_job(dispatch.submit(kind, target=f"app:{params['app']}", params=params,
+                                        actor_kind="system", actor="bench").pk, timeout=600)
+    if done.status != "succeeded":
+        sys.exit(f"{kind} failed: {done.error}")
+    return done
+
+
+def main():
+    configure("toppcloud-bench-backup")
+    from django.conf import settings
+
+    from jobs.management.commands.ssh_key import ensure_key
+    from jobs.nodes import submit_node_job
+    from jobs.releases import pack_release
+    from tests.helpers import wait_for_job
+    from tests.hosts import start_hosts, stop_hosts
+    from toppcloud_site.records.models import Node, Service
+
+    base = tempfile.mkdtemp(prefix="tc-bench-", dir="/tmp")
+    os.chmod(base, 0o755)
+    [host] = start_hosts(1, base, ensure_key(settings.TOPPCLOUD_SSH_KEY_FILE))
+    worker = start_worker(Path(base) / "worker.log", "jobs,nodeops", concurrency=2)
+    try:
+        node = Node.objects.create(name=host.name, address=host.address, ssh_port=host.ssh_port, root=host.root,
+                                   http_port=host.http_port, host_key=host.host_key, pg_cluster=host.pg_cluster,
+                                   pg_port=host.pg_port)
+        if wait_for_job(submit_node_job("setup_node", node, actor_kind="system", actor="bench").pk,
+                        180).status != "succeeded":
+            sys.exit("node setup failed")
+        app = Path(base) / "notes"
+        shutil.copytree(ROOT / "fixtures" / "apps" / "notes", app)
+        release, _ = pack_release(app)
+        job("deploy", {"app": "notes", "release": release.name, "node": node.name})
+        pg = Service.objects.get(app__name="notes", kind="postgresql").settings
+        bin_dir = f"/usr/lib/postgresql/{pg['version']}/bin"
+
+        def as_postgres(program, *args, **kw):
+            return subprocess.run(["runuser", "-u", "postgres", "--", f"{bin_dir}/{program}", "-p",
+                                   str(pg["port"]), *args], check=True, **kw)
+
+        def psql(db, sql):
+            as_postgres("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql, capture_output=True)
+
+        psql("notes", f"INSERT INTO notes (body, created) SELECT 'note ' || g || ' ' || md5(g::text), "
+                      f"timestamptz '2026-01-01' + g * interval '1 second' FROM generate_series(1, {ROWS}) g; "
+                      "CREATE INDEX notes_created ON notes (created)")
+        psql("notes", "VACUUM ANALYZE notes")
+        dump_file = Path(base) / "pg_dump.sql"
+
+        def pg_dump():
+            with open(dump_file, "wb") as f:
+                as_postgres("pg_dump", "-d", "notes", stdout=f)
+
+        def psql_load():
+            psql("postgres", "DROP DATABASE IF EXISTS bench_load")
+            psql("postgres", "CREATE DATABASE bench_load OWNER notes")
+            start = time.perf_counter()
+            as_postgres("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "bench_load", "-f", str(dump_file),
+                        stdout=subprocess.DEVNULL)
+            return time.perf_counter() - start
+
+        results = {"backup": [], "pg_dump": [], "restore": [], "psql": []}
+        backup = None
+        for _ in range(ROUNDS):
+            seconds, done = job_seconds("backup", {"app": "notes"})
+            results["backup"].append(seconds)
+            stream = done.events.get(kind="command", data__step="dump-sql").data["seconds"]
+            results.setdefault("dump-sql", []).append(stream)
+            backup = done.result["backup"]
+            results["pg_dump"].append(timed(pg_dump)[0])
+            results["restore"].append(job_seconds("restore", {"app": "notes", "backup": backup,
+                                                              "checkpoint": False})[0])
+            results["psql"].append(psql_load())
+        with_checkpoint = job_seconds("restore", {"app": "notes", "backup": backup})[0]
+        size = Path(settings.TOPPCLOUD_BACKUP_DIR, "notes", f"{backup}.tar").stat().st_size
+        dump_size = dump_file.stat().st_size
+    finally:
+        stop_worker(worker)
+        stop_hosts([host])
+        shutil.rmtree(base, ignore_errors=True)
+
+    med = {k: statistics.median(v) for k, v in results.items()}
+    backup_ratio, restore_ratio = med["backup"] / med["pg_dump"], med["restore"] / med["psql"]
+    print(f"\n{ROWS:,} rows (notes table: id, body, created; primary key + 1 index), test host over ssh on this "
+          f"machine;\nmedian of {ROUNDS} alternating rounds; archive {size / 1e6:.1f} MB, pg_dump output "
+          f"{dump_size / 1e6:.1f} MB\n")
+    print(f"{'':<42}{'median s':>10}   {'rounds':<24}")
+    for label, key in (("toppcloud backup (job)", "backup"), ("  of which the SQL stream from the node", "dump-sql"),
+                       ("pg_dump", "pg_dump"),
+                       ("toppcloud restore (job, no checkpoint)", "restore"), ("psql load of pg_dump output", "psql")):
+        print(f"{label:<42}{med[key]:>10.2f}   {' '.join(f'{s:.2f}' for s in results[key]):<24}")
+    print(f"{'toppcloud restore with its checkpoint':<42}{with_checkpoint:>10.2f}   (the default: keeps the data it replaces)")
+    print(f"\n{'backup / pg_dump':<42}{backup_ratio:>10.2f}   target <= {TARGET}")
+    print(f"{'restore / psql load':<42}{restore_ratio:>10.2f}   target <= {TARGET}")
+    ok = backup_ratio <= TARGET and restore_ratio <= TARGET
+    print("\nresult:", "targets met" if ok else "TARGETS MISSED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
