@@ -168,6 +168,8 @@ def read_archive(fileobj, on_member=None):
             reader.drain()
             seen[name] = {"sha256": reader.sha.hexdigest(), "size": reader.size}
     except tarfile.TarError as exc:
+        if "unexpected end" in str(exc):
+            raise DataError("the archive ends in the middle of a member (truncated)") from None
         raise DataError(f"not a readable backup archive: {exc}") from None
     except EOFError:
         raise DataError("the archive ends in the middle of a member (truncated)") from None

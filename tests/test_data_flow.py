@@ -279,7 +279,7 @@ def corrupted(tmp_path, source, how):
 ])
 def test_it_refuses_a_corrupted_archive_before_anything_changes(notes_app, ready_nodes, tmp_path, how, message):
     name = notes_app[0]
-    source = Backup.objects.filter(app__name=name, kind="backup").first()
+    source = Backup.objects.filter(app__name=name, kind="backup").first() or backup_now(name)[0]
     rows = all_rows(ready_nodes[0], name)
     jobs_before = Job.objects.count()
     with pytest.raises(CommandError) as refused:
@@ -288,18 +288,27 @@ def test_it_refuses_a_corrupted_archive_before_anything_changes(notes_app, ready
     assert Job.objects.count() == jobs_before and all_rows(ready_nodes[0], name) == rows
 
 
-def test_a_stored_archive_damaged_later_fails_the_restore_at_verify(notes_app, ready_nodes):
-    name = notes_app[0]
+@pytest.mark.parametrize("where", ["manifest", "rows"])
+def test_a_stored_archive_damaged_later_is_refused_before_the_swap(notes_app, ready_nodes, where):
+    name, node = notes_app[0], ready_nodes[0]
     source, _ = backup_now(name)
-    rows = all_rows(ready_nodes[0], name)
+    rows = all_rows(node, name)
     path = data.archive_path(source)
     raw = bytearray(path.read_bytes())
-    raw[-20000] ^= 0xFF
+    offset = raw.rindex(b'"format"') if where == "manifest" else 512 + raw[512:].index(b"second note")
+    raw[offset] ^= 0x01
     path.write_bytes(bytes(raw))
-    code, job = run_command("restore", source.name, name)
-    assert code == 1 and f"backup {source.name} is corrupted" in job.error and "nothing was changed" in job.error
-    assert [e.data["step"] for e in job.events.filter(kind="step.started")] == ["verify"]
-    assert all_rows(ready_nodes[0], name) == rows
+    code, job = run_command("restore", source.name, name, "--no-checkpoint")
+    assert code == 1, job.error
+    steps = [e.data["step"] for e in job.events.filter(kind="step.started")]
+    if where == "manifest":  # the recorded manifest checksum: refused at once, here
+        assert f"backup {source.name} is corrupted" in job.error and "nothing was changed" in job.error
+        assert steps == ["verify"]
+    else:  # a member's checksum: the node refuses before it swaps anything in
+        assert "'postgresql.sql' does not match its sha256 in manifest.json" in job.error
+        assert steps == ["verify", "restore"] and not job.events.filter(kind="restore.staged").exists()
+    assert all_rows(node, name) == rows
+    assert psql(node, "postgres", f"SELECT count(*) FROM pg_database WHERE datname LIKE '{name}\\_\\_%'").strip() == "0"
 
 
 def test_a_restore_whose_worker_is_killed_midway_leaves_the_data_as_they_were(notes_app, ready_nodes, test_hosts):
