@@ -94,3 +94,71 @@ def test_release_and_app_pages_start_deploy_and_rollback_jobs(admin_client, admi
                           {"action": "roll_back", "_selected_action": [app.pk]})
     rollback = Job.objects.get(kind="rollback")
     assert rollback.params == {"app": "adminapp", "node": "admin-node"} and rollback.target == "app:adminapp@admin-node"
+
+
+@pytest.fixture
+def stored_backup():
+    import hashlib
+    import io
+
+    from jobs.data import archive_path
+    from nodeops.node_data import ArchiveWriter, manifest_bytes
+    from toppcloud_site.records.models import App, Backup, Service
+
+    app = App.objects.create(name="adminnotes")
+    node = Node.objects.create(name="admin-data", transport="local", address="127.0.0.1", http_port=18083,
+                               root="/srv/toppcloud-admin-data")
+    Service.objects.create(app=app, kind="postgresql", node=node, password="canary-password-0123456789",
+                           settings={"dbname": "adminnotes", "role": "adminnotes", "port": 5433, "version": "15"})
+    backup = Backup(app=app, name="adminnotes-20261125-000000-backup-j1", kind="backup", job_id=None,
+                    services=["postgresql"])
+    path = archive_path(backup)
+    with open(path, "wb") as f:
+        w = ArchiveWriter(f)
+        w.add("postgresql.sql", io.BytesIO(b"SELECT 1;\n"))
+        manifest = w.finish(app=app.name, release="", created_at="now", services=["postgresql"])
+    backup.size, backup.manifest = path.stat().st_size, manifest
+    backup.manifest_sha256 = hashlib.sha256(manifest_bytes(manifest)).hexdigest()
+    backup.save()
+    yield backup
+    path.unlink(missing_ok=True)
+
+
+def test_backups_are_listed_and_downloadable_by_staff_only(admin_client, client, stored_backup):
+    from jobs.data import archive_path
+
+    page = admin_client.get(reverse("admin:records_backup_changelist")).content.decode()
+    assert stored_backup.name in page and "postgresql" in page
+    url = reverse("admin:records_backup_download", args=[stored_backup.pk])
+    response = admin_client.get(url)
+    assert response.status_code == 200 and response["Content-Disposition"] == (
+        f'attachment; filename="{stored_backup.name}.tar"')
+    assert b"".join(response.streaming_content) == archive_path(stored_backup).read_bytes()
+    assert client.get(url).status_code == 302  # not logged in: to the login page
+    assert admin_client.get(reverse("admin:records_backup_change", args=[stored_backup.pk])).status_code == 200
+    assert admin_client.post(reverse("admin:records_backup_delete", args=[stored_backup.pk])).status_code == 403
+
+
+def test_the_backup_and_restore_actions_queue_jobs_and_pages_never_show_the_password(
+        admin_client, admin_user, stored_backup, django_capture_on_commit_callbacks):
+    from toppcloud_site.records.models import App, Service
+
+    bare = App.objects.create(name="admin-bare")
+    with django_capture_on_commit_callbacks(execute=False):
+        page = admin_client.post(reverse("admin:records_app_changelist"), {
+            "action": "back_up", "_selected_action": [stored_backup.app.pk, bare.pk]}, follow=True).content.decode()
+        backup = Job.objects.get(kind="backup", target="app:adminnotes")
+        assert (backup.params, backup.actor) == ({"app": "adminnotes"}, admin_user.username)
+        assert f"job {backup.pk} (adminnotes)" in page and "admin-bare has no data services yet" in page.lower()
+        assert not Job.objects.filter(target="app:admin-bare").exists()
+        admin_client.post(reverse("admin:records_backup_changelist"), {
+            "action": "restore_into_its_app", "_selected_action": [stored_backup.pk]}, follow=True)
+    restore = Job.objects.get(kind="restore", target="app:adminnotes")
+    assert restore.params == {"backup": stored_backup.name, "app": "adminnotes"}
+    service = Service.objects.get(app=stored_backup.app)
+    for url in (reverse("admin:records_app_change", args=[stored_backup.app.pk]),
+                reverse("admin:records_service_change", args=[service.pk]),
+                reverse("admin:records_service_changelist")):
+        body = admin_client.get(url).content.decode()
+        assert "5433" in body or "adminnotes" in body
+        assert service.password not in body

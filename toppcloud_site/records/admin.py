@@ -1,14 +1,23 @@
 from django.contrib import admin, messages
-from django.urls import reverse
+from django.http import FileResponse, Http404
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from jobs.models import LiveRelease
-from toppcloud_site.records.models import App, Location, Node, Release, ServerGroup
+from toppcloud_site.records.models import App, Backup, Location, Node, Release, ServerGroup, Service
+
+
+def _started(modeladmin, request, verb, started):
+    """Tell the admin which jobs an action queued, each linked to its timeline."""
+    if started:
+        links = format_html_join(", ", '<a href="{}">{}</a>', [
+            (reverse("admin:jobs_job_change", args=[job.pk]), f"job {job.pk} ({label})") for job, label in started])
+        modeladmin.message_user(request, format_html("{} started: {}", verb, links), messages.SUCCESS)
 
 
 @admin.register(ServerGroup)
 class ServerGroupAdmin(admin.ModelAdmin):
-    list_display = ["name", "node_count", "app_count", "created_at"]
+    list_display = ["name", "node_count", "app_count", "database_node", "created_at"]
     search_fields = ["name", "description"]
 
     @admin.display(description="nodes")
@@ -86,13 +95,44 @@ class LiveInline(admin.TabularInline):
         return format_html('<a href="{}">job {}</a>', reverse("admin:jobs_job_change", args=[obj.job_id]), obj.job_id)
 
 
+class ServiceInline(admin.TabularInline):
+    """The app's data services and where their data are; the password is never shown."""
+
+    model = Service
+    fields = ["kind", "node", "settings", "created_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "data services (app.ini service.NAME; installed by deploys)"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(App)
 class AppAdmin(admin.ModelAdmin):
     list_display = ["name", "group", "locations_list", "live_list", "created_at"]
     list_filter = ["group"]
     search_fields = ["name", "description", "locations__host"]
-    inlines = [LocationInline, LiveInline]
-    actions = ["roll_back"]
+    inlines = [LocationInline, LiveInline, ServiceInline]
+    actions = ["roll_back", "back_up"]
+
+    @admin.action(description="Back up data now (database and files)", permissions=["view"])
+    def back_up(self, request, queryset):
+        from jobs import data, dispatch
+        from jobs.states import ActorKind
+
+        started = []
+        for app in queryset:
+            try:
+                data.check_data_app(app.name)
+            except data.DataRefused as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+                continue
+            job = dispatch.submit("backup", target=f"app:{app.name}", params={"app": app.name},
+                                  actor_kind=ActorKind.USER, actor=request.user.get_username())
+            started.append((job, app.name))
+        _started(self, request, "Backup", started)
 
     @admin.display(description="live")
     def live_list(self, obj):
@@ -181,3 +221,95 @@ class LocationAdmin(admin.ModelAdmin):
     list_display = ["host", "path", "app"]
     list_filter = ["app"]
     search_fields = ["host", "path", "app__name"]
+
+
+@admin.register(Backup)
+class BackupAdmin(admin.ModelAdmin):
+    """Backups are made and removed by jobs (backup, checkpoints, retention); here they are read,
+    downloaded, and restored."""
+
+    list_display = ["name", "app", "kind", "services_list", "release", "size", "job_link", "download", "created_at"]
+    list_filter = ["kind", "app"]
+    search_fields = ["name", "app__name", "release"]
+    list_select_related = ["app"]
+    readonly_fields = ["app", "name", "kind", "job_id", "release", "services", "size", "manifest_sha256",
+                       "manifest", "uploaded_to", "created_at", "download"]
+    actions = ["restore_into_its_app"]
+
+    def has_add_permission(self, request):
+        return False  # `manage.py backup APP`, the App action, or a schedule
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # keep_backups retention removes old ones, recorded in the job that did
+
+    def get_urls(self):
+        return [path("<int:pk>/download/", self.admin_site.admin_view(self.download_view),
+                     name="records_backup_download")] + super().get_urls()
+
+    def download_view(self, request, pk):
+        from jobs.data import archive_path
+
+        backup = Backup.objects.select_related("app").filter(pk=pk).first()
+        if backup is None or not self.has_view_permission(request, backup):
+            raise Http404("no such backup")
+        archive = archive_path(backup)
+        if not archive.exists():
+            raise Http404(f"the archive of {backup.name} is missing")
+        return FileResponse(open(archive, "rb"), as_attachment=True, filename=f"{backup.name}.tar",
+                            content_type="application/x-tar")
+
+    @admin.display(description="archive")
+    def download(self, obj):
+        return format_html('<a href="{}">{}.tar</a>', reverse("admin:records_backup_download", args=[obj.pk]),
+                           obj.name)
+
+    @admin.display(description="services")
+    def services_list(self, obj):
+        return ", ".join(obj.services)
+
+    @admin.display(description="job")
+    def job_link(self, obj):
+        if obj.job_id is None:
+            return "-"
+        return format_html('<a href="{}">job {}</a>', reverse("admin:jobs_job_change", args=[obj.job_id]), obj.job_id)
+
+    @admin.action(description="Restore into its app (the data it replaces are kept as a checkpoint)",
+                  permissions=["view"])
+    def restore_into_its_app(self, request, queryset):
+        from jobs import data, dispatch
+        from jobs.states import ActorKind
+
+        if not request.user.has_perm("records.change_app"):
+            self.message_user(request, "restoring replaces an app's data: it needs permission to change apps",
+                              messages.ERROR)
+            return
+        started = []
+        for backup in queryset.select_related("app"):
+            try:
+                data.check_data_app(backup.app.name)
+            except data.DataRefused as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+                continue
+            job = dispatch.submit("restore", target=f"app:{backup.app.name}",
+                                  params={"backup": backup.name, "app": backup.app.name},
+                                  actor_kind=ActorKind.USER, actor=request.user.get_username())
+            started.append((job, backup.name))
+        _started(self, request, "Restore", started)
+
+
+@admin.register(Service)
+class ServiceAdmin(admin.ModelAdmin):
+    list_display = ["app", "kind", "node", "created_at", "updated_at"]
+    list_filter = ["kind", "node"]
+    search_fields = ["app__name"]
+    fields = ["app", "kind", "node", "settings", "created_at", "updated_at"]  # never the password
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False  # deploys install services
+
+    def has_delete_permission(self, request, obj=None):
+        return False
