@@ -384,3 +384,34 @@ def test_backups_are_scheduled_with_beat_and_old_ones_pruned(notes_app):
         f"{b.name}.tar" for b in kept)
     call_command("backup", name, "--unschedule")
     assert not PeriodicTask.objects.filter(name=f"backup {name}").exists()
+
+
+def test_a_backup_can_be_written_to_a_file_and_copied_to_another_node(notes_app, ready_nodes, tmp_path):
+    name, other = notes_app[0], ready_nodes[1]
+    out = tmp_path / "notes.tar"
+    code, job = run_command("backup", name, "--output", str(out), "--copy-to", other.name)
+    assert code == 0, job.error
+    backup = Backup.objects.get(name=job.result["backup"])
+    copy = f"{other.root}/backups/{name}/{backup.name}.tar"
+    assert out.read_bytes() == data.archive_path(backup).read_bytes() == open(copy, "rb").read()
+    assert backup.uploaded_to == f"{other.name}:{copy}"
+
+
+def test_a_group_keeps_its_apps_databases_on_its_database_node(ready_nodes, test_hosts, tmp_path):
+    from toppcloud_site.records.models import App, ServerGroup
+
+    db_node, app_node = ready_nodes
+    group = ServerGroup.objects.create(name=f"grp{os.getpid()}", database_node=db_node)
+    name = f"grouped{os.getpid() % 100000}"
+    App.objects.create(name=name, group=group)
+    code, job = deploy(app_copy(tmp_path, "notes", name=name), app_node)
+    assert code == 0, job.error
+    add_note(test_hosts[1], name, "kept on the database node")
+    services = json.loads(request(test_hosts[1], f"{name}.test", "GET", "/services")[1])
+    assert services["CONFIG_PG_HOST"] == db_node.address and services["CONFIG_PG_PORT"] == str(db_node.pg_port)
+    assert services["CONFIG_FILES"].startswith(app_node.root)
+    assert psql(db_node, name, "SELECT body FROM notes").strip() == "kept on the database node"
+    backup, _ = backup_now(name)
+    dumps = {e.data["step"]: e.data["argv"] for e in
+             Job.objects.get(pk=backup.job_id).events.filter(kind="command")}
+    assert str(db_node.pg_port) in dumps["dump-sql"][2] and app_node.root in dumps["dump-files"][2]
