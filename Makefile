@@ -30,6 +30,7 @@ test: install
 bench: install
 	$(BIN)/python bench/jobs_throughput.py
 	$(BIN)/python bench/deploy.py
+	$(BIN)/python bench/backup.py
 
 check: install
 	$(BIN)/python manage.py check

@@ -479,8 +479,11 @@ def dump_sql(spec, out):
             running.append(proc)
             return proc
 
-        # Segments after the first read at once into temporary files; the
-        # first streams straight to `out` once the schema is written.
+        # Every segment starts at once: the first into a pipe this process
+        # copies to `out` once the schema is written there, the others (while
+        # sessions are free) into temporary files, copied out in their turn.
+        first = start(0, subprocess.PIPE)
+        _grow_pipe(first.stdout)
         spooled, started = {}, 1
 
         def fill():
@@ -494,10 +497,10 @@ def dump_sql(spec, out):
         pre_out, post_out = _finish(pre, "pg_dump (schema)"), _finish(post, "pg_dump (indexes and constraints)")
         out.write(_unrestricted(pre_out))
         out.write(b"--\n-- Table data, each table in primary-key order\n--\n")
-        out.flush()
-        first = start(0, out)
         for i in range(len(segments)):
             f, proc = spooled.pop(i) if i else (None, first)
+            if f is None:
+                shutil.copyfileobj(proc.stdout, out, CHUNK)
             err = proc.stderr.read()
             if proc.wait() != 0:
                 raise DataError(f"reading the rows of {db} failed: {err.decode(errors='replace').strip()[-1500:]}")
@@ -516,6 +519,15 @@ def dump_sql(spec, out):
             holder.stdin.close()
             holder.wait()
     return {"tables": len(tables), "sequences": len(sequences), "sessions": len(segments)}
+
+
+def _grow_pipe(pipe):
+    """A bigger pipe (1 MiB, the unprivileged maximum) lets a reader run ahead of its consumer."""
+    try:
+        import fcntl
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+    except (ImportError, AttributeError, OSError):
+        pass
 
 
 def _ranges(ask, rel, pk, parts):

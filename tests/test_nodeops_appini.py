@@ -270,3 +270,22 @@ def test_values_must_be_single_lines_without_control_characters():
     assert str(error(with_key("runner2 = x\nhealth_check = /a\x1b[2J"))) == (
         "app.ini line 5: health_check '/a\\x1b[2J' contains a control character")
     assert str(error(MINIMAL + "threads = 1\0")) == "app.ini line 4: contains a NUL character"
+
+
+def test_services_and_keep_backups():
+    ini = parse_app_ini_text(with_key("service.files =\nservice.postgresql =\nkeep_backups = 30"))
+    assert ini.services == ("postgresql", "files")  # the order backups hold them in
+    assert ini.keep_backups == 30
+    assert parse_app_ini_text(MINIMAL).services == () and parse_app_ini_text(MINIMAL).keep_backups == 10
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("service.mysql =", "app.ini line 4: unknown service 'mysql': toppcloud provides service.postgresql and "
+                        "service.files"),
+    ("service.postgresql = big", "app.ini line 4: service.postgresql takes no value (write `service.postgresql =`), "
+                                 "got 'big'"),
+    ("keep_backups = 0", "app.ini line 4: keep_backups '0' is out of range: use 1 to 1000"),
+])
+def test_bad_services(line, expected):
+    e = error(with_key(line))
+    assert str(e) == expected and e.line == 4
