@@ -217,7 +217,7 @@ def restore_backup(ctx, backup, place, manifest):
         per_node.setdefault(place.files.node, {})["files"] = place.files.settings
     done = {}
     for node, specs in per_node.items():
-        result = node_services.restore(ctx.transport(node), ctx.emit, path, **specs)
+        result = node_services.restore(ctx.transport(node), ctx.emit, path, tmp=NodeLayout(node.root).tmp, **specs)
         done[node.name] = result["staged"]
     return done
 

@@ -740,6 +740,7 @@ def cmd_restore(spec, stdin, stdout):
 
     The archive is exactly spec["size"] bytes; then one line. Anything but
     "swap" (the control plane died: end of input) drops what was staged.
+    Answers `{"received": n}` once the archive is in, then `{"staged": ...}`.
     """
     pg_spec, files_spec = spec.get("postgresql"), spec.get("files")
     pg = _Pg(pg_spec) if pg_spec else None
@@ -759,9 +760,17 @@ def cmd_restore(spec, stdin, stdout):
             staged["files"] = unpack_files(reader, files_spec["dir"] + STAGING)
 
     try:
-        archive = _Hashing(stdin, int(spec["size"]), hash=False)  # each member is hashed on its own
+        # The archive is received whole first, at the network's speed, into a file that
+        # vanishes with this process; loading it then competes with no transfer.
+        archive = tempfile.TemporaryFile(dir=spec.get("tmp"))
+        received = _Hashing(stdin, int(spec["size"]), hash=False)  # each member is hashed on its own
+        shutil.copyfileobj(received, archive, CHUNK)
+        if received.size != int(spec["size"]):
+            raise DataError(f"the archive ended after {received.size} of {spec['size']} bytes; nothing was changed")
+        stdout.write(json.dumps({"received": received.size}).encode() + b"\n")
+        stdout.flush()
+        archive.seek(0)
         manifest = read_archive(archive, stage)
-        archive.drain()  # the padding after the end-of-archive blocks
         for service, what in (("postgresql", pg_spec), ("files", files_spec)):
             if what and service not in staged:
                 raise DataError(f"the archive holds no {SERVICE_MEMBER[service]} to restore {service} from")

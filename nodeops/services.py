@@ -140,14 +140,15 @@ def dump_into(emit, writer, dumps) -> dict:
 _DUMP = {SQL: "dump-sql", FILES: "dump-files"}
 
 
-def restore(t, emit, archive_path, *, postgresql=None, files=None) -> dict:
+def restore(t, emit, archive_path, *, postgresql=None, files=None, tmp=None) -> dict:
     """Restore an archive (already verified here) into the node's services named by the specs.
 
-    The node stages everything beside the live data and checks every
-    checksum again; only then does this side tell it to swap. If this
+    The archive goes to the node whole first (into a temporary file in
+    `tmp`); the node stages everything beside the live data and checks
+    every checksum; only then does this side tell it to swap. If this
     process dies before that, the node drops what it staged.
     """
-    spec = {"size": os.path.getsize(archive_path), "postgresql": postgresql, "files": files}
+    spec = {"size": os.path.getsize(archive_path), "postgresql": postgresql, "files": files, "tmp": tmp}
     stream = t.open(_argv("restore", spec))
     feed_error = []
 
@@ -163,8 +164,11 @@ def restore(t, emit, archive_path, *, postgresql=None, files=None) -> dict:
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
     try:
-        staged = stream.stdout.readline()
+        received = stream.stdout.readline()
         feeder.join()
+        if received:
+            emit("restore.received", **json.loads(received))
+        staged = received and stream.stdout.readline()
         if staged:
             emit("restore.staged", **json.loads(staged))
             stream.stdin.write(b"swap\n")

@@ -314,16 +314,16 @@ def test_a_stored_archive_damaged_later_is_refused_before_the_swap(notes_app, re
 def test_a_restore_whose_worker_is_killed_midway_leaves_the_data_as_they_were(notes_app, ready_nodes, test_hosts):
     name, node = notes_app[0], ready_nodes[0]
     # Enough rows that loading them takes a while.
-    psql(node, name, "INSERT INTO notes (body) SELECT repeat('bulk ', 40) || g FROM generate_series(1, 300000) g")
+    psql(node, name, "INSERT INTO notes (body) SELECT repeat('bulk ', 40) || g FROM generate_series(1, 500000) g")
     big, _ = backup_now(name)
     psql(node, name, "DELETE FROM notes WHERE body LIKE 'bulk %'")
     rows = all_rows(node, name)
     before = timezone.now()
     call_command("restore", big.name, name, "--no-checkpoint", "--no-wait")
     job = Job.objects.filter(queued_at__gt=before, kind="restore").get()
-    started = wait_until(lambda: job.events.filter(kind="step.started", data__step="restore").first())
+    started = wait_until(lambda: job.events.filter(kind="restore.received").first())
     pid = job.events.get(kind="job.started").data["pid"]
-    time.sleep(0.5)
+    time.sleep(0.2)  # the node is loading the rows now
     assert not job.events.filter(kind="restore.staged").exists(), "the restore was too quick to interrupt"
     os.kill(pid, 9)  # the worker process running it dies mid-restore
     job = wait_for_job(job.pk, timeout=90)

@@ -242,6 +242,7 @@ def restore(spec, path, swap=True):
                                                              "files": None}))
     stream.stdin.write(path.read_bytes())
     stream.stdin.flush()
+    assert json.loads(stream.stdout.readline()) == {"received": os.path.getsize(path)}
     assert json.loads(stream.stdout.readline())["staged"]["postgresql"]
     return stream.finish(check=False)  # stdin closes without "swap": the control plane went away
 
