@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 
 FORMAT = "toppcloud-backup/1"
 SQL, FILES, MANIFEST = "postgresql.sql", "files.tar", "manifest.json"
@@ -558,32 +559,23 @@ def _unrestricted(dump):
     return re.sub(rb"^\\(un)?restrict " + _RESTRICT_KEY.encode() + rb"\n", b"", dump, flags=re.MULTILINE)
 
 
-def load_sql(pg, db, role, reader):
-    """Feed an archive's SQL into `db` as `role`, in one transaction; psql may run no meta-command."""
-    key = os.urandom(16).hex()  # the SQL cannot know it, so it cannot lift the restriction
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(pg.psql(db, "--single-transaction"), stdin=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            proc.stdin.write(f"\\restrict {key}\nSET ROLE {_ident(role)};\n".encode())
-            while True:
-                chunk = reader.read(CHUNK)
-                if not chunk:
-                    break
-                proc.stdin.write(chunk)
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass  # psql stopped: its error is below
-        except BaseException:
-            # The archive ended early: closing psql's input would commit what it
-            # has read, so it is killed, and its transaction never commits.
-            proc.kill()
-            proc.wait()
-            raise
-        rc = proc.wait()
-        if rc != 0:
-            err.seek(0)
-            raise DataError(f"{SQL} did not load: {err.read().decode(errors='replace').strip()[-1500:]}")
+def load_sql(pg, db, role, path):
+    """Load an archive's SQL file into `db` as `role`, in one transaction; psql may run no meta-command.
+
+    `\\restrict` with a key the SQL cannot know keeps a hostile archive from
+    running `\\!` (a shell) or any other psql command on the node.
+    """
+    key = os.urandom(16).hex()
+    with open(path, "rb") as sql:  # opened here: psql runs as postgres, the file is root's
+        r = subprocess.run(pg.psql(db, "--single-transaction", "-c", f"\\restrict {key}", "-c",
+                                   f"SET ROLE {_ident(role)}", "-f", "-"),
+                           stdin=sql, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if r.returncode != 0:
+        err = r.stderr.decode(errors="replace").strip()
+        if "invalid command \\restrict" in err:
+            raise DataError("psql on the node predates \\restrict (PostgreSQL's August 2025 security "
+                            "releases): upgrade its postgresql-client, then restore again")
+        raise DataError(f"{SQL} did not load: {err[-1500:]}")
 
 
 def _create_db(pg, db, role):
@@ -736,57 +728,76 @@ def cmd_dump_files(spec, out):
 
 
 def cmd_restore(spec, stdin, stdout):
-    """Stage the archive on stdin, verify all of it, and swap it in only when the control plane says `swap`.
+    """Receive the archive on stdin, check all of it, stage it beside the live data, and swap it
+    in only when the control plane says `swap`.
 
     The archive is exactly spec["size"] bytes; then one line. Anything but
     "swap" (the control plane died: end of input) drops what was staged.
-    Answers `{"received": n}` once the archive is in, then `{"staged": ...}`.
+    Answers `{"received": n}` once the archive is in and every member's
+    checksum matched, then `{"staged": ...}`.
     """
     pg_spec, files_spec = spec.get("postgresql"), spec.get("files")
     pg = _Pg(pg_spec) if pg_spec else None
+    staging_db = pg_spec["dbname"] + STAGING if pg else None
     staged = {}
-    if pg:
-        db = pg_spec["dbname"]
-        _drop_db(pg, db + STAGING)
-        _create_db(pg, db + STAGING, pg_spec["role"])
-    if files_spec:
-        shutil.rmtree(files_spec["dir"] + STAGING, ignore_errors=True)
-
-    def stage(name, reader):
-        if name == SQL and pg:
-            load_sql(pg, pg_spec["dbname"] + STAGING, pg_spec["role"], reader)
-            staged["postgresql"] = {"bytes": reader.size}
-        elif name == FILES and files_spec:
-            staged["files"] = unpack_files(reader, files_spec["dir"] + STAGING)
-
+    # The empty staging database is made while the archive arrives.
+    made = []
+    maker = threading.Thread(target=lambda: made.append(_fresh_db(pg, staging_db, pg_spec["role"]))) if pg else None
+    work = tempfile.mkdtemp(prefix="restore-", dir=spec.get("tmp"))
     try:
-        # The archive is received whole first, at the network's speed, into a file that
-        # vanishes with this process; loading it then competes with no transfer.
-        archive = tempfile.TemporaryFile(dir=spec.get("tmp"))
-        received = _Hashing(stdin, int(spec["size"]), hash=False)  # each member is hashed on its own
-        shutil.copyfileobj(received, archive, CHUNK)
-        if received.size != int(spec["size"]):
-            raise DataError(f"the archive ended after {received.size} of {spec['size']} bytes; nothing was changed")
-        stdout.write(json.dumps({"received": received.size}).encode() + b"\n")
+        if maker:
+            maker.start()
+        if files_spec:
+            shutil.rmtree(files_spec["dir"] + STAGING, ignore_errors=True)
+
+        def keep(name, reader):  # each member into a file of its own, hashed on the way in
+            with open(os.path.join(work, name), "wb") as f:
+                shutil.copyfileobj(reader, f, CHUNK)
+
+        archive = _Hashing(stdin, int(spec["size"]), hash=False)
+        manifest = read_archive(archive, keep)
+        archive.drain()  # the padding after the end-of-archive blocks
+        stdout.write(json.dumps({"received": archive.size}).encode() + b"\n")
         stdout.flush()
-        archive.seek(0)
-        manifest = read_archive(archive, stage)
         for service, what in (("postgresql", pg_spec), ("files", files_spec)):
-            if what and service not in staged:
+            if what and SERVICE_MEMBER[service] not in manifest["files"]:
                 raise DataError(f"the archive holds no {SERVICE_MEMBER[service]} to restore {service} from")
+        if pg:
+            maker.join()
+            if made[0] is not None:
+                raise made[0]
+            load_sql(pg, staging_db, pg_spec["role"], os.path.join(work, SQL))
+            staged["postgresql"] = {"bytes": manifest["files"][SQL]["size"]}
+        if files_spec:
+            with open(os.path.join(work, FILES), "rb") as f:
+                staged["files"] = unpack_files(f, files_spec["dir"] + STAGING)
         stdout.write(json.dumps({"staged": staged, "app": manifest.get("app"), "release": manifest.get("release")})
                      .encode() + b"\n")
         stdout.flush()
         if stdin.readline() != b"swap\n":
             raise DataError("the control plane went away before the swap; nothing was changed")
     except BaseException:
+        if maker and maker.is_alive():
+            maker.join()
         if pg:
-            _drop_db(pg, pg_spec["dbname"] + STAGING)
+            _drop_db(pg, staging_db)
         if files_spec:
             shutil.rmtree(files_spec["dir"] + STAGING, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     _swap(pg, pg_spec, files_spec)
     return {"swapped": sorted(staged), "staged": staged}
+
+
+def _fresh_db(pg, db, role):
+    """An empty database `db` owned by `role` (a leftover of that name is dropped first); the error, if any."""
+    try:
+        _drop_db(pg, db)
+        _create_db(pg, db, role)
+    except DataError as exc:
+        return exc
+    return None
 
 
 def _swap(pg, pg_spec, files_spec):
