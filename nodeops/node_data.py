@@ -640,6 +640,9 @@ def cmd_pg_ensure(spec):
     """The cluster for apps' databases: created once, our listen address and hba, running."""
     cluster, port, listen = spec["cluster"], int(spec["port"]), spec["listen"]
     changed = []
+    if os.geteuid() != 0:
+        raise DataError("service.postgresql needs root on the node (pg_createcluster, the cluster's config "
+                        "files): connect to it as root")
     versions = _pg_versions()
     if not versions:
         apt = shutil.which("apt-get")

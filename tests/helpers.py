@@ -18,3 +18,14 @@ def wait_for_job(job_id, timeout=60, statuses=TERMINAL):
 
 def event_kinds(job):
     return list(job.events.order_by("seq").values_list("kind", flat=True))
+
+
+def wait_until(predicate, timeout=30, what="condition"):
+    """predicate()'s first true value, polled every 50 ms."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from jobs import data
 from jobs.models import Job
-from tests.helpers import event_kinds, wait_for_job
+from tests.helpers import event_kinds, wait_for_job, wait_until
 from tests.test_deploy_flow import app_copy, deploy, get
 from toppcloud_site.records.models import Backup, Service
 
@@ -321,7 +321,7 @@ def test_a_restore_whose_worker_is_killed_midway_leaves_the_data_as_they_were(no
     before = timezone.now()
     call_command("restore", big.name, name, "--no-checkpoint", "--no-wait")
     job = Job.objects.filter(queued_at__gt=before, kind="restore").get()
-    started = wait_until(lambda: job.events.filter(kind="restore.received").first())
+    started = wait_until(lambda: job.events.filter(kind="restore.received").first(), what="the archive on the node")
     pid = job.events.get(kind="job.started").data["pid"]
     time.sleep(0.2)  # the node is loading the rows now
     assert not job.events.filter(kind="restore.staged").exists(), "the restore was too quick to interrupt"
@@ -332,18 +332,8 @@ def test_a_restore_whose_worker_is_killed_midway_leaves_the_data_as_they_were(no
     assert all_rows(node, name) == rows
     # The node dropped what it had staged.
     wait_until(lambda: psql(node, "postgres", f"SELECT count(*) FROM pg_database WHERE datname LIKE "
-                                              f"'{name}\\_\\_%'").strip() == "0", timeout=30)
+                                              f"'{name}\\_\\_%'").strip() == "0", what="staging dropped")
     assert notes(test_hosts[0], name) == ["\t".join(line.split("|")[:2]) for line in rows]  # and the app serves them
-
-
-def wait_until(check, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"not true after {timeout}s")
 
 
 def test_clear_needs_confirmation_and_keeps_a_checkpoint(second_app, ready_nodes, test_hosts):

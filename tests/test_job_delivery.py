@@ -12,23 +12,13 @@ from django.utils import timezone
 from jobs import dispatch
 from jobs.models import Job, WorkerHeartbeat
 from jobs.tasks import run_job
-from tests.helpers import event_kinds, wait_for_job
+from tests.helpers import event_kinds, wait_for_job, wait_until
 
 pytestmark = pytest.mark.worker
 
 
 def submit_noop(**params):
     return dispatch.submit("noop", target="test", params=params, actor_kind="user", actor="tester")
-
-
-def wait_until(predicate, timeout=30, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_it_runs_a_job_end_to_end(worker):

@@ -200,7 +200,7 @@ def database():
               "CREATE TABLE tags (item bigint REFERENCES items, tag text); "
               "INSERT INTO items (label) SELECT 'item ' || g FROM generate_series(1, 300000) g; "
               "INSERT INTO tags VALUES (2, 'b'), (1, 'z'), (1, 'a'), (3, E'back\\\\slash')", db=name)
-    superuser(f"ANALYZE", db=name)
+    superuser("ANALYZE", db=name)
     yield {"version": pg_version(), "port": PG_PORT, "dbname": name, "role": name}
     for db in (name, name + "__restore", name + "__old"):
         superuser(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
