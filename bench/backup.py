@@ -106,6 +106,7 @@ def main():
         def psql_load():
             psql("postgres", "DROP DATABASE IF EXISTS bench_load")
             psql("postgres", "CREATE DATABASE bench_load OWNER notes")
+            psql("postgres", "CHECKPOINT")
             start = time.perf_counter()
             as_postgres("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "bench_load", "-f", str(dump_file),
                         stdout=subprocess.DEVNULL)
@@ -127,17 +128,14 @@ def main():
             node_services.restore(LocalTransport(), lambda *a, **k: None, str(archive), postgresql=spec)
 
         results = {"backup": [], "pg_dump": [], "restore": [], "psql": [], "local dump": [], "local restore": []}
-        def toppcloud_backup():
-            seconds, done = job_seconds("backup", {"app": "notes"})
-            results["backup"].append(seconds)
-            results["dump-sql"].append(done.events.get(kind="command", data__step="dump-sql").data["seconds"])
-            return done.result["backup"]
-
         def settle():
-            # A restored table's rows have no hint bits yet: whichever dump read them first would
-            # pay for setting them. Both dumps read a vacuumed table, as a live one mostly is.
-            # The replaced database is dropped in the background after a restore; its checkpoint
-            # must not land in the next measurement.
+            """Every measurement starts from the same quiet state.
+
+            A restore drops the database it replaced in the background, and DROP DATABASE
+            forces a checkpoint: wait for it. A restored table's rows have no hint bits yet,
+            and whichever dump read them first would pay for setting them: vacuum. Then a
+            checkpoint, so no measurement pays for the dirty pages of the one before.
+            """
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and as_postgres(
                     "psql", "-X", "-At", "-d", "postgres", "-c",
@@ -147,31 +145,39 @@ def main():
             psql("notes", "VACUUM (FREEZE, ANALYZE) notes")
             psql("postgres", "CHECKPOINT")
 
-        results["dump-sql"] = []
-        backup = None
-        for round_ in range(ROUNDS):
-            # The order within a pair alternates, so neither side always reads a warmer cache.
-            if round_ % 2:
-                results["pg_dump"].append(timed(pg_dump)[0])
-                backup = toppcloud_backup()
-                results["local dump"].append(timed(local_dump)[0])
-            else:
-                backup = toppcloud_backup()
-                results["local dump"].append(timed(local_dump)[0])
-                results["pg_dump"].append(timed(pg_dump)[0])
-            if round_ % 2:
-                results["psql"].append(psql_load())
-                psql("postgres", "CHECKPOINT")
-            results["restore"].append(job_seconds("restore", {"app": "notes", "backup": backup,
+        newest = []  # the archive restores load: the newest backup (keep_backups prunes older ones)
+
+        def toppcloud_backup():
+            seconds, done = job_seconds("backup", {"app": "notes"})
+            results["dump-sql"].append(done.events.get(kind="command", data__step="dump-sql").data["seconds"])
+            results["backup"].append(seconds)
+            newest[:] = [done.result["backup"]]
+
+        def toppcloud_restore():
+            results["restore"].append(job_seconds("restore", {"app": "notes", "backup": newest[0],
                                                               "checkpoint": False})[0])
-            settle()
-            results["local restore"].append(timed(lambda: local_restore(backup))[0])
-            settle()
-            if not round_ % 2:
-                results["psql"].append(psql_load())
-                psql("postgres", "CHECKPOINT")
-        with_checkpoint = job_seconds("restore", {"app": "notes", "backup": backup})[0]
+
+        results["dump-sql"] = []
+        measurements = {
+            "backup": toppcloud_backup,
+            "pg_dump": lambda: results["pg_dump"].append(timed(pg_dump)[0]),
+            "local dump": lambda: results["local dump"].append(timed(local_dump)[0]),
+            "restore": toppcloud_restore,
+            "psql": lambda: results["psql"].append(psql_load()),
+            "local restore": lambda: results["local restore"].append(timed(lambda: local_restore(newest[0]))[0]),
+        }
+        toppcloud_backup()  # an archive for the first restore
+        results["backup"].clear()
+        results["dump-sql"].clear()
+        for round_ in range(ROUNDS):
+            # Each pair's order alternates, so neither side always follows the same work.
+            order = list(measurements) if round_ % 2 == 0 else list(reversed(measurements))
+            for key in order:
+                settle()
+                measurements[key]()
         settle()
+        backup = newest[0]
+        with_checkpoint = job_seconds("restore", {"app": "notes", "backup": backup})[0]
         size = Path(settings.TOPPCLOUD_BACKUP_DIR, "notes", f"{backup}.tar").stat().st_size
         dump_size = dump_file.stat().st_size
     finally:
@@ -182,7 +188,7 @@ def main():
     med = {k: statistics.median(v) for k, v in results.items()}
     backup_ratio, restore_ratio = med["backup"] / med["pg_dump"], med["restore"] / med["psql"]
     print(f"\n{ROWS:,} rows (notes table: id, body, created; primary key + 1 index), test host over ssh on this "
-          f"machine;\nmedian of {ROUNDS} alternating rounds; archive {size / 1e6:.1f} MB, pg_dump output "
+          f"machine;\nmedian of {ROUNDS} rounds, each measurement after a checkpoint; archive {size / 1e6:.1f} MB, pg_dump output "
           f"{dump_size / 1e6:.1f} MB\n")
     print(f"{'':<42}{'median s':>10}   {'rounds':<24}")
     for label, key in (("toppcloud backup (job)", "backup"), ("  of which the SQL stream from the node", "dump-sql"),
