@@ -31,6 +31,7 @@ import ctypes
 import glob
 import hashlib
 import json
+import mmap
 import os
 import posixpath
 import re
@@ -423,6 +424,11 @@ def _ident(value):
     return '"' + value.replace('"', '""') + '"'
 
 
+# Comment lines that divide a dump into schema, rows and what comes after
+# (indexes, constraints, triggers), so a restore can load rows in parallel.
+ROWS_MARK = b"-- toppcloud: rows, each table in primary-key order\n"
+POST_MARK = b"-- toppcloud: indexes, constraints and triggers\n"
+
 # A table estimated to hold more rows than this is read in key ranges, one
 # session per range, in parallel; the ranges are written out in order.
 SPLIT_ROWS = 200_000
@@ -497,7 +503,7 @@ def dump_sql(spec, out):
         fill()
         pre_out, post_out = _finish(pre, "pg_dump (schema)"), _finish(post, "pg_dump (indexes and constraints)")
         out.write(_unrestricted(pre_out))
-        out.write(b"--\n-- Table data, each table in primary-key order\n--\n")
+        out.write(b"--\n" + ROWS_MARK + b"--\n")
         for i in range(len(segments)):
             f, proc = spooled.pop(i) if i else (None, first)
             if f is None:
@@ -510,6 +516,7 @@ def dump_sql(spec, out):
                 shutil.copyfileobj(f, out, CHUNK)
                 f.close()
             fill()
+        out.write(b"--\n" + POST_MARK + b"--\n")
         out.write(_unrestricted(post_out))
         out.flush()
     finally:
@@ -559,19 +566,125 @@ def _unrestricted(dump):
     return re.sub(rb"^\\(un)?restrict " + _RESTRICT_KEY.encode() + rb"\n", b"", dump, flags=re.MULTILINE)
 
 
-def load_sql(pg, db, role, path):
-    """Load an archive's SQL file into `db` as `role`, in one transaction; psql may run no meta-command.
+def load_sql(pg, db, role, path, workers=None):
+    """Load an archive's SQL file into `db` as `role`; psql may run no meta-command.
 
-    `\\restrict` with a key the SQL cannot know keeps a hostile archive from
-    running `\\!` (a shell) or any other psql command on the node.
+    Every psql session starts with `\\restrict` and a key the SQL cannot know,
+    so a hostile archive cannot run `\\!` (a shell) or any other psql command
+    on the node. A dump of ours is loaded in three phases: schema; rows, big
+    tables split at line boundaries over parallel sessions; then indexes,
+    constraints and sequences. Anything else loads in one session, in one
+    transaction. (The database is a staging one: the swap makes it
+    all-or-nothing.)
     """
+    if os.path.getsize(path) == 0:
+        return
     key = os.urandom(16).hex()
-    with open(path, "rb") as sql:  # opened here: psql runs as postgres, the file is root's
-        r = subprocess.run(pg.psql(db, "--single-transaction", "-c", f"\\restrict {key}", "-c",
-                                   f"SET ROLE {_ident(role)}", "-f", "-"),
-                           stdin=sql, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    if r.returncode != 0:
-        err = r.stderr.decode(errors="replace").strip()
+    workers = workers or max(1, min(4, os.cpu_count() or 1))
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        def session(pieces, *args):
+            return _psql_feed(pg, db, role, key, mm, pieces, *args)
+
+        plan = _load_plan(mm, workers)
+        if plan is None:
+            _psql_wait(session([(0, len(mm))], "--single-transaction"))
+            return
+        schema, chunks, statements, rest = plan
+        _psql_wait(session([schema]))
+        sessions = [[] for _ in range(min(workers, len(chunks)))]
+        for i, (header, rows) in enumerate(sorted(chunks, key=lambda c: c[1][0] - c[1][1])):  # biggest first
+            sessions[i % len(sessions)] += [header, rows, b"\\.\n"]
+        for proc in [session(pieces) for pieces in sessions]:
+            _psql_wait(proc)
+        _psql_wait(session(statements + [rest]))
+
+
+_IDENT = rb'(?:"(?:[^"\n]|"")+"|[a-z_][a-z0-9_$]*)'
+_COPY_HEADER_RE = re.compile(rb"COPY " + _IDENT + rb"\." + _IDENT + rb" \(" + _IDENT + rb"(?:, " + _IDENT
+                             + rb")*\) FROM stdin;\n")
+_SETVAL_RE = re.compile(rb"SELECT pg_catalog\.setval\('(?:[^'\n]|'')+', -?[0-9]+, (?:true|false)\);\n")
+_SPLIT_BYTES = 8 << 20
+
+
+def _load_plan(mm, workers):
+    """(schema, [(COPY header, rows)], [setval statements], the rest) of one of our dumps, or None.
+
+    Ranges of the file are (start, end) pairs. Only what our dumps hold
+    between the marks is accepted there: COPY blocks with plain headers,
+    setval() calls, comments and blank lines.
+    """
+    rows_at, post_at = mm.find(b"\n--\n" + ROWS_MARK), mm.find(b"\n--\n" + POST_MARK)
+    if rows_at < 0 or post_at < rows_at:
+        return None
+    chunks, statements = [], []
+    pos = rows_at + 1
+    while pos < post_at + 1:
+        eol = mm.find(b"\n", pos) + 1
+        line = mm[pos:eol]
+        if _COPY_HEADER_RE.fullmatch(line):
+            start = eol
+            end = start if mm[start:start + 3] == b"\\.\n" else mm.find(b"\n\\.\n", start) + 1
+            if end <= 0 or end > post_at:
+                return None
+            chunks += [(line, piece) for piece in _split_lines(mm, start, end, workers)]
+            pos = end + 3
+        elif _SETVAL_RE.fullmatch(line):
+            statements.append(line)
+            pos = eol
+        elif line == b"\n" or line.startswith(b"--"):
+            pos = eol
+        else:
+            return None
+    return (0, rows_at + 1), chunks, statements, (post_at + 1, len(mm))
+
+
+def _split_lines(mm, start, end, parts):
+    """[(lo, hi)] covering start..end in up to `parts` pieces that end at line ends."""
+    if end - start < _SPLIT_BYTES or parts < 2:
+        return [(start, end)]
+    bounds, lo = [], start
+    for i in range(1, parts):
+        cut = mm.find(b"\n", start + (end - start) * i // parts) + 1
+        if lo < cut < end:
+            bounds.append((lo, cut))
+            lo = cut
+    return bounds + [(lo, end)]
+
+
+def _psql_feed(pg, db, role, key, mm, pieces, *args):
+    """A restricted psql session as `role` in `db`, fed by a thread of its own.
+
+    `pieces` are bytes, or (start, end) ranges of `mm` (copied out a chunk at a time).
+    """
+    err = tempfile.TemporaryFile()
+    proc = subprocess.Popen(pg.psql(db, *args, "-c", f"\\restrict {key}", "-c", f"SET ROLE {_ident(role)}", "-f", "-"),
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+
+    def feed():
+        try:
+            for piece in pieces:
+                if isinstance(piece, bytes):
+                    proc.stdin.write(piece)
+                    continue
+                for at in range(piece[0], piece[1], CHUNK):
+                    proc.stdin.write(mm[at:min(at + CHUNK, piece[1])])
+            proc.stdin.close()
+        except (BrokenPipeError, ValueError):
+            pass  # psql stopped: its error tells why
+
+    proc.feeder = threading.Thread(target=feed, daemon=True)
+    proc.feeder.start()
+    proc.err = err
+    return proc
+
+
+def _psql_wait(proc):
+    proc.feeder.join()
+    rc = proc.wait()
+    proc.err.seek(0)
+    err = proc.err.read().decode(errors="replace").strip()
+    proc.err.close()
+    if rc != 0:
         if "invalid command \\restrict" in err:
             raise DataError("psql on the node predates \\restrict (PostgreSQL's August 2025 security "
                             "releases): upgrade its postgresql-client, then restore again")

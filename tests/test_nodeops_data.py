@@ -276,3 +276,50 @@ def test_an_archive_cannot_run_psql_commands_on_the_node(database, tmp_path):
         restore(database, path)
     assert "did not load" in str(refused.value) and not marker.exists()
     assert superuser("SELECT count(*) FROM items", db=database["dbname"]).strip() == "300000"
+
+
+@pytest.mark.parametrize("rows_section", [
+    b"\\! touch MARKER\n",  # a psql command where rows belong
+    b"COPY public.x (id) FROM stdin;\n1\n\\.\n\\! touch MARKER\n",  # after a table's rows
+    b"COPY public.x (id) FROM stdin; \\! touch MARKER\n1\n\\.\n",  # in a COPY line
+])
+def test_a_dump_shaped_archive_cannot_run_psql_commands_either(database, tmp_path, rows_section):
+    marker = tmp_path / "pwned"
+    sql = (b"CREATE TABLE public.x (id int);\n--\n" + node_data.ROWS_MARK + b"--\n"
+           + rows_section.replace(b"MARKER", str(marker).encode()) + b"--\n" + node_data.POST_MARK + b"--\n")
+    with pytest.raises(DataError):
+        restore(database, archive(tmp_path, sql=sql))
+    assert not marker.exists()
+
+
+def test_big_tables_load_in_parallel_sessions_with_every_row(database, tmp_path, monkeypatch):
+    path = dump(database, tmp_path)
+    sql = tmp_path / "dump.sql"
+    sql.write_bytes(tarfile.open(path).extractfile("postgresql.sql").read())
+    with open(sql, "rb") as f:
+        import mmap
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        monkeypatch.setattr(node_data, "_SPLIT_BYTES", 1 << 16)
+        schema, chunks, statements, rest = node_data._load_plan(mm, 3)
+        headers = [h for h, _ in chunks]
+        assert headers.count(b"COPY public.items (id, label) FROM stdin;\n") == 3  # split in three
+        assert statements == [b"SELECT pg_catalog.setval('public.items_id_seq', 300000, true);\n"]
+        assert sum(hi - lo for _, (lo, hi) in chunks) == sum(
+            len(b) for b in text_blocks(mm[:]))  # the pieces cover the rows exactly
+        mm.close()
+    target = database["dbname"] + "__restore"
+    superuser(f'DROP DATABASE IF EXISTS "{target}"')
+    superuser(f'CREATE DATABASE "{target}" OWNER "{database["role"]}"')
+    node_data.load_sql(node_data._Pg(database), target, database["role"], str(sql), workers=3)
+    assert superuser("SELECT count(*), count(DISTINCT id), sum(id) FROM items", db=target).strip() == \
+        f"300000|300000|{300000 * 300001 // 2}"
+    assert superuser("SELECT count(*) FROM pg_indexes WHERE tablename = 'items'", db=target).strip() == "1"
+    assert superuser("SELECT nextval('items_id_seq')", db=target).strip() == "300001"
+
+
+def text_blocks(sql):
+    """The row bytes of each COPY block of a dump."""
+    blocks = []
+    for part in sql.split(b" FROM stdin;\n")[1:]:
+        blocks.append(part[:part.index(b"\\.\n")] if not part.startswith(b"\\.\n") else b"")
+    return blocks
