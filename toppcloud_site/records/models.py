@@ -203,7 +203,7 @@ class Backup(models.Model):
         IMPORTED = "imported", "imported archive"
 
     app = models.ForeignKey(App, on_delete=models.PROTECT, related_name="backups")
-    name = models.CharField(max_length=100, unique=True, help_text="Also the archive's file name, NAME.tar.")
+    name = models.CharField(max_length=150, unique=True, help_text="Also the archive's file name, NAME.tar.")
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.BACKUP)
     job_id = models.BigIntegerField(null=True, blank=True, help_text="The job that made it.")
     release = models.CharField(max_length=64, blank=True, help_text="The app's live release when it was taken.")

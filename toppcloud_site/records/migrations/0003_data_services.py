@@ -31,7 +31,7 @@ class Migration(migrations.Migration):
             name='Backup',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(help_text="Also the archive's file name, NAME.tar.", max_length=100, unique=True)),
+                ('name', models.CharField(help_text="Also the archive's file name, NAME.tar.", max_length=150, unique=True)),
                 ('kind', models.CharField(choices=[('backup', 'backup'), ('checkpoint', 'checkpoint before an update'), ('imported', 'imported archive')], default='backup', max_length=16)),
                 ('job_id', models.BigIntegerField(blank=True, help_text='The job that made it.', null=True)),
                 ('release', models.CharField(blank=True, help_text="The app's live release when it was taken.", max_length=64)),
