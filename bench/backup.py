@@ -107,6 +107,7 @@ def main():
             psql("postgres", "DROP DATABASE IF EXISTS bench_load")
             psql("postgres", "CREATE DATABASE bench_load OWNER notes")
             psql("postgres", "CHECKPOINT")
+            os.sync()
             start = time.perf_counter()
             as_postgres("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "bench_load", "-f", str(dump_file),
                         stdout=subprocess.DEVNULL)
@@ -134,7 +135,8 @@ def main():
             A restore drops the database it replaced in the background, and DROP DATABASE
             forces a checkpoint: wait for it. A restored table's rows have no hint bits yet,
             and whichever dump read them first would pay for setting them: vacuum. Then a
-            checkpoint, so no measurement pays for the dirty pages of the one before.
+            checkpoint and a sync, so no measurement pays for the dirty pages (PostgreSQL's or
+            the files') of the one before.
             """
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and as_postgres(
@@ -188,7 +190,7 @@ def main():
     med = {k: statistics.median(v) for k, v in results.items()}
     backup_ratio, restore_ratio = med["backup"] / med["pg_dump"], med["restore"] / med["psql"]
     print(f"\n{ROWS:,} rows (notes table: id, body, created; primary key + 1 index), test host over ssh on this "
-          f"machine;\nmedian of {ROUNDS} rounds, each measurement after a checkpoint; archive {size / 1e6:.1f} MB, pg_dump output "
+          f"machine;\nmedian of {ROUNDS} rounds, each measurement after a checkpoint and a sync; archive {size / 1e6:.1f} MB, pg_dump output "
           f"{dump_size / 1e6:.1f} MB\n")
     print(f"{'':<42}{'median s':>10}   {'rounds':<24}")
     for label, key in (("toppcloud backup (job)", "backup"), ("  of which the SQL stream from the node", "dump-sql"),
