@@ -103,6 +103,13 @@ def main():
             with open(dump_file, "wb") as f:
                 as_postgres("pg_dump", "-d", "notes", stdout=f)
 
+        password = Service.objects.get(app__name="notes", kind="postgresql").password
+
+        def remote_pg_dump():  # what a backup by hand from the control plane would be: pg_dump over TCP
+            with open(Path(base) / "remote.sql", "wb") as f:
+                subprocess.run([f"{bin_dir}/pg_dump", "-h", node.address, "-p", str(pg["port"]), "-U", "notes",
+                                "-d", "notes"], stdout=f, check=True, env={**os.environ, "PGPASSWORD": password})
+
         def psql_load():
             psql("postgres", "DROP DATABASE IF EXISTS bench_load")
             psql("postgres", "CREATE DATABASE bench_load OWNER notes")
@@ -128,7 +135,8 @@ def main():
             archive = Path(settings.TOPPCLOUD_BACKUP_DIR, "notes", f"{backup}.tar")
             node_services.restore(LocalTransport(), lambda *a, **k: None, str(archive), postgresql=spec)
 
-        results = {"backup": [], "pg_dump": [], "restore": [], "psql": [], "local dump": [], "local restore": []}
+        results = {"backup": [], "pg_dump": [], "restore": [], "psql": [], "local dump": [], "local restore": [],
+                   "remote pg_dump": []}
         def settle():
             """Every measurement starts from the same quiet state.
 
@@ -167,6 +175,7 @@ def main():
             "restore": toppcloud_restore,
             "psql": lambda: results["psql"].append(psql_load()),
             "local restore": lambda: results["local restore"].append(timed(lambda: local_restore(newest[0]))[0]),
+            "remote pg_dump": lambda: results["remote pg_dump"].append(timed(remote_pg_dump)[0]),
         }
         toppcloud_backup()  # an archive for the first restore
         results["backup"].clear()
@@ -203,6 +212,10 @@ def main():
         print(f"{label:<42}{med[key]:>10.2f}   {' '.join(f'{s:.2f}' for s in results[key]):<24}")
     print(f"{'  dump / pg_dump':<42}{med['local dump'] / med['pg_dump']:>10.2f}")
     print(f"{'  restore / psql load':<42}{med['local restore'] / med['psql']:>10.2f}")
+    print("\nthe same dump by hand from the control plane: pg_dump over TCP as the app's role (no ssh, no checksums):")
+    print(f"{'  pg_dump -h NODE':<42}{med['remote pg_dump']:>10.2f}   "
+          f"{' '.join(f'{s:.2f}' for s in results['remote pg_dump']):<24}")
+    print(f"{'  toppcloud backup / pg_dump -h NODE':<42}{med['backup'] / med['remote pg_dump']:>10.2f}")
     print(f"\n{'backup / pg_dump':<42}{backup_ratio:>10.2f}   target <= {TARGET}")
     print(f"{'restore / psql load':<42}{restore_ratio:>10.2f}   target <= {TARGET}")
     ok = backup_ratio <= TARGET and restore_ratio <= TARGET
