@@ -475,7 +475,13 @@ def dump_sql(spec, out):
 
         dump = ["pg_dump", *_DUMP_FLAGS, f"--snapshot={snapshot}", "-d", db]
         pre = subprocess.Popen(pg.argv(*dump, "--section=pre-data"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        post = subprocess.Popen(pg.argv(*dump, "--section=post-data"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+        def post_data():
+            return subprocess.Popen(pg.argv(*dump, "--section=post-data"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+        # With several sessions reading rows, the CPUs are busy until the first
+        # of them ends: the post-data pg_dump waits for that.
+        post = post_data() if len(segments) == 1 else None
         prelude = ["BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;", f"SET TRANSACTION SNAPSHOT {_lit(snapshot)};",
                    "SET enable_sort = off;"]  # rows come in index order; a big sort would spill to disk
 
@@ -501,8 +507,7 @@ def dump_sql(spec, out):
                 started += 1
 
         fill()
-        pre_out, post_out = _finish(pre, "pg_dump (schema)"), _finish(post, "pg_dump (indexes and constraints)")
-        out.write(_unrestricted(pre_out))
+        out.write(_unrestricted(_finish(pre, "pg_dump (schema)")))
         out.write(b"--\n" + ROWS_MARK + b"--\n")
         for i in range(len(segments)):
             f, proc = spooled.pop(i) if i else (None, first)
@@ -511,13 +516,14 @@ def dump_sql(spec, out):
             err = proc.stderr.read()
             if proc.wait() != 0:
                 raise DataError(f"reading the rows of {db} failed: {err.decode(errors='replace').strip()[-1500:]}")
+            post = post or post_data()
             if f is not None:
                 f.seek(0)
                 shutil.copyfileobj(f, out, CHUNK)
                 f.close()
             fill()
         out.write(b"--\n" + POST_MARK + b"--\n")
-        out.write(_unrestricted(post_out))
+        out.write(_unrestricted(_finish(post, "pg_dump (indexes and constraints)")))
         out.flush()
     finally:
         for proc in running:
