@@ -62,7 +62,9 @@ def test_it_resends_a_job_whose_message_was_lost(worker, monkeypatch):
 
 def test_it_retries_a_job_whose_worker_process_was_killed(worker):
     job = submit_noop(mark=True, seconds=4)
-    started = wait_until(lambda: job.events.filter(kind="job.started").first(), what="job start")
+    # Killed once the flow has run (it then sleeps): a kill before noop.ran would change the events.
+    wait_until(lambda: job.events.filter(kind="noop.ran").exists(), what="the flow to run")
+    started = job.events.get(kind="job.started")
     os.kill(started.data["pid"], signal.SIGKILL)  # the pool process running it dies (OOM killer, segfault)
     job = wait_for_job(job.pk, timeout=60)
     assert job.status == "succeeded" and job.attempt == 2
