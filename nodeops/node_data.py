@@ -974,6 +974,8 @@ def _write_if_changed(path, text, owner):
 def main(argv):
     command, spec = argv[0], json.loads(argv[1])
     out = sys.stdout.buffer
+    for stream in (sys.stdin, sys.stdout):  # the pipes to sshd: bulk data moves in bigger pieces
+        _grow_pipe(stream)
     try:
         if command == "pg-ensure":
             result = cmd_pg_ensure(spec)

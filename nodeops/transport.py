@@ -6,6 +6,7 @@ whatever it contains.
 """
 
 import base64
+import fcntl
 import hashlib
 import os
 import re
@@ -122,6 +123,11 @@ class Transport:
             raise TypeError(f"argv must be a list of strings, got {argv!r}")
         err = tempfile.TemporaryFile()  # a file, so a chatty stderr can never block the stream
         proc = subprocess.Popen(local_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        for pipe in (proc.stdin, proc.stdout):  # fewer, bigger reads and writes for bulk data
+            try:
+                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+            except OSError:
+                pass
         return Stream(self, list(argv), proc, err)
 
     def _run_argv(self, local_argv, argv, input, timeout, check):
