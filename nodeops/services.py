@@ -143,14 +143,13 @@ _DUMP = {SQL: "dump-sql", FILES: "dump-files"}
 def restore(t, emit, archive_path, *, postgresql=None, files=None, tmp=None) -> dict:
     """Restore an archive (already verified here) into the node's services named by the specs.
 
-    The archive goes to the node whole first (into a temporary file in
-    `tmp`); the node stages everything beside the live data and checks
-    every checksum; only then does this side tell it to swap. If this
+    The archive goes to the node whole first (its members into a temporary
+    directory under `tmp`, each hashed on arrival); the node stages
+    everything beside the live data; only then does this side tell it to swap. If this
     process dies before that, the node drops what it staged.
     """
     spec = {"size": os.path.getsize(archive_path), "postgresql": postgresql, "files": files, "tmp": tmp}
     stream = t.open(_argv("restore", spec))
-    feed_error = []
 
     def feed():
         try:
@@ -158,8 +157,8 @@ def restore(t, emit, archive_path, *, postgresql=None, files=None, tmp=None) -> 
                 while chunk := f.read(node_data.CHUNK):
                     stream.stdin.write(chunk)
             stream.stdin.flush()
-        except (BrokenPipeError, ValueError, OSError) as exc:  # the node stopped reading: it says why
-            feed_error.append(exc)
+        except (OSError, ValueError):
+            pass  # the node stopped reading: its error says why
 
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
