@@ -102,6 +102,15 @@ class DataPlace:
     def nodes(self):
         return sorted({s.node.name for s in (self.pg, self.files) if s})
 
+    def specs_by_node(self, services):
+        """{node: {"postgresql": spec, "files": spec}} for these services, as the node program takes them."""
+        found = {}
+        if "postgresql" in services:
+            found.setdefault(self.pg.node, {})["postgresql"] = _pg_spec(self.pg)
+        if "files" in services:
+            found.setdefault(self.files.node, {})["files"] = self.files.settings
+        return found
+
     def release(self):
         node = (self.files or self.pg).node
         live = LiveRelease.objects.filter(app=self.app, node=node).select_related("release").first()
@@ -210,25 +219,15 @@ def restore_backup(ctx, backup, place, manifest):
                          f"service; add service.{missing[0]} to its app.ini and deploy it first")
     if not wanted:
         raise FlowFailed(f"backup {backup.name} holds no data of a service {place.app.name} has")
-    per_node = {}
-    if "postgresql" in wanted:
-        per_node.setdefault(place.pg.node, {})["postgresql"] = _pg_spec(place.pg)
-    if "files" in wanted:
-        per_node.setdefault(place.files.node, {})["files"] = place.files.settings
     done = {}
-    for node, specs in per_node.items():
+    for node, specs in place.specs_by_node(wanted).items():
         result = node_services.restore(ctx.transport(node), ctx.emit, path, tmp=NodeLayout(node.root).tmp, **specs)
         done[node.name] = result["staged"]
     return done
 
 
 def clear_data(ctx, place):
-    per_node = {}
-    if place.pg:
-        per_node.setdefault(place.pg.node, {})["postgresql"] = _pg_spec(place.pg)
-    if place.files:
-        per_node.setdefault(place.files.node, {})["files"] = place.files.settings
-    for node, specs in per_node.items():
+    for node, specs in place.specs_by_node(place.services).items():
         node_services.clear(ctx.transport(node), ctx.emit, **specs)
 
 
