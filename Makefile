@@ -31,6 +31,7 @@ bench: install
 	$(BIN)/python bench/jobs_throughput.py
 	$(BIN)/python bench/deploy.py
 	$(BIN)/python bench/backup.py
+	$(BIN)/python bench/cron.py
 
 check: install
 	$(BIN)/python manage.py check

@@ -15,3 +15,12 @@ def raw_noop(marker_path, sent_at=None):
         os.write(fd, line.encode())
     finally:
         os.close(fd)
+
+
+@app.task(name="bench.raw_beat_tick", ignore_result=True)
+def raw_beat_tick(marker_path):
+    """The cron baseline: a plain task beat sends every minute; records how far past the minute it started."""
+    now = time.time()
+    boundary = now - now % 60
+    with open(marker_path, "a") as f:
+        f.write(f"{boundary:.0f} {now - boundary:.6f}\n")

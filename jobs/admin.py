@@ -5,7 +5,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.html import format_html
 
-from jobs.models import Job
+from jobs.models import DeadLetter, Job
 from jobs.states import TERMINAL
 
 
@@ -67,3 +67,32 @@ class JobAdmin(admin.ModelAdmin):
         return render_to_string("admin/jobs/timeline.html", {
             "events": events, "finished": obj.status in TERMINAL, "first_at": events[0].at if events else None,
         })
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(JobAdmin):
+    """Tasks whose every attempt failed: each attempt is in the timeline; Retry queues the task again."""
+
+    list_display = ["id", "target", "attempt", "error", "queued_at", "finished_at"]
+    list_filter = []
+    date_hierarchy = None
+    actions = ["retry"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(kind="task", status="failed")
+
+    @admin.action(description="Retry (a new task job with the same request)", permissions=["view"])
+    def retry(self, request, queryset):
+        from django.contrib import messages
+        from django.utils.html import format_html_join
+
+        from jobs.flows.tasks import retry_dead_letter
+
+        if not request.user.has_perm("records.change_app"):
+            self.message_user(request, "retrying a task runs app code: it needs permission to change apps",
+                              messages.ERROR)
+            return
+        started = [(reverse("admin:jobs_job_change", args=[new.pk]), f"job {new.pk} (retry of {old.pk})")
+                   for old in queryset for new in [retry_dead_letter(old, actor=request.user.get_username())]]
+        self.message_user(request, format_html("Retry started: {}", format_html_join(
+            ", ", '<a href="{}">{}</a>', started)), messages.SUCCESS)

@@ -11,6 +11,15 @@ class FlowFailed(Exception):
     """A failure the flow can explain; its message becomes the job's error."""
 
 
+class RetryLater(Exception):
+    """Raised by a flow whose attempt failed but may succeed later (a task): the job is queued
+    again, to start after `delay` seconds, as its next attempt."""
+
+    def __init__(self, reason, delay):
+        super().__init__(reason)
+        self.reason, self.delay = reason, delay
+
+
 class WaitForChildren:
     """What a parent flow returns once it has queued its child jobs; the last child to end ends it."""
 

@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from jobs import events, fan_out, runner
@@ -25,12 +26,16 @@ class UnknownJobKind(ValueError):
     pass
 
 
-def submit(kind, *, target="", params=None, actor_kind, actor, parent_id=None):
-    """Create a queued job; its Celery message is sent when the transaction commits."""
+def submit(kind, *, target="", params=None, actor_kind, actor, parent_id=None, run_after=None):
+    """Create a queued job; its Celery message is sent when the transaction commits.
+
+    A job with run_after (a datetime) is not started before then: its message
+    carries that countdown, and the sweeper never sends it early.
+    """
     if kind not in FLOWS:
         raise UnknownJobKind(f"unknown job kind {kind!r}; known: {', '.join(sorted(FLOWS))}")
     job = events.new_job(kind, target=target, params=params or {}, actor_kind=actor_kind,
-                         actor=actor, parent_id=parent_id)
+                         actor=actor, parent_id=parent_id, run_after=run_after)
     _send_on_commit(job)  # at once if that committed it, else when the caller's transaction commits
     return job
 
@@ -38,15 +43,28 @@ def submit(kind, *, target="", params=None, actor_kind, actor, parent_id=None):
 def _send_on_commit(job):
     # robust: a broker that is down must not undo or hide the committed job;
     # the sweeper sends it again later.
-    queued_hash = job.last_hash if job.last_seq == 1 else None  # lets the worker start it in one statement
-    transaction.on_commit(lambda: send(job.pk, job.kind, queued_hash), robust=True)
+    # A first delivery of a job due now may start it in one statement (queued_hash);
+    # one that must wait goes the locked way, which checks run_after.
+    queued_hash = job.last_hash if job.last_seq == 1 and job.run_after is None else None
+    transaction.on_commit(lambda: send(job.pk, job.kind, queued_hash, run_after=job.run_after, target=job.target),
+                          robust=True)
 
 
-def send(job_id, kind, queued_hash=None):
+def send(job_id, kind, queued_hash=None, run_after=None, target=""):
+    """Hand the job's message to the broker.
+
+    Flower shows it as `jobs.run:<kind>` (once a worker received it) with
+    args `[<job id>] <kind> <target>`: the job's id, what it is and what it
+    acts on, never its parameters.
+    """
     from jobs.tasks import run_job
 
+    countdown = None
+    if run_after is not None:
+        countdown = max(0.0, (run_after - timezone.now()).total_seconds())
     run_job.apply_async(args=[job_id], kwargs={"queued_hash": queued_hash} if queued_hash else {},
-                        queue=FLOWS[kind].queue)
+                        queue=FLOWS[kind].queue, countdown=countdown or None, shadow=f"jobs.run:{kind}",
+                        argsrepr=f"[{job_id}] {kind} {target}".rstrip(), kwargsrepr="{}")
 
 
 def sweep(now=None):
@@ -54,12 +72,14 @@ def sweep(now=None):
     now = now or timezone.now()
     resent, lost = [], []
     cutoff = now - timedelta(seconds=settings.JOBS_RESEND_AFTER)
-    for job_id in Job.objects.filter(status=Status.QUEUED, sent_at__lt=cutoff).values_list("pk", flat=True):
+    # A job waiting for its run_after was sent with that countdown: it is late only once that has passed.
+    late = Q(run_after__isnull=True) | Q(run_after__lt=cutoff)
+    for job_id in Job.objects.filter(late, status=Status.QUEUED, sent_at__lt=cutoff).values_list("pk", flat=True):
         with transaction.atomic():
             job = events.lock(job_id)
-            if job.status != Status.QUEUED or job.sent_at >= cutoff:
+            if job.status != Status.QUEUED or job.sent_at >= cutoff or (job.run_after and job.run_after >= cutoff):
                 continue
-            waited = (now - job.sent_at).total_seconds()
+            waited = (now - max(job.sent_at, job.run_after or job.sent_at)).total_seconds()
             events.append(job, Kind.RESENT, SWEEPER, {
                 "reason": f"not started {waited:.0f}s after its message was sent; sending it again",
                 "resends": job.resends + 1,

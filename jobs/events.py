@@ -107,10 +107,12 @@ def record(job_id, kind, actor, **data):
         return append(lock(job_id), kind, actor, data)
 
 
-def new_job(kind, *, target, params, actor_kind, actor, parent_id=None):
+def new_job(kind, *, target, params, actor_kind, actor, parent_id=None, run_after=None):
     """Create a Job and its job.queued event, atomically (with the caller's transaction, if any)."""
     queued = {"kind": kind, "target": target, "params": params,
               "actor_kind": actor_kind, "actor": actor, "parent": parent_id}
+    if run_after is not None:
+        queued["run_after"] = run_after.isoformat()
     if connection.vendor != "postgresql":
         with transaction.atomic():
             job = Job(kind=kind)

@@ -44,7 +44,9 @@ def follow(job_id, out, *, as_json=False, poll=0.1, timeout=None):
                 planned = len(event.data.get("steps", []))
             if event.kind == "step.finished":
                 steps_done += 1
-            if as_json:
+            if event.kind == "output" and not as_json:
+                _write_raw(out, event.data.get("output", ""))  # a command's output, as it printed it
+            elif as_json:
                 out.write(json.dumps({"job": job_id, "seq": event.seq, "at": event.at.isoformat(),
                                       "kind": event.kind, "actor": event.actor, "data": event.data}))
             else:
@@ -56,6 +58,14 @@ def follow(job_id, out, *, as_json=False, poll=0.1, timeout=None):
         if deadline is not None and time.monotonic() > deadline:
             return job
         time.sleep(poll)
+
+
+def _write_raw(out, text):
+    try:
+        out.write(text, ending="")  # a management command's OutputWrapper
+    except TypeError:
+        out.write(text)
+    out.flush()
 
 
 def exit_code(job):

@@ -13,7 +13,7 @@ from jobs.states import ActorKind, Status
 # compares exactly these.
 PROJECTED_FIELDS = (
     "kind", "target", "params", "actor_kind", "actor", "parent_id", "status",
-    "attempt", "resends", "queued_at", "sent_at", "started_at", "attempt_started_at", "finished_at",
+    "attempt", "resends", "queued_at", "sent_at", "run_after", "started_at", "attempt_started_at", "finished_at",
     "worker", "worker_hostname", "worker_pid", "summary", "result", "error", "output_bytes", "last_seq", "last_hash",
 )
 
@@ -31,6 +31,8 @@ class Job(models.Model):
     resends = models.PositiveIntegerField(default=0)
     queued_at = models.DateTimeField(null=True)
     sent_at = models.DateTimeField(null=True, help_text="Last time its message was handed to the broker")
+    run_after = models.DateTimeField(null=True, blank=True,
+                                     help_text="Not started before this time (a task's eta, a retry's backoff)")
     started_at = models.DateTimeField(null=True)
     attempt_started_at = models.DateTimeField(null=True)
     finished_at = models.DateTimeField(null=True)
@@ -148,3 +150,31 @@ class AppLock(models.Model):
     app = models.OneToOneField("records.App", on_delete=models.CASCADE, primary_key=True, related_name="lock")
     job = models.ForeignKey(Job, null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False)
     taken_at = models.DateTimeField(null=True)
+
+
+class RunLock(models.Model):
+    """One run at a time of something (a cron entry: `cron:APP:ENTRY`); free when its job has ended."""
+
+    key = models.CharField(max_length=200, primary_key=True)
+    job = models.ForeignKey(Job, null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False)
+    taken_at = models.DateTimeField(null=True)
+
+
+class TaskKey(models.Model):
+    """An app's idempotency key for a task: the same key always names the same task job."""
+
+    app = models.ForeignKey("records.App", on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=200)
+    job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="+", db_constraint=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["app", "key"], name="jobs_taskkey_app_key_uniq")]
+
+
+class DeadLetter(Job):
+    """Tasks that failed every attempt (the admin lists them and retries them)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "dead letter (failed task)"

@@ -4,6 +4,8 @@ apply() is used when an event is written and again by replay(), so a Job row
 can always be rebuilt from its events (`manage.py jobs verify`).
 """
 
+from django.utils.dateparse import parse_datetime
+
 from jobs.states import TERMINAL, TRANSITIONS, Kind
 
 OUTPUT_KEYS = ("stdout", "stderr", "text", "output", "traceback", "body")
@@ -36,6 +38,7 @@ def apply(job, event):
         job.actor = data["actor"]
         job.parent_id = data["parent"]
         job.queued_at = job.sent_at = event.at
+        job.run_after = _time(data.get("run_after"))
     elif event.kind == Kind.RESENT:
         job.resends += 1
         job.sent_at = event.at
@@ -48,6 +51,7 @@ def apply(job, event):
         job.attempt_started_at = event.at
     elif event.kind == Kind.RETRYING:
         job.sent_at = event.at
+        job.run_after = _time(data.get("run_after"))
         job.error = data["reason"]
     elif event.kind == Kind.SUCCEEDED:
         job.summary = data.get("summary", "")
@@ -62,6 +66,10 @@ def apply(job, event):
     job.output_bytes += output_size(data)
     job.last_seq = event.seq
     job.last_hash = event.hash
+
+
+def _time(value):
+    return parse_datetime(value) if value else None
 
 
 def replay(job_id, events):

@@ -16,13 +16,14 @@ import threading
 import time
 import traceback
 from contextlib import contextmanager
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from jobs import events, fan_out
-from jobs.context import FlowFailed, JobContext, WaitForChildren
+from jobs.context import FlowFailed, JobContext, RetryLater, WaitForChildren
 from jobs.flows import FLOWS
 from jobs.models import WorkerHeartbeat
 from jobs.states import Kind, Status
@@ -32,6 +33,8 @@ from nodeops.setup import SetupError
 from nodeops.transport import CommandFailed, TransportError
 
 log = logging.getLogger(__name__)
+# A message this early for a job's run_after is early, not clock jitter.
+EARLY = timedelta(seconds=1)
 # Failures that explain themselves: recorded without a traceback.
 EXPLAINED = (FlowFailed, TransportError, CommandFailed, SetupError, ReleaseError, DataError)
 
@@ -52,6 +55,8 @@ def _run(job_id, worker, queued_hash):
         ctx = JobContext(job, worker)
         try:
             outcome = FLOWS[job.kind].run(ctx, **job.params)
+        except RetryLater as exc:
+            return _retry_later(ctx, exc)
         except EXPLAINED as exc:
             return _finish(ctx, Kind.FAILED, error=str(exc))
         except Exception as exc:
@@ -79,15 +84,24 @@ def claim(job_id, worker, queued_hash=None):
                 events.append(job, Kind.DELIVERY_IGNORED, actor,
                               {"reason": f"already running on {job.worker} (attempt {job.attempt})"})
                 return None
-            if job.attempt >= settings.JOBS_MAX_ATTEMPTS or not FLOWS[job.kind].retry_when_worker_lost:
+            if job.attempt >= attempts_allowed(job) or not FLOWS[job.kind].retry_when_worker_lost:
                 events.append(job, Kind.LOST, actor, {"reason": why + "; no attempt left"})
                 return None
             events.append(job, Kind.RETRYING, actor, {"reason": why})
         elif job.status != Status.QUEUED:
             events.append(job, Kind.DELIVERY_IGNORED, actor, {"reason": f"job already {job.status}"})
             return None
+        elif job.run_after and job.run_after > timezone.now() + EARLY:
+            # A duplicate or early message: the one sent with the countdown (or the sweeper) starts it.
+            events.append(job, Kind.DELIVERY_IGNORED, actor, {"reason": f"not due until {job.run_after.isoformat()}"})
+            return None
         events.append(job, Kind.STARTED, actor, {"attempt": job.attempt + 1, **started})
         return job
+
+
+def attempts_allowed(job):
+    """How many times the job may start: its own max_attempts (tasks), else JOBS_MAX_ATTEMPTS."""
+    return int(job.params.get("max_attempts") or settings.JOBS_MAX_ATTEMPTS)
 
 
 def previous_attempt_lost(job, now=None):
@@ -122,6 +136,17 @@ def _pid_alive(pid):
         except PermissionError:
             return True
         return True
+
+
+def _retry_later(ctx, exc):
+    """Queue the job again for its next attempt, due after exc.delay seconds (its message waits that long)."""
+    from jobs import dispatch
+
+    run_after = timezone.now() + timedelta(seconds=exc.delay)
+    job = _finish(ctx, Kind.RETRYING, reason=exc.reason, delay=round(exc.delay, 3), run_after=run_after.isoformat())
+    if job.status == Status.QUEUED:
+        dispatch.send(job.pk, job.kind, run_after=run_after, target=job.target)
+    return job
 
 
 def _finish(ctx, kind, **data):

@@ -31,3 +31,21 @@ def submit_backup(app):
     job = dispatch.submit("backup", target=f"app:{app}", params={"app": app}, actor_kind=ActorKind.SCHEDULE,
                           actor=f"backup {app}")
     return job.pk
+
+
+@shared_task(name="jobs.submit_cron", acks_late=True)
+def submit_cron(app, entry):
+    """A scheduled cron run (django-celery-beat entry `cron APP ENTRY`): queue its cron_run job."""
+    from django.utils import timezone
+
+    from jobs import cron
+    from jobs.states import ActorKind
+
+    now = timezone.now()
+    try:
+        _, record = cron.check_entry(app, entry)
+    except cron.CronRefused:
+        return None  # the entry went away after beat read its schedule
+    job = cron.submit_run(app, entry, actor_kind=ActorKind.SCHEDULE, actor=cron.task_name(app, entry),
+                          scheduled_for=cron.scheduled_minute(record, now))
+    return job.pk

@@ -19,8 +19,23 @@ so it can be shown to the person deploying as is.
 
 `service.NAME =` (no value) asks for a data service: `postgresql` (a
 database and role of the app's own) or `files` (a persistent directory).
-Other sections ([cron], [services], ...) are kept unvalidated in
-`extra_sections` for the code that will handle them.
+
+`[cron]` lists the app's scheduled jobs, one a line:
+
+    [cron]
+    cleanup = */5 * * * * /cron/cleanup
+    report = 0 3 * * 1-5 script: python report.py --all
+    weekly = @weekly /cron/weekly
+    report.timeout = 120
+
+NAME = SCHEDULE TARGET, where SCHEDULE is five crontab fields (minute hour
+day-of-month month day-of-week) or a macro such as @daily, and TARGET is a URL
+path requested from the live release or `script: COMMAND`; `NAME.timeout` is
+in seconds (default 600). The schedule is checked with celery's parser, and
+whatever celery reads differently from cron is refused.
+
+Other sections ([services], ...) are kept unvalidated in `extra_sections` for
+the code that will handle them.
 """
 
 import configparser
@@ -35,6 +50,7 @@ from dataclasses import dataclass, field
 from nodeops.validate import RUNNER_RE, validate_address, validate_name, validate_url_path
 
 SECTION = "production"
+CRON_SECTION = "cron"
 
 # The defaults of the optional keys are those of AppIni's fields.
 _OPTIONAL_KEYS = ("default_location", "health_check", "update_fetch", "requirements",
@@ -56,6 +72,42 @@ _SEGMENT_RE = re.compile(r"[A-Za-z0-9._~-]+")
 # end up in config files, logs and command lines on the host.
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
+CRON_TIMEOUT_DEFAULT = 600
+_CRON_TIMEOUT_RANGE = (1, 86400)
+_CRON_OPTIONS = ("timeout",)
+_CRON_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+# The macros cron knows, as the five fields they stand for.
+CRON_MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+_MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+# Each crontab field in order: (its name in messages, lowest, highest, the
+# names standing for lowest, lowest + 1, ... or None, its longest text: the
+# fields are kept as written in django-celery-beat's CrontabSchedule, whose
+# columns are that long).
+_CRON_FIELDS = (
+    ("minute", 0, 59, None, 240),
+    ("hour", 0, 23, None, 96),
+    ("day-of-month", 1, 31, None, 124),
+    ("month", 1, 12, _MONTH_NAMES, 64),
+    ("day-of-week", 0, 6, _DAY_NAMES, 64),
+)
+_CRON_FIELDS_HINT = "5 fields (minute hour day-of-month month day-of-week)"
+_DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+# One comma-separated part of a field as cron reads it (vixie cron, cronie):
+# `*` or a number or name, or a range of two, then an optional /step.
+_CRON_PART_RE = re.compile(r"(?:(\*)|([0-9]+|[A-Za-z]+)(?:-([0-9]+|[A-Za-z]+))?)(?:/([0-9]+))?")
+# What could be a crontab field (to count the fields of a pasted 6- or
+# 7-field crontab), as opposed to the start of a target or a stray word.
+_CRON_FIELDISH_RE = re.compile(r"[0-9A-Za-z*?#,/-]+")
+
 
 class AppIniError(ValueError):
     def __init__(self, message, *, path, line=None, key=None):
@@ -63,6 +115,29 @@ class AppIniError(ValueError):
         self.path = path
         self.line = line
         self.key = key
+
+
+@dataclass(frozen=True)
+class CronEntry:
+    """One line of [cron]: `name = schedule target`."""
+    name: str
+    schedule: str  # as written, whitespace normalised: "*/5 * * * *", "@weekly"
+    # minute, hour, day_of_month, month_of_year, day_of_week (macros
+    # expanded): celery's crontab() takes them as they are.
+    fields: tuple[str, str, str, str, str]
+    target: str  # a URL path, or "script: <command>", as written
+    timeout: int = CRON_TIMEOUT_DEFAULT  # seconds
+
+    @property
+    def is_script(self):
+        return self.target.startswith("script:")
+
+    @property
+    def argv(self):
+        """The command of a `script:` entry, split into words; None for a URL path."""
+        if not self.is_script:
+            return None
+        return shlex.split(self.target[len("script:"):])
 
 
 @dataclass(frozen=True)
@@ -79,8 +154,9 @@ class AppIni:
     keep_releases: int = 5
     keep_backups: int = 10
     services: tuple[str, ...] = ()  # of SERVICES, in that order
+    cron: tuple[CronEntry, ...] = ()  # in file order
     warnings: tuple[str, ...] = ()
-    # Not validated yet: left to the code that handles [cron], [services]...
+    # Not validated yet: left to the code that handles [services]...
     extra_sections: dict[str, dict[str, str]] = field(default_factory=dict, hash=False)
     # (section, key) -> line number, so later checks of extra_sections can
     # name the line too.
@@ -186,10 +262,13 @@ def parse_app_ini_text(text, path="app.ini"):
         except _Bad as e:
             raise bad(str(e)) from None
 
-    extra = {s: dict(parser.items(s)) for s in parser.sections() if s != SECTION}
+    cron = ()
+    if parser.has_section(CRON_SECTION):
+        cron = _check_cron(parser.items(CRON_SECTION), lines, path)
+    extra = {s: dict(parser.items(s)) for s in parser.sections() if s not in (SECTION, CRON_SECTION)}
     key_lines = {k: v[0] for k, v in lines.items()}
-    return AppIni(**checked, services=tuple(s for s in SERVICES if s in services), warnings=tuple(warnings),
-                  extra_sections=extra, key_lines=key_lines)
+    return AppIni(**checked, services=tuple(s for s in SERVICES if s in services), cron=cron,
+                  warnings=tuple(warnings), extra_sections=extra, key_lines=key_lines)
 
 
 def _check_service(key, raw, path, line):
@@ -255,11 +334,28 @@ def _is_ip(value):
     return True
 
 
-def _check_url_path(key, value):
+def _check_url_path(key, value, example="/healthz"):
     if not _URL_PATH_RE.fullmatch(value) or ".." in value or "://" in value or value.startswith("//"):
         raise _Bad(f"{key} {value!r} must be a URL path starting with '/' "
-                   "(e.g. /healthz), without spaces, '..' or '://'")
+                   f"(e.g. {example}), without spaces, '..' or '://'")
     return value
+
+
+def _check_script(what, command, example):
+    """The command of a 'script:' entry, split into its arguments."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as e:
+        raise _Bad(f"{what} command {command!r} cannot be split into "
+                   f"arguments: {str(e).lower()}") from None
+    if not argv:
+        raise _Bad(f"{what} 'script:' needs a command after it (e.g. script: {example})")
+    # The command may be run as `env ... <argv>`, where a first word like
+    # "-i" or "A=b" would be read by env, not run.
+    if argv[0].startswith("-") or "=" in argv[0]:
+        raise _Bad(f"{what} command {command!r} must start with a program "
+                   "to run, not an option or VAR=value")
+    return argv
 
 
 def _check_update_fetch(value_lines, path):
@@ -270,20 +366,7 @@ def _check_update_fetch(value_lines, path):
             continue
         try:
             if entry.startswith("script:"):
-                command = entry[len("script:"):].strip()
-                try:
-                    argv = shlex.split(command)
-                except ValueError as e:
-                    raise _Bad(f"update_fetch command {command!r} cannot be split into "
-                               f"arguments: {str(e).lower()}") from None
-                if not argv:
-                    raise _Bad("update_fetch 'script:' needs a command after it "
-                               "(e.g. script: python manage.py migrate)")
-                # The command may be run as `env ... <argv>`, where a first
-                # word like "-i" or "A=b" would be read by env, not run.
-                if argv[0].startswith("-") or "=" in argv[0]:
-                    raise _Bad(f"update_fetch command {command!r} must start with a program "
-                               "to run, not an option or VAR=value")
+                _check_script("update_fetch", entry[len("script:"):].strip(), "python manage.py migrate")
             elif entry.startswith("/"):
                 _check_url_path("update_fetch", entry)
             else:
@@ -324,8 +407,8 @@ def _check_static(key, value):
     return _check_relative(key, value) + "/"
 
 
-def _check_int(key, value):
-    low, high = _RANGES[key]
+def _check_int(key, value, limits=None):
+    low, high = limits or _RANGES[key]
     if not re.fullmatch(r"[+-]?[0-9]+", value):
         raise _Bad(f"{key} {value!r} is not a whole number")
     number = int(value)
@@ -346,6 +429,174 @@ _CHECKS = {
     "keep_releases": _check_int,
     "keep_backups": _check_int,
 }
+
+
+def _check_cron(items, lines, path):
+    """[cron]'s (key, value) pairs, in file order -> a tuple of CronEntry."""
+    names = [key for key, _ in items if "." not in key]
+    entries = {}  # name -> (schedule, fields, target)
+    timeouts = {}
+    for key, raw in items:
+        line = lines[(CRON_SECTION, key)][0]
+        name, dot, option = key.partition(".")
+        try:
+            if not _CRON_NAME_RE.fullmatch(name):
+                raise _Bad(f"cron entry name {name!r} is invalid: use 1 to 40 characters a-z, 0-9, "
+                           "'_' and '-', starting with a letter or digit")
+            what = f"cron entry {name!r}"
+            if dot and option not in _CRON_OPTIONS:
+                raise _Bad(f"{what} has an unknown option {option!r} (known options: "
+                           + ", ".join(f"{name}.{o}" for o in _CRON_OPTIONS) + ")")
+            if dot and name not in names:
+                known = f" (its entries: {', '.join(names)})" if names else ""
+                raise _Bad(f"{what} has a {option} but no schedule: [{CRON_SECTION}] has no line "
+                           f"'{name} = SCHEDULE TARGET'{known}")
+            if dot:
+                what += f" {option}"
+            if "\n" in raw:
+                raise _Bad(f"{what} must be on one line" + ("" if dot else " (one entry per line)"))
+            if _CONTROL_RE.search(raw):
+                raise _Bad(f"{what}{'' if dot else ' value'} {raw!r} contains a control character")
+            if not dot:
+                entries[name] = _check_cron_entry(name, raw)
+            elif raw:  # "NAME.timeout =" with nothing after it means the default
+                timeouts[name] = _check_int(what, raw, _CRON_TIMEOUT_RANGE)
+        except _Bad as e:
+            raise AppIniError(f"{path} line {line}: {e}", path=path, line=line, key=key) from None
+    return tuple(CronEntry(name, *entry, timeout=timeouts.get(name, CRON_TIMEOUT_DEFAULT))
+                 for name, entry in entries.items())
+
+
+def _check_cron_entry(name, value):
+    """'SCHEDULE TARGET' -> (schedule, fields, target)."""
+    what = f"cron entry {name!r}"
+    words = value.split()
+    if not words:
+        raise _Bad(f"{what} is empty: write {name} = SCHEDULE TARGET (e.g. {name} = 0 3 * * * /cron/{name})")
+    if words[0].startswith("@"):
+        schedule = words[0]
+        if schedule == "@reboot":
+            raise _Bad(f"{what} schedule '@reboot' is not supported: toppcloud runs cron entries "
+                       "on a schedule only, there is no boot event (for work at each deploy, "
+                       "use update_fetch)")
+        if schedule not in CRON_MACROS:
+            raise _Bad(f"{what} schedule {schedule!r} is unknown: use {_CRON_FIELDS_HINT} or one of "
+                       + ", ".join(CRON_MACROS))
+        fields = tuple(CRON_MACROS[schedule].split())
+        rest = value.split(None, 1)[1:]
+    else:
+        count = 0  # a seconds or a year field counts, a target or a stray word does not
+        while count < len(words) and _is_cron_fieldish(words[count]):
+            count += 1
+        if count > 5:
+            raise _Bad(f"{what} schedule {' '.join(words[:count])!r} has {count} fields: a schedule has "
+                       f"{_CRON_FIELDS_HINT}, without seconds or a year")
+        end = next((i for i, w in enumerate(words) if w.startswith(("/", "script:"))), len(words))
+        if end == 0:
+            raise _Bad(f"{what} needs a schedule before its target {value!r}: {_CRON_FIELDS_HINT} "
+                       "or a macro such as @daily")
+        if end < 5:
+            found = " ".join(words[:end])
+            raise _Bad(f"{what} schedule {found!r} has {end} field{'s' if end > 1 else ''}: a schedule has "
+                       f"{_CRON_FIELDS_HINT} or is a macro such as @daily")
+        fields = tuple(words[:5])
+        schedule = " ".join(fields)
+        _check_cron_fields(what, schedule, fields)
+        rest = value.split(None, 5)[5:]
+    target = rest[0].strip() if rest else ""
+    expected = f"a URL path (e.g. /cron/{name}) or 'script: <command>'"
+    if not target:
+        raise _Bad(f"{what} needs a target after its schedule {schedule!r}: {expected}")
+    if target.startswith("script:"):
+        _check_script(what, target[len("script:"):].strip(), "python manage.py clearsessions")
+    elif target.startswith("/"):
+        _check_url_path(f"{what} target", target, example=f"/cron/{name}")
+    else:
+        raise _Bad(f"{what} target {target!r} must be {expected}")
+    return schedule, fields, target
+
+
+def _is_cron_fieldish(word):
+    if not _CRON_FIELDISH_RE.fullmatch(word) or word.startswith("/"):
+        return False
+    return all(n.lower() in _MONTH_NAMES + _DAY_NAMES for n in re.findall(r"[A-Za-z]+", word))
+
+
+def _check_cron_fields(what, schedule, fields):
+    """Check the five fields as cron reads them, then with celery's parser.
+
+    celery accepts more than cron (names in any field, "monday", "+5",
+    non-ASCII digits, "1-5-7", ranges that wrap around) and reads some of it
+    differently, so the fields are held to cron's grammar first; what passes
+    means the same to both, bar the day-of-month/day-of-week rule below.
+    """
+    # Imported here, as in _check_cron_field: celery takes a while to import,
+    # and kombu (under it) imports the django package when it is installed.
+    from celery.schedules import ParseException, crontab
+
+    values = [_check_cron_field(what, text, *spec) for text, spec in zip(fields, _CRON_FIELDS)]
+
+    minute, hour, day_of_month, month_of_year, day_of_week = fields
+    # Cron runs an entry whose day-of-month and day-of-week are both
+    # restricted (neither starts with '*') on days matching either; celery
+    # only on days matching both.
+    if not day_of_month.startswith("*") and not day_of_week.startswith("*"):
+        raise _Bad(f"{what} schedule {schedule!r} restricts both day-of-month and day-of-week: cron "
+                   "would run it on days matching either, toppcloud runs it only on days matching both; "
+                   "set one of them to *")
+    if not any(day <= _DAYS_IN_MONTH[month - 1] for day in values[2] for month in values[3]):
+        raise _Bad(f"{what} schedule {schedule!r} never runs: day-of-month {day_of_month} "
+                   f"never occurs in month {month_of_year}")
+    try:
+        crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
+                day_of_week=day_of_week)
+    except (ValueError, ParseException) as e:  # not expected after the checks above
+        raise _Bad(f"{what} schedule {schedule!r} is invalid: {e}") from None
+
+
+def _check_cron_field(what, text, label, low, high, names, longest):
+    """One crontab field -> the set of values it stands for."""
+    from celery.schedules import ParseException, crontab_parser
+
+    def bad(why):
+        return _Bad(f"{what} {label} {text!r} is invalid: {why}")
+
+    if len(text) > longest:
+        raise bad(f"it is longer than {longest} characters")
+
+    def number(token):
+        if token.isdigit():
+            n = int(token)
+            if not low <= n <= high:
+                sunday = " (for Sunday write 0 or sun)" if label == "day-of-week" and n == 7 else ""
+                raise bad(f"{n} is out of range {low}-{high}{sunday}")
+            return n
+        if names is None:
+            raise bad(f"{token!r} is not a number (names are allowed only in month and day-of-week)")
+        if token.lower() not in names:
+            raise bad(f"{token!r} is not a {label} name: use " + ", ".join(names))
+        return names.index(token.lower()) + low
+
+    for part in text.split(","):
+        if not part:
+            raise bad("a list has an empty item")
+        m = _CRON_PART_RE.fullmatch(part)
+        if not m:
+            raise bad(f"{part!r} is not *, a number or a range (a-b), with an optional /step")
+        star, first, last, step = m.groups()
+        if not star:
+            lo = number(first)
+            if last is None and step is not None:
+                end = names[-1] if first.isalpha() else high
+                raise bad(f"a step needs * or a range before it (e.g. {first}-{end}/{step})")
+            if last is not None and number(last) < lo:
+                raise bad(f"the range {first}-{last} runs backwards (cron ranges do not wrap around)")
+        if step is not None and int(step) == 0:
+            raise bad("a step must be at least 1")
+    try:
+        return crontab_parser(high - low + 1, low).parse(text)
+    except (ValueError, ParseException) as e:  # not expected after the checks above
+        raise bad(str(e)) from None
 
 
 def _config_error(e, path, text):

@@ -14,6 +14,9 @@ class NodeLayout:
         self.backups = j(root, "backups")
         self.run = j(root, "run")
         self.tmp = j(root, "tmp")
+        self.bin = j(root, "bin")
+        self.exec_script = j(self.bin, "toppcloud-exec")  # nodeops/node_exec.py
+        self.gunicorn_logging = j(self.bin, "gunicorn-logging.json")
 
         self.nginx_dir = j(self.run, "nginx")
         self.nginx_conf = j(self.nginx_dir, "nginx.conf")
@@ -45,6 +48,7 @@ class NodeLayout:
             (self.supervisor_dir, 0o700),  # the control socket lives here
             (self.supervisor_programs, 0o755),
             (self.tmp, 0o700),
+            (self.bin, 0o755),
         ]
 
     # Per-app paths, for the deploy flows.
@@ -68,6 +72,9 @@ class NodeLayout:
 
     def app_logs(self, app):
         return os.path.join(self.logs, validate_name(app, "app"))
+
+    def cron_log(self, app):
+        return os.path.join(self.app_logs(app), "cron.log")
 
     def app_backups(self, app):
         return os.path.join(self.backups, validate_name(app, "app"))

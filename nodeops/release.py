@@ -20,6 +20,7 @@ import os
 import re
 import shlex
 
+from . import runtime
 from .steps import run_logged
 from .transport import CommandFailed
 from .validate import RUNNER_RE, validate_address, validate_name, validate_port, validate_url_path
@@ -216,18 +217,16 @@ def parse_env(text: str) -> dict:
 
 
 def write_env(t, layout, app, release, env: dict) -> str:
-    """Write the release's env file (0600) and return its path.
+    """Write the release's env file (0600), and the node's runtime files with it; return its path.
 
-    Not logged: the values are secrets. They travel on stdin, never in argv.
-    The file is valid POSIX sh (values shell-quoted), so `.` loads it.
+    One round trip. Not logged: the values are secrets. They travel on
+    stdin, never in argv. The file is valid POSIX sh (values shell-quoted),
+    and toppcloud-exec (nodeops/node_exec.py) loads it for every process of
+    the release: web, cron, tasks' requests, commands.
     """
     path = env_file(layout, app, release)
-    text = render_env(env)
-    try:
-        t.put_file(path, text.encode(), mode=0o600)
-    except CommandFailed:  # the first release of the app on this node: no env dir yet
-        t.run(["install", "-d", "-m", "0700", layout.env_dir(app)])
-        t.put_file(path, text.encode(), mode=0o600)
+    files = {path: (0o600, render_env(env).encode()), **runtime.runtime_files(layout)}
+    runtime.write_files(t, files, dirs=[(layout.env_dir(app), 0o700), (layout.bin, 0o755)])
     return path
 
 
@@ -245,15 +244,6 @@ def free_port(t, address="127.0.0.1") -> int:
     """A TCP port nothing listens on right now (the kernel's pick)."""
     address = validate_address(address)
     return int(t.run([PYTHON, "-I", "-c", _FREE_PORT_PY, address]).stdout.strip())
-
-
-# supervisord runs this with the env file and the gunicorn argv as
-# arguments: `set -a` exports everything the file assigns, then exec makes
-# gunicorn the process supervisord signals. The script is constant; the
-# file is ours and shell-quoted, so no value is ever parsed as code. (A
-# supervisord `environment=` line would need its own quoting and '%'
-# escaping and would put secrets into supervisor's config.)
-ENV_RUN_SH = 'set -a && . "$1" && set +a && shift && exec "$@"'
 
 
 def render_program(layout, app, release, *, port, runner, venv, processes, threads, env_file):
@@ -275,9 +265,15 @@ def render_program(layout, app, release, *, port, runner, venv, processes, threa
         "--access-logfile", f"{logs}/access.log",
         "--error-logfile", "-",
         "--name", name,
+        # The app's `logging` goes to stderr (error.log) like gunicorn's own log and wsgi.errors.
+        "--log-config-json", layout.gunicorn_logging,
         runner,
     ]
-    command = shlex.join(["/bin/sh", "-c", ENV_RUN_SH, name, env_file, *gunicorn])
+    # toppcloud-exec loads the env file and then becomes gunicorn (exec), so
+    # supervisord's signals reach gunicorn. (A supervisord `environment=`
+    # line would need its own quoting and '%' escaping and would put secrets
+    # into supervisor's config.)
+    command = shlex.join(runtime.exec_argv(layout, env_file, gunicorn, chdir=rdir))
     # supervisord expands %(...)s in command; validation keeps '%' out.
     assert "%" not in command, command
     return f"""\
@@ -293,7 +289,6 @@ startretries = 3
 stopsignal = TERM
 stopwaitsecs = 30
 killasgroup = true
-environment = PYTHONUNBUFFERED="1"
 stdout_logfile = {logs}/app.log
 stdout_logfile_maxbytes = 10MB
 stdout_logfile_backups = 3
@@ -415,41 +410,57 @@ def _tail(t, path, lines=10):
 
 # Asks one URL on the node, ignoring proxies and not following redirects (a
 # health check answered with a redirect to a login page is not healthy).
-# Polls until an HTTP answer arrives when given a timeout > 0.
-_HTTP_GET_PY = r"""
-import json, sys, time, urllib.error, urllib.request
-url, host, wait = sys.argv[1], sys.argv[2], float(sys.argv[3])
+# Polls until an HTTP answer arrives when given wait > 0. The request's
+# method and headers arrive as argv, its body on stdin.
+_HTTP_REQUEST_PY = r"""
+import json, socket, sys, time, urllib.error, urllib.request
+method, url, host, wait, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+headers = json.loads(sys.argv[6])
+body = sys.stdin.buffer.read() if method != "GET" else None
 class NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kw):
         return None
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirect)
-req = urllib.request.Request(url, headers={"Host": host} if host else {})
+if host:
+    headers["Host"] = host
+req = urllib.request.Request(url, data=body, headers=headers, method=method)
 deadline = time.monotonic() + wait
+started = time.monotonic()
 while True:
     try:
         try:
-            with opener.open(req, timeout=10) as r:
+            with opener.open(req, timeout=timeout) as r:
                 status, body = r.status, r.read(4000)
         except urllib.error.HTTPError as e:
             status, body = e.code, e.read(4000)
-        print(json.dumps({"status": status, "body": body.decode("utf-8", "replace")[:2000]}))
+        print(json.dumps({"status": status, "body": body.decode("utf-8", "replace")[:2000],
+                          "seconds": round(time.monotonic() - started, 3)}))
         break
     except Exception as exc:
         exc = getattr(exc, "reason", exc)  # URLError wraps the socket error
-        error = f"{type(exc).__name__}: {exc}"
-        if time.monotonic() >= deadline:
-            print(json.dumps({"error": error}))
+        timed_out = isinstance(exc, (socket.timeout, TimeoutError))
+        error = f"no answer within {timeout:g} s" if timed_out else f"{type(exc).__name__}: {exc}"
+        if (timed_out and not wait) or time.monotonic() >= deadline:
+            print(json.dumps({"error": error, "timed_out": timed_out,
+                              "seconds": round(time.monotonic() - started, 3)}))
             break
         time.sleep(0.1)
 """
 
 
-def _request(t, port, path, host, wait, timeout):
+def _request(t, port, path, host, wait, timeout, *, method="GET", headers=None, body=b"", request_timeout=10):
     port = validate_port(port, "port")
     if not isinstance(path, str) or not _HTTP_PATH_RE.fullmatch(path):
         raise ValueError(f"path {path!r} is invalid: it must start with '/' and contain no spaces")
+    if method not in ("GET", "POST"):
+        raise ValueError(f"method {method!r} is not GET or POST")
+    headers = dict(headers or {})
+    for key, value in headers.items():
+        if not re.fullmatch(r"[A-Za-z0-9-]+", key) or not re.fullmatch(r"[\x20-\x7e]*", str(value)):
+            raise ValueError(f"header {key!r} is invalid")
     url = f"http://127.0.0.1:{port}{path}"
-    r = t.run([PYTHON, "-I", "-c", _HTTP_GET_PY, url, host or "", str(wait)], timeout=timeout)
+    r = t.run([PYTHON, "-I", "-c", _HTTP_REQUEST_PY, method, url, host or "", str(wait), f"{request_timeout:g}",
+               json.dumps(headers)], input=body if method != "GET" else None, timeout=timeout)
     return json.loads(r.stdout)
 
 
@@ -460,10 +471,20 @@ def http_get(t, port, path, timeout=10, *, host=None) -> tuple[int, str]:
     `host` sets the Host header (apps that check it, like Django's
     ALLOWED_HOSTS, refuse 127.0.0.1).
     """
-    answer = _request(t, port, path, host, 0, timeout + 10)
+    answer = _request(t, port, path, host, 0, timeout + 10, request_timeout=timeout)
     if "error" in answer:
         raise ReleaseError(f"GET {path} on port {port} got no answer: {answer['error']}")
     return answer["status"], answer["body"]
+
+
+def internal_request(t, port, path, *, method="GET", body=b"", headers=None, host=None, timeout=60) -> dict:
+    """An internal request to a release on the node, as cron runs and tasks make them.
+
+    Returns {"status", "body", "seconds"} for any HTTP answer, or {"error",
+    "timed_out", "seconds"} when none came within `timeout` seconds.
+    """
+    return _request(t, port, path, host, 0, timeout + 30, method=method, headers=headers, body=body,
+                    request_timeout=timeout)
 
 
 def wait_until_answers(t, port, path="/", timeout=30, *, log_file=None, host=None) -> tuple[int, str]:
@@ -513,6 +534,10 @@ server {{
         proxy_set_header X-Forwarded-Proto $scheme;
         proxy_set_header X-Real-IP $remote_addr;
         proxy_set_header X-Script-Name "{script_name}";
+        # Only toppcloud's own internal requests (cron, tasks) carry these.
+        proxy_set_header X-Toppcloud-Cron "";
+        proxy_set_header X-Toppcloud-Task "";
+        proxy_set_header X-Toppcloud-Task-Attempt "";
         proxy_read_timeout 60s;
     }}
 {static}}}

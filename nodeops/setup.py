@@ -8,6 +8,7 @@ import hashlib
 import json
 import shlex
 
+from . import runtime
 from .layout import NodeLayout
 from .steps import run_logged, step
 from .transport import CommandFailed
@@ -109,10 +110,11 @@ def setup_node(t, *, root, address, http_port, emit):
         if facts["root"]:
             worker_user = "www-data" if _has_user(t, emit, "www-data") else "nobody nogroup"
         files = {
-            layout.supervisor_conf: render_supervisord_conf(layout),
-            f"{layout.supervisor_programs}/{NGINX_PROGRAM}.conf": render_nginx_program(layout, bins["nginx"]),
+            layout.supervisor_conf: (0o644, render_supervisord_conf(layout).encode()),
+            f"{layout.supervisor_programs}/{NGINX_PROGRAM}.conf": (0o644, render_nginx_program(layout, bins["nginx"]).encode()),
+            **runtime.runtime_files(layout),  # how apps' processes start (deploys write them too)
         }
-        written = [path for path, text in files.items() if t.put_file(path, text.encode())]
+        written = [path for path, (mode, data) in files.items() if t.put_file(path, data, mode)]
         nginx_text = render_nginx_conf(layout, address, http_port, worker_user).encode()
         t.put_file(candidate, nginx_text)
         s.changed = bool(written)

@@ -149,3 +149,5 @@ def validate_url_path(value, field="path"):
 # A WSGI runner, module.path:callable; app.ini and the node's program config both check it.
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 RUNNER_RE = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}")
+# An environment variable name (config keys, env file keys).
+ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")

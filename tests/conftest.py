@@ -107,3 +107,13 @@ def ready_nodes(nodes, worker):
         job = wait_for_job(submit_node_job("setup_node", node, actor_kind="system", actor="tests").pk, timeout=120)
         assert job.status == "succeeded", job.error
     return nodes
+
+
+@pytest.fixture(scope="session")
+def control_web(live_db):
+    """The control plane's web server, a real gunicorn, at TOPPCLOUD_API_URL (apps on test hosts call it)."""
+    from tests import workers
+
+    web = workers.web(settings.VAR_DIR, settings.TOPPCLOUD_API_URL).start()
+    yield settings.TOPPCLOUD_API_URL
+    web.stop()

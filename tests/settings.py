@@ -5,6 +5,7 @@ start get the same values (tests/conftest.py passes them on).
 """
 
 import os
+import socket
 import tempfile
 
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/toppcloud")
@@ -15,6 +16,15 @@ os.environ.setdefault("CELERY_BROKER_URL", f"amqp://guest:guest@127.0.0.1:5672/{
 os.environ.setdefault("SECRET_KEY", "test-secret-key-only-for-the-test-suite-0123456789")
 os.environ.setdefault("TOPPCLOUD_VAR_DIR", tempfile.mkdtemp(prefix="toppcloud-test-"))
 os.environ.setdefault("TOPPCLOUD_SSH_CONTROL_DIR", f"/tmp/tc-test-{os.getpid()}")
+# The control plane's web server for tests that need it over HTTP (tests/conftest.py: control_web):
+# apps on the test hosts queue tasks there.
+if "TOPPCLOUD_API_URL" not in os.environ:
+    with socket.socket() as _s:
+        _s.bind(("127.0.0.1", 0))
+        os.environ["TOPPCLOUD_API_URL"] = f"http://127.0.0.1:{_s.getsockname()[1]}"
+os.environ.setdefault("TOPPCLOUD_DEBUG_EMAIL", "errors@example.test")
+# Task retries a fraction of a second apart, so retry tests take seconds.
+os.environ.setdefault("TOPPCLOUD_TASK_RETRY_DELAY", "0.2")
 # Short enough that fault tests finish in seconds.
 os.environ.setdefault("JOBS_LEASE_SECONDS", "3")
 os.environ.setdefault("JOBS_RESEND_AFTER", "2")

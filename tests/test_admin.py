@@ -162,3 +162,37 @@ def test_the_backup_and_restore_actions_queue_jobs_and_pages_never_show_the_pass
         body = admin_client.get(url).content.decode()
         assert "5433" in body or "adminnotes" in body
         assert service.password not in body
+
+
+def test_cron_entries_are_listed_with_their_beat_schedule_and_run_now_queues_a_run(
+        admin_client, admin_user, django_capture_on_commit_callbacks):
+    from jobs import cron
+    from toppcloud_site.records.models import App, CronEntry, Release
+
+    app = App.objects.create(name="cronapp")
+    release = Release.objects.create(app=app, name="r1", artifact_sha256="1" * 64, app_ini={"cron": [
+        {"name": "cleanup", "schedule": "*/5 * * * *", "fields": ["*/5", "*", "*", "*", "*"],
+         "target": "/cron/cleanup", "timeout": 60, "argv": None}]})
+    assert cron.sync_entries(app, release) == {"added": ["cleanup"], "changed": [], "removed": []}
+    page = admin_client.get(reverse("admin:records_cronentry_changelist")).content.decode()
+    assert "cleanup" in page and "*/5 * * * *" in page and "cron cronapp cleanup" in page and "never" in page
+    entry = CronEntry.objects.get(app=app, name="cleanup")
+    with django_capture_on_commit_callbacks(execute=False):
+        admin_client.post(reverse("admin:records_cronentry_changelist"),
+                          {"action": "run_now", "_selected_action": [entry.pk]}, follow=True)
+    job = Job.objects.get(kind="cron_run", target="cron:cronapp:cleanup")
+    assert (job.actor_kind, job.actor, job.params) == ("user", admin_user.username,
+                                                       {"app": "cronapp", "entry": "cleanup"})
+    assert cron.sync_entries(app, Release.objects.create(app=app, name="r2", artifact_sha256="2" * 64,
+                                                         app_ini={"cron": []}))["removed"] == ["cleanup"]
+    assert not CronEntry.objects.filter(app=app).exists()
+
+
+def test_config_values_are_edited_in_the_admin_and_reserved_names_refused(admin_client):
+    from toppcloud_site.records.models import ConfigValue
+
+    url = reverse("admin:records_configvalue_add")
+    response = admin_client.post(url, {"scope": "global", "key": "PATH", "value": "/tmp"})
+    assert "set by toppcloud itself" in response.content.decode()
+    admin_client.post(url, {"scope": "global", "key": "SENTRY_DSN", "value": "https://x@example.test/1"})
+    assert ConfigValue.objects.get(key="SENTRY_DSN").scope == "global"

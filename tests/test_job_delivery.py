@@ -46,7 +46,7 @@ def test_it_does_nothing_twice_on_duplicate_delivery(worker):
 
 
 def test_it_resends_a_job_whose_message_was_lost(worker, monkeypatch):
-    monkeypatch.setattr(dispatch, "send", lambda *args: None)  # the broker drops the message
+    monkeypatch.setattr(dispatch, "send", lambda *args, **kwargs: None)  # the broker drops the message
     job = submit_noop(mark=True)
     monkeypatch.undo()
     time.sleep(0.5)
@@ -58,6 +58,21 @@ def test_it_resends_a_job_whose_message_was_lost(worker, monkeypatch):
     assert job.status == "succeeded" and job.resends == 1
     assert event_kinds(job) == ["job.queued", "job.resent", "job.started", "noop.ran", "job.succeeded"]
     assert "sending it again" in job.events.get(kind="job.resent").data["reason"]
+
+
+def test_a_job_due_later_starts_then_and_no_early_message_starts_it(worker):
+    due = timezone.now() + timedelta(seconds=3)
+    job = dispatch.submit("noop", target="test", params={"mark": True}, actor_kind="user", actor="tester",
+                          run_after=due)
+    assert Job.objects.get(pk=job.pk).run_after == due
+    run_job.apply_async(args=[job.pk], queue="jobs")  # an early duplicate of its message
+    wait_until(lambda: job.events.filter(kind="job.delivery_ignored").exists(), what="the early message ignored")
+    assert job.events.get(kind="job.delivery_ignored").data["reason"] == f"not due until {due.isoformat()}"
+    # The sweeper does not call a message late before its job is due (JOBS_RESEND_AFTER is 2 s here).
+    assert job.pk not in dispatch.sweep(now=due - timedelta(seconds=0.5))["resent"]
+    job = wait_for_job(job.pk, timeout=30)
+    assert job.status == "succeeded" and job.started_at >= due
+    assert event_kinds(job) == ["job.queued", "job.delivery_ignored", "job.started", "noop.ran", "job.succeeded"]
 
 
 def test_it_retries_a_job_whose_worker_process_was_killed(worker):

@@ -1,6 +1,10 @@
-import pytest
+import subprocess
+import sys
 
-from nodeops.appini import AppIni, AppIniError, parse_app_ini, parse_app_ini_text
+import pytest
+from celery.schedules import crontab
+
+from nodeops.appini import AppIni, AppIniError, CronEntry, parse_app_ini, parse_app_ini_text
 
 FULL = """\
 # The blog, deployed by toppcloud.
@@ -51,8 +55,9 @@ def test_a_full_app_ini_is_read_and_normalised():
         processes=4,
         threads=8,
         keep_releases=3,
+        cron=(CronEntry("nightly", "0 3 * * *", ("0", "3", "*", "*", "*"), "/cleanup", 600),),
         warnings=(),
-        extra_sections={"cron": {"nightly": "0 3 * * * /cleanup"}, "services": {"postgresql": ""}},
+        extra_sections={"services": {"postgresql": ""}},
     )
     assert ini.location_host == "example.com"
     assert ini.location_path == "/Blog/"
@@ -289,3 +294,241 @@ def test_services_and_keep_backups():
 def test_bad_services(line, expected):
     e = error(with_key(line))
     assert str(e) == expected and e.line == 4
+
+
+def cron(*lines):
+    """MINIMAL plus a [cron] section: its first line is line 5."""
+    return MINIMAL + "[cron]\n" + "".join(line + "\n" for line in lines)
+
+
+def test_cron_entries_are_read_in_file_order():
+    ini = parse_app_ini_text(cron(
+        "cleanup = */5 * * * * /cron/cleanup",
+        "report = 0 3 * * 1-5 script: python report.py --all",
+        "Weekly = @weekly /cron/weekly?full=1",
+        "report.timeout = 120",
+    ))
+    assert ini.cron == (
+        CronEntry("cleanup", "*/5 * * * *", ("*/5", "*", "*", "*", "*"), "/cron/cleanup", 600),
+        CronEntry("report", "0 3 * * 1-5", ("0", "3", "*", "*", "1-5"), "script: python report.py --all", 120),
+        CronEntry("weekly", "@weekly", ("0", "0", "*", "*", "0"), "/cron/weekly?full=1", 600),
+    )
+    cleanup, report, weekly = ini.cron
+    assert (cleanup.is_script, cleanup.argv) == (False, None)
+    assert (report.is_script, report.argv) == (True, ["python", "report.py", "--all"])
+    assert ini.extra_sections == {}  # [cron] is no longer left to others
+    assert ini.key_lines[("cron", "report.timeout")] == 8
+
+
+def test_no_or_an_empty_cron_section():
+    assert parse_app_ini_text(MINIMAL).cron == ()
+    ini = parse_app_ini_text(cron("# nothing yet"))
+    assert (ini.cron, ini.extra_sections) == ((), {})
+
+
+@pytest.mark.parametrize("value, schedule, fields", [
+    ("0 9 * jan-MAR,dec MON-fri", "0 9 * jan-MAR,dec MON-fri", ("0", "9", "*", "jan-MAR,dec", "MON-fri")),
+    ("1-10/3,30 */2 1,15 */3 *", "1-10/3,30 */2 1,15 */3 *", ("1-10/3,30", "*/2", "1,15", "*/3", "*")),
+    ("0,30 8-18/2 * * sat,sun", "0,30 8-18/2 * * sat,sun", ("0,30", "8-18/2", "*", "*", "sat,sun")),
+    ("00 23 31 12 *", "00 23 31 12 *", ("00", "23", "31", "12", "*")),
+    ("59 23 * * 0-6", "59 23 * * 0-6", ("59", "23", "*", "*", "0-6")),
+    ("0 0 29 2 *", "0 0 29 2 *", ("0", "0", "29", "2", "*")),  # leap years
+    ("0 0 */2 * mon", "0 0 */2 * mon", ("0", "0", "*/2", "*", "mon")),  # '*': both days must match, as in cron
+    ("  0\t3   *  * * ", "0 3 * * *", ("0", "3", "*", "*", "*")),
+    ("@yearly", "@yearly", ("0", "0", "1", "1", "*")),
+    ("@annually", "@annually", ("0", "0", "1", "1", "*")),
+    ("@monthly", "@monthly", ("0", "0", "1", "*", "*")),
+    ("@weekly", "@weekly", ("0", "0", "*", "*", "0")),
+    ("@daily", "@daily", ("0", "0", "*", "*", "*")),
+    ("@midnight", "@midnight", ("0", "0", "*", "*", "*")),
+    ("@hourly", "@hourly", ("0", "*", "*", "*", "*")),
+])
+def test_good_cron_schedules(value, schedule, fields):
+    (entry,) = parse_app_ini_text(cron(f"job = {value} /cron/job")).cron
+    assert (entry.schedule, entry.fields, entry.target) == (schedule, fields, "/cron/job")
+    minute, hour, day_of_month, month_of_year, day_of_week = entry.fields
+    crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
+            day_of_week=day_of_week)  # celery takes the fields as they are
+
+
+def test_cron_fields_mean_what_they_say_to_celery():
+    (entry,) = parse_app_ini_text(cron("job = 5 9 * jan-mar,dec MON-fri /x")).cron
+    schedule = crontab(**dict(zip(("minute", "hour", "day_of_month", "month_of_year", "day_of_week"),
+                                  entry.fields)))
+    assert (schedule.minute, schedule.hour) == ({5}, {9})
+    assert schedule.month_of_year == {1, 2, 3, 12}
+    assert schedule.day_of_week == {1, 2, 3, 4, 5}
+
+
+@pytest.mark.parametrize("target, argv", [
+    ("script: ./bin/run --all 'a b'", ["./bin/run", "--all", "a b"]),
+    ("script:python x.py", ["python", "x.py"]),
+    ("/cron/x?full=1&y=2", None),
+])
+def test_cron_targets(target, argv):
+    (entry,) = parse_app_ini_text(cron(f"job-2_b = 0 3 * * * {target}")).cron
+    assert (entry.name, entry.target, entry.argv) == ("job-2_b", target, argv)
+
+
+FIELDS_HINT = "5 fields (minute hour day-of-month month day-of-week)"
+TARGET_HINT = "a URL path (e.g. /cron/x) or 'script: <command>'"
+PATH_HINT = "must be a URL path starting with '/' (e.g. /cron/x), without spaces, '..' or '://'"
+
+
+@pytest.mark.parametrize("line, why", [
+    # names
+    ("bad name = * * * * * /x", "cron entry name 'bad name' is invalid: use 1 to 40 characters a-z, 0-9, "
+                                "'_' and '-', starting with a letter or digit"),
+    ("_x = * * * * * /x", "cron entry name '_x' is invalid: use 1 to 40 characters a-z, 0-9, "
+                          "'_' and '-', starting with a letter or digit"),
+    ("a" * 41 + " = * * * * * /x", f"cron entry name {'a' * 41!r} is invalid: use 1 to 40 characters a-z, 0-9, "
+                                   "'_' and '-', starting with a letter or digit"),
+    # macros
+    ("x = @reboot /x", "cron entry 'x' schedule '@reboot' is not supported: toppcloud runs cron entries "
+                       "on a schedule only, there is no boot event (for work at each deploy, use update_fetch)"),
+    ("x = @fortnightly /x", f"cron entry 'x' schedule '@fortnightly' is unknown: use {FIELDS_HINT} or one of "
+                            "@yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly"),
+    # the number of fields
+    ("x = 0 */5 * * * * /x", f"cron entry 'x' schedule '0 */5 * * * *' has 6 fields: a schedule has "
+                             f"{FIELDS_HINT}, without seconds or a year"),
+    ("x = 0 0 3 * * * 2030 script: y", f"cron entry 'x' schedule '0 0 3 * * * 2030' has 7 fields: a schedule "
+                                       f"has {FIELDS_HINT}, without seconds or a year"),
+    ("x = 0 3 * * /x", f"cron entry 'x' schedule '0 3 * *' has 4 fields: a schedule has {FIELDS_HINT} "
+                       "or is a macro such as @daily"),
+    ("x = 0 script: y", f"cron entry 'x' schedule '0' has 1 field: a schedule has {FIELDS_HINT} "
+                        "or is a macro such as @daily"),
+    ("x = /x", f"cron entry 'x' needs a schedule before its target '/x': {FIELDS_HINT} or a macro such as @daily"),
+    ("x =", "cron entry 'x' is empty: write x = SCHEDULE TARGET (e.g. x = 0 3 * * * /cron/x)"),
+    # each field against its range
+    ("x = 61 * * * * /x", "cron entry 'x' minute '61' is invalid: 61 is out of range 0-59"),
+    ("x = * 24 * * * /x", "cron entry 'x' hour '24' is invalid: 24 is out of range 0-23"),
+    ("x = * * 0 * * /x", "cron entry 'x' day-of-month '0' is invalid: 0 is out of range 1-31"),
+    ("x = * * * 13 * /x", "cron entry 'x' month '13' is invalid: 13 is out of range 1-12"),
+    ("x = * * * * 8 /x", "cron entry 'x' day-of-week '8' is invalid: 8 is out of range 0-6"),
+    ("x = 0-60 * * * * /x", "cron entry 'x' minute '0-60' is invalid: 60 is out of range 0-59"),
+    # the field grammar
+    ("x = */0 * * * * /x", "cron entry 'x' minute '*/0' is invalid: a step must be at least 1"),
+    ("x = 1- * * * * /x", "cron entry 'x' minute '1-' is invalid: '1-' is not *, a number or a range (a-b), "
+                          "with an optional /step"),
+    ("x = 1,,2 * * * * /x", "cron entry 'x' minute '1,,2' is invalid: a list has an empty item"),
+    ("x = , * * * * /x", "cron entry 'x' minute ',' is invalid: a list has an empty item"),
+    ("x = * * * * mon-xyz /x", "cron entry 'x' day-of-week 'mon-xyz' is invalid: 'xyz' is not a day-of-week "
+                               "name: use sun, mon, tue, wed, thu, fri, sat"),
+    ("x = 0 0 ? * mon /x", "cron entry 'x' day-of-month '?' is invalid: '?' is not *, a number or a range (a-b), "
+                           "with an optional /step"),
+    # what celery accepts but cron does not, or reads differently
+    ("x = * * * * 7 /x", "cron entry 'x' day-of-week '7' is invalid: 7 is out of range 0-6 "
+                         "(for Sunday write 0 or sun)"),
+    ("x = mon * * * * /x", "cron entry 'x' minute 'mon' is invalid: 'mon' is not a number "
+                           "(names are allowed only in month and day-of-week)"),
+    ("x = * * * mon * /x", "cron entry 'x' month 'mon' is invalid: 'mon' is not a month name: "
+                           "use jan, feb, mar, apr, may, jun, jul, aug, sep, oct, nov, dec"),
+    ("x = * * * * jan /x", "cron entry 'x' day-of-week 'jan' is invalid: 'jan' is not a day-of-week name: "
+                           "use sun, mon, tue, wed, thu, fri, sat"),
+    ("x = * * * * monday /x", "cron entry 'x' day-of-week 'monday' is invalid: 'monday' is not a day-of-week "
+                              "name: use sun, mon, tue, wed, thu, fri, sat"),
+    ("x = +5 * * * * /x", "cron entry 'x' minute '+5' is invalid: '+5' is not *, a number or a range (a-b), "
+                          "with an optional /step"),
+    ("x = \u0663 * * * * /x", "cron entry 'x' minute '\u0663' is invalid: '\u0663' is not *, a number or a range "
+                              "(a-b), with an optional /step"),  # a non-ASCII digit
+    ("x = 1-5-7 * * * * /x", "cron entry 'x' minute '1-5-7' is invalid: '1-5-7' is not *, a number or a range "
+                             "(a-b), with an optional /step"),
+    ("x = */5/2 * * * * /x", "cron entry 'x' minute '*/5/2' is invalid: '*/5/2' is not *, a number or a range "
+                             "(a-b), with an optional /step"),
+    ("x = 5-1 * * * * /x", "cron entry 'x' minute '5-1' is invalid: the range 5-1 runs backwards "
+                           "(cron ranges do not wrap around)"),
+    ("x = * * * * fri-mon /x", "cron entry 'x' day-of-week 'fri-mon' is invalid: the range fri-mon runs "
+                               "backwards (cron ranges do not wrap around)"),
+    ("x = 5/2 * * * * /x", "cron entry 'x' minute '5/2' is invalid: a step needs * or a range before it "
+                           "(e.g. 5-59/2)"),
+    ("x = 0 0 1-7 * mon /x", "cron entry 'x' schedule '0 0 1-7 * mon' restricts both day-of-month and "
+                             "day-of-week: cron would run it on days matching either, toppcloud runs it only "
+                             "on days matching both; set one of them to *"),
+    ("x = 0 0 30 2 * /x", "cron entry 'x' schedule '0 0 30 2 *' never runs: day-of-month 30 never occurs "
+                          "in month 2"),
+    ("x = 0 0 31 apr,jun * /x", "cron entry 'x' schedule '0 0 31 apr,jun *' never runs: day-of-month 31 "
+                                "never occurs in month apr,jun"),
+    ("x = 0 0 * " + ",".join(["jan"] * 17) + " * /x",
+     "cron entry 'x' month '" + ",".join(["jan"] * 17) + "' is invalid: it is longer than 64 characters"),
+    # targets
+    ("x = 0 3 * * *", f"cron entry 'x' needs a target after its schedule '0 3 * * *': {TARGET_HINT}"),
+    ("x = @daily", f"cron entry 'x' needs a target after its schedule '@daily': {TARGET_HINT}"),
+    ("x = 0 3 * * * cron/x", f"cron entry 'x' target 'cron/x' must be {TARGET_HINT}"),
+    ("x = 0 3 * * * python x.py", f"cron entry 'x' target 'python x.py' must be {TARGET_HINT}"),
+    ("x = 0 3 * * * /a/../b", f"cron entry 'x' target '/a/../b' {PATH_HINT}"),
+    ("x = 0 3 * * * /cron/a b", f"cron entry 'x' target '/cron/a b' {PATH_HINT}"),
+    ("x = 0 3 * * * //evil.example/", f"cron entry 'x' target '//evil.example/' {PATH_HINT}"),
+    ("x = 0 3 * * * script:", "cron entry 'x' 'script:' needs a command after it "
+                              "(e.g. script: python manage.py clearsessions)"),
+    ("x = 0 3 * * * script: -x", "cron entry 'x' command '-x' must start with a program to run, "
+                                 "not an option or VAR=value"),
+    ("x = 0 3 * * * script: A=1 run", "cron entry 'x' command 'A=1 run' must start with a program to run, "
+                                      "not an option or VAR=value"),
+    ("x = 0 3 * * * script: python 'x", "cron entry 'x' command \"python 'x\" cannot be split into arguments: "
+                                        "no closing quotation"),
+    ("x = 0 3 * * * /a\x1b[2J", "cron entry 'x' value '0 3 * * * /a\\x1b[2J' contains a control character"),
+])
+def test_bad_cron_entries(line, why):
+    e = error(cron(line))
+    assert str(e) == f"app.ini line 5: {why}"
+    assert (e.path, e.line, e.key) == ("app.ini", 5, line.split("=")[0].strip().lower())
+
+
+@pytest.mark.parametrize("value, why", [
+    ("0", "cron entry 'x' timeout '0' is out of range: use 1 to 86400"),
+    ("86401", "cron entry 'x' timeout '86401' is out of range: use 1 to 86400"),
+    ("abc", "cron entry 'x' timeout 'abc' is not a whole number"),
+    ("60s", "cron entry 'x' timeout '60s' is not a whole number"),
+])
+def test_bad_cron_timeouts(value, why):
+    e = error(cron("x = 0 3 * * * /x", f"x.timeout = {value}"))
+    assert str(e) == f"app.ini line 6: {why}"
+    assert (e.line, e.key) == (6, "x.timeout")
+
+
+def test_cron_timeouts():
+    ini = parse_app_ini_text(cron("x.timeout = 86400", "x = 0 3 * * * /x", "y = @daily /y", "y.timeout =",
+                                  "z = @daily /z", "z.timeout = 1"))
+    assert [(entry.name, entry.timeout) for entry in ini.cron] == [("x", 86400), ("y", 600), ("z", 1)]
+
+
+def test_cron_options_need_an_entry_and_a_known_name():
+    e = error(cron("report = 0 3 * * * /x", "reprot.timeout = 60"))
+    assert str(e) == ("app.ini line 6: cron entry 'reprot' has a timeout but no schedule: [cron] has no line "
+                      "'reprot = SCHEDULE TARGET' (its entries: report)")
+    assert (e.line, e.key) == (6, "reprot.timeout")
+    assert str(error(cron("x.timeout = 60"))) == (
+        "app.ini line 5: cron entry 'x' has a timeout but no schedule: [cron] has no line 'x = SCHEDULE TARGET'")
+    e = error(cron("x = 0 3 * * * /x", "x.retries = 3"))
+    assert str(e) == "app.ini line 6: cron entry 'x' has an unknown option 'retries' (known options: x.timeout)"
+    assert (e.line, e.key) == (6, "x.retries")
+    assert str(error(cron("Bad!.timeout = 3"))) == (
+        "app.ini line 5: cron entry name 'bad!' is invalid: use 1 to 40 characters a-z, 0-9, "
+        "'_' and '-', starting with a letter or digit")
+
+
+def test_cron_entries_are_one_line_each_and_unique():
+    e = error(cron("x = 0 3 * * *", "    /cron/x", "y = @daily /y"))
+    assert str(e) == "app.ini line 5: cron entry 'x' must be on one line (one entry per line)"
+    assert (e.line, e.key) == (5, "x")
+    assert str(error(cron("x = @daily /x", "x.timeout = 5", "  0"))) == (
+        "app.ini line 6: cron entry 'x' timeout must be on one line")
+    e = error(cron("x = @daily /x", "X = @hourly /y"))
+    assert str(e) == "app.ini line 6: duplicate key 'x' in [cron]"
+    assert (e.line, e.key) == (6, "x")
+
+
+def test_errors_in_cron_name_the_file(tmp_path):
+    (tmp_path / "app.ini").write_text(cron("x = 0 3 * * * /x", "y = 60 * * * * /y"))
+    with pytest.raises(AppIniError) as e:
+        parse_app_ini(tmp_path / "app.ini")
+    assert str(e.value) == f"{tmp_path}/app.ini line 6: cron entry 'y' minute '60' is invalid: 60 is out of range 0-59"
+
+
+def test_importing_appini_imports_neither_django_nor_celery():
+    # celery is imported when a [cron] section is checked; kombu, under it,
+    # imports the django package when it is installed.
+    code = ("import sys, nodeops.appini; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'django', 'celery', 'kombu'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out == "[]\n"

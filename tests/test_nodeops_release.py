@@ -304,10 +304,10 @@ def test_the_program_runs_gunicorn_through_the_env_file_without_a_shell_string()
                               env_file="/srv/tc/apps/hello/env/r1.env")
     command = next(l for l in conf.splitlines() if l.startswith("command = "))
     assert command == (
-        "command = /bin/sh -c 'set -a && . \"$1\" && set +a && shift && exec \"$@\"' app-hello-r1 "
-        "/srv/tc/apps/hello/env/r1.env /srv/tc/apps/hello/venvs/abc/bin/gunicorn --bind 127.0.0.1:8001 "
+        "command = /usr/bin/python3 -I /srv/tc/bin/toppcloud-exec --chdir /srv/tc/apps/hello/releases/r1 "
+        "/srv/tc/apps/hello/env/r1.env -- /srv/tc/apps/hello/venvs/abc/bin/gunicorn --bind 127.0.0.1:8001 "
         "--workers 2 --threads 3 --chdir /srv/tc/apps/hello/releases/r1 --graceful-timeout 25 "
         "--no-control-socket --access-logfile /srv/tc/logs/hello/access.log --error-logfile - "
-        "--name app-hello-r1 app:application"
+        "--name app-hello-r1 --log-config-json /srv/tc/bin/gunicorn-logging.json app:application"
     )
     assert "stopsignal = TERM" in conf and "stderr_logfile = /srv/tc/logs/hello/error.log" in conf

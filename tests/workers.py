@@ -77,3 +77,61 @@ class Worker:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+class Process:
+    """Another real toppcloud process for tests (beat, the web server, Flower), started and stopped by pid."""
+
+    def __init__(self, name, argv, log_path, ready, extra_env=None):
+        self.name, self.argv, self.log_path, self.ready = name, argv, Path(log_path), ready
+        self.extra_env = extra_env or {}
+        self.proc = None
+
+    def start(self, timeout=60):
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env={**worker_env(), **self.extra_env}, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            if self.ready(self.log_path.read_bytes()[offset:]):
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.log()[-3000:]}")
+
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def beat(var_dir):
+    """celery beat on the database scheduler, waking at least every second (so new entries are seen at once)."""
+    return Process("beat", [sys.executable, "-m", "celery", "-A", "toppcloud_site", "beat", "-l", "info",
+                            "-S", "django_celery_beat.schedulers:DatabaseScheduler", "--max-interval", "1",
+                            "--pidfile", str(Path(var_dir) / "beat.pid")],
+                   Path(var_dir) / "beat.log", lambda out: b"beat: Starting" in out)
+
+
+def web(var_dir, url):
+    """The control plane's web server (gunicorn), at TOPPCLOUD_API_URL."""
+    address = url.split("://", 1)[1].rstrip("/")
+    return Process("web", [sys.executable, "-m", "gunicorn", "toppcloud_site.wsgi", "-b", address, "-w", "2",
+                           "--access-logfile", "-"],
+                   Path(var_dir) / "web.log", lambda out: b"Booting worker" in out)
+
+
+def flower(var_dir, port, basic_auth):
+    return Process("flower", [sys.executable, "-m", "celery", "-A", "toppcloud_site", "flower",
+                              "--address=127.0.0.1", f"--port={port}", f"--basic-auth={basic_auth}"],
+                   Path(var_dir) / "flower.log", lambda out: b"Visit me at" in out)

@@ -166,6 +166,17 @@ TOPPCLOUD_ARTIFACT_DIR = env_str("TOPPCLOUD_ARTIFACT_DIR", str(VAR_DIR / "artifa
 # Backup archives (NAME.tar under a directory per app); web and workers must share it.
 TOPPCLOUD_BACKUP_DIR = env_str("TOPPCLOUD_BACKUP_DIR", str(VAR_DIR / "backups"))
 
+# --- apps' environment, cron and tasks ------------------------------------
+# The control plane's URL as apps on the nodes reach it (tasks API); SITE_URL if unset.
+TOPPCLOUD_API_URL = env_str("TOPPCLOUD_API_URL", SITE_URL)
+# Given to every app as TOPPCLOUD_DEBUG_EMAIL: where apps send error reports.
+TOPPCLOUD_DEBUG_EMAIL = env_str("TOPPCLOUD_DEBUG_EMAIL", "")
+# Tasks (POST /api/apps/<app>/tasks): payload limit, attempts, backoff between attempts.
+TOPPCLOUD_TASK_MAX_PAYLOAD = env_int("TOPPCLOUD_TASK_MAX_PAYLOAD", 64 * 1024, minimum=1024, maximum=16 * 1024 * 1024)
+TOPPCLOUD_TASK_MAX_ATTEMPTS = env_int("TOPPCLOUD_TASK_MAX_ATTEMPTS", 5, minimum=1, maximum=50)
+TOPPCLOUD_TASK_RETRY_DELAY = env_float("TOPPCLOUD_TASK_RETRY_DELAY", 10.0, minimum=0.01)
+TOPPCLOUD_TASK_RETRY_MAX_DELAY = env_float("TOPPCLOUD_TASK_RETRY_MAX_DELAY", 3600.0, minimum=0.01)
+
 # --- nodes ----------------------------------------------------------------
 # The control plane's SSH identity; `manage.py ssh_key` creates it if missing.
 TOPPCLOUD_SSH_KEY_FILE = env_str("TOPPCLOUD_SSH_KEY_FILE", str(VAR_DIR / "ssh" / "id_ed25519"))

@@ -2,6 +2,8 @@ from django.contrib import admin
 from django.http import HttpResponse
 from django.urls import path
 
+from jobs import api
+
 
 def health(request):
     return HttpResponse("ok\n", content_type="text/plain")
@@ -13,5 +15,6 @@ admin.site.index_title = "Apps, nodes and jobs"
 
 urlpatterns = [
     path("healthz", health),
+    path("api/apps/<str:app>/tasks", api.tasks, name="api-tasks"),
     path("", admin.site.urls),
 ]

@@ -5,7 +5,8 @@ release next to the previous one; build or reuse its virtualenv; write its
 environment; start it on a fresh port beside the live one; wait until it
 answers; ask its health URL (not live yet); take a checkpoint of its data;
 run its database updates; point nginx at it; record release.activated;
-stop the old release; prune old releases.
+make its [cron] entries the app's schedules; stop the old release; prune
+old releases.
 A failure before activation stops the new release; the old one never stops
 serving. A failure of the database updates also restores the checkpoint.
 """
@@ -19,7 +20,7 @@ from contextlib import contextmanager
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import data, fan_out
+from jobs import cron, data, environment, execution, fan_out
 from jobs.context import FlowFailed, WaitForChildren
 from jobs.flows import flow
 from jobs.models import AppLock, Job, LiveRelease
@@ -28,6 +29,9 @@ from jobs.states import TERMINAL, Kind
 from nodeops import archive, release as node_release
 from nodeops.layout import NodeLayout
 from toppcloud_site.records.models import App, Backup, Node, Release
+
+# A database update still running after this long is stopped (and the deploy fails, reverting the data).
+UPDATE_FETCH_TIMEOUT = 3600
 
 
 @flow("deploy", queue="nodeops", retry_when_worker_lost=False)
@@ -52,8 +56,8 @@ def deploy(ctx, app, release, node):
     with ctx.step("venv") as s:
         venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name, release_dir, ini["requirements"])
     with ctx.step("env"):
-        env_file = node_release.write_env(t, layout, app.name, release.name,
-                                          release_env(app, release, node, layout, venv) | service_env)
+        env_file = node_release.write_env(t, layout, app.name, release.name, environment.release_environment(
+            app, release, node, layout, venv, service_env))
     port, answer = start_release(ctx, t, layout, app, release, ini, venv, env_file)
     with stopped_if_not_live(ctx, t, layout, app, release):
         with ctx.step("health"):
@@ -61,9 +65,11 @@ def deploy(ctx, app, release, node):
         checkpoint = take_checkpoint(ctx, app, node, ini)
         with reverted_on_failure(ctx, app, node, checkpoint):
             with ctx.step("update_fetch"):
-                run_update_fetch(ctx, t, port, ini, release_dir, env_file)
+                run_update_fetch(ctx, t, layout, app, release, port, ini)
         with ctx.step("activate"):
             activate(ctx, t, layout, app, node, release, port, ini)
+    with ctx.step("cron") as s:
+        s.data.update(cron.sync_entries(app, release))
     if previous and previous != release:
         with ctx.step("stop old release"):
             node_release.stop(t, ctx.emit, layout, app.name, previous.name)
@@ -95,6 +101,8 @@ def rollback(ctx, app, node, release=None):
             check_health(ctx, answer, ini, target, live.release)
         with ctx.step("activate"):
             activate(ctx, t, layout, app, node, target, port, ini)
+    with ctx.step("cron") as s:
+        s.data.update(cron.sync_entries(app, target))
     with ctx.step("stop old release"):
         node_release.stop(t, ctx.emit, layout, app.name, live.release.name)
     return (f"{app.name} rolled back to {target.name} on {node.name} (was {live.release.name})",
@@ -219,16 +227,19 @@ def check_health(ctx, answer, ini, release, previous):
                          f"{body[:200]!r}; the release was not activated{still}")
 
 
-def run_update_fetch(ctx, t, port, ini, release_dir, env_file):
-    """The database updates (update_fetch): URLs asked of the new release, or script: commands in its directory."""
+def run_update_fetch(ctx, t, layout, app, release, port, ini):
+    """The database updates (update_fetch): URLs asked of the new release, or script: commands run in
+    its directory and environment (as web, cron and `run` commands get them)."""
     for entry in ini["update_fetch"]:
         if entry.startswith("script:"):
             argv = shlex.split(entry[len("script:"):])
-            result = t.run(["env", "-C", release_dir, *_env_assignments(t, env_file), *argv], check=False)
-            ctx.emit("command", step="update_fetch", argv=argv, rc=result.rc, stdout=result.stdout,
-                     stderr=result.stderr, seconds=result.seconds)
+            ctx.emit("update_fetch", command=argv)
+            result = execution.run_in_release(ctx, t, layout, app.name, release.name, argv,
+                                              timeout=UPDATE_FETCH_TIMEOUT)
+            ctx.emit("update_fetch.finished", command=argv, rc=result.rc, seconds=result.seconds,
+                     timed_out=result.timed_out)
             if result.rc != 0:
-                raise FlowFailed(f"update_fetch {entry!r} exited {result.rc}: {result.stderr.strip()[-300:]}")
+                raise FlowFailed(f"update_fetch {entry!r} {result.describe()}")
         else:
             status, body = node_release.http_get(t, port, entry, host=ini["location_host"])
             ctx.emit("update_fetch", path=entry, status=status, body=body)
@@ -242,22 +253,6 @@ def activate(ctx, t, layout, app, node, release, port, ini):
                           port=port, static_dir=os.path.join(release_dir, ini["static"]))
     ctx.emit(Kind.RELEASE_ACTIVATED, app=app.name, node=node.name, host=ini["location_host"],
              path=ini["location_path"], release=release.name, port=port)
-
-
-def release_env(app, release, node, layout, venv):
-    """The one environment of a release (issue 5 widens it: config, cron).
-
-    The venv's bin comes first on PATH, so `script: python manage.py
-    migrate` runs the app's python with its requirements, as web does.
-    """
-    return {
-        "TOPPCLOUD_APP_NAME": app.name,
-        "TOPPCLOUD_RELEASE": release.name,
-        "TOPPCLOUD_NODE": node.name,
-        "TOPPCLOUD_LOGS": f"{layout.logs}/{app.name}",
-        "VIRTUAL_ENV": venv,
-        "PATH": f"{venv}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    }
 
 
 def keep_releases(app, release, ini):
@@ -281,9 +276,3 @@ def _rollback_target(app, node, current, name):
     if older is None:
         raise FlowFailed(f"{app.name} has no release older than {current.name} to roll back to")
     return older
-
-
-def _env_assignments(t, env_file):
-    """KEY=value argv words from the release's env file, for env(1): the same environment web processes get."""
-    env = node_release.parse_env(t.run(["cat", env_file]).stdout)
-    return [f"{key}={value}" for key, value in env.items()]

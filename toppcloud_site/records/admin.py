@@ -4,7 +4,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from jobs.models import LiveRelease
-from toppcloud_site.records.models import App, Backup, Location, Node, Release, ServerGroup, Service
+from toppcloud_site.records.models import (App, Backup, ConfigValue, CronEntry, Location, Node, Release, ServerGroup,
+                                           Service)
 
 
 def _started(modeladmin, request, verb, started):
@@ -313,3 +314,67 @@ class ServiceAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(ConfigValue)
+class ConfigValueAdmin(admin.ModelAdmin):
+    """Variables in apps' environments; an app's value wins over its group's, which wins over the global one."""
+
+    list_display = ["key", "scope", "group", "app", "updated_at"]
+    list_filter = ["scope", "group", "app"]
+    search_fields = ["key", "app__name", "group__name"]
+    fields = ["scope", "group", "app", "key", "value"]
+
+
+@admin.register(CronEntry)
+class CronEntryAdmin(admin.ModelAdmin):
+    """Cron entries come from the live release's app.ini [cron] (deploys write them); their schedule is
+    the django-celery-beat periodic task linked here."""
+
+    list_display = ["app", "name", "schedule", "target", "timeout", "release", "schedule_link", "last_run"]
+    list_filter = ["app"]
+    search_fields = ["app__name", "name", "target"]
+    list_select_related = ["app", "periodic_task"]
+    readonly_fields = ["app", "name", "schedule", "target", "timeout", "release", "schedule_link", "updated_at"]
+    fields = readonly_fields
+    actions = ["run_now"]
+
+    def has_add_permission(self, request):
+        return False  # a [cron] line in app.ini, then a deploy
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # removing the line from app.ini and deploying removes it
+
+    @admin.display(description="beat schedule")
+    def schedule_link(self, obj):
+        if obj.periodic_task_id is None:
+            return "-"
+        return format_html('<a href="{}">{}</a>', reverse("admin:django_celery_beat_periodictask_change",
+                                                          args=[obj.periodic_task_id]), obj.periodic_task.name)
+
+    @admin.display(description="last run")
+    def last_run(self, obj):
+        from jobs.models import Job
+
+        job = Job.objects.filter(kind="cron_run", target=f"cron:{obj.app.name}:{obj.name}").first()
+        if job is None:
+            return "never"
+        return format_html('<a href="{}">job {} {}</a>', reverse("admin:jobs_job_change", args=[job.pk]), job.pk,
+                           job.status)
+
+    @admin.action(description="Run now (skipped if it is running already)", permissions=["view"])
+    def run_now(self, request, queryset):
+        from jobs import cron
+        from jobs.states import ActorKind
+
+        if not request.user.has_perm("records.change_app"):
+            self.message_user(request, "running a cron entry runs app code: it needs permission to change apps",
+                              messages.ERROR)
+            return
+        started = [(cron.submit_run(e.app.name, e.name, actor_kind=ActorKind.USER,
+                                    actor=request.user.get_username()), f"{e.app.name} {e.name}")
+                   for e in queryset.select_related("app")]
+        _started(self, request, "Cron run", started)

@@ -224,3 +224,103 @@ class Backup(models.Model):
 
     def __str__(self):
         return self.name
+
+
+# Names the platform sets in every release's environment (jobs/environment.py): config may not shadow them.
+RESERVED_ENV_PREFIXES = ("TOPPCLOUD_", "CONFIG_")
+RESERVED_ENV_NAMES = frozenset({"PATH", "HOME", "LANG", "VIRTUAL_ENV", "PYTHONUNBUFFERED", "PYTHONPATH",
+                                "DATABASE_URL", "STATIC_URL"})
+CONFIG_VALUE_MAX = 32 * 1024
+
+
+def validate_config_key(value):
+    if not validate.ENV_KEY_RE.fullmatch(value or ""):
+        raise ValidationError(f"{value!r} is not an environment variable name: use letters, digits and '_', "
+                              "not starting with a digit, at most 100 characters")
+    if value.startswith(RESERVED_ENV_PREFIXES) or value in RESERVED_ENV_NAMES:
+        raise ValidationError(f"{value} is set by toppcloud itself (names starting with "
+                              f"{' or '.join(RESERVED_ENV_PREFIXES)}, and {', '.join(sorted(RESERVED_ENV_NAMES))}); "
+                              "choose another name")
+
+
+def validate_config_value(value):
+    if "\0" in value:
+        raise ValidationError("a config value cannot contain a NUL character")
+    if len(value.encode()) > CONFIG_VALUE_MAX:
+        raise ValidationError(f"a config value is limited to {CONFIG_VALUE_MAX} bytes; this one has "
+                              f"{len(value.encode())}")
+
+
+class ConfigValue(models.Model):
+    """A variable in apps' environments: for every app (global), a server group's apps, or one app.
+
+    An app's value wins over its group's, which wins over the global one.
+    Apps see them as environment variables, in web processes, cron runs,
+    tasks and commands alike, from their next deploy on.
+    """
+
+    class Scope(models.TextChoices):
+        GLOBAL = "global", "every app"
+        GROUP = "group", "a server group's apps"
+        APP = "app", "one app"
+
+    scope = models.CharField(max_length=8, choices=Scope.choices, default=Scope.APP)
+    group = models.ForeignKey(ServerGroup, null=True, blank=True, on_delete=models.CASCADE, related_name="config")
+    app = models.ForeignKey(App, null=True, blank=True, on_delete=models.CASCADE, related_name="config")
+    key = models.CharField(max_length=100, validators=[validate_config_key])
+    value = models.TextField(blank=True, validators=[validate_config_value])
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["key", "scope"]
+        constraints = [
+            models.CheckConstraint(
+                name="records_configvalue_scope_target",
+                condition=(models.Q(scope="global", group__isnull=True, app__isnull=True)
+                           | models.Q(scope="group", group__isnull=False, app__isnull=True)
+                           | models.Q(scope="app", group__isnull=True, app__isnull=False))),
+            models.UniqueConstraint(fields=["key"], condition=models.Q(scope="global"),
+                                    name="records_configvalue_global_key_uniq"),
+            models.UniqueConstraint(fields=["group", "key"], condition=models.Q(scope="group"),
+                                    name="records_configvalue_group_key_uniq"),
+            models.UniqueConstraint(fields=["app", "key"], condition=models.Q(scope="app"),
+                                    name="records_configvalue_app_key_uniq"),
+        ]
+
+    def __str__(self):
+        where = {"global": "global", "group": f"group {self.group}", "app": f"app {self.app}"}[self.scope]
+        return f"{self.key} ({where})"
+
+    def clean(self):
+        need = {self.Scope.GLOBAL: (False, False), self.Scope.GROUP: (True, False), self.Scope.APP: (False, True)}
+        group, app = need.get(self.scope, (False, False))
+        if group != (self.group_id is not None) or app != (self.app_id is not None):
+            raise ValidationError(f"a {self.scope} value names "
+                                  + {(False, False): "no group and no app", (True, False): "a group and no app",
+                                     (False, True): "an app and no group"}[(group, app)])
+
+
+class CronEntry(models.Model):
+    """An app.ini [cron] entry of the app's live release, and its django-celery-beat schedule.
+
+    Written by deploys and rollbacks (jobs/cron.py); each run is a cron_run job.
+    """
+
+    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="cron_entries")
+    name = models.CharField(max_length=40)
+    schedule = models.CharField(max_length=200, help_text="crontab, in UTC")
+    target = models.CharField(max_length=2000, help_text="a URL path of the app, or script: COMMAND")
+    timeout = models.PositiveIntegerField(help_text="seconds; a run still going then is stopped")
+    release = models.CharField(max_length=64, help_text="The live release whose app.ini has this entry.")
+    periodic_task = models.OneToOneField("django_celery_beat.PeriodicTask", null=True, blank=True,
+                                         on_delete=models.SET_NULL, related_name="+")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["app__name", "name"]
+        verbose_name_plural = "cron entries"
+        constraints = [models.UniqueConstraint(fields=["app", "name"], name="records_cronentry_app_name_uniq")]
+
+    def __str__(self):
+        return f"{self.app.name} {self.name}"

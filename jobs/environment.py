@@ -1,0 +1,81 @@
+"""The one environment of a release: what every process of it sees, on every node.
+
+Built here and nowhere else; the deploy writes it to the release's env file
+on the node (apps/<app>/env/<release>.env, 0600), and toppcloud-exec loads
+that file for the web processes, cron runs, tasks' requests, `manage.py run`
+commands and `script:` database updates alike. docs/environment.md lists
+every variable.
+"""
+
+import hmac
+
+from django.conf import settings
+from django.utils.crypto import salted_hmac
+
+from jobs.redact import register_secret
+from toppcloud_site.records.models import ConfigValue
+
+_TOKEN_SALT = "toppcloud.task-token"
+
+
+def config_values(app):
+    """The config an app gets: global values, overridden by its group's, overridden by its own."""
+    values = {}
+    scopes = [ConfigValue.objects.filter(scope=ConfigValue.Scope.GLOBAL)]
+    if app.group_id is not None:
+        scopes.append(ConfigValue.objects.filter(scope=ConfigValue.Scope.GROUP, group_id=app.group_id))
+    scopes.append(ConfigValue.objects.filter(scope=ConfigValue.Scope.APP, app=app))
+    for query in scopes:
+        values.update(query.order_by("key").values_list("key", "value"))
+    return values
+
+
+def task_token(app, secret=None):
+    """The app's token for the tasks API: derived from SECRET_KEY, so nothing secret is stored for it.
+
+    A new SECRET_KEY gives every app a new token at its next deploy; tokens
+    from keys in SECRET_KEY_FALLBACKS are still accepted meanwhile.
+    """
+    return salted_hmac(_TOKEN_SALT, f"{app.pk}:{app.name}", secret=secret, algorithm="sha256").hexdigest()
+
+
+def task_token_matches(app, token):
+    return any(hmac.compare_digest(task_token(app, secret), token)
+               for secret in [settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS])
+
+
+def tasks_url(app):
+    return f"{settings.TOPPCLOUD_API_URL.rstrip('/')}/api/apps/{app.name}/tasks"
+
+
+def release_environment(app, release, node, layout, venv, service_env):
+    """Every variable of the release's env file, config first and the platform's own after.
+
+    Config cannot shadow the platform's names (ConfigValue refuses them).
+    The venv's bin comes first on PATH, so `script: python manage.py
+    migrate` runs the app's python with its requirements, as web does.
+    """
+    ini = release.app_ini
+    token = task_token(app)
+    register_secret(token)
+    env = dict(config_values(app))
+    env.update({
+        "TOPPCLOUD_APP_NAME": app.name,
+        "TOPPCLOUD_RELEASE": release.name,
+        "TOPPCLOUD_NODE": node.name,
+        "TOPPCLOUD_APP_DIR": f"{layout.releases_dir(app.name)}/{release.name}",
+        "TOPPCLOUD_LOGS": layout.app_logs(app.name),
+        "TOPPCLOUD_TASKS_URL": tasks_url(app),
+        "TOPPCLOUD_TASK_TOKEN": token,
+        "STATIC_URL": f"{ini.get('location_path') or '/'}static/",
+        "HOME": layout.app_dir(app.name),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "VIRTUAL_ENV": venv,
+        "PATH": f"{venv}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    })
+    # Central settings every app gets, so tools are configured the same way everywhere.
+    if settings.TOPPCLOUD_DEBUG_EMAIL:
+        env["TOPPCLOUD_DEBUG_EMAIL"] = settings.TOPPCLOUD_DEBUG_EMAIL
+    env.update(service_env)
+    return env

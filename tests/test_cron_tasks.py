@@ -1,0 +1,377 @@
+"""Cron, tasks, `run` and the one environment: the chores fixture app on a real test host, with a real
+worker, real celery beat, the control plane's real web server (the tasks API), and real HTTP."""
+
+import json
+import os
+import re
+import shutil
+import time
+import urllib.error
+import urllib.request
+from datetime import timedelta
+
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+
+from jobs.environment import task_token
+from jobs.models import Job, JobEvent, TaskKey
+from tests import workers
+from tests.helpers import event_kinds, wait_for_job, wait_until
+from tests.test_data_flow import run_command
+from tests.test_deploy_flow import app_copy, deploy, get
+from toppcloud_site.records.models import App, ConfigValue, CronEntry
+
+pytestmark = [pytest.mark.hosts, pytest.mark.worker]
+NAME = f"chores{os.getpid() % 10000}"
+HOSTNAME = f"{NAME}.test"
+GREETING = "it's $HOME; `x` \"q\"\nline 2 ünï"
+
+
+@pytest.fixture(scope="module")
+def chores(tmp_path_factory, ready_nodes, test_hosts, control_web):
+    """chores deployed on the first test host, with config at two scopes; its files directory."""
+    ConfigValue.objects.create(scope="global", key="GREETING", value="from the global scope")
+    ConfigValue.objects.create(scope="global", key=f"ONLY_GLOBAL_{NAME.upper()}", value="1")
+    src = app_copy(tmp_path_factory.mktemp("chores"), "chores", name=NAME)
+    code, job = deploy(src, ready_nodes[0])  # makes the App record; config of the app scope next
+    assert code == 0, job.error
+    ConfigValue.objects.create(scope="app", app=App.objects.get(name=NAME), key="GREETING", value=GREETING)
+    code, job = deploy(_with_version(src, "2"), ready_nodes[0])  # the env file now has the app's value
+    assert code == 0, job.error
+    yield {"node": ready_nodes[0], "host": test_hosts[0], "src": src,
+           "files": os.path.join(test_hosts[0].root, "apps", NAME, "files")}
+    ConfigValue.objects.filter(key__in=["GREETING", f"ONLY_GLOBAL_{NAME.upper()}"]).delete()
+
+
+def _with_version(src, version):
+    dest = src.parent / f"{src.name}-v{version}"
+    shutil.copytree(src, dest)
+    (dest / "VERSION").write_text(version + "\n")
+    return dest
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def post_task(body, token=None, raw=None, content_type="application/json", app=NAME):
+    """POST to the tasks API over real HTTP; (status, answer)."""
+    data = raw if raw is not None else json.dumps(body).encode()
+    headers = {"Content-Type": content_type}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(f"{settings.TOPPCLOUD_API_URL}/api/apps/{app}/tasks", data=data,
+                                     headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def token():
+    return task_token(App.objects.get(name=NAME))
+
+
+def events(job, kind):
+    return [e.data for e in JobEvent.objects.filter(job_id=job.pk, kind=kind).order_by("seq")]
+
+
+def gone(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+# --- one environment ------------------------------------------------------------------------------------
+
+def test_web_cron_tasks_and_run_see_one_environment(chores):
+    status, body = get(chores["host"], HOSTNAME, "/env")
+    assert status == 200
+    web = json.loads(body)
+
+    code, cron_job = run_command("cron", "run", NAME, "report")
+    assert code == 0, cron_job.error
+    status, answer = post_task({"path": "/tasks/report-env"}, token=token())
+    assert status == 202, answer
+    task_job = wait_for_job(answer["job"], timeout=60)
+    assert task_job.status == "succeeded", task_job.error
+    code, run_job = run_command("run", NAME, "--", "python", "report_env.py", "run")
+    assert code == 0, run_job.error
+    assert "reported the environment as run" in "".join(e["output"] for e in events(run_job, "output"))
+
+    cron_env, task_env, run_env = (read_json(os.path.join(chores["files"], f"env-{who}.json"))
+                                   for who in ("cron", "task", "run"))
+    # gunicorn adds SERVER_SOFTWARE to its own processes; nothing else differs.
+    assert {k: v for k, v in web.items() if k != "SERVER_SOFTWARE"} == cron_env == run_env
+    assert task_env == web
+    assert web["GREETING"] == GREETING  # the app's value wins over the global one
+    assert web[f"ONLY_GLOBAL_{NAME.upper()}"] == "1"
+    assert web["TOPPCLOUD_APP_NAME"] == NAME and web["TOPPCLOUD_RELEASE"] == cron_job.events.filter(
+        kind="cron.started").first().data["release"]
+    assert web["TOPPCLOUD_DEBUG_EMAIL"] == settings.TOPPCLOUD_DEBUG_EMAIL
+    assert web["TOPPCLOUD_LOGS"] == os.path.join(chores["host"].root, "logs", NAME)
+    assert web["TOPPCLOUD_TASKS_URL"] == f"{settings.TOPPCLOUD_API_URL}/api/apps/{NAME}/tasks"
+    assert web["STATIC_URL"] == "/static/" and web["LANG"] == "C.UTF-8"
+    assert web["PATH"].startswith(web["VIRTUAL_ENV"] + "/bin:")
+    assert "SSH_CONNECTION" not in cron_env  # nothing of the ssh session leaks in
+    # The task token is a secret: in no event of any job.
+    assert not JobEvent.objects.filter(data__icontains=web["TOPPCLOUD_TASK_TOKEN"]).exists()
+
+
+def test_web_processes_log_stderr_wsgi_errors_and_logging_to_the_error_log(chores):
+    marker = f"marker-{time.time_ns()}"
+    assert get(chores["host"], HOSTNAME, f"/log?marker={marker}") == (200, "logged")
+    error_log = os.path.join(chores["host"].root, "logs", NAME, "error.log")
+
+    def logged():
+        text = open(error_log).read()
+        return all(line in text for line in (f"stderr {marker}", f"wsgi.errors {marker}",
+                                             f"INFO chores: logging {marker}"))
+    wait_until(logged, timeout=10, what=f"the three log lines in {error_log}")
+
+
+# --- run ---------------------------------------------------------------------------------------------------
+
+def test_run_returns_the_exit_code_and_stores_the_output(chores):
+    code, job = run_command("run", NAME, "--", "python", "-c", "import sys; print('to stdout'); "
+                            "print('to stderr', file=sys.stderr); sys.exit(3)")
+    assert code == 3
+    assert job.status == "failed" and "exited 3" in job.error
+    output = "".join(e["output"] for e in events(job, "output"))
+    assert "to stdout" in output and "to stderr" in output
+    assert events(job, "run.finished")[0]["rc"] == 3
+    assert job.params["argv"][:2] == ["python", "-c"]
+
+
+def test_run_stops_a_stalled_command_and_its_children_at_the_timeout(chores):
+    started = time.monotonic()
+    code, job = run_command("run", NAME, "--timeout", "2", "--", "python", "sleepy.py")
+    assert code == 124 and time.monotonic() - started < 20
+    assert "killed after its timeout" in job.error
+    assert events(job, "run.finished")[0]["timed_out"] is True
+    assert "sleeping, child" in "".join(e["output"] for e in events(job, "output"))
+    pids = open(os.path.join(chores["files"], "sleepy.pids")).read().split()
+    wait_until(lambda: all(gone(int(p)) for p in pids), timeout=10, what=f"pids {pids} gone")
+
+
+def test_run_refuses_what_cannot_run(chores):
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="there is no app 'nope'"):
+        call_command("run", "nope", "--", "true")
+    with pytest.raises(CommandError, match="say what to run"):
+        call_command("run", NAME, "--")
+    code, job = run_command("run", NAME, "--", "no-such-program-here")
+    assert code == 127 and "exited 127" in job.error and "no-such-program-here" in job.error.split("127")[1]
+
+
+# --- cron ----------------------------------------------------------------------------------------------------
+
+def test_deploy_turns_cron_entries_into_beat_schedules(chores):
+    tasks = {t.name: t for t in PeriodicTask.objects.filter(name__startswith=f"cron {NAME} ")}
+    assert set(tasks) == {f"cron {NAME} tick", f"cron {NAME} report", f"cron {NAME} slow"}
+    tick = tasks[f"cron {NAME} tick"]
+    assert tick.task == "jobs.submit_cron" and json.loads(tick.kwargs) == {"app": NAME, "entry": "tick"}
+    assert (tick.crontab.minute, tick.crontab.hour, str(tick.crontab.timezone)) == ("*", "*", "UTC")
+    slow = CronEntry.objects.get(app__name=NAME, name="slow")
+    assert (slow.timeout, slow.target, slow.periodic_task.name) == (3, "script: python sleepy.py",
+                                                                   f"cron {NAME} slow")
+
+
+def test_a_stalled_cron_run_is_killed_and_an_overlapping_run_is_skipped(chores):
+    pids_file = os.path.join(chores["files"], "sleepy.pids")
+    if os.path.exists(pids_file):
+        os.unlink(pids_file)
+    call_command("cron", "run", NAME, "slow", "--no-wait")
+    first = Job.objects.filter(kind="cron_run", target=f"cron:{NAME}:slow").order_by("queued_at").last()
+    wait_until(lambda: os.path.exists(pids_file), timeout=30, what="the slow run to start")
+    code, second = run_command("cron", "run", NAME, "slow")
+    assert code == 0 and second.pk != first.pk
+    [skipped] = events(second, "cron.skipped")
+    assert skipped["running_job"] == first.pk and second.result == {"skipped": True}
+
+    first = wait_for_job(first.pk, timeout=30)
+    assert first.status == "failed" and "killed after its timeout" in first.error
+    [finished] = events(first, "cron.finished")
+    assert finished["timed_out"] is True and finished["rc"] == 124
+    pids = open(pids_file).read().split()
+    wait_until(lambda: all(gone(int(p)) for p in pids), timeout=10, what=f"pids {pids} gone")
+    cron_log = open(os.path.join(chores["host"].root, "logs", NAME, "cron.log")).read()
+    assert f"cron slow (job {first.pk})" in cron_log and "sleeping, child" in cron_log
+
+
+def test_beat_runs_an_every_minute_entry_at_the_minute_boundary(chores, tmp_path):
+    beat = workers.beat(tmp_path).start()
+    try:
+        since = timezone.now()
+        job = wait_until(lambda: Job.objects.filter(kind="cron_run", target=f"cron:{NAME}:tick",
+                                                    actor_kind="schedule", queued_at__gt=since).first(),
+                         timeout=130, what="a cron_run of tick through beat")
+        job = wait_for_job(job.pk, timeout=30)
+    finally:
+        beat.stop()
+    assert job.status == "succeeded", job.error
+    [started] = events(job, "cron.started")
+    boundary = timezone.datetime.fromisoformat(started["scheduled_for"])
+    assert boundary.second == 0 and boundary.microsecond == 0
+    assert 0 <= started["delay"] < 1.0, started
+    [finished] = events(job, "cron.finished")
+    assert finished["status"] == 200 and finished["body"] == "ticked"
+    ticks = [line.split() for line in open(os.path.join(chores["files"], "ticks.txt"))]
+    assert any(abs(float(t) - boundary.timestamp()) < 1.0 and who == "tick" for t, who in ticks), ticks
+
+
+def test_flower_shows_cron_runs_and_tasks_with_their_job_ids(chores, tmp_path):
+    import base64
+
+    from jobs import dispatch
+
+    port = int(settings.TOPPCLOUD_API_URL.rsplit(":", 1)[1]) + 1
+    auth = base64.b64encode(b"admin:flower-test").decode()
+
+    def listed():
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/tasks", headers={"Authorization": f"Basic {auth}"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return {t["args"] for t in json.load(response).values()}
+
+    flower = workers.flower(tmp_path, port, "admin:flower-test").start()
+    try:
+        # Flower sees only events after its receiver is connected: wait until it lists a first job.
+        probe = dispatch.submit("noop", target="flower-probe", actor_kind="user", actor="tester")
+        wait_until(lambda: f"[{probe.pk}] noop flower-probe" in listed(), timeout=30, what="Flower to list a job")
+        code, cron_job = run_command("cron", "run", NAME, "report")
+        status, answer = post_task({"path": "/tasks/report-env"}, token=token())
+        task_job = wait_for_job(answer["job"])
+        wanted = {f"[{cron_job.pk}] cron_run cron:{NAME}:report", f"[{task_job.pk}] task task:{NAME}/tasks/report-env"}
+        wait_until(lambda: listed() >= wanted, timeout=20, what=f"Flower to list {wanted}")
+    finally:
+        flower.stop()
+
+
+def test_entries_removed_from_app_ini_disappear_from_beat(chores, ready_nodes):
+    src = _with_version(chores["src"], "3")
+    ini = (src / "app.ini").read_text()
+    (src / "app.ini").write_text(re.sub(r"^tick = .*\n", "", ini, flags=re.MULTILINE))
+    code, job = deploy(src, ready_nodes[0])
+    assert code == 0, job.error
+    [cron_step] = [e for e in events(job, "step.finished") if e["step"] == "cron"]
+    assert cron_step["removed"] == ["tick"]
+    assert set(PeriodicTask.objects.filter(name__startswith=f"cron {NAME} ").values_list("name", flat=True)) == {
+        f"cron {NAME} report", f"cron {NAME} slow"}
+    assert not CronEntry.objects.filter(app__name=NAME, name="tick").exists()
+
+
+# --- tasks ---------------------------------------------------------------------------------------------------
+
+def test_a_task_that_fails_twice_succeeds_on_its_third_attempt(chores):
+    status, answer = post_task({"path": "/tasks/flaky", "payload": {"name": f"a{time.time_ns()}", "fail": 2}},
+                               token=token())
+    assert status == 202 and answer["created"] is True
+    job = wait_for_job(answer["job"], timeout=60)
+    assert job.status == "succeeded", job.error
+    attempts = events(job, "task.attempt")
+    assert [(a["attempt"], a["status"]) for a in attempts] == [(1, 500), (2, 500), (3, 200)]
+    assert attempts[2]["body"] == "done on call 3, attempt 3"
+    retries = events(job, "job.retrying")
+    assert [r["delay"] for r in retries] == [0.2, 0.4]  # TOPPCLOUD_TASK_RETRY_DELAY, doubled
+    assert event_kinds(job).count("job.started") == 3 and job.attempt == 3
+    # The projection (run_after included) is what replaying the events gives.
+    from jobs.verify import verify_job
+
+    assert verify_job(job, list(job.events.order_by("seq"))) == []
+
+
+def test_a_task_that_always_fails_ends_as_a_dead_letter_that_can_be_retried(chores, admin_client):
+    status, answer = post_task({"path": "/tasks/fail", "max_attempts": 3}, token=token())
+    assert status == 202
+    job = wait_for_job(answer["job"], timeout=60)
+    assert job.status == "failed" and job.error.startswith("dead letter: all 3 attempts")
+    assert [a["status"] for a in events(job, "task.attempt")] == [500, 500, 500]
+    page = admin_client.get("/jobs/deadletter/").content.decode()
+    assert f">{job.pk}<" in page and "/tasks/fail" in page
+    admin_client.post("/jobs/deadletter/", {"action": "retry", "_selected_action": [job.pk]})
+    retry = Job.objects.filter(kind="task", params__retry_of=job.pk).get()
+    assert retry.params["path"] == "/tasks/fail" and retry.actor_kind == "user"
+
+
+def test_the_same_idempotency_key_gives_the_same_job(chores):
+    key = f"order-{time.time_ns()}"
+    before = Job.objects.filter(kind="task").count()
+    first = post_task({"path": "/tasks/report-env", "idempotency_key": key}, token=token())
+    second = post_task({"path": "/tasks/report-env", "idempotency_key": key}, token=token())
+    assert first[0] == 202 and second[0] == 200
+    assert first[1]["job"] == second[1]["job"] and second[1]["created"] is False
+    assert Job.objects.filter(kind="task").count() == before + 1
+    assert TaskKey.objects.filter(key=key).count() == 1
+    wait_for_job(first[1]["job"])
+
+
+def test_a_countdown_delays_the_task(chores):
+    status, answer = post_task({"path": "/tasks/report-env", "countdown": 2}, token=token())
+    assert status == 202 and answer["run_after"]
+    job = wait_for_job(answer["job"], timeout=30)
+    assert job.status == "succeeded"
+    assert job.started_at >= job.queued_at + timedelta(seconds=1.9)
+
+
+def test_an_app_queues_a_task_with_the_token_in_its_environment(chores):
+    status, body = get(chores["host"], HOSTNAME, "/enqueue?path=/tasks/report-env")
+    assert status == 200, body
+    answer = json.loads(body)
+    job = wait_for_job(answer["job"])
+    assert job.status == "succeeded" and (job.actor_kind, job.actor) == ("api", f"task token of {NAME}")
+
+
+def test_requests_without_the_right_token_are_refused_and_create_nothing(chores):
+    before = Job.objects.count()
+    assert post_task({"path": "/tasks/report-env"})[0] == 401
+    assert post_task({"path": "/tasks/report-env"}, token="wrong")[0] == 403
+    assert post_task({"path": "/tasks/report-env"}, token=token(), app="no-such-app")[0] == 403
+    other = App.objects.exclude(name=NAME).first()
+    if other is not None:  # one app's token is no other app's
+        assert post_task({"path": "/tasks/report-env"}, token=token(), app=other.name)[0] == 403
+    assert Job.objects.count() == before
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"path": "tasks/x"}, 400, "must be a URL path"),
+    ({"path": "/a/../b"}, 400, "'..' segments"),
+    ({"path": "/a b"}, 400, "without spaces"),
+    ({"path": "/x", "payload": "x" * 70000}, 413, "limited to 65536 bytes"),
+    ({"path": "/x", "colour": "red"}, 400, "unknown field(s) colour"),
+    ({"path": "/x", "countdown": 1, "eta": "2030-01-01T00:00:00Z"}, 400, "not both"),
+    ({"path": "/x", "eta": "tomorrow"}, 400, "ISO 8601"),
+    ({"path": "/x", "max_attempts": 0}, 400, "max_attempts must be a whole number from 1 to 50"),
+    ({"path": "/x", "timeout": "60"}, 400, "timeout must be a number"),
+    ({"path": "/x", "idempotency_key": "has space"}, 400, "idempotency_key"),
+    ([1, 2], 400, "JSON object"),
+])
+def test_bad_task_requests_get_a_clear_error_and_create_nothing(chores, body, status, words):
+    before = Job.objects.count()
+    got, answer = post_task(body, token=token())
+    assert (got, words in answer["error"]) == (status, True), answer
+    assert Job.objects.count() == before
+
+
+def test_a_task_request_that_is_not_json_is_refused(chores):
+    assert post_task(None, token=token(), raw=b"path=/x", content_type="application/x-www-form-urlencoded")[0] == 415
+    assert post_task(None, token=token(), raw=b"{not json")[0] == 400
+
+
+def test_a_bad_cron_line_stops_the_deploy_before_any_job(chores, ready_nodes, tmp_path):
+    from django.core.management.base import CommandError
+
+    src = _with_version(chores["src"], "bad")
+    ini = (src / "app.ini").read_text()
+    (src / "app.ini").write_text(ini.replace("tick = * * * * * /cron/tick", "tick = 61 * * * * /cron/tick"))
+    before = Job.objects.count()
+    with pytest.raises(CommandError, match=r"nothing was deployed: .*app.ini line \d+: cron entry 'tick' minute"):
+        call_command("deploy", str(src), "--node", ready_nodes[0].name)
+    assert Job.objects.count() == before
