@@ -32,16 +32,30 @@ def entries_of(release):
     return {e["name"]: e for e in release.app_ini.get("cron", [])}
 
 
+def crontab_schedule(fields):
+    """django-celery-beat's CrontabSchedule (UTC) for five crontab fields, shared by every entry that has them.
+
+    The table has no unique constraint: of equal rows made at the same moment, the oldest is used.
+    """
+    minute, hour, day_of_month, month_of_year, day_of_week = fields
+    values = {"minute": minute, "hour": hour, "day_of_month": day_of_month, "month_of_year": month_of_year,
+              "day_of_week": day_of_week, "timezone": "UTC"}
+    return (CrontabSchedule.objects.filter(**values).order_by("pk").first()
+            or CrontabSchedule.objects.create(**values))
+
+
 @transaction.atomic
 def sync_entries(app, release):
-    """Make the app's CronEntry records and beat schedules those of `release` (now live); what changed."""
+    """Make the app's CronEntry records and beat schedules those of `release` (now live); what changed.
+
+    The app's row is locked first: the deploys of a deploy_many run at once,
+    and each syncs the same entries.
+    """
+    App.objects.select_for_update().get(pk=app.pk)
     wanted = entries_of(release)
     changed = {"added": [], "changed": [], "removed": []}
     for name, entry in wanted.items():
-        minute, hour, day_of_month, month_of_year, day_of_week = entry["fields"]
-        schedule, _ = CrontabSchedule.objects.get_or_create(
-            minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
-            day_of_week=day_of_week, timezone="UTC")
+        schedule = crontab_schedule(entry["fields"])
         fields = {"task": TASK, "crontab": schedule, "interval": None, "enabled": True,
                   "kwargs": json.dumps({"app": app.name, "entry": name}), "queue": "jobs",
                   "description": f"app.ini [cron] {name} = {entry['schedule']} {entry['target']} "

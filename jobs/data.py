@@ -17,7 +17,7 @@ from django.utils import timezone
 from jobs.context import FlowFailed
 from jobs.models import LiveRelease
 from jobs.redact import register_secret
-from nodeops import node_data, services as node_services
+from nodeops import appini, node_data, services as node_services
 from nodeops.layout import NodeLayout
 from nodeops.node_data import FILES, SQL, ArchiveWriter, DataError
 from toppcloud_site.records.models import Backup, Service
@@ -312,25 +312,18 @@ def schedule_backups(app, cron):
     """A django-celery-beat entry that starts a backup job of `app` on this crontab ('' removes it)."""
     import json
 
-    from django_celery_beat.models import CrontabSchedule, PeriodicTask
+    from django_celery_beat.models import PeriodicTask
+
+    from jobs.cron import crontab_schedule
 
     name = f"backup {app.name}"
     if not cron:
         return PeriodicTask.objects.filter(name=name).delete()[0] > 0
-    fields = cron.split()
-    if len(fields) != 5:
-        raise DataRefused(f"schedule {cron!r} is invalid: give 5 crontab fields, like '0 3 * * *'")
-    minute, hour, day_of_month, month_of_year, day_of_week = fields
     try:
-        from celery.schedules import crontab
-
-        crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
-                day_of_week=day_of_week)
+        _, fields = appini.parse_schedule(cron, what=f"backups of {app.name}:")
     except ValueError as exc:
-        raise DataRefused(f"schedule {cron!r} is invalid: {exc}") from None
-    schedule, _ = CrontabSchedule.objects.get_or_create(
-        minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
-        day_of_week=day_of_week, timezone=settings.TIME_ZONE)
+        raise DataRefused(str(exc)) from None
+    schedule = crontab_schedule(fields)
     task, _ = PeriodicTask.objects.update_or_create(
         name=name, defaults={"task": SCHEDULE_TASK, "crontab": schedule, "interval": None,
                              "kwargs": json.dumps({"app": app.name}), "enabled": True})

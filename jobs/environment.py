@@ -44,6 +44,14 @@ def task_token_matches(app, token):
                for secret in [settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS])
 
 
+def mask_app_secrets(app):
+    """Have this process mask the app's secrets in every event it writes (its task token, its database
+    password): a command's output or an app's answer may print them."""
+    register_secret(task_token(app))
+    for password in app.services.exclude(password="").values_list("password", flat=True):
+        register_secret(password)
+
+
 def tasks_url(app):
     return f"{settings.TOPPCLOUD_API_URL.rstrip('/')}/api/apps/{app.name}/tasks"
 
@@ -57,7 +65,7 @@ def release_environment(app, release, node, layout, venv, service_env):
     """
     ini = release.app_ini
     token = task_token(app)
-    register_secret(token)
+    mask_app_secrets(app)
     env = dict(config_values(app))
     env.update({
         "TOPPCLOUD_APP_NAME": app.name,

@@ -9,8 +9,11 @@ the admin show it live), capped at JOBS_OUTPUT_CAP_JOB per job.
 from django.conf import settings
 
 from jobs.context import FlowFailed
+from jobs.environment import mask_app_secrets
 from jobs.models import LiveRelease
-from nodeops import release as node_release, runtime
+from nodeops import release as node_release
+from nodeops import runtime
+from toppcloud_site.records.models import App
 
 
 class OutputRecorder:
@@ -39,6 +42,7 @@ def run_in_release(ctx, t, layout, app, release, argv, *, timeout, log=None, lab
     children; so is a command whose job's worker dies (the node sees its ssh
     session end).
     """
+    mask_app_secrets(App.objects.get(name=app))
     words = runtime.exec_argv(layout, node_release.env_file(layout, app, release), argv,
                               chdir=node_release.release_dir(layout, app, release), timeout=timeout,
                               log=log, label=label, watch_stdin=True)

@@ -516,6 +516,28 @@ def _check_cron_entry(name, value):
     return schedule, fields, target
 
 
+def parse_schedule(text, what="cron"):
+    """A crontab schedule or macro, checked as [cron] entries are -> (schedule, five fields).
+
+    For schedules given elsewhere (`manage.py backup --schedule`). Raises
+    ValueError whose message starts with `what`.
+    """
+    words = text.split()
+    try:
+        if len(words) == 1 and words[0].startswith("@"):
+            if words[0] not in CRON_MACROS:
+                raise _Bad(f"{what} schedule {words[0]!r} is unknown: use {_CRON_FIELDS_HINT} or one of "
+                           + ", ".join(CRON_MACROS))
+            return words[0], tuple(CRON_MACROS[words[0]].split())
+        if len(words) != 5:
+            raise _Bad(f"{what} schedule {text!r} has {len(words)} fields: a schedule has {_CRON_FIELDS_HINT}")
+        schedule = " ".join(words)
+        _check_cron_fields(what, schedule, tuple(words))
+        return schedule, tuple(words)
+    except _Bad as e:
+        raise ValueError(str(e)) from None
+
+
 def _is_cron_fieldish(word):
     if not _CRON_FIELDISH_RE.fullmatch(word) or word.startswith("/"):
         return False

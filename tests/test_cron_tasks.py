@@ -150,6 +150,15 @@ def test_run_returns_the_exit_code_and_stores_the_output(chores):
     assert job.params["argv"][:2] == ["python", "-c"]
 
 
+def test_secrets_a_command_prints_are_masked_in_its_output(chores):
+    code, job = run_command("run", NAME, "--", "python", "-c",
+                            "import os; print('token:', os.environ['TOPPCLOUD_TASK_TOKEN'])")
+    assert code == 0, job.error
+    output = "".join(e["output"] for e in events(job, "output"))
+    assert output == "token: ********\n"
+    assert not JobEvent.objects.filter(data__icontains=token()).exists()
+
+
 def test_run_stops_a_stalled_command_and_its_children_at_the_timeout(chores):
     started = time.monotonic()
     code, job = run_command("run", NAME, "--timeout", "2", "--", "python", "sleepy.py")
@@ -159,6 +168,25 @@ def test_run_stops_a_stalled_command_and_its_children_at_the_timeout(chores):
     assert "sleeping, child" in "".join(e["output"] for e in events(job, "output"))
     pids = open(os.path.join(chores["files"], "sleepy.pids")).read().split()
     wait_until(lambda: all(gone(int(p)) for p in pids), timeout=10, what=f"pids {pids} gone")
+
+
+def test_a_command_whose_worker_dies_is_stopped_on_the_node(chores, worker):
+    from jobs import dispatch
+
+    pids_file = os.path.join(chores["files"], "sleepy.pids")
+    if os.path.exists(pids_file):
+        os.unlink(pids_file)
+    call_command("run", NAME, "--no-wait", "--", "python", "sleepy.py")  # the default timeout: an hour
+    job = Job.objects.filter(kind="run", target__startswith=f"app:{NAME}@").order_by("queued_at").last()
+    wait_until(lambda: os.path.exists(pids_file), timeout=30, what="the command to start")
+    pids = open(pids_file).read().split()
+    worker.kill_group()  # the worker and its ssh client die; the node sees the session end
+    try:
+        wait_until(lambda: all(gone(int(p)) for p in pids), timeout=15, what=f"pids {pids} stopped on the node")
+        wait_until(lambda: job.pk in dispatch.sweep()["lost"], timeout=15, what="the sweeper to end the job")
+    finally:
+        worker.start()
+    assert Job.objects.get(pk=job.pk).status == "lost"
 
 
 def test_run_refuses_what_cannot_run(chores):

@@ -357,7 +357,7 @@ def test_backups_are_scheduled_with_beat_and_old_ones_pruned(notes_app):
     from jobs.tasks import submit_backup
 
     name = notes_app[0]
-    with pytest.raises(CommandError, match="schedule '61 3 \\* \\* \\*' is invalid"):
+    with pytest.raises(CommandError, match=f"backups of {name}: minute '61' is invalid: 61 is out of range 0-59"):
         call_command("backup", name, "--schedule", "61 3 * * *")
     call_command("backup", name, "--schedule", "0 3 * * *")
     task = PeriodicTask.objects.get(name=f"backup {name}")

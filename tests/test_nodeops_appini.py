@@ -532,3 +532,19 @@ def test_importing_appini_imports_neither_django_nor_celery():
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'django', 'celery', 'kombu'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out == "[]\n"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("61 3 * * *", "backups: minute '61' is invalid: 61 is out of range 0-59"),
+    ("@fortnightly", "backups: schedule '@fortnightly' is unknown"),
+    ("0 3 * *", "backups: schedule '0 3 * *' has 4 fields"),
+    ("0 0 1 * mon", "restricts both day-of-month and day-of-week"),
+])
+def test_schedules_given_outside_app_ini_are_checked_the_same_way(text, words):
+    from nodeops.appini import parse_schedule
+
+    assert parse_schedule("0 3 * * 1-5") == ("0 3 * * 1-5", ("0", "3", "*", "*", "1-5"))
+    assert parse_schedule("@hourly") == ("@hourly", ("0", "*", "*", "*", "*"))
+    with pytest.raises(ValueError) as e:
+        parse_schedule(text, what="backups:")
+    assert words in str(e.value)

@@ -14,6 +14,7 @@ from django.utils.dateparse import parse_datetime
 
 from jobs import cron, execution
 from jobs.context import FlowFailed
+from jobs.environment import mask_app_secrets
 from jobs.flows import flow
 from jobs.models import Job, RunLock
 from jobs.states import TERMINAL
@@ -26,6 +27,7 @@ from toppcloud_site.records.models import App
 @flow("cron_run", queue="nodeops", retry_when_worker_lost=False)
 def cron_run(ctx, app, entry, scheduled_for=None):
     app = App.objects.get(name=app)
+    mask_app_secrets(app)  # output and answers may print them
     running = take_run_lock(ctx, f"cron:{app.name}:{entry}")
     if running is not None:
         ctx.emit("cron.skipped", entry=entry, running_job=running.pk,

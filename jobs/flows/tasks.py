@@ -14,6 +14,7 @@ from django.conf import settings
 
 from jobs import execution
 from jobs.context import FlowFailed, RetryLater
+from jobs.environment import mask_app_secrets
 from jobs.flows import flow
 from nodeops import release as node_release
 from nodeops.transport import CommandFailed, TransportError
@@ -23,6 +24,7 @@ from toppcloud_site.records.models import App
 @flow("task", queue="nodeops")
 def task(ctx, app, path, payload, max_attempts, timeout, idempotency_key=None, retry_of=None):
     app = App.objects.get(name=app)
+    mask_app_secrets(app)  # an answer may echo them
     attempt = ctx.attempt
     places = execution.live_places(app)
     if not places:
