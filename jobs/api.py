@@ -9,8 +9,9 @@
 Each accepted request is a `task` job (jobs/flows/tasks.py). Answers are
 JSON: 202 with the new job, 200 with the existing job for a known
 idempotency key, or an error that names the problem: 400 (bad field), 401
-(no token), 403 (a token that is not this app's), 405, 413 (too large), 415
-(not JSON). A refused request creates nothing.
+(no token), 403 (a token that is not this app's), 405, 409 (a known
+idempotency key with another path or payload), 413 (too large), 415 (not
+JSON). A refused request creates nothing.
 """
 
 import json
@@ -153,7 +154,7 @@ def queue(app, task):
         params["idempotency_key"] = task["key"]
         existing = TaskKey.objects.filter(app=app, key=task["key"]).select_related("job").first()
         if existing is not None:
-            return existing.job, False
+            return _same_request(existing.job, params), False
     try:
         with transaction.atomic():
             job = dispatch.submit("task", target=f"task:{app.name}{task['path'].split('?')[0]}"[:200],
@@ -162,5 +163,13 @@ def queue(app, task):
             if task["key"] is not None:
                 TaskKey.objects.create(app=app, key=task["key"], job=job)
     except IntegrityError:  # the same key at the same moment: the other request's job won
-        return Job.objects.get(pk=TaskKey.objects.get(app=app, key=task["key"]).job_id), False
+        return _same_request(Job.objects.get(pk=TaskKey.objects.get(app=app, key=task["key"]).job_id), params), False
     return job, True
+
+
+def _same_request(job, params):
+    """The job a known key names, if it was asked for with the same path and payload."""
+    if (job.params.get("path"), job.params.get("payload")) != (params["path"], params["payload"]):
+        raise Refused(409, f"idempotency key {params['idempotency_key']!r} already names job {job.pk}, "
+                           f"a task of {job.params.get('path')} with another payload or path; use a new key")
+    return job

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from jobs import events, fan_out, runner
@@ -20,6 +20,11 @@ from jobs.states import Kind, Status
 
 log = logging.getLogger(__name__)
 SWEEPER = "system:sweeper"
+# A job due later than this is not sent with a countdown at once: the worker
+# would hold the unacknowledged message all that time, and RabbitMQ closes a
+# channel whose delivery stays unacknowledged past its consumer_timeout
+# (30 minutes by default). The sweeper sends it once it is this near.
+PARK_AFTER = timedelta(minutes=10)
 
 
 class UnknownJobKind(ValueError):
@@ -30,7 +35,8 @@ def submit(kind, *, target="", params=None, actor_kind, actor, parent_id=None, r
     """Create a queued job; its Celery message is sent when the transaction commits.
 
     A job with run_after (a datetime) is not started before then: its message
-    carries that countdown, and the sweeper never sends it early.
+    carries that countdown (or, due more than PARK_AFTER ahead, the sweeper
+    sends it once it is that near), and the sweeper never resends it early.
     """
     if kind not in FLOWS:
         raise UnknownJobKind(f"unknown job kind {kind!r}; known: {', '.join(sorted(FLOWS))}")
@@ -41,6 +47,12 @@ def submit(kind, *, target="", params=None, actor_kind, actor, parent_id=None, r
 
 
 def _send_on_commit(job):
+    """Send the job's message once the transaction commits, unless it is due too far ahead (parked)."""
+    if not parked(job):
+        _send_after_commit(job)
+
+
+def _send_after_commit(job):
     # robust: a broker that is down must not undo or hide the committed job;
     # the sweeper sends it again later.
     # A first delivery of a job due now may start it in one statement (queued_hash);
@@ -48,6 +60,11 @@ def _send_on_commit(job):
     queued_hash = job.last_hash if job.last_seq == 1 and job.run_after is None else None
     transaction.on_commit(lambda: send(job.pk, job.kind, queued_hash, run_after=job.run_after, target=job.target),
                           robust=True)
+
+
+def parked(job):
+    """True for a job due too far ahead for its message to wait at a worker (PARK_AFTER)."""
+    return job.run_after is not None and job.run_after - timezone.now() > PARK_AFTER
 
 
 def send(job_id, kind, queued_hash=None, run_after=None, target=""):
@@ -68,9 +85,20 @@ def send(job_id, kind, queued_hash=None, run_after=None, target=""):
 
 
 def sweep(now=None):
-    """Re-send queued jobs whose message looks lost; end jobs whose worker vanished."""
+    """Send parked jobs that are near; re-send queued jobs whose message looks lost; end jobs whose worker vanished."""
     now = now or timezone.now()
-    resent, lost = [], []
+    resent, lost, sent = [], [], []
+    near = now + PARK_AFTER
+    for job_id in Job.objects.filter(status=Status.QUEUED, run_after__lte=near,
+                                     run_after__gt=F("sent_at") + PARK_AFTER).values_list("pk", flat=True):
+        with transaction.atomic():
+            job = events.lock(job_id)
+            if job.status != Status.QUEUED or job.run_after > near or job.run_after <= job.sent_at + PARK_AFTER:
+                continue
+            events.append(job, Kind.SENT, SWEEPER, {
+                "reason": f"due at {job.run_after.isoformat()}: its message goes to the broker now, with that countdown"})
+            _send_after_commit(job)
+        sent.append(job_id)
     cutoff = now - timedelta(seconds=settings.JOBS_RESEND_AFTER)
     # A job waiting for its run_after was sent with that countdown: it is late only once that has passed.
     late = Q(run_after__isnull=True) | Q(run_after__lt=cutoff)
@@ -100,6 +128,6 @@ def sweep(now=None):
     for parent_id in Job.objects.filter(status=Status.WAITING).values_list("pk", flat=True):
         fan_out.child_ended(parent_id)  # ends (or moves on) a parent whose last child's call was lost
     WorkerHeartbeat.objects.filter(seen_at__lt=now - timedelta(days=1)).delete()  # processes long gone
-    if resent or lost:
-        log.info("sweep: resent %s, lost %s", resent, lost)
-    return {"resent": resent, "lost": lost}
+    if resent or lost or sent:
+        log.info("sweep: sent %s, resent %s, lost %s", sent, resent, lost)
+    return {"sent": sent, "resent": resent, "lost": lost}

@@ -42,6 +42,8 @@ def apply(job, event):
     elif event.kind == Kind.RESENT:
         job.resends += 1
         job.sent_at = event.at
+    elif event.kind == Kind.SENT:
+        job.sent_at = event.at
     elif event.kind == Kind.STARTED:
         job.attempt = data["attempt"]
         job.worker = data["worker"]

@@ -144,7 +144,7 @@ def _retry_later(ctx, exc):
 
     run_after = timezone.now() + timedelta(seconds=exc.delay)
     job = _finish(ctx, Kind.RETRYING, reason=exc.reason, delay=round(exc.delay, 3), run_after=run_after.isoformat())
-    if job.status == Status.QUEUED:
+    if job.status == Status.QUEUED and not dispatch.parked(job):  # else the sweeper sends it when near
         dispatch.send(job.pk, job.kind, run_after=run_after, target=job.target)
     return job
 

@@ -29,6 +29,7 @@ class Kind:
 
     QUEUED = "job.queued"
     RESENT = "job.resent"
+    SENT = "job.sent"      # the message of a job due later, sent once it is near (dispatch.PARK_AFTER)
     STARTED = "job.started"
     RETRYING = "job.retrying"
     WAITING = "job.waiting"
@@ -48,6 +49,7 @@ class Kind:
 TRANSITIONS = {
     Kind.QUEUED: ({None}, Status.QUEUED),
     Kind.RESENT: ({Status.QUEUED}, Status.QUEUED),
+    Kind.SENT: ({Status.QUEUED}, Status.QUEUED),
     Kind.STARTED: ({Status.QUEUED}, Status.RUNNING),
     Kind.RETRYING: ({Status.RUNNING}, Status.QUEUED),
     Kind.WAITING: ({Status.RUNNING}, Status.WAITING),

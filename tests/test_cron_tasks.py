@@ -338,6 +338,9 @@ def test_the_same_idempotency_key_gives_the_same_job(chores):
     assert first[1]["job"] == second[1]["job"] and second[1]["created"] is False
     assert Job.objects.filter(kind="task").count() == before + 1
     assert TaskKey.objects.filter(key=key).count() == 1
+    status, answer = post_task({"path": "/tasks/flaky", "idempotency_key": key}, token=token())
+    assert status == 409 and f"already names job {first[1]['job']}" in answer["error"]
+    assert Job.objects.filter(kind="task").count() == before + 1
     wait_for_job(first[1]["job"])
 
 

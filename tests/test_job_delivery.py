@@ -75,6 +75,20 @@ def test_a_job_due_later_starts_then_and_no_early_message_starts_it(worker):
     assert event_kinds(job) == ["job.queued", "job.delivery_ignored", "job.started", "noop.ran", "job.succeeded"]
 
 
+def test_a_job_due_in_hours_is_parked_and_sent_by_the_sweeper_once_near(live_db, monkeypatch):
+    sent = []
+    monkeypatch.setattr(dispatch, "send", lambda *args, **kwargs: sent.append((args, kwargs)))
+    due = timezone.now() + timedelta(hours=3)
+    job = dispatch.submit("noop", target="parked", actor_kind="user", actor="tester", run_after=due)
+    assert sent == []  # a worker would hold it unacknowledged for 3 hours: RabbitMQ's consumer_timeout is 30 min
+    assert job.pk not in dispatch.sweep()["sent"]
+    assert job.pk not in dispatch.sweep(now=due - dispatch.PARK_AFTER - timedelta(seconds=5))["sent"]
+    assert job.pk in dispatch.sweep(now=due - dispatch.PARK_AFTER + timedelta(seconds=5))["sent"]
+    assert sent == [((job.pk, "noop", None), {"run_after": due, "target": "parked"})]
+    job = Job.objects.get(pk=job.pk)
+    assert (job.status, job.resends) == ("queued", 0) and event_kinds(job) == ["job.queued", "job.sent"]
+
+
 def test_it_retries_a_job_whose_worker_process_was_killed(worker):
     job = submit_noop(mark=True, seconds=4)
     # Killed once the flow has run (it then sleeps): a kill before noop.ran would change the events.

@@ -360,6 +360,18 @@ def test_cron_fields_mean_what_they_say_to_celery():
     assert schedule.day_of_week == {1, 2, 3, 4, 5}
 
 
+@pytest.mark.parametrize("fields", [
+    "*/5 * * * *", "0,30 9-17/2 * * 1-5", "5 9 * jan-mar,dec MON-fri", "0 0 1-31/10 */3 *", "59 23 31 12 sun,sat",
+    "1-59/7 */7 2,4,6 feb-apr/2 *",
+])
+def test_the_values_a_field_stands_for_are_celerys(fields):
+    from nodeops import appini
+
+    ours = [appini._check_cron_field("x", text, *spec) for text, spec in zip(fields.split(), appini._CRON_FIELDS)]
+    c = crontab(**dict(zip(("minute", "hour", "day_of_month", "month_of_year", "day_of_week"), fields.split())))
+    assert ours == [c.minute, c.hour, c.day_of_month, c.month_of_year, c.day_of_week]
+
+
 @pytest.mark.parametrize("target, argv", [
     ("script: ./bin/run --all 'a b'", ["./bin/run", "--all", "a b"]),
     ("script:python x.py", ["python", "x.py"]),
@@ -525,10 +537,9 @@ def test_errors_in_cron_name_the_file(tmp_path):
     assert str(e.value) == f"{tmp_path}/app.ini line 6: cron entry 'y' minute '60' is invalid: 60 is out of range 0-59"
 
 
-def test_importing_appini_imports_neither_django_nor_celery():
-    # celery is imported when a [cron] section is checked; kombu, under it,
-    # imports the django package when it is installed.
-    code = ("import sys, nodeops.appini; "
+def test_checking_a_cron_section_imports_neither_django_nor_celery():
+    # nodeops is plain Python; kombu, under celery, imports the django package when it is installed.
+    code = ("import sys, nodeops.appini as a; a.parse_app_ini_text(" + repr(cron("x = */5 1-5 * jan mon-fri /x")) + "); "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'django', 'celery', 'kombu'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out == "[]\n"
