@@ -226,7 +226,7 @@ def write_env(t, layout, app, release, env: dict) -> str:
     """
     path = env_file(layout, app, release)
     files = {path: (0o600, render_env(env).encode()), **runtime.runtime_files(layout)}
-    runtime.write_files(t, files, dirs=[(layout.env_dir(app), 0o700), (layout.bin, 0o755)])
+    t.put_files(files, dirs=[(layout.env_dir(app), 0o700), (layout.bin, 0o755)])
     return path
 
 

@@ -7,7 +7,7 @@ release's env file, so each sees exactly the same environment. Web
 processes also get the logging configuration below: stderr, wsgi.errors and
 Python logging all land in logs/<app>/error.log.
 
-The env file and these runtime files are written in one round trip.
+The env file and these runtime files are written in one round trip (Transport.put_files).
 """
 
 import codecs
@@ -51,49 +51,6 @@ def runtime_files(layout):
         layout.exec_script: (0o755, EXEC_SOURCE.encode()),
         layout.gunicorn_logging: (0o644, (json.dumps(GUNICORN_LOGGING, indent=2) + "\n").encode()),
     }
-
-
-# Writes each file atomically if its bytes or mode differ; makes missing
-# directories with the mode given for them. The list arrives on stdin
-# (secrets in env files never reach argv).
-_WRITE_FILES_PY = r"""
-import json, os, sys, tempfile
-spec = json.load(sys.stdin)
-for path, mode in spec["dirs"]:
-    if not os.path.isdir(path):
-        os.makedirs(path, exist_ok=True)
-        os.chmod(path, int(mode, 8))
-changed = []
-for path, mode, text in spec["files"]:
-    data, mode = text.encode("utf-8", "surrogateescape"), int(mode, 8)
-    try:
-        with open(path, "rb") as f:
-            if f.read() == data and os.stat(path).st_mode & 0o7777 == mode:
-                continue
-    except FileNotFoundError:
-        pass
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix="." + os.path.basename(path) + ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    changed.append(path)
-print(json.dumps(changed))
-"""
-
-
-def write_files(t, files, dirs=()):
-    """Make each path hold its bytes with its mode ({path: (mode, bytes)}); the paths that changed."""
-    spec = {"dirs": [[d, "%o" % m] for d, m in dirs],
-            "files": [[p, "%o" % m, data.decode("utf-8", "surrogateescape")] for p, (m, data) in files.items()]}
-    r = t.run([PYTHON, "-I", "-c", _WRITE_FILES_PY], input=json.dumps(spec).encode())
-    return json.loads(r.stdout)
 
 
 def exec_argv(layout, env_file, argv, *, chdir=None, timeout=None, log=None, label=None, watch_stdin=False):

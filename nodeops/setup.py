@@ -114,7 +114,7 @@ def setup_node(t, *, root, address, http_port, emit):
             f"{layout.supervisor_programs}/{NGINX_PROGRAM}.conf": (0o644, render_nginx_program(layout, bins["nginx"]).encode()),
             **runtime.runtime_files(layout),  # how apps' processes start (deploys write them too)
         }
-        written = [path for path, (mode, data) in files.items() if t.put_file(path, data, mode)]
+        written = t.put_files(files)
         nginx_text = render_nginx_conf(layout, address, http_port, worker_user).encode()
         t.put_file(candidate, nginx_text)
         s.changed = bool(written)

@@ -8,6 +8,7 @@ whatever it contains.
 import base64
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -63,32 +64,42 @@ def fingerprint(host_key: str) -> str:
     return "SHA256:" + digest.rstrip("=")
 
 
-# Writes a file atomically (temp file in the same directory, then rename) and
-# reports whether anything changed. Path and mode arrive as argv, data on stdin.
-_PUT_FILE_PY = r"""
-import os, sys, tempfile
-path, mode = sys.argv[1], int(sys.argv[2], 8)
-data = sys.stdin.buffer.read()
-try:
-    with open(path, "rb") as f:
-        same = f.read() == data and os.stat(path).st_mode & 0o7777 == mode
-except FileNotFoundError:
-    same = False
-if same:
-    print("unchanged")
-    sys.exit(0)
-fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix="." + os.path.basename(path) + ".")
-try:
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-except BaseException:
-    os.unlink(tmp)
-    raise
-print("changed")
+# Writes files atomically (each to a temp file in its directory, then
+# rename), each only if its bytes or mode differ, after making missing
+# directories with their modes. A JSON line (directories; each file's path,
+# mode and size) arrives on stdin, then the files' bytes one after another:
+# contents (secrets in env files) never reach argv. Prints the changed paths.
+_PUT_FILES_PY = r"""
+import json, os, sys, tempfile
+spec = json.loads(sys.stdin.buffer.readline())
+for path, mode in spec["dirs"]:
+    if not os.path.isdir(path):
+        os.makedirs(path, exist_ok=True)
+        os.chmod(path, int(mode, 8))  # makedirs' mode is filtered by the umask
+changed = []
+for path, mode, size in spec["files"]:
+    data, mode = sys.stdin.buffer.read(size), int(mode, 8)
+    if len(data) != size:
+        sys.exit(f"{path}: {size} bytes were to come, {len(data)} came")
+    try:
+        with open(path, "rb") as f:
+            if f.read() == data and os.stat(path).st_mode & 0o7777 == mode:
+                continue
+    except FileNotFoundError:
+        pass
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix="." + os.path.basename(path) + ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    changed.append(path)
+print(json.dumps(changed))
 """
 
 
@@ -106,12 +117,21 @@ class Transport:
 
     def put_file(self, path: str, data: bytes, mode: int = 0o644) -> bool:
         """Atomically make `path` hold `data` with `mode`; True if it changed."""
-        if not path.startswith("/"):
-            raise ValueError(f"put_file path {path!r} must be absolute")
         if isinstance(data, str):
             data = data.encode()
-        result = self.run(["python3", "-I", "-c", _PUT_FILE_PY, path, "%o" % mode], input=data)
-        return result.stdout.strip() == "changed"
+        return bool(self.put_files({path: (mode, data)}))
+
+    def put_files(self, files: dict, dirs=()) -> list[str]:
+        """Make each path hold its bytes with its mode ({path: (mode, bytes)}), in one round trip,
+        after making the missing directories of `dirs` ((path, mode) pairs); the paths that changed."""
+        for path in [*files, *(d for d, _ in dirs)]:
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise ValueError(f"put_files path {path!r} must be absolute")
+        header = json.dumps({"dirs": [[d, "%o" % m] for d, m in dirs],
+                             "files": [[p, "%o" % m, len(data)] for p, (m, data) in files.items()]})
+        body = b"".join(data for _, data in files.values())
+        result = self.run(["python3", "-I", "-c", _PUT_FILES_PY], input=header.encode() + b"\n" + body)
+        return json.loads(result.stdout)
 
     def open(self, argv: list[str]) -> "Stream":
         """Start argv on the node with its stdin and stdout as pipes, for data that streams

@@ -1,4 +1,4 @@
-"""A real Celery worker process for tests, started and stopped by pid."""
+"""Real toppcloud processes for tests (worker, beat, web, Flower), started and stopped by pid."""
 
 import os
 import signal
@@ -37,34 +37,36 @@ def _test_database_url():
     return f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
 
 
-class Worker:
-    def __init__(self, log_path, queues="jobs,nodeops", concurrency=2, name="test"):
-        self.log_path = Path(log_path)
-        self.argv = [sys.executable, "-m", "celery", "-A", "toppcloud_site", "worker", "-Q", queues,
-                     "-c", str(concurrency), "-E", "-l", "info", "-n", f"{name}-{os.getpid()}@%h"]
+class Process:
+    """A real toppcloud process for tests (worker, beat, the web server, Flower), started and stopped by pid.
+
+    It runs in its own process group, so stop() and kill_group() reach its children too.
+    """
+
+    def __init__(self, name, argv, log_path, ready, extra_env=None):
+        self.name, self.argv, self.log_path, self.ready = name, argv, Path(log_path), ready
+        self.extra_env = extra_env or {}
         self.proc = None
 
-    def start(self, purge=False, timeout=60):
-        argv = self.argv + (["--purge"] if purge else [])
+    def start(self, timeout=60, extra_args=()):
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
-        # Own process group: kill() can take the main process and its pool children at once.
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=worker_env(), stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(self.argv + list(extra_args), cwd=ROOT, env={**worker_env(), **self.extra_env},
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            if b" ready." in self.log_path.read_bytes()[offset:]:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            if self.ready(self.log_path.read_bytes()[offset:]):
                 return self
             time.sleep(0.1)
-        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log()[-3000:]}")
+        raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.log()[-3000:]}")
 
     def log(self):
         return self.log_path.read_text(errors="replace")
 
     def kill_group(self, sig=signal.SIGKILL):
-        """Kill the main process and its pool children, as a crash or OOM would."""
+        """Kill the main process and its children at once, as a crash or OOM would."""
         os.killpg(self.proc.pid, sig)
         self.proc.wait(timeout=30)
 
@@ -79,40 +81,16 @@ class Worker:
             self.proc.wait()
 
 
-class Process:
-    """Another real toppcloud process for tests (beat, the web server, Flower), started and stopped by pid."""
+class Worker(Process):
+    """A Celery worker on the test database and broker."""
 
-    def __init__(self, name, argv, log_path, ready, extra_env=None):
-        self.name, self.argv, self.log_path, self.ready = name, argv, Path(log_path), ready
-        self.extra_env = extra_env or {}
-        self.proc = None
+    def __init__(self, log_path, queues="jobs,nodeops", concurrency=2, name="test"):
+        super().__init__("worker", [sys.executable, "-m", "celery", "-A", "toppcloud_site", "worker", "-Q", queues,
+                                    "-c", str(concurrency), "-E", "-l", "info", "-n", f"{name}-{os.getpid()}@%h"],
+                         log_path, lambda out: b" ready." in out)
 
-    def start(self, timeout=60):
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env={**worker_env(), **self.extra_env}, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            if self.ready(self.log_path.read_bytes()[offset:]):
-                return self
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.log()[-3000:]}")
-
-    def log(self):
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self):
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+    def start(self, purge=False, timeout=60):
+        return super().start(timeout, ["--purge"] if purge else [])
 
 
 def beat(var_dir):
