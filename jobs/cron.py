@@ -98,10 +98,12 @@ def check_entry(app_name, entry_name):
     return app, entry
 
 
-def submit_run(app_name, entry_name, *, actor_kind, actor, scheduled_for=None):
-    """Queue a cron_run job of the entry."""
-    check_entry(app_name, entry_name)
+def submit_run(app_name, entry_name, *, actor_kind, actor, scheduled_at=None):
+    """Queue a cron_run job of the entry; scheduled_at: when beat sent it (the run's delay is measured
+    from the minute it belongs to)."""
+    _, entry = check_entry(app_name, entry_name)
     params = {"app": app_name, "entry": entry_name}
+    scheduled_for = scheduled_minute(entry, scheduled_at) if scheduled_at is not None else None
     if scheduled_for is not None:
         params["scheduled_for"] = scheduled_for.isoformat()
     return dispatch.submit("cron_run", target=f"cron:{app_name}:{entry_name}", params=params,

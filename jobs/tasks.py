@@ -41,11 +41,9 @@ def submit_cron(app, entry):
     from jobs import cron
     from jobs.states import ActorKind
 
-    now = timezone.now()
     try:
-        _, record = cron.check_entry(app, entry)
+        job = cron.submit_run(app, entry, actor_kind=ActorKind.SCHEDULE, actor=cron.task_name(app, entry),
+                              scheduled_at=timezone.now())
     except cron.CronRefused:
         return None  # the entry went away after beat read its schedule
-    job = cron.submit_run(app, entry, actor_kind=ActorKind.SCHEDULE, actor=cron.task_name(app, entry),
-                          scheduled_for=cron.scheduled_minute(record, now))
     return job.pk

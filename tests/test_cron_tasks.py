@@ -271,9 +271,16 @@ def test_flower_shows_cron_runs_and_tasks_with_their_job_ids(chores, tmp_path):
 
     flower = workers.flower(tmp_path, port, "admin:flower-test").start()
     try:
-        # Flower sees only events after its receiver is connected: wait until it lists a first job.
-        probe = dispatch.submit("noop", target="flower-probe", actor_kind="user", actor="tester")
-        wait_until(lambda: f"[{probe.pk}] noop flower-probe" in listed(), timeout=30, what="Flower to list a job")
+        # Flower sees only the events after its receiver is connected: a probe job until it lists one.
+        def listens():
+            probe = dispatch.submit("noop", target="flower-probe", actor_kind="user", actor="tester")
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                if f"[{probe.pk}] noop flower-probe" in listed():
+                    return True
+                time.sleep(0.1)
+            return False
+        wait_until(listens, timeout=30, what="Flower to list a probe job")
         code, cron_job = run_command("cron", "run", NAME, "report")
         status, answer = post_task({"path": "/tasks/report-env"}, token=token())
         task_job = wait_for_job(answer["job"])
