@@ -322,7 +322,8 @@ class SSHTransport(Transport):
             "-o", "Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com",
             "-o", "ControlMaster=auto",
             "-o", f"ControlPath={self.control_path}",
-            "-o", "ControlPersist=60",
+            # Longer than a minute: an every-minute cron entry finds the connection still open.
+            "-o", "ControlPersist=300",
             "-o", f"ConnectTimeout={int(self.connect_timeout)}",
             "-o", "ServerAliveInterval=15",
             "-o", "ServerAliveCountMax=3",
