@@ -28,14 +28,13 @@ def task(ctx, app, path, payload, max_attempts, timeout, idempotency_key=None, r
     attempt = ctx.attempt
     places = execution.live_places(app)
     if not places:
-        outcome, node = "the app is not live on any node", None
+        outcome = "the app is not live on any node"
     else:
         live = places[(attempt - 1) % len(places)]
-        node = live.node.name
         outcome = attempt_request(ctx, live, path, payload, attempt, timeout)
         if outcome is None:
-            return (f"{app.name} task {path} answered on {node} (attempt {attempt} of {max_attempts})",
-                    {"attempts": attempt, "node": node})
+            return (f"{app.name} task {path} answered on {live.node.name} (attempt {attempt} of {max_attempts})",
+                    {"attempts": attempt, "node": live.node.name})
     if attempt >= max_attempts:
         raise FlowFailed(f"dead letter: all {max_attempts} attempts of {app.name} task {path} failed; "
                          f"the last: {outcome}")
