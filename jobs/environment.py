@@ -18,16 +18,46 @@ from toppcloud_site.records.models import ConfigValue
 _TOKEN_SALT = "toppcloud.task-token"
 
 
-def config_values(app):
-    """The config an app gets: global values, overridden by its group's, overridden by its own."""
-    values = {}
+def config_records(app):
+    """{key: the ConfigValue the app gets}: global values, overridden by its group's, overridden by its own."""
+    records = {}
     scopes = [ConfigValue.objects.filter(scope=ConfigValue.Scope.GLOBAL)]
     if app.group_id is not None:
         scopes.append(ConfigValue.objects.filter(scope=ConfigValue.Scope.GROUP, group_id=app.group_id))
     scopes.append(ConfigValue.objects.filter(scope=ConfigValue.Scope.APP, app=app))
     for query in scopes:
-        values.update(query.order_by("key").values_list("key", "value"))
+        records.update((record.key, record) for record in query)
+    return records
+
+
+def config_values(app):
+    """The config an app gets, {key: value}; this process masks its secrets in every event from now on."""
+    values = {}
+    for key, record in config_records(app).items():
+        values[key] = record.plain
+        if record.secret:
+            register_secret(record.plain)
     return values
+
+
+class ConfigMissing(ValueError):
+    """A release's config.required names keys its app's config does not set."""
+
+
+def missing_config(app, release):
+    """The keys the release's config.required names that neither the app's config nor a default sets."""
+    ini = release.app_ini
+    have = set(config_records(app)) | set(ini.get("config_defaults", {}))
+    return [key for key in ini.get("config_required", []) if key not in have]
+
+
+def check_required_config(app, release):
+    """Refuse (ConfigMissing) a release whose required config is not set; nothing has reached a host then."""
+    missing = missing_config(app, release)
+    if missing:
+        raise ConfigMissing(f"{app.name} {release.name} needs config that is not set: {', '.join(missing)}; "
+                            f"set each with `manage.py config set KEY VALUE --app {app.name}` (or --group, "
+                            "--global), or in the admin's Config values")
 
 
 def task_token(app, secret=None):
@@ -50,6 +80,7 @@ def mask_app_secrets(app):
     register_secret(task_token(app))
     for password in app.services.exclude(password="").values_list("password", flat=True):
         register_secret(password)
+    config_values(app)  # registers the app's secret config values
 
 
 def tasks_url(app):
@@ -66,7 +97,8 @@ def release_environment(app, release, node, layout, venv, service_env):
     ini = release.app_ini
     token = task_token(app)
     mask_app_secrets(app)
-    env = dict(config_values(app))
+    env = dict(ini.get("config_defaults", {}))  # app.ini's config.default.KEY, below every config value
+    env.update(config_values(app))
     env.update({
         "TOPPCLOUD_APP_NAME": app.name,
         "TOPPCLOUD_RELEASE": release.name,

@@ -47,7 +47,8 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from nodeops.validate import RUNNER_RE, validate_address, validate_name, validate_url_path
+from nodeops.validate import (ENV_KEY_RE, RUNNER_RE, reserved_env_name, validate_address, validate_name,
+                              validate_url_path)
 
 SECTION = "production"
 CRON_SECTION = "cron"
@@ -155,6 +156,10 @@ class AppIni:
     keep_backups: int = 10
     services: tuple[str, ...] = ()  # of SERVICES, in that order
     cron: tuple[CronEntry, ...] = ()  # in file order
+    # config.required = KEY ...: the deploy is refused unless the app's config (or a default) has each.
+    config_required: tuple[str, ...] = ()
+    # config.default.KEY = value: used when no config value of that name is set.
+    config_defaults: tuple[tuple[str, str], ...] = ()
     warnings: tuple[str, ...] = ()
     # Not validated yet: left to the code that handles [services]...
     extra_sections: dict[str, dict[str, str]] = field(default_factory=dict, hash=False)
@@ -229,10 +234,14 @@ def parse_app_ini_text(text, path="app.ini"):
     warnings = []
     values = {}
     services = set()
+    config = {"required": (), "defaults": {}}
     for key, raw in parser.items(SECTION):
         line = lines[(SECTION, key)][0]
         if key.startswith("service."):
             services.add(_check_service(key, raw, path, line))
+            continue
+        if key.startswith("config."):
+            _check_config(key, raw, path, line, config)
             continue
         if key not in KNOWN_KEYS:
             warnings.append(f"{path} line {line}: unknown key {key!r} in [{SECTION}] (ignored)")
@@ -268,7 +277,35 @@ def parse_app_ini_text(text, path="app.ini"):
     extra = {s: dict(parser.items(s)) for s in parser.sections() if s not in (SECTION, CRON_SECTION)}
     key_lines = {k: v[0] for k, v in lines.items()}
     return AppIni(**checked, services=tuple(s for s in SERVICES if s in services), cron=cron,
+                  config_required=config["required"], config_defaults=tuple(sorted(config["defaults"].items())),
                   warnings=tuple(warnings), extra_sections=extra, key_lines=key_lines)
+
+
+def _check_config(key, raw, path, line, config):
+    """config.required = KEY KEY..., config.default.KEY = value (into `config`)."""
+    def bad(why):
+        return AppIniError(f"{path} line {line}: {why}", path=path, line=line, key=key)
+
+    def name(word, what):
+        if not ENV_KEY_RE.fullmatch(word) or word != word.upper():
+            raise bad(f"{what} {word!r} is not a config name: use upper-case letters, digits and '_', "
+                      "not starting with a digit (app.ini keys are case-insensitive, so names are upper case)")
+        reserved = reserved_env_name(word)
+        if reserved:
+            raise bad(f"{what} {reserved}")
+        return word
+
+    if "\n" in raw or _CONTROL_RE.search(raw):
+        raise bad(f"{key} must be one line without control characters")
+    if key == "config.required":
+        names = raw.split()
+        if len(set(names)) != len(names):
+            raise bad(f"config.required names a key twice: {raw.strip()!r}")
+        config["required"] = tuple(name(word, "config.required:") for word in names)
+    elif key.startswith("config.default."):
+        config["defaults"][name(key[len("config.default."):].upper(), "config.default:")] = raw
+    else:
+        raise bad(f"unknown key {key!r}: app.ini has config.required = KEY ... and config.default.KEY = value")
 
 
 def _check_service(key, raw, path, line):

@@ -151,3 +151,15 @@ _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 RUNNER_RE = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}")
 # An environment variable name (config keys, env file keys).
 ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
+# Names the platform sets in every release's environment (jobs/environment.py): config may not use them.
+RESERVED_ENV_PREFIXES = ("TOPPCLOUD_", "CONFIG_")
+RESERVED_ENV_NAMES = frozenset({"PATH", "HOME", "LANG", "VIRTUAL_ENV", "PYTHONUNBUFFERED", "PYTHONPATH",
+                                "DATABASE_URL", "STATIC_URL"})
+
+
+def reserved_env_name(name):
+    """Why `name` cannot be a config name, or None."""
+    if name.startswith(RESERVED_ENV_PREFIXES) or name in RESERVED_ENV_NAMES:
+        return (f"{name} is set by toppcloud itself (names starting with {' or '.join(RESERVED_ENV_PREFIXES)}, "
+                f"and {', '.join(sorted(RESERVED_ENV_NAMES))}); choose another name")
+    return None

@@ -413,3 +413,33 @@ def test_a_bad_cron_line_stops_the_deploy_before_any_job(chores, ready_nodes, tm
     with pytest.raises(CommandError, match=r"nothing was deployed: .*app.ini line \d+: cron entry 'tick' minute"):
         call_command("deploy", str(src), "--node", ready_nodes[0].name)
     assert Job.objects.count() == before
+
+
+def test_required_config_refuses_a_deploy_until_set_and_a_secret_reaches_the_app_masked(
+        chores, ready_nodes, monkeypatch):
+    import io
+
+    from django.core.management.base import CommandError
+    from django.db import connection
+
+    canary = f"canary-{time.time_ns()}-secret"
+    src = _with_version(chores["src"], "cfg")
+    ini = (src / "app.ini").read_text()
+    (src / "app.ini").write_text(ini.replace("keep_releases = 3", "keep_releases = 3\nconfig.required = CHORES_TOKEN"))
+    before = Job.objects.count()
+    with pytest.raises(CommandError, match="needs config that is not set: CHORES_TOKEN"):
+        call_command("deploy", str(src), "--node", ready_nodes[0].name)
+    assert Job.objects.count() == before
+    monkeypatch.setattr("sys.stdin", io.StringIO(canary))
+    call_command("config", "set", "CHORES_TOKEN", "--app", NAME, "--secret", stdout=io.StringIO())
+    code, job = deploy(src, ready_nodes[0])
+    assert code == 0, job.error
+    status, body = get(chores["host"], HOSTNAME, "/env")
+    assert json.loads(body)["CHORES_TOKEN"] == canary
+    code, job = run_command("run", NAME, "--", "python", "-c", "import os; print(os.environ['CHORES_TOKEN'])")
+    assert "".join(e["output"] for e in events(job, "output")) == "********\n"
+    assert not JobEvent.objects.filter(data__icontains=canary).exists()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM records_configvalue WHERE secret_value LIKE %s OR value LIKE %s",
+                       [f"%{canary}%", f"%{canary}%"])
+        assert cursor.fetchone()[0] == 0  # encrypted at rest

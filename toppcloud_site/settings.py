@@ -166,6 +166,12 @@ TOPPCLOUD_ARTIFACT_DIR = env_str("TOPPCLOUD_ARTIFACT_DIR", str(VAR_DIR / "artifa
 # Backup archives (NAME.tar under a directory per app); web and workers must share it.
 TOPPCLOUD_BACKUP_DIR = env_str("TOPPCLOUD_BACKUP_DIR", str(VAR_DIR / "backups"))
 
+# --- secrets at rest -------------------------------------------------------
+# Fernet keys, comma-separated: the first encrypts stored secrets (config
+# secrets, database passwords), all decrypt. Unset: a key made in
+# $TOPPCLOUD_VAR_DIR/secret.key. `manage.py secrets new-key` prints a key.
+TOPPCLOUD_SECRET_KEYS = [k.strip() for k in env_secret("TOPPCLOUD_SECRET_KEYS", "").split(",") if k.strip()]
+
 # --- apps' environment, cron and tasks ------------------------------------
 # The control plane's URL as apps on the nodes reach it (tasks API); SITE_URL if unset.
 TOPPCLOUD_API_URL = env_str("TOPPCLOUD_API_URL", SITE_URL)

@@ -41,6 +41,10 @@ def deploy(ctx, app, release, node):
     ini = release.app_ini
     t, layout = ctx.transport(node), NodeLayout(node.root)
     take_app_lock(ctx, app)  # before reading what is live: nobody else changes it while we hold it
+    try:
+        environment.check_required_config(app, release)
+    except environment.ConfigMissing as exc:
+        raise FlowFailed(f"{exc}; nothing was changed on {node.name}") from None
     live = LiveRelease.objects.filter(app=app, node=node, host=ini["location_host"], path=ini["location_path"]).first()
     previous = live.release if live else None
     if previous == release:

@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin, messages
 from django.http import FileResponse, Http404
 from django.urls import path, reverse
@@ -316,14 +317,48 @@ class ServiceAdmin(admin.ModelAdmin):
         return False
 
 
+class ConfigValueForm(forms.ModelForm):
+    """One value input for both kinds: a secret's stored value is never sent to the page."""
+
+    new_value = forms.CharField(label="value", required=False, strip=False,
+                                widget=forms.Textarea(attrs={"rows": 2, "autocomplete": "off"}))
+
+    class Meta:
+        model = ConfigValue
+        fields = ["scope", "group", "app", "key", "secret"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk and self.instance.secret:
+            self.fields["new_value"].help_text = "A secret is never shown: leave this empty to keep it."
+        elif self.instance.pk:
+            self.initial["new_value"] = self.instance.value
+
+    def clean(self):
+        data = super().clean()
+        value, secret = data.get("new_value", ""), data.get("secret", False)
+        if secret and value == "" and self.instance.pk and self.instance.secret:
+            value = self.instance.secret_value  # kept as it is
+        self.instance.set_value(value, secret=secret)
+        return data
+
+
 @admin.register(ConfigValue)
 class ConfigValueAdmin(admin.ModelAdmin):
-    """Variables in apps' environments; an app's value wins over its group's, which wins over the global one."""
+    """Variables in apps' environments; an app's value wins over its group's, which wins over the global one.
+    Secrets are encrypted at rest and never shown."""
 
-    list_display = ["key", "scope", "group", "app", "updated_at"]
-    list_filter = ["scope", "group", "app"]
+    form = ConfigValueForm
+    list_display = ["key", "scope", "group", "app", "shown_value", "updated_at"]
+    list_filter = ["scope", "secret", "group", "app"]
     search_fields = ["key", "app__name", "group__name"]
-    fields = ["scope", "group", "app", "key", "value"]
+    fields = ["scope", "group", "app", "key", "secret", "new_value"]
+
+    @admin.display(description="value")
+    def shown_value(self, obj):
+        if obj.secret:
+            return "(secret, set)" if obj.secret_value else "(secret, empty)"
+        return obj.value if len(obj.value) <= 80 else obj.value[:77] + "..."
 
 
 @admin.register(CronEntry)

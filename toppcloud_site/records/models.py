@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 from nodeops import validate
+from toppcloud_site.records.secrets import EncryptedTextField
 
 
 def _django(check):
@@ -178,9 +179,8 @@ class Service(models.Model):
                              help_text="The node that holds the data.")
     settings = models.JSONField(default=dict, editable=False,
                                 help_text="Where the data is: cluster, version, port, database and role, or directory.")
-    # Generated once, given to the app as CONFIG_PG_PASSWORD; never shown.
-    # (Issue 6 encrypts secrets at rest.)
-    password = models.CharField(max_length=64, blank=True, editable=False)
+    # Generated once, given to the app as CONFIG_PG_PASSWORD; never shown; encrypted at rest.
+    password = EncryptedTextField(blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -226,10 +226,6 @@ class Backup(models.Model):
         return self.name
 
 
-# Names the platform sets in every release's environment (jobs/environment.py): config may not shadow them.
-RESERVED_ENV_PREFIXES = ("TOPPCLOUD_", "CONFIG_")
-RESERVED_ENV_NAMES = frozenset({"PATH", "HOME", "LANG", "VIRTUAL_ENV", "PYTHONUNBUFFERED", "PYTHONPATH",
-                                "DATABASE_URL", "STATIC_URL"})
 CONFIG_VALUE_MAX = 32 * 1024
 
 
@@ -237,10 +233,9 @@ def validate_config_key(value):
     if not validate.ENV_KEY_RE.fullmatch(value or ""):
         raise ValidationError(f"{value!r} is not an environment variable name: use letters, digits and '_', "
                               "not starting with a digit, at most 100 characters")
-    if value.startswith(RESERVED_ENV_PREFIXES) or value in RESERVED_ENV_NAMES:
-        raise ValidationError(f"{value} is set by toppcloud itself (names starting with "
-                              f"{' or '.join(RESERVED_ENV_PREFIXES)}, and {', '.join(sorted(RESERVED_ENV_NAMES))}); "
-                              "choose another name")
+    reserved = validate.reserved_env_name(value)
+    if reserved:
+        raise ValidationError(reserved)
 
 
 def validate_config_value(value):
@@ -268,7 +263,9 @@ class ConfigValue(models.Model):
     group = models.ForeignKey(ServerGroup, null=True, blank=True, on_delete=models.CASCADE, related_name="config")
     app = models.ForeignKey(App, null=True, blank=True, on_delete=models.CASCADE, related_name="config")
     key = models.CharField(max_length=100, validators=[validate_config_key])
-    value = models.TextField(blank=True, validators=[validate_config_value])
+    secret = models.BooleanField(default=False, help_text="Encrypted at rest, never shown, masked in every event.")
+    value = models.TextField(blank=True, validators=[validate_config_value], help_text="A value that is not secret.")
+    secret_value = EncryptedTextField(blank=True, editable=False, validators=[validate_config_value])
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -292,7 +289,18 @@ class ConfigValue(models.Model):
         where = {"global": "global", "group": f"group {self.group}", "app": f"app {self.app}"}[self.scope]
         return f"{self.key} ({where})"
 
+    @property
+    def plain(self):
+        """The value the app gets."""
+        return self.secret_value if self.secret else self.value
+
+    def set_value(self, value, *, secret):
+        self.secret = secret
+        self.value, self.secret_value = ("", value) if secret else (value, "")
+
     def clean(self):
+        if self.secret and self.value:
+            raise ValidationError("a secret keeps its value encrypted: set it with set_value(..., secret=True)")
         need = {self.Scope.GLOBAL: (False, False), self.Scope.GROUP: (True, False), self.Scope.APP: (False, True)}
         group, app = need.get(self.scope, (False, False))
         if group != (self.group_id is not None) or app != (self.app_id is not None):

@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from jobs import dispatch
 from jobs.cli import add_follow_arguments, follow_job
+from jobs.environment import ConfigMissing, check_required_config
 from jobs.nodes import InvalidNode, check_node, get_node, submit_node_job
 from jobs.releases import ReleaseRefused, pack_release
 from jobs.states import ActorKind
@@ -36,7 +37,8 @@ class Command(BaseCommand):
             if max_parallel < 1:
                 raise ReleaseRefused("--max-parallel must be 1 or more")
             release, warnings = pack_release(app_dir)
-        except (AppIniError, ArchiveError, ReleaseRefused, InvalidNode) as exc:
+            check_required_config(release.app, release)
+        except (AppIniError, ArchiveError, ReleaseRefused, InvalidNode, ConfigMissing) as exc:
             raise CommandError(f"nothing was deployed: {exc}") from None
         for warning in warnings:
             self.stderr.write(f"warning: {warning}")

@@ -1,0 +1,116 @@
+"""manage.py config get|set|unset|list [--app A | --group G | --global] [--secret]: apps' config, for scripts.
+
+    manage.py config set SENTRY_DSN https://... --global
+    printf %s "$TOKEN" | manage.py config set STRIPE_KEY --app shop --secret     # the value from stdin
+    manage.py config list --app shop              # what the app gets, and from which scope
+    manage.py config get STRIPE_KEY --app shop --reveal
+    manage.py config unset SENTRY_DSN --global
+
+Values reach an app as environment variables at its next deploy. Secrets
+are encrypted at rest and never printed without --reveal.
+"""
+
+import sys
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from jobs.environment import config_records
+from jobs.nodes import validation_message
+from toppcloud_site.records.models import App, ConfigValue, ServerGroup
+
+
+class Command(BaseCommand):
+    help = "Get, set, unset and list config values (environment variables of apps) at app, group or global scope."
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="action", required=True)
+        for name, helptext in (("get", "print a value"), ("set", "set a value"), ("unset", "remove a value"),
+                               ("list", "list values")):
+            p = sub.add_parser(name, help=helptext)
+            if name != "list":
+                p.add_argument("key")
+            if name == "set":
+                p.add_argument("value", nargs="?", default="-", help="the value; '-' or nothing: read stdin")
+                p.add_argument("--secret", action="store_true", help="encrypt it, never show it")
+            if name == "get":
+                p.add_argument("--reveal", action="store_true", help="print a secret's value")
+            where = p.add_mutually_exclusive_group()
+            where.add_argument("--app")
+            where.add_argument("--group")
+            where.add_argument("--global", dest="is_global", action="store_true")
+
+    def handle(self, action, app=None, group=None, is_global=False, **opts):
+        scope = _scope(app, group, is_global)
+        return getattr(self, f"do_{action}")(scope, **opts)
+
+    def do_list(self, scope, **_):
+        if scope["scope"] == ConfigValue.Scope.APP:  # what the app gets, and where each value comes from
+            for key, record in sorted(config_records(scope["app"]).items()):
+                where = _where({"scope": record.scope, "app": record.app, "group": record.group})
+                self.stdout.write(f"{key_line(record)}  ({where})")
+            return
+        for record in _values(scope):
+            self.stdout.write(key_line(record))
+
+    def do_get(self, scope, key, reveal=False, **_):
+        value = _values(scope).filter(key=key).first()
+        if value is None:
+            raise CommandError(f"{key} is not set at {_where(scope)}")
+        if value.secret and not reveal:
+            raise CommandError(f"{key} is a secret: add --reveal to print it")
+        self.stdout.write(value.plain)
+
+    @transaction.atomic
+    def do_set(self, scope, key, value, secret=False, **_):
+        if value == "-":
+            value = sys.stdin.read()
+            value = value[:-1] if value.endswith("\n") else value
+        record = _values(scope).filter(key=key).first() or ConfigValue(key=key, **scope)
+        record.set_value(value, secret=secret)
+        try:
+            record.full_clean()
+        except ValidationError as exc:
+            raise CommandError(f"{key} was not set: {validation_message(exc)}") from None
+        record.save()
+        self.stdout.write(f"{key} set at {_where(scope)}" + (" (secret)" if secret else "")
+                          + "; apps get it at their next deploy")
+
+    def do_unset(self, scope, key, **_):
+        deleted, _ = _values(scope).filter(key=key).delete()
+        if not deleted:
+            raise CommandError(f"{key} is not set at {_where(scope)}")
+        self.stdout.write(f"{key} unset at {_where(scope)}")
+
+
+def _scope(app, group, is_global):
+    if app:
+        record = App.objects.filter(name=app).first()
+        if record is None:
+            raise CommandError(f"there is no app {app!r}")
+        return {"scope": ConfigValue.Scope.APP, "app": record, "group": None}
+    if group:
+        record = ServerGroup.objects.filter(name=group).first()
+        if record is None:
+            raise CommandError(f"there is no server group {group!r}")
+        return {"scope": ConfigValue.Scope.GROUP, "group": record, "app": None}
+    if is_global:
+        return {"scope": ConfigValue.Scope.GLOBAL, "app": None, "group": None}
+    raise CommandError("say where: --app APP, --group GROUP or --global")
+
+
+def _values(scope):
+    return ConfigValue.objects.filter(**scope).order_by("key")
+
+
+def _where(scope):
+    return {"app": f"app {scope['app']}", "group": f"group {scope['group']}", "global": "global scope"}[scope["scope"]]
+
+
+def _show(record):
+    return "(secret)" if record.secret else record.plain
+
+
+def key_line(record):
+    return f"{record.key}={_show(record)}"

@@ -1,0 +1,144 @@
+"""Secrets at rest, the config command, required config (database only, no hosts)."""
+
+import io
+
+import pytest
+from cryptography.fernet import Fernet
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection
+from django.urls import reverse
+
+from jobs.environment import ConfigMissing, check_required_config, config_values, release_environment
+from jobs.redact import redact_text
+from nodeops.appini import AppIniError, parse_app_ini_text
+from nodeops.layout import NodeLayout
+from toppcloud_site.records.models import App, ConfigValue, Node, Release, Service
+from toppcloud_site.records.secrets import SecretUnreadable
+
+pytestmark = pytest.mark.django_db
+CANARY = "canary-5ecret-Ω-" + "x" * 20
+
+
+def raw(table, column, pk):
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {column} FROM {table} WHERE id = %s", [pk])
+        return cursor.fetchone()[0]
+
+
+def run(*args, stdin=None, monkeypatch=None):
+    out = io.StringIO()
+    if stdin is not None:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    call_command("config", *args, stdout=out)
+    return out.getvalue()
+
+
+@pytest.fixture
+def app():
+    return App.objects.create(name="vault")
+
+
+def test_secrets_are_encrypted_in_the_database_and_plain_in_python(app):
+    value = ConfigValue(scope="app", app=app, key="API_KEY")
+    value.set_value(CANARY, secret=True)
+    value.full_clean()
+    value.save()
+    stored = raw("records_configvalue", "secret_value", value.pk)
+    assert CANARY not in stored and stored.startswith("gAAAA")  # a Fernet token
+    assert raw("records_configvalue", "value", value.pk) == ""
+    assert ConfigValue.objects.get(pk=value.pk).plain == CANARY
+    service = Service.objects.create(app=app, kind="postgresql", password=CANARY,
+                                     node=Node.objects.create(name="n1", address="127.0.0.9", transport="local"))
+    assert CANARY not in raw("records_service", "password", service.pk)
+    assert Service.objects.get(pk=service.pk).password == CANARY
+
+
+def test_a_key_is_rotated_without_losing_a_secret(app, settings):
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.TOPPCLOUD_SECRET_KEYS = [old]
+    value = ConfigValue(scope="app", app=app, key="API_KEY")
+    value.set_value(CANARY, secret=True)
+    value.save()
+    settings.TOPPCLOUD_SECRET_KEYS = [new, old]  # the new key first, the old one still decrypts
+    out = io.StringIO()
+    call_command("secrets", "rotate", stdout=out)
+    assert "1 config values" in out.getvalue()
+    assert Fernet(new).decrypt(raw("records_configvalue", "secret_value", value.pk).encode()).decode() == CANARY
+    settings.TOPPCLOUD_SECRET_KEYS = [new]  # the old key dropped
+    assert ConfigValue.objects.get(pk=value.pk).plain == CANARY
+    settings.TOPPCLOUD_SECRET_KEYS = [Fernet.generate_key().decode()]  # a wrong key: a clear error
+    with pytest.raises(SecretUnreadable, match="cannot be decrypted with any key"):
+        ConfigValue.objects.get(pk=value.pk)
+    with pytest.raises(CommandError, match="nothing was re-encrypted"):
+        call_command("secrets", "rotate", stdout=io.StringIO())
+
+
+def test_the_config_command_sets_lists_gets_and_unsets(app, monkeypatch):
+    assert "set at global scope" in run("set", "GREETING", "hello", "--global")
+    assert "(secret)" in run("set", "API_KEY", "--app", "vault", "--secret", stdin=CANARY + "\n",
+                             monkeypatch=monkeypatch)
+    run("set", "GREETING", "hi vault", "--app", "vault")
+    listing = run("list", "--app", "vault")
+    assert listing == "API_KEY=(secret)  (app vault)\nGREETING=hi vault  (app vault)\n" and CANARY not in listing
+    assert run("list", "--global") == "GREETING=hello\n"
+    with pytest.raises(CommandError, match="API_KEY is a secret: add --reveal"):
+        run("get", "API_KEY", "--app", "vault")
+    assert run("get", "API_KEY", "--app", "vault", "--reveal") == CANARY + "\n"
+    assert config_values(app) == {"API_KEY": CANARY, "GREETING": "hi vault"}
+    assert redact_text(f"the key is {CANARY}") == "the key is ********"  # config_values registered it
+    run("unset", "GREETING", "--app", "vault")
+    assert config_values(app)["GREETING"] == "hello"
+    with pytest.raises(CommandError, match="PATH was not set: .*set by toppcloud itself"):
+        run("set", "PATH", "/x", "--global")
+    with pytest.raises(CommandError, match="say where"):
+        run("set", "X", "1")
+    with pytest.raises(CommandError, match="there is no app 'nope'"):
+        run("list", "--app", "nope")
+    with pytest.raises(CommandError, match="GREETING is not set at app vault"):
+        run("unset", "GREETING", "--app", "vault")
+
+
+def test_the_admin_never_shows_a_secret_and_keeps_it_when_the_field_is_left_empty(admin_client, app):
+    url = reverse("admin:records_configvalue_add")
+    admin_client.post(url, {"scope": "app", "app": app.pk, "key": "API_KEY", "secret": "on", "new_value": CANARY})
+    value = ConfigValue.objects.get(key="API_KEY")
+    assert value.secret and value.plain == CANARY
+    change = reverse("admin:records_configvalue_change", args=[value.pk])
+    for page in (admin_client.get(reverse("admin:records_configvalue_changelist")), admin_client.get(change)):
+        assert CANARY not in page.content.decode()
+    assert "(secret, set)" in admin_client.get(reverse("admin:records_configvalue_changelist")).content.decode()
+    admin_client.post(change, {"scope": "app", "app": app.pk, "key": "API_KEY", "secret": "on", "new_value": ""})
+    assert ConfigValue.objects.get(pk=value.pk).plain == CANARY
+
+
+def test_required_config_and_defaults(app):
+    ini = parse_app_ini_text("[production]\napp_name = vault\nrunner = app:application\n"
+                             "config.required = API_KEY SENTRY_DSN\nconfig.default.sentry_dsn = https://none\n"
+                             "config.default.PAGE_SIZE = 20\n")
+    assert ini.config_required == ("API_KEY", "SENTRY_DSN")
+    assert ini.config_defaults == (("PAGE_SIZE", "20"), ("SENTRY_DSN", "https://none"))
+    release = Release.objects.create(app=app, name="r1", artifact_sha256="3" * 64, app_ini={
+        "config_required": list(ini.config_required), "config_defaults": dict(ini.config_defaults)})
+    with pytest.raises(ConfigMissing, match="vault r1 needs config that is not set: API_KEY;"):
+        check_required_config(app, release)
+    ConfigValue.objects.create(scope="global", key="API_KEY", value="k")
+    ConfigValue.objects.create(scope="global", key="PAGE_SIZE", value="50")
+    check_required_config(app, release)
+    node = Node.objects.create(name="n2", address="127.0.0.8", transport="local", root="/srv/tc")
+    env = release_environment(app, release, node, NodeLayout("/srv/tc"), "/srv/tc/v", {})
+    assert (env["API_KEY"], env["SENTRY_DSN"], env["PAGE_SIZE"]) == ("k", "https://none", "50")
+
+
+@pytest.mark.parametrize("line, words", [
+    ("config.required = api_key", "is not a config name"),
+    ("config.required = A A", "names a key twice"),
+    ("config.required = TOPPCLOUD_X", "set by toppcloud itself"),
+    ("config.default.PATH = /x", "set by toppcloud itself"),
+    ("config.defaults.X = 1", "unknown key 'config.defaults.x'"),
+    ("config.required = 1A", "is not a config name"),
+])
+def test_bad_config_lines_in_app_ini(line, words):
+    with pytest.raises(AppIniError, match="line 4: ") as e:
+        parse_app_ini_text(f"[production]\napp_name = vault\nrunner = app:application\n{line}\n")
+    assert words in str(e.value)
