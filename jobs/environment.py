@@ -8,6 +8,7 @@ every variable.
 """
 
 import hmac
+import json
 
 from django.conf import settings
 from django.utils.crypto import salted_hmac
@@ -58,6 +59,14 @@ def check_required_config(app, release):
         raise ConfigMissing(f"{app.name} {release.name} needs config that is not set: {', '.join(missing)}; "
                             f"set each with `manage.py config set KEY VALUE --app {app.name}` (or --group, "
                             "--global), or in the admin's Config values")
+
+
+def config_version(app, release):
+    """Which config a deploy used: an HMAC of the config the release gets (defaults included), so equal
+    versions mean equal values, and no value (no secret) can be guessed back from it."""
+    config = dict(release.app_ini.get("config_defaults", {})) | {k: r.plain for k, r in config_records(app).items()}
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return salted_hmac("toppcloud.config-version", text, algorithm="sha256").hexdigest()[:16]
 
 
 def task_token(app, secret=None):

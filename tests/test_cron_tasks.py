@@ -16,13 +16,14 @@ from django.core.management import call_command
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
+from jobs import environment
 from jobs.environment import task_token
 from jobs.models import Job, JobEvent, TaskKey
 from tests import workers
 from tests.helpers import event_kinds, wait_for_job, wait_until
 from tests.test_data_flow import run_command
 from tests.test_deploy_flow import app_copy, deploy, get
-from toppcloud_site.records.models import App, ConfigValue, CronEntry
+from toppcloud_site.records.models import App, ConfigValue, CronEntry, Release
 
 pytestmark = [pytest.mark.hosts, pytest.mark.worker]
 NAME = f"chores{os.getpid() % 10000}"
@@ -434,6 +435,10 @@ def test_required_config_refuses_a_deploy_until_set_and_a_secret_reaches_the_app
     call_command("config", "set", "CHORES_TOKEN", "--app", NAME, "--secret", stdout=io.StringIO())
     code, job = deploy(src, ready_nodes[0])
     assert code == 0, job.error
+    [env_step] = [e for e in events(job, "step.finished") if e["step"] == "env"]
+    assert "CHORES_TOKEN" in env_step["config_keys"] and len(env_step["config_version"]) == 16
+    assert env_step["config_version"] == environment.config_version(App.objects.get(name=NAME), Release.objects.get(
+        app__name=NAME, name=job.result["release"]))  # the deploy says which config it used
     status, body = get(chores["host"], HOSTNAME, "/env")
     assert json.loads(body)["CHORES_TOKEN"] == canary
     code, job = run_command("run", NAME, "--", "python", "-c", "import os; print(os.environ['CHORES_TOKEN'])")

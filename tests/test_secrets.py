@@ -142,3 +142,51 @@ def test_bad_config_lines_in_app_ini(line, words):
     with pytest.raises(AppIniError, match="line 4: ") as e:
         parse_app_ini_text(f"[production]\napp_name = vault\nrunner = app:application\n{line}\n")
     assert words in str(e.value)
+
+
+def test_every_change_of_config_is_audited_with_secrets_masked(app, monkeypatch):
+    import getpass
+
+    from toppcloud_site.records.models import AuditEntry
+
+    me = f"user:{getpass.getuser()}"
+    since = AuditEntry.objects.order_by("-id").values_list("id", flat=True).first() or 0  # other tests' entries
+    run("set", "GREETING", "hello", "--app", "vault")
+    run("set", "GREETING", "hi", "--app", "vault")
+    run("set", "API_KEY", "--app", "vault", "--secret", stdin=CANARY, monkeypatch=monkeypatch)
+    run("set", "API_KEY", "--app", "vault", "--secret", stdin=CANARY + "2", monkeypatch=monkeypatch)
+    run("get", "API_KEY", "--app", "vault", "--reveal")
+    run("unset", "GREETING", "--app", "vault")
+    entries = list(AuditEntry.objects.filter(model="configvalue", id__gt=since).order_by("id"))
+    assert [(e.actor, e.action, e.object_repr) for e in entries] == [
+        (me, "create", "GREETING (app vault)"), (me, "update", "GREETING (app vault)"),
+        (me, "create", "API_KEY (app vault)"), (me, "update", "API_KEY (app vault)"),
+        (me, "reveal", "API_KEY (app vault)"), (me, "delete", "GREETING (app vault)")]
+    assert entries[1].changes == {"value": ["hello", "hi"]}
+    assert entries[3].changes == {"secret_value": ["********", "******** (changed)"]}
+    assert not AuditEntry.objects.filter(changes__icontains=CANARY).exists()
+    assert entries[5].changes["value"] == ["hi", None]
+
+
+def test_admin_changes_and_reveals_are_audited_under_the_users_name(admin_client, admin_user, app):
+    from toppcloud_site.records.models import AuditEntry
+
+    from toppcloud_site.records.models import ServerGroup
+
+    since = AuditEntry.objects.order_by("-id").values_list("id", flat=True).first() or 0  # other tests' entries
+    group = ServerGroup.objects.create(name="g-audit")  # made outside any request or command: "system"
+    admin_client.post(reverse("admin:records_servergroup_change", args=[group.pk]),
+                      {"name": "g-audit", "description": "the vault's group", "database_node": ""})
+    made, changed = AuditEntry.objects.filter(model="servergroup", id__gt=since).order_by("id")
+    assert (made.actor, made.action) == ("system", "create")
+    assert changed.actor == f"user:{admin_user.username}" and changed.changes == {
+        "description": ["", "the vault's group"]}
+    value = ConfigValue(scope="app", app=app, key="API_KEY")
+    value.set_value(CANARY, secret=True)
+    value.save()
+    page = admin_client.post(reverse("admin:records_configvalue_changelist"),
+                             {"action": "reveal", "_selected_action": [value.pk]}).content.decode()
+    assert CANARY in page
+    reveal = AuditEntry.objects.get(action="reveal", id__gt=since)
+    assert (reveal.actor, reveal.object_repr) == (f"user:{admin_user.username}", "API_KEY (app vault)")
+    assert "audit" in admin_client.get(reverse("admin:records_auditentry_changelist")).content.decode().lower()

@@ -59,7 +59,9 @@ def deploy(ctx, app, release, node):
         s.data["release_dir"] = release_dir
     with ctx.step("venv") as s:
         venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name, release_dir, ini["requirements"])
-    with ctx.step("env"):
+    with ctx.step("env") as s:
+        s.data["config_version"] = environment.config_version(app, release)  # which config this deploy used
+        s.data["config_keys"] = sorted(environment.config_records(app))
         env_file = node_release.write_env(t, layout, app.name, release.name, environment.release_environment(
             app, release, node, layout, venv, service_env))
     port, answer = start_release(ctx, t, layout, app, release, ini, venv, env_file)

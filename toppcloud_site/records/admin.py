@@ -5,7 +5,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from jobs.models import LiveRelease
-from toppcloud_site.records.models import (App, Backup, ConfigValue, CronEntry, Location, Node, Release, ServerGroup,
+from toppcloud_site.records.models import (App, AuditEntry, Backup, ConfigValue, CronEntry, Location, Node, Release, ServerGroup,
                                            Service)
 
 
@@ -349,10 +349,25 @@ class ConfigValueAdmin(admin.ModelAdmin):
     Secrets are encrypted at rest and never shown."""
 
     form = ConfigValueForm
+    actions = ["reveal"]
     list_display = ["key", "scope", "group", "app", "shown_value", "updated_at"]
     list_filter = ["scope", "secret", "group", "app"]
     search_fields = ["key", "app__name", "group__name"]
     fields = ["scope", "group", "app", "key", "secret", "new_value"]
+
+    @admin.action(description="Reveal secret values (recorded in the audit log)", permissions=["change"])
+    def reveal(self, request, queryset):
+        from django.template.response import TemplateResponse
+
+        from toppcloud_site.records import audit
+
+        shown = []
+        for value in queryset:
+            if value.secret:
+                audit.record("reveal", value, key=value.key)
+            shown.append((value, value.plain))
+        return TemplateResponse(request, "admin/records/configvalue/reveal.html", {
+            **self.admin_site.each_context(request), "title": "Config values", "shown": shown})
 
     @admin.display(description="value")
     def shown_value(self, obj):
@@ -413,3 +428,23 @@ class CronEntryAdmin(admin.ModelAdmin):
                                     actor=request.user.get_username()), f"{e.app.name} {e.name}")
                    for e in queryset.select_related("app")]
         _started(self, request, "Cron run", started)
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    """Every change of apps, server groups, nodes and config values: read-only."""
+
+    list_display = ["at", "actor", "action", "model", "object_repr", "changes"]
+    list_filter = ["action", "model"]
+    search_fields = ["actor", "object_repr", "object_id"]
+    date_hierarchy = "at"
+    readonly_fields = ["at", "actor", "action", "model", "object_id", "object_repr", "changes"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -8,3 +8,7 @@ class RecordsConfig(AppConfig):
 
     def ready(self):
         from toppcloud_site import checks  # noqa: F401  (registers system checks)
+        from toppcloud_site.records import audit
+        from toppcloud_site.records.models import App, ConfigValue, Node, ServerGroup
+
+        audit.connect([App, ServerGroup, Node, ConfigValue])

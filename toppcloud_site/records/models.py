@@ -332,3 +332,23 @@ class CronEntry(models.Model):
 
     def __str__(self):
         return f"{self.app.name} {self.name}"
+
+
+class AuditEntry(models.Model):
+    """Who changed which record when, old and new values (secrets masked); written by records/audit.py."""
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.CharField(max_length=200)
+    action = models.CharField(max_length=16)  # create, update, delete, reveal
+    model = models.CharField(max_length=64)
+    object_id = models.CharField(max_length=64)
+    object_repr = models.CharField(max_length=200)
+    changes = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name_plural = "audit entries"
+        indexes = [models.Index(fields=["model", "object_id"], name="records_audit_object_idx")]
+
+    def __str__(self):
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.model} {self.object_repr}"

@@ -7,9 +7,11 @@
     manage.py config unset SENTRY_DSN --global
 
 Values reach an app as environment variables at its next deploy. Secrets
-are encrypted at rest and never printed without --reveal.
+are encrypted at rest and never printed without --reveal. Every change, and
+every --reveal, is an audit entry under the OS user's name.
 """
 
+import getpass
 import sys
 
 from django.core.exceptions import ValidationError
@@ -18,6 +20,7 @@ from django.db import transaction
 
 from jobs.environment import config_records
 from jobs.nodes import validation_message
+from toppcloud_site.records import audit
 from toppcloud_site.records.models import App, ConfigValue, ServerGroup
 
 
@@ -43,7 +46,8 @@ class Command(BaseCommand):
 
     def handle(self, action, app=None, group=None, is_global=False, **opts):
         scope = _scope(app, group, is_global)
-        return getattr(self, f"do_{action}")(scope, **opts)
+        with audit.acting_as(f"user:{getpass.getuser()}"):  # changes and reveals are audited under this name
+            return getattr(self, f"do_{action}")(scope, **opts)
 
     def do_list(self, scope, **_):
         if scope["scope"] == ConfigValue.Scope.APP:  # what the app gets, and where each value comes from
@@ -60,6 +64,8 @@ class Command(BaseCommand):
             raise CommandError(f"{key} is not set at {_where(scope)}")
         if value.secret and not reveal:
             raise CommandError(f"{key} is a secret: add --reveal to print it")
+        if value.secret:
+            audit.record("reveal", value, key=key)
         self.stdout.write(value.plain)
 
     @transaction.atomic

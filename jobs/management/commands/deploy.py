@@ -12,6 +12,7 @@ from jobs.releases import ReleaseRefused, pack_release
 from jobs.states import ActorKind
 from nodeops.appini import AppIniError
 from nodeops.archive import ArchiveError
+from toppcloud_site.records import audit
 from toppcloud_site.records.models import Node
 
 
@@ -36,7 +37,8 @@ class Command(BaseCommand):
                 raise ReleaseRefused("say where: --node NODE (repeatable) or --group GROUP")
             if max_parallel < 1:
                 raise ReleaseRefused("--max-parallel must be 1 or more")
-            release, warnings = pack_release(app_dir)
+            with audit.acting_as(f"user:{opts.get('actor') or getpass.getuser()}"):  # a new App record is audited
+                release, warnings = pack_release(app_dir)
             check_required_config(release.app, release)
         except (AppIniError, ArchiveError, ReleaseRefused, InvalidNode, ConfigMissing) as exc:
             raise CommandError(f"nothing was deployed: {exc}") from None

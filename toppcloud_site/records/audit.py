@@ -1,0 +1,111 @@
+"""Audited changes: every create, update and delete of apps, server groups, nodes and config values.
+
+Model signals write an AuditEntry (who, when, what changed: old and new
+values, secrets masked). Who is the actor of the surrounding `acting_as()`:
+the admin's middleware sets the signed-in user, management commands the OS
+user (or --as); anything else is `system`.
+"""
+
+import contextvars
+from contextlib import contextmanager
+
+from django.db.models.signals import post_delete, post_save, pre_save
+
+MASK = "********"
+# Fields whose values an audit entry never shows (a change still shows as changed).
+SECRET_FIELDS = {"secret_value", "password"}
+# Bookkeeping, not a change anyone made.
+SKIPPED_FIELDS = {"created_at", "updated_at", "facts", "set_up_at"}
+
+_actor = contextvars.ContextVar("toppcloud_audit_actor", default="system")
+
+
+@contextmanager
+def acting_as(actor):
+    token = _actor.set(actor)
+    try:
+        yield
+    finally:
+        _actor.reset(token)
+
+
+def current_actor():
+    return _actor.get()
+
+
+def _values(instance):
+    values = {}
+    for field in instance._meta.concrete_fields:
+        if field.primary_key or field.name in SKIPPED_FIELDS:
+            continue
+        value = getattr(instance, field.attname)
+        if field.name in SECRET_FIELDS:
+            value = MASK if value else ""
+        elif not isinstance(value, (str, int, float, bool, type(None), dict, list)):
+            value = str(value)
+        values[field.name] = value
+    return values
+
+
+def _remember(sender, instance, raw=False, **kwargs):
+    if raw:
+        return
+    old = sender._default_manager.filter(pk=instance.pk).first() if instance.pk else None
+    instance._audit_before = _values(old) if old is not None else None
+    # A secret that changed is masked on both sides, so say that it changed.
+    instance._audit_secret_changed = old is not None and any(
+        getattr(old, f.attname) != getattr(instance, f.attname)
+        for f in instance._meta.concrete_fields if f.name in SECRET_FIELDS)
+
+
+def _saved(sender, instance, created, raw=False, **kwargs):
+    if raw:
+        return
+    from toppcloud_site.records.models import AuditEntry
+
+    before, after = getattr(instance, "_audit_before", None) or {}, _values(instance)
+    changes = {k: [before.get(k), v] for k, v in after.items() if created or before.get(k) != v}
+    for name in SECRET_FIELDS & set(after):
+        if getattr(instance, "_audit_secret_changed", False):
+            changes[name] = [MASK, MASK + " (changed)"]
+    if not changes:
+        return
+    AuditEntry.objects.create(actor=current_actor(), action="create" if created else "update",
+                              model=sender._meta.model_name, object_id=str(instance.pk),
+                              object_repr=str(instance)[:200], changes=changes)
+
+
+def _deleted(sender, instance, **kwargs):
+    from toppcloud_site.records.models import AuditEntry
+
+    AuditEntry.objects.create(actor=current_actor(), action="delete", model=sender._meta.model_name,
+                              object_id=str(instance.pk), object_repr=str(instance)[:200],
+                              changes={k: [v, None] for k, v in _values(instance).items()})
+
+
+def record(action, instance, **details):
+    """An audit entry that is not a change of the record (a secret revealed)."""
+    from toppcloud_site.records.models import AuditEntry
+
+    AuditEntry.objects.create(actor=current_actor(), action=action, model=instance._meta.model_name,
+                              object_id=str(instance.pk), object_repr=str(instance)[:200], changes=details)
+
+
+def connect(models):
+    for model in models:
+        pre_save.connect(_remember, sender=model, dispatch_uid=f"audit-pre-{model.__name__}")
+        post_save.connect(_saved, sender=model, dispatch_uid=f"audit-post-{model.__name__}")
+        post_delete.connect(_deleted, sender=model, dispatch_uid=f"audit-del-{model.__name__}")
+
+
+class ActorMiddleware:
+    """Requests act as the signed-in user (admin changes are audited under their name)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        user = getattr(request, "user", None)
+        actor = f"user:{user.get_username()}" if user is not None and user.is_authenticated else "web"
+        with acting_as(actor):
+            return self.get_response(request)
