@@ -9,12 +9,14 @@ every variable.
 
 import hmac
 import json
+import secrets
 
 from django.conf import settings
+from django.db import transaction
 from django.utils.crypto import salted_hmac
 
 from jobs.redact import register_secret
-from toppcloud_site.records.models import ConfigValue
+from toppcloud_site.records.models import App, ConfigValue, ServerGroup
 
 _TOKEN_SALT = "toppcloud.task-token"
 
@@ -59,6 +61,27 @@ def check_required_config(app, release):
         raise ConfigMissing(f"{app.name} {release.name} needs config that is not set: {', '.join(missing)}; "
                             f"set each with `manage.py config set KEY VALUE --app {app.name}` (or --group, "
                             "--global), or in the admin's Config values")
+
+
+def group_environment(app):
+    """What the apps of a server group know of each other: TOPPCLOUD_APP_<NAME>_URL of every other app
+    of the group (its first location; `-` in names becomes `_`), and the group's shared secret."""
+    if app.group_id is None:
+        return {}
+    group = app.group
+    if not group.shared_secret:
+        with transaction.atomic():
+            group = ServerGroup.objects.select_for_update().get(pk=group.pk)
+            if not group.shared_secret:  # made once, by whichever deploy comes first
+                group.shared_secret = secrets.token_urlsafe(32)
+                group.save(update_fields=["shared_secret"])
+    register_secret(group.shared_secret)
+    env = {"TOPPCLOUD_GROUP_SECRET": group.shared_secret}
+    for other in App.objects.filter(group_id=group.pk).exclude(pk=app.pk).prefetch_related("locations"):
+        location = next((loc for loc in other.locations.all() if not loc.host.startswith("*.")), None)
+        if location is not None:
+            env[f"TOPPCLOUD_APP_{other.name.upper().replace('-', '_')}_URL"] = f"http://{location.host}{location.path}"
+    return env
 
 
 def config_version(app, release):
@@ -123,6 +146,7 @@ def release_environment(app, release, node, layout, venv, service_env):
         "VIRTUAL_ENV": venv,
         "PATH": f"{venv}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     })
+    env.update(group_environment(app))
     # Central settings every app gets, so tools are configured the same way everywhere.
     if settings.TOPPCLOUD_DEBUG_EMAIL:
         env["TOPPCLOUD_DEBUG_EMAIL"] = settings.TOPPCLOUD_DEBUG_EMAIL

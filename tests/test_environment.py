@@ -2,7 +2,7 @@
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError
+from django.db import IntegrityError, connection
 
 from jobs.environment import config_values, release_environment, task_token, task_token_matches
 from jobs.redact import redact_text
@@ -81,3 +81,32 @@ def test_task_tokens_are_per_app_and_survive_a_key_rotation_while_the_old_key_is
     assert task_token(app) != token and task_token_matches(app, token)
     settings.SECRET_KEY_FALLBACKS = []
     assert not task_token_matches(app, token)
+
+
+def test_apps_of_a_group_get_each_others_urls_and_one_shared_secret(app):
+    from toppcloud_site.records.models import Location
+
+    blog = App.objects.create(name="my-blog", group=app.group)
+    Location.objects.create(app=blog, host="blog.example.test", path="/")
+    api = App.objects.create(name="api", group=app.group)
+    Location.objects.create(app=api, host="example.test", path="/api/")
+    loner = App.objects.create(name="loner")
+    Location.objects.create(app=loner, host="loner.example.test", path="/")
+    node = Node.objects.create(name="n3", address="127.0.0.7", transport="local", root="/srv/tc")
+    release = Release.objects.create(app=app, name="r1", artifact_sha256="4" * 64, app_ini={})
+    env = release_environment(app, release, node, NodeLayout("/srv/tc"), "/srv/tc/v", {})
+    assert env["TOPPCLOUD_APP_MY_BLOG_URL"] == "http://blog.example.test/"
+    assert env["TOPPCLOUD_APP_API_URL"] == "http://example.test/api/"
+    assert "TOPPCLOUD_APP_LONER_URL" not in env and "TOPPCLOUD_APP_ENVAPP_URL" not in env
+    secret = env["TOPPCLOUD_GROUP_SECRET"]
+    assert len(secret) >= 40 and redact_text(secret) == "********"
+    blog_env = release_environment(blog, Release.objects.create(app=blog, name="r1", artifact_sha256="5" * 64,
+                                                                 app_ini={}), node, NodeLayout("/srv/tc"), "/v", {})
+    assert blog_env["TOPPCLOUD_GROUP_SECRET"] == secret  # one secret for the group
+    assert "TOPPCLOUD_APP_ENVAPP_URL" not in blog_env  # envapp has no location
+    assert "TOPPCLOUD_GROUP_SECRET" not in release_environment(
+        loner, Release.objects.create(app=loner, name="r1", artifact_sha256="6" * 64, app_ini={}), node,
+        NodeLayout("/srv/tc"), "/v", {})
+    with connection.cursor() as cursor:  # encrypted at rest
+        cursor.execute("SELECT shared_secret FROM records_servergroup WHERE id = %s", [app.group_id])
+        assert secret not in cursor.fetchone()[0]

@@ -39,6 +39,8 @@ class ServerGroup(models.Model):
     database_node = models.ForeignKey(
         "Node", null=True, blank=True, on_delete=models.PROTECT, related_name="database_for",
         help_text="Where the group's apps keep their PostgreSQL databases. Empty: on each node an app runs on.")
+    # Given to every app of the group as TOPPCLOUD_GROUP_SECRET (made on first use); encrypted at rest.
+    shared_secret = EncryptedTextField(blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -9,10 +9,10 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from toppcloud_site.records import secrets
-from toppcloud_site.records.models import ConfigValue, Service
+from toppcloud_site.records.models import ConfigValue, ServerGroup, Service
 
 # (model, encrypted field): every secret stored.
-STORED = [(ConfigValue, "secret_value"), (Service, "password")]
+STORED = [(ConfigValue, "secret_value"), (Service, "password"), (ServerGroup, "shared_secret")]
 
 
 class Command(BaseCommand):
