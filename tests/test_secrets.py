@@ -190,3 +190,18 @@ def test_admin_changes_and_reveals_are_audited_under_the_users_name(admin_client
     reveal = AuditEntry.objects.get(action="reveal", id__gt=since)
     assert (reveal.actor, reveal.object_repr) == (f"user:{admin_user.username}", "API_KEY (app vault)")
     assert "audit" in admin_client.get(reverse("admin:records_auditentry_changelist")).content.decode().lower()
+
+
+def test_the_database_refuses_to_edit_or_delete_audit_entries(app):
+    from django.db import DatabaseError, transaction
+
+    from toppcloud_site.records.models import AuditEntry
+
+    run("set", "GREETING", "hello", "--app", "vault")
+    entry = AuditEntry.objects.filter(model="configvalue").order_by("-id").first()
+    for attempt in (lambda: AuditEntry.objects.filter(pk=entry.pk).update(actor="someone else"),
+                    lambda: AuditEntry.objects.filter(pk=entry.pk).delete()):
+        with pytest.raises(DatabaseError, match="records_auditentry is append-only"):
+            with transaction.atomic():
+                attempt()
+    assert AuditEntry.objects.get(pk=entry.pk).actor == entry.actor

@@ -1,0 +1,57 @@
+"""The audit log is append-only, enforced by the database (as jobs_jobevent is): UPDATE, DELETE and
+(on PostgreSQL) TRUNCATE of records_auditentry fail with an error naming the table."""
+
+from django.db import migrations
+
+POSTGRESQL_INSTALL = [
+    """
+    CREATE OR REPLACE FUNCTION records_auditentry_refuse_change() RETURNS trigger AS $$
+    BEGIN
+        RAISE EXCEPTION 'records_auditentry is append-only: % refused', TG_OP
+            USING ERRCODE = 'integrity_constraint_violation';
+    END
+    $$ LANGUAGE plpgsql
+    """,
+    """
+    CREATE TRIGGER records_auditentry_append_only BEFORE UPDATE OR DELETE ON records_auditentry
+    FOR EACH ROW EXECUTE FUNCTION records_auditentry_refuse_change()
+    """,
+    """
+    CREATE TRIGGER records_auditentry_no_truncate BEFORE TRUNCATE ON records_auditentry
+    FOR EACH STATEMENT EXECUTE FUNCTION records_auditentry_refuse_change()
+    """,
+]
+POSTGRESQL_REMOVE = [
+    "DROP TRIGGER IF EXISTS records_auditentry_append_only ON records_auditentry",
+    "DROP TRIGGER IF EXISTS records_auditentry_no_truncate ON records_auditentry",
+    "DROP FUNCTION IF EXISTS records_auditentry_refuse_change()",
+]
+SQLITE_INSTALL = [
+    """
+    CREATE TRIGGER records_auditentry_no_update BEFORE UPDATE ON records_auditentry
+    BEGIN SELECT RAISE(ABORT, 'records_auditentry is append-only: UPDATE refused'); END
+    """,
+    """
+    CREATE TRIGGER records_auditentry_no_delete BEFORE DELETE ON records_auditentry
+    BEGIN SELECT RAISE(ABORT, 'records_auditentry is append-only: DELETE refused'); END
+    """,
+]
+SQLITE_REMOVE = ["DROP TRIGGER IF EXISTS records_auditentry_no_update",
+                 "DROP TRIGGER IF EXISTS records_auditentry_no_delete"]
+
+
+def run_all(statements):
+    def run(apps, schema_editor):
+        vendor = schema_editor.connection.vendor
+        if vendor not in statements:
+            raise RuntimeError(f"toppcloud supports PostgreSQL and SQLite, not {vendor}")
+        for sql in statements[vendor]:
+            schema_editor.execute(sql, params=None)  # no params: "%" in plpgsql stays literal
+
+    return run
+
+
+class Migration(migrations.Migration):
+    dependencies = [("records", "0007_group_shared_secret")]
+    operations = [migrations.RunPython(run_all({"postgresql": POSTGRESQL_INSTALL, "sqlite": SQLITE_INSTALL}),
+                                       run_all({"postgresql": POSTGRESQL_REMOVE, "sqlite": SQLITE_REMOVE}))]
