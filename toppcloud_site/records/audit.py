@@ -61,34 +61,25 @@ def _remember(sender, instance, raw=False, **kwargs):
 def _saved(sender, instance, created, raw=False, **kwargs):
     if raw:
         return
-    from toppcloud_site.records.models import AuditEntry
-
     before, after = getattr(instance, "_audit_before", None) or {}, _values(instance)
     changes = {k: [before.get(k), v] for k, v in after.items() if created or before.get(k) != v}
     for name in SECRET_FIELDS & set(after):
         if getattr(instance, "_audit_secret_changed", False):
             changes[name] = [MASK, MASK + " (changed)"]
-    if not changes:
-        return
-    AuditEntry.objects.create(actor=current_actor(), action="create" if created else "update",
-                              model=sender._meta.model_name, object_id=str(instance.pk),
-                              object_repr=str(instance)[:200], changes=changes)
+    if changes:
+        record("create" if created else "update", instance, **changes)
 
 
 def _deleted(sender, instance, **kwargs):
-    from toppcloud_site.records.models import AuditEntry
-
-    AuditEntry.objects.create(actor=current_actor(), action="delete", model=sender._meta.model_name,
-                              object_id=str(instance.pk), object_repr=str(instance)[:200],
-                              changes={k: [v, None] for k, v in _values(instance).items()})
+    record("delete", instance, **{k: [v, None] for k, v in _values(instance).items()})
 
 
-def record(action, instance, **details):
-    """An audit entry that is not a change of the record (a secret revealed)."""
+def record(action, instance, **changes):
+    """One audit entry about `instance` by the current actor (also for what is not a change: a reveal)."""
     from toppcloud_site.records.models import AuditEntry
 
     AuditEntry.objects.create(actor=current_actor(), action=action, model=instance._meta.model_name,
-                              object_id=str(instance.pk), object_repr=str(instance)[:200], changes=details)
+                              object_id=str(instance.pk), object_repr=str(instance)[:200], changes=changes)
 
 
 def connect(models):

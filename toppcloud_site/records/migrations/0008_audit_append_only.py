@@ -3,6 +3,8 @@
 
 from django.db import migrations
 
+from toppcloud_site.vendor_sql import run_per_vendor
+
 POSTGRESQL_INSTALL = [
     """
     CREATE OR REPLACE FUNCTION records_auditentry_refuse_change() RETURNS trigger AS $$
@@ -40,18 +42,7 @@ SQLITE_REMOVE = ["DROP TRIGGER IF EXISTS records_auditentry_no_update",
                  "DROP TRIGGER IF EXISTS records_auditentry_no_delete"]
 
 
-def run_all(statements):
-    def run(apps, schema_editor):
-        vendor = schema_editor.connection.vendor
-        if vendor not in statements:
-            raise RuntimeError(f"toppcloud supports PostgreSQL and SQLite, not {vendor}")
-        for sql in statements[vendor]:
-            schema_editor.execute(sql, params=None)  # no params: "%" in plpgsql stays literal
-
-    return run
-
-
 class Migration(migrations.Migration):
     dependencies = [("records", "0007_group_shared_secret")]
-    operations = [migrations.RunPython(run_all({"postgresql": POSTGRESQL_INSTALL, "sqlite": SQLITE_INSTALL}),
-                                       run_all({"postgresql": POSTGRESQL_REMOVE, "sqlite": SQLITE_REMOVE}))]
+    operations = [migrations.RunPython(run_per_vendor({"postgresql": POSTGRESQL_INSTALL, "sqlite": SQLITE_INSTALL}),
+                                       run_per_vendor({"postgresql": POSTGRESQL_REMOVE, "sqlite": SQLITE_REMOVE}))]
