@@ -77,11 +77,29 @@ def group_environment(app):
                 group.save(update_fields=["shared_secret"])
     register_secret(group.shared_secret)
     env = {"TOPPCLOUD_GROUP_SECRET": group.shared_secret}
+    if group.previous_shared_secret:
+        register_secret(group.previous_shared_secret)
+        env["TOPPCLOUD_GROUP_SECRET_PREVIOUS"] = group.previous_shared_secret
     for other in App.objects.filter(group_id=group.pk).exclude(pk=app.pk).prefetch_related("locations"):
         location = next((loc for loc in other.locations.all() if not loc.host.startswith("*.")), None)
         if location is not None:
             env[f"TOPPCLOUD_APP_{other.name.upper().replace('-', '_')}_URL"] = f"http://{location.host}{location.path}"
     return env
+
+
+def rotate_group_secret(group):
+    """A new shared secret for the group; the current one becomes TOPPCLOUD_GROUP_SECRET_PREVIOUS.
+
+    Running apps get it when the config is applied to them (the
+    rotate_group_secret job does that next).
+    """
+    with transaction.atomic():
+        group = ServerGroup.objects.select_for_update().get(pk=group.pk)
+        group.previous_shared_secret = group.shared_secret
+        group.shared_secret = secrets.token_urlsafe(32)
+        group.save(update_fields=["shared_secret", "previous_shared_secret"])
+    register_secret(group.shared_secret)
+    return group
 
 
 def config_version(app, release):

@@ -216,6 +216,24 @@ def read_env(path):
     return env
 
 
+# Variables gunicorn's master sets for itself; reload_environment keeps them.
+GUNICORN_OWN = ("SERVER_SOFTWARE",)
+
+
+def reload_environment(path):
+    """Make this process's environment the env file's again (gunicorn's own variables kept).
+
+    The gunicorn config file of a release calls this when gunicorn reads it:
+    at start and on every HUP. `manage.py config apply` rewrites the env file
+    and sends HUP, so the workers gunicorn then starts see the new values and
+    nothing of the old ones, while the old workers finish their requests.
+    """
+    env = read_env(path)
+    for key in [k for k in os.environ if k not in env and k not in GUNICORN_OWN]:
+        del os.environ[key]
+    os.environ.update(env)
+
+
 def change_dir(path):
     try:
         os.chdir(path)

@@ -71,6 +71,11 @@ def env_file(layout, app, release):
     return os.path.join(layout.env_dir(app), validate_release(release) + ".env")
 
 
+def gunicorn_conf(layout, app, release):
+    """The release's gunicorn config file: it reloads the env file whenever gunicorn reads it (start, HUP)."""
+    return os.path.join(layout.env_dir(app), validate_release(release) + ".gunicorn.py")
+
+
 def program_name(app, release) -> str:
     return f"app-{validate_name(app, 'app')}-{validate_release(release)}"
 
@@ -225,7 +230,9 @@ def write_env(t, layout, app, release, env: dict) -> str:
     the release: web, cron, tasks' requests, commands.
     """
     path = env_file(layout, app, release)
-    files = {path: (0o600, render_env(env).encode()), **runtime.runtime_files(layout)}
+    files = {path: (0o600, render_env(env).encode()),
+             gunicorn_conf(layout, app, release): (0o600, runtime.gunicorn_config(layout, path).encode()),
+             **runtime.runtime_files(layout)}
     t.put_files(files, dirs=[(layout.env_dir(app), 0o700), (layout.bin, 0o755)])
     return path
 
@@ -265,6 +272,9 @@ def render_program(layout, app, release, *, port, runner, venv, processes, threa
         "--access-logfile", f"{logs}/access.log",
         "--error-logfile", "-",
         "--name", name,
+        # Loads the env file again on HUP (config apply); also keeps gunicorn
+        # from reading a gunicorn.conf.py the app may ship.
+        "--config", gunicorn_conf(layout, app, release),
         # The app's `logging` goes to stderr (error.log) like gunicorn's own log and wsgi.errors.
         "--log-config-json", layout.gunicorn_logging,
         runner,
@@ -399,6 +409,102 @@ def stop(t, emit, layout, app, release) -> None:
                              program_conf(layout, app, release)], step="stop", check=False, timeout=60)
     if r.rc != 0:
         raise ReleaseError(r.stderr.strip() or f"could not stop {name}")
+
+
+# Applying new config to a running release is one program on the node:
+# load the app with the new env file in a separate process (a config that
+# breaks the app must not reach gunicorn: its new workers would fail to boot
+# and the master would stop), then put the file in place and send gunicorn
+# HUP, which starts new workers (their environment from the new file, see
+# runtime.gunicorn_config) and stops the old ones gracefully, the listening
+# socket never closing. It waits until none of the old workers is left.
+_APPLY_PY = r"""
+import json, os, subprocess, sys, time, xmlrpc.client
+sock_path, name, exec_script, release_dir, new, env, runner, timeout = sys.argv[1:9]
+CHECK = ("import importlib, sys; m, _, a = sys.argv[1].partition(':'); "
+         "app = getattr(importlib.import_module(m), a); callable(app) or sys.exit(f'{sys.argv[1]} is not callable')")
+try:
+    check = subprocess.run([sys.executable, "-I", exec_script, "--chdir", release_dir, new, "--",
+                            "python", "-c", CHECK, runner], stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, errors="replace", timeout=120)
+    failed = check.returncode != 0 and (check.stdout + check.stderr).strip().splitlines()[-5:]
+except subprocess.TimeoutExpired:
+    failed = ["loading it took more than 120 s"]
+if failed:
+    os.remove(new)
+    sys.exit(f"the app does not load with the new environment, which was not applied: {' / '.join(failed)}")
+if new != env + ".previous" and os.path.exists(env):  # kept, to put back if the release fails after the reload
+    with open(env, "rb") as f, open(os.open(env + ".previous.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                                    "wb") as out:
+        out.write(f.read())
+    os.replace(env + ".previous.tmp", env + ".previous")
+os.replace(new, env)
+""" + "\n".join(_RPC_LINES) + r"""
+def workers(pid):
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == str(pid) and fields[0] != "Z":
+            found.add(int(entry))
+    return found
+try:
+    info = rpc.getProcessInfo(f"{name}:{name}")
+except xmlrpc.client.Fault as exc:  # not under supervisord: the file is all there is to change
+    info = {"statename": "NOT RUNNING" if "BAD_NAME" in exc.faultString else exc.faultString}
+if info["statename"] != "RUNNING":
+    print(json.dumps({"reloaded": False, "state": info["statename"]}))
+    sys.exit(0)
+master, started = info["pid"], time.monotonic()
+old = workers(master)
+rpc.signalProcess(f"{name}:{name}", "HUP")
+while True:
+    now = workers(master)
+    if now and not now & old:
+        break
+    if time.monotonic() - started > float(timeout):
+        sys.exit(f"gunicorn of {name} still has {len(now & old)} old workers {float(timeout):g} s after HUP")
+    time.sleep(0.05)
+print(json.dumps({"reloaded": True, "master": master, "old_workers": sorted(old), "new_workers": sorted(now),
+                  "reload_seconds": round(time.monotonic() - started, 3)}))
+"""
+
+
+def apply_env(t, emit, layout, app, release, env: dict, *, runner, timeout=60) -> dict:
+    """Give the running release a new environment without a failed request; what happened, as a dict.
+
+    The env file is replaced only if the app loads with it (else ReleaseError
+    and the old file stays); then gunicorn reloads gracefully (HUP). Cron
+    runs, tasks and commands read the file each time, so they see the new
+    values at once. A release that is not running gets the file only.
+    """
+    if not isinstance(runner, str) or not RUNNER_RE.fullmatch(runner):
+        raise ValueError(f"runner {runner!r} is invalid: it must be module:callable, like app:application")
+    path = env_file(layout, app, release)
+    new = path + ".new"
+    t.put_files({new: (0o600, render_env(env).encode()),
+                 gunicorn_conf(layout, app, release): (0o600, runtime.gunicorn_config(layout, path).encode()),
+                 **runtime.runtime_files(layout)}, dirs=[(layout.env_dir(app), 0o700), (layout.bin, 0o755)])
+    return _apply(t, emit, layout, app, release, new, runner, timeout)
+
+
+def revert_env(t, emit, layout, app, release, *, runner, timeout=60) -> dict:
+    """Put back the environment the last apply_env replaced, the same way (check, HUP)."""
+    return _apply(t, emit, layout, app, release, env_file(layout, app, release) + ".previous", runner, timeout)
+
+
+def _apply(t, emit, layout, app, release, new, runner, timeout):
+    path = env_file(layout, app, release)
+    r = run_logged(t, emit, [PYTHON, "-I", "-c", _APPLY_PY, layout.supervisor_sock, program_name(app, release),
+                             layout.exec_script, release_dir(layout, app, release), new, path, runner,
+                             str(timeout)], step="apply env", check=False, timeout=timeout + 180)
+    if r.rc != 0:
+        raise ReleaseError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"applying the env of "
+                           f"{app} {release} failed (exit {r.rc})")
+    return json.loads(r.stdout)
 
 
 def _tail(t, path, lines=10):
@@ -680,10 +786,11 @@ for name in sorted(os.listdir(releases)) if os.path.isdir(releases) else []:
         running.append(name)  # never pull the code out from under a running release
         continue
     shutil.rmtree(os.path.join(releases, name))
-    try:
-        os.unlink(os.path.join(env_dir, name + ".env"))
-    except FileNotFoundError:
-        pass
+    # Its env file, gunicorn config (and gunicorn's compiled copy of it), kept previous env.
+    for where in (env_dir, os.path.join(env_dir, "__pycache__")):
+        for entry in os.listdir(where) if os.path.isdir(where) else []:
+            if entry.split(".", 1)[0] == name:
+                os.unlink(os.path.join(where, entry))
     removed.append(name)
 # Venvs that no remaining release uses (each release names its venv in .toppcloud-venv).
 used = set()
@@ -703,7 +810,7 @@ print(json.dumps({"removed": removed, "running": running, "removed_venvs": remov
 
 
 def prune(t, emit, layout, app, keep: list[str]) -> list[str]:
-    """Remove release dirs (and env files) not in `keep`, then venvs no remaining release uses; return the removed ids.
+    """Remove release dirs (and their env and gunicorn config files) not in `keep`, then venvs no remaining release uses; return the removed ids.
 
     A release that still has a supervisor program is kept whatever `keep` says.
     """

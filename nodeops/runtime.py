@@ -53,6 +53,20 @@ def runtime_files(layout):
     }
 
 
+def gunicorn_config(layout, env_file):
+    """The text of a release's gunicorn config file (gunicorn --config).
+
+    gunicorn runs it at start and again on every HUP: it makes the master's
+    environment the env file's as the file is then, so applying new config
+    is "rewrite the env file, send HUP" (nodeops.release.apply_env).
+    """
+    return (
+        "# Managed by toppcloud: gunicorn reads this at start and on HUP (config apply).\n"
+        "import runpy\n"
+        f"runpy.run_path({layout.exec_script!r}, run_name='toppcloud_exec')['reload_environment']({env_file!r})\n"
+    )
+
+
 def exec_argv(layout, env_file, argv, *, chdir=None, timeout=None, log=None, label=None, watch_stdin=False):
     """The argv that runs `argv` on the node through toppcloud-exec with the env file."""
     if not argv or not all(isinstance(a, str) for a in argv):

@@ -22,7 +22,8 @@ from jobs.models import Job, JobEvent, TaskKey
 from tests import workers
 from tests.helpers import event_kinds, wait_for_job, wait_until
 from tests.test_data_flow import run_command
-from tests.test_deploy_flow import app_copy, deploy, get
+from nodeops.release import parse_env
+from tests.test_deploy_flow import Load, app_copy, deploy, get
 from toppcloud_site.records.models import App, ConfigValue, CronEntry, Release
 
 pytestmark = [pytest.mark.hosts, pytest.mark.worker]
@@ -448,3 +449,124 @@ def test_required_config_refuses_a_deploy_until_set_and_a_secret_reaches_the_app
         cursor.execute("SELECT count(*) FROM records_configvalue WHERE secret_value LIKE %s OR value LIKE %s",
                        [f"%{canary}%", f"%{canary}%"])
         assert cursor.fetchone()[0] == 0  # encrypted at rest
+
+
+# --- config apply: running releases get new config, no request fails --------------------------------------
+
+def _env_file(chores):
+    path = os.path.join(chores["host"].root, "apps", NAME, "env",
+                        App.objects.get(name=NAME).live.get().release.name + ".env")
+    with open(path) as f:
+        return parse_env(f.read()), path
+
+
+def _web_env(chores):
+    status, body = get(chores["host"], HOSTNAME, "/env")
+    assert status == 200, body
+    return json.loads(body)
+
+
+def _set(key, value, *, secret=False):
+    app = App.objects.get(name=NAME)
+    record = ConfigValue.objects.filter(scope="app", app=app, key=key).first() or ConfigValue(
+        scope="app", app=app, key=key)
+    record.set_value(value, secret=secret)
+    record.save()
+
+
+def test_config_apply_gives_the_running_release_a_new_secret_with_no_failed_request(chores):
+    old, new = f"canary-old-{time.time_ns()}", f"canary-new-{time.time_ns()}"
+    _set("API_KEY", old, secret=True)
+    code, job = run_command("config", "apply", "--app", NAME)
+    assert code == 0, job.error
+    assert _web_env(chores)["API_KEY"] == old
+
+    _set("API_KEY", new, secret=True)
+    assert _web_env(chores)["API_KEY"] == old  # set is not applied yet
+    with Load([chores["host"]], HOSTNAME, threads_per_host=4, path="/env", expect="API_KEY") as load:
+        time.sleep(0.3)
+        code, job = run_command("config", "apply", "--app", NAME)
+        time.sleep(0.3)
+    assert code == 0, job.error
+    assert load.failures == [] and load.ok > 20, (load.ok, load.failures[:5])
+
+    web = _web_env(chores)
+    assert web["API_KEY"] == new
+    on_disk, path = _env_file(chores)
+    assert on_disk["API_KEY"] == new and oct(os.stat(path).st_mode & 0o777) == "0o600"
+    assert parse_env(open(path + ".previous").read())["API_KEY"] == old  # kept to put back
+    assert not os.path.exists(path + ".new")
+    # The web env still equals what cron and commands get: the file (plus gunicorn's SERVER_SOFTWARE).
+    assert {k: v for k, v in web.items() if k != "SERVER_SOFTWARE"} == {"LANG": "C.UTF-8", **on_disk}
+    [step] = [e for e in events(job, "step.finished") if e["step"] == f"apply {NAME} on {chores['node'].name}"]
+    assert step["reloaded"] is True and step["old_workers"] and step["new_workers"]
+    assert not set(step["old_workers"]) & set(step["new_workers"])
+    assert all(gone(pid) for pid in step["old_workers"])  # gracefully stopped, not left behind
+    [applied] = events(job, "config.applied")
+    app = App.objects.get(name=NAME)
+    assert applied["config_version"] == environment.config_version(app, app.live.get().release)
+    assert "API_KEY" in applied["config_keys"]
+    assert job.summary == f"config applied to {NAME} on {chores['node'].name}"
+    assert not JobEvent.objects.filter(data__icontains=old).exists()
+    assert not JobEvent.objects.filter(data__icontains=new).exists()
+
+
+def test_config_apply_refuses_config_the_app_does_not_load_with_and_keeps_the_old(chores):
+    before, path = _env_file(chores)
+    _set("CHORES_BROKEN", "1")
+    try:
+        code, job = run_command("config", "apply", "--app", NAME)
+    finally:
+        ConfigValue.objects.filter(key="CHORES_BROKEN").delete()
+    assert code != 0 and job.status == "failed"
+    assert "does not load with the new environment, which was not applied" in job.error, job.error
+    assert "chores cannot start: CHORES_BROKEN is set" in job.error
+    assert f"{NAME} on {chores['node'].name}" in job.error and "keep the config they had" in job.error
+    assert _env_file(chores)[0] == before and not os.path.exists(path + ".new")
+    assert "CHORES_BROKEN" not in _web_env(chores)  # the running workers were never touched
+
+
+def test_config_apply_puts_the_old_environment_back_when_the_health_check_fails(chores):
+    before, _ = _env_file(chores)
+    _set("CHORES_UNHEALTHY", "1")
+    try:
+        code, job = run_command("config", "apply", "--app", NAME)
+    finally:
+        ConfigValue.objects.filter(key="CHORES_UNHEALTHY").delete()
+    assert code != 0
+    assert "health check /health answered 500 after the reload" in job.error
+    assert "the environment it had was put back" in job.error
+    assert _env_file(chores)[0] == before
+    assert "CHORES_UNHEALTHY" not in _web_env(chores)  # reloaded again with the old file
+    assert get(chores["host"], HOSTNAME, "/health") == (200, "ok")
+
+
+def test_rotating_a_group_secret_reaches_the_running_app_with_no_failed_request(chores):
+    from toppcloud_site.records.models import AuditEntry, ServerGroup
+
+    group = ServerGroup.objects.create(name=f"g{NAME}")
+    app = App.objects.get(name=NAME)
+    app.group = group
+    app.save()
+    try:
+        code, job = run_command("config", "apply", "--group", group.name)
+        assert code == 0, job.error
+        first = _web_env(chores)["TOPPCLOUD_GROUP_SECRET"]
+        assert first == ServerGroup.objects.get(pk=group.pk).shared_secret
+        with Load([chores["host"]], HOSTNAME, threads_per_host=4, path="/env", expect="TOPPCLOUD_GROUP_SECRET") as load:
+            code, job = run_command("config", "rotate-secret", "--group", group.name)
+        assert code == 0, job.error
+        assert load.failures == [] and load.ok > 20, (load.ok, load.failures[:5])
+        web = _web_env(chores)
+        group.refresh_from_db()
+        assert web["TOPPCLOUD_GROUP_SECRET"] == group.shared_secret != first
+        assert web["TOPPCLOUD_GROUP_SECRET_PREVIOUS"] == first  # apps accept both meanwhile
+        entry = AuditEntry.objects.filter(model="servergroup", object_id=str(group.pk), action="update").latest("at")
+        assert entry.changes["shared_secret"] == ["********", "******** (changed)"]
+        assert entry.actor.startswith("user:")
+        for secret in (first, group.shared_secret):
+            assert not JobEvent.objects.filter(data__icontains=secret).exists()
+            assert not AuditEntry.objects.filter(changes__icontains=secret).exists()
+    finally:
+        app.group = None
+        app.save()

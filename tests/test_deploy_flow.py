@@ -57,8 +57,8 @@ def get(host, hostname, path="/"):
 class Load:
     """Steady requests to each host while a deploy runs; counts every failure."""
 
-    def __init__(self, hosts, hostname, threads_per_host=2):
-        self.hosts, self.hostname = hosts, hostname
+    def __init__(self, hosts, hostname, threads_per_host=2, path="/", expect="hello version"):
+        self.hosts, self.hostname, self.path, self.expect = hosts, hostname, path, expect
         self.stop = threading.Event()
         self.ok = 0
         self.failures = []
@@ -70,8 +70,8 @@ class Load:
         deadline = time.monotonic() + 300  # bounded, whatever happens
         while not self.stop.is_set() and time.monotonic() < deadline:
             try:
-                status, body = get(host, self.hostname)
-                failed = None if status == 200 and "hello version" in body else f"{status} {body[:80]!r}"
+                status, body = get(host, self.hostname, self.path)
+                failed = None if status == 200 and self.expect in body else f"{status} {body[:80]!r}"
             except OSError as exc:
                 failed = f"{type(exc).__name__}: {exc}"
             with self.lock:

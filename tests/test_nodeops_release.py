@@ -268,7 +268,10 @@ def test_prune_keeps_only_the_given_releases(node, sources):
     assert os.path.isdir(node.venv)  # the one the kept releases use
     assert removed == ["r1", "r3"]
     assert sorted(os.listdir(node.layout.releases_dir("hello"))) == ["r2", "r4"]
-    assert sorted(os.listdir(node.layout.env_dir("hello"))) == ["r2.env", "r4.env"]
+    env_dir = node.layout.env_dir("hello")
+    assert {name.split(".")[0] for name in os.listdir(env_dir) if name != "__pycache__"} == {"r2", "r4"}
+    cache = os.path.join(env_dir, "__pycache__")  # gunicorn's compiled copies of the config files
+    assert {name.split(".")[0] for name in (os.listdir(cache) if os.path.isdir(cache) else [])} <= {"r2", "r4"}
     # r4 is running: never removed, whatever keep says.
     events = Events()
     assert rel.prune(node.t, events, node.layout, "hello", []) == ["r2"]
@@ -308,6 +311,7 @@ def test_the_program_runs_gunicorn_through_the_env_file_without_a_shell_string()
         "/srv/tc/apps/hello/env/r1.env -- /srv/tc/apps/hello/venvs/abc/bin/gunicorn --bind 127.0.0.1:8001 "
         "--workers 2 --threads 3 --chdir /srv/tc/apps/hello/releases/r1 --graceful-timeout 25 "
         "--no-control-socket --access-logfile /srv/tc/logs/hello/access.log --error-logfile - "
-        "--name app-hello-r1 --log-config-json /srv/tc/bin/gunicorn-logging.json app:application"
+        "--name app-hello-r1 --config /srv/tc/apps/hello/env/r1.gunicorn.py "
+        "--log-config-json /srv/tc/bin/gunicorn-logging.json app:application"
     )
     assert "stopsignal = TERM" in conf and "stderr_logfile = /srv/tc/logs/hello/error.log" in conf

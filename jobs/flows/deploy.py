@@ -2,13 +2,17 @@
 
 Deploy: take the app's lock; install its data services; upload the
 release next to the previous one; build or reuse its virtualenv; write its
-environment; start it on a fresh port beside the live one; wait until it
-answers; ask its health URL (not live yet); take a checkpoint of its data;
-run its database updates; point nginx at it; record release.activated;
-make its [cron] entries the app's schedules; stop the old release; prune
-old releases.
+environment (the config as it is now); start it on a fresh port beside the
+live one; wait until it answers; ask its health URL (not live yet); take a
+checkpoint of its data; run its database updates; point nginx at it;
+record release.activated; make its [cron] entries the app's schedules;
+stop the old release; prune old releases.
 A failure before activation stops the new release; the old one never stops
 serving. A failure of the database updates also restores the checkpoint.
+
+Rollback: the same from "install its data services", for a release still
+on the node's disk: no upload, no database updates. It too gets the config
+as it is now.
 """
 
 import os
@@ -59,11 +63,7 @@ def deploy(ctx, app, release, node):
         s.data["release_dir"] = release_dir
     with ctx.step("venv") as s:
         venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name, release_dir, ini["requirements"])
-    with ctx.step("env") as s:
-        s.data["config_version"] = environment.config_version(app, release)  # which config this deploy used
-        s.data["config_keys"] = sorted(environment.config_records(app))
-        env_file = node_release.write_env(t, layout, app.name, release.name, environment.release_environment(
-            app, release, node, layout, venv, service_env))
+    env_file = write_environment(ctx, t, layout, app, release, node, venv, service_env)
     port, answer = start_release(ctx, t, layout, app, release, ini, venv, env_file)
     with stopped_if_not_live(ctx, t, layout, app, release):
         with ctx.step("health"):
@@ -97,10 +97,18 @@ def rollback(ctx, app, node, release=None):
     target = _rollback_target(app, node, live.release, release)
     ini = target.app_ini
     t, layout = ctx.transport(node), NodeLayout(node.root)
+    try:
+        environment.check_required_config(app, target)
+    except environment.ConfigMissing as exc:
+        raise FlowFailed(f"{exc}; nothing was changed on {node.name}") from None
+    with ctx.step("services") as s:
+        service_env, s.changed = data.ensure_services(ctx, app, node, ini.get("services", []))
     with ctx.step("venv") as s:
         venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name,
                                                    node_release_dir(layout, app, target), ini["requirements"])
-    env_file = f"{layout.env_dir(app.name)}/{target.name}.env"
+    # The config as it is now, not as it was when the release was first live: a secret
+    # rotated since stays rotated.
+    env_file = write_environment(ctx, t, layout, app, target, node, venv, service_env)
     port, answer = start_release(ctx, t, layout, app, target, ini, venv, env_file)
     with stopped_if_not_live(ctx, t, layout, app, target):
         with ctx.step("health"):
@@ -205,6 +213,20 @@ def unpacked(release):
         yield dest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_environment(ctx, t, layout, app, release, node, venv, service_env):
+    """The release's environment, from the config as it is now, in its env file on the node; its path."""
+    with ctx.step("env") as s:
+        s.data.update(config_used(app, release))
+        return node_release.write_env(t, layout, app.name, release.name, environment.release_environment(
+            app, release, node, layout, venv, service_env))
+
+
+def config_used(app, release):
+    """Which config a release was given: its version (equal versions, equal values) and keys."""
+    return {"config_version": environment.config_version(app, release),
+            "config_keys": sorted(environment.config_records(app))}
 
 
 def start_release(ctx, t, layout, app, release, ini, venv, env_file):

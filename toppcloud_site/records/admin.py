@@ -21,6 +21,18 @@ def _started(modeladmin, request, verb, started):
 class ServerGroupAdmin(admin.ModelAdmin):
     list_display = ["name", "node_count", "app_count", "database_node", "created_at"]
     search_fields = ["name", "description"]
+    actions = ["rotate_shared_secret"]
+
+    @admin.action(description="Rotate the shared secret (TOPPCLOUD_GROUP_SECRET) and apply it to the group's apps",
+                  permissions=["change"])
+    def rotate_shared_secret(self, request, queryset):
+        from jobs import dispatch
+        from jobs.states import ActorKind
+
+        _started(self, request, "Rotation", [
+            (dispatch.submit("rotate_group_secret", target=f"group:{group.name}", params={"group": group.name},
+                             actor_kind=ActorKind.USER, actor=request.user.get_username()), group.name)
+            for group in queryset])
 
     @admin.display(description="nodes")
     def node_count(self, obj):
@@ -117,7 +129,17 @@ class AppAdmin(admin.ModelAdmin):
     list_filter = ["group"]
     search_fields = ["name", "description", "locations__host"]
     inlines = [LocationInline, LiveInline, ServiceInline]
-    actions = ["roll_back", "back_up"]
+    actions = ["roll_back", "back_up", "apply_config"]
+
+    @admin.action(description="Apply config now (running releases get it, no restart)", permissions=["change"])
+    def apply_config(self, request, queryset):
+        from jobs import dispatch
+        from jobs.states import ActorKind
+
+        names = sorted(queryset.values_list("name", flat=True))
+        job = dispatch.submit("apply_config", target=f"app:{names[0]}" if len(names) == 1 else "apps",
+                              params={"apps": names}, actor_kind=ActorKind.USER, actor=request.user.get_username())
+        _started(self, request, "Config apply", [(job, ", ".join(names))])
 
     @admin.action(description="Back up data now (database and files)", permissions=["view"])
     def back_up(self, request, queryset):

@@ -41,6 +41,9 @@ class ServerGroup(models.Model):
         help_text="Where the group's apps keep their PostgreSQL databases. Empty: on each node an app runs on.")
     # Given to every app of the group as TOPPCLOUD_GROUP_SECRET (made on first use); encrypted at rest.
     shared_secret = EncryptedTextField(blank=True, editable=False)
+    # The one before the last rotation, as TOPPCLOUD_GROUP_SECRET_PREVIOUS: apps accept both while
+    # the new one reaches each of them.
+    previous_shared_secret = EncryptedTextField(blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

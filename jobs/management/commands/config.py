@@ -5,10 +5,14 @@
     manage.py config list --app shop              # what the app gets, and from which scope
     manage.py config get STRIPE_KEY --app shop --reveal
     manage.py config unset SENTRY_DSN --global
+    manage.py config apply --app shop             # running releases get the config now (no restart)
+    manage.py config rotate-secret --group web    # a new TOPPCLOUD_GROUP_SECRET, applied to the group's apps
 
-Values reach an app as environment variables at its next deploy. Secrets
-are encrypted at rest and never printed without --reveal. Every change, and
-every --reveal, is an audit entry under the OS user's name.
+Values reach an app as environment variables at its next deploy, or at
+once with `config apply` (a job: the new environment is checked, then
+gunicorn reloads gracefully; no request fails). Secrets are encrypted at
+rest and never printed without --reveal. Every change, and every --reveal,
+is an audit entry under the OS user's name.
 """
 
 import getpass
@@ -18,8 +22,11 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from jobs import dispatch
+from jobs.cli import add_follow_arguments, follow_job
 from jobs.environment import config_records
 from jobs.nodes import validation_message
+from jobs.states import ActorKind
 from toppcloud_site.records import audit
 from toppcloud_site.records.models import App, ConfigValue, ServerGroup
 
@@ -30,10 +37,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True)
         for name, helptext in (("get", "print a value"), ("set", "set a value"), ("unset", "remove a value"),
-                               ("list", "list values")):
+                               ("list", "list values"),
+                               ("apply", "give the running releases of the app (of the group's apps, of all apps) "
+                                         "the config as it is now"),
+                               ("rotate-secret", "give a group a new shared secret and apply it to its apps")):
             p = sub.add_parser(name, help=helptext)
-            if name != "list":
+            if name not in ("list", "apply", "rotate-secret"):
                 p.add_argument("key")
+            if name in ("apply", "rotate-secret"):
+                add_follow_arguments(p)
             if name == "set":
                 p.add_argument("value", nargs="?", default="-", help="the value; '-' or nothing: read stdin")
                 p.add_argument("--secret", action="store_true", help="encrypt it, never show it")
@@ -47,7 +59,29 @@ class Command(BaseCommand):
     def handle(self, action, app=None, group=None, is_global=False, **opts):
         scope = _scope(app, group, is_global)
         with audit.acting_as(f"user:{getpass.getuser()}"):  # changes and reveals are audited under this name
-            return getattr(self, f"do_{action}")(scope, **opts)
+            return getattr(self, f"do_{action.replace('-', '_')}")(scope, **opts)
+
+    def do_apply(self, scope, **opts):
+        if scope["scope"] == ConfigValue.Scope.APP:
+            apps, target = [scope["app"].name], f"app:{scope['app'].name}"
+        elif scope["scope"] == ConfigValue.Scope.GROUP:
+            apps, target = _names(App.objects.filter(group=scope["group"])), f"group:{scope['group'].name}"
+        else:
+            apps, target = _names(App.objects.all()), "global"
+        if not apps:
+            raise CommandError(f"there is no app at {_where(scope)} to apply config to")
+        self._follow(dispatch.submit("apply_config", target=target, params={"apps": apps},
+                                     **_actor(opts)), opts)
+
+    def do_rotate_secret(self, scope, **opts):
+        if scope["scope"] != ConfigValue.Scope.GROUP:
+            raise CommandError("rotate-secret rotates a server group's shared secret: say --group GROUP")
+        group = scope["group"].name
+        self._follow(dispatch.submit("rotate_group_secret", target=f"group:{group}", params={"group": group},
+                                     **_actor(opts)), opts)
+
+    def _follow(self, job, opts):
+        follow_job(self, job, no_wait=opts["no_wait"], as_json=opts["as_json"])
 
     def do_list(self, scope, **_):
         if scope["scope"] == ConfigValue.Scope.APP:  # what the app gets, and where each value comes from
@@ -81,7 +115,7 @@ class Command(BaseCommand):
             raise CommandError(f"{key} was not set: {validation_message(exc)}") from None
         record.save()
         self.stdout.write(f"{key} set at {_where(scope)}" + (" (secret)" if secret else "")
-                          + "; apps get it at their next deploy")
+                          + "; apps get it at their next deploy, or now with `manage.py config apply`")
 
     def do_unset(self, scope, key, **_):
         deleted, _ = _values(scope).filter(key=key).delete()
@@ -104,6 +138,14 @@ def _scope(app, group, is_global):
     if is_global:
         return {"scope": ConfigValue.Scope.GLOBAL, "app": None, "group": None}
     raise CommandError("say where: --app APP, --group GROUP or --global")
+
+
+def _names(apps):
+    return list(apps.order_by("name").values_list("name", flat=True))
+
+
+def _actor(opts):
+    return {"actor_kind": ActorKind.USER, "actor": opts.get("actor") or getpass.getuser()}
 
 
 def _values(scope):

@@ -12,7 +12,8 @@ from toppcloud_site.records import secrets
 from toppcloud_site.records.models import ConfigValue, ServerGroup, Service
 
 # (model, encrypted field): every secret stored.
-STORED = [(ConfigValue, "secret_value"), (Service, "password"), (ServerGroup, "shared_secret")]
+STORED = [(ConfigValue, "secret_value"), (Service, "password"), (ServerGroup, "shared_secret"),
+          (ServerGroup, "previous_shared_secret")]
 
 
 class Command(BaseCommand):
