@@ -1,4 +1,5 @@
-"""Audited changes: every create, update and delete of apps, server groups, nodes and config values.
+"""Audited changes: every create, update and delete of apps (and their locations), server groups, nodes
+and config values.
 
 Model signals write an AuditEntry (who, when, what changed: old and new
 values, secrets masked). Who is the actor of the surrounding `acting_as()`:

@@ -1,0 +1,344 @@
+"""Group documents: a server group as TOML text to keep in version control (export_group, import_group).
+
+    [group]        name, description, database_node, secrets (names only), and [group.config]
+    [nodes.NAME]   where and how the control plane reaches each node of the group
+    [apps.NAME]    description, locations ("host/path"), secrets (names only), and [apps.NAME.config]
+
+The document is the whole group: importing it makes the records say what it
+says. Apps and nodes it leaves out are taken out of the group (never
+deleted: they may have releases and data); config values it leaves out are
+removed. Secrets appear by name only: their values never leave the control
+plane. A secret the document names but the control plane does not have is
+reported, to be set with `manage.py config set KEY --secret`.
+
+Export is deterministic (everything sorted, one form for each value), so
+export, import, export gives the same bytes. Import checks the whole
+document before it changes anything and applies it in one transaction, as
+audited changes; a document with anything wrong changes nothing.
+"""
+
+import tomllib
+from dataclasses import dataclass, field
+
+import tomli_w
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+
+from toppcloud_site.records.models import App, ConfigValue, Location, Node, ServerGroup
+
+MAX_BYTES = 1 << 20  # a group document larger than this is refused unread
+MAX_STRING = 64 * 1024  # no text in it is longer (config values have their own, lower limit)
+HEADER = ("# toppcloud server group document: `manage.py import_group FILE` makes the group match it.\n"
+          "# Secrets are listed by name only; their values stay in the control plane.\n")
+
+# Node fields a document holds, with their TOML types; the rest (facts, set-up time) is bookkeeping.
+NODE_FIELDS = {"address": str, "transport": str, "ssh_port": int, "ssh_user": str, "root": str, "http_port": int,
+               "pg_cluster": str, "pg_port": int, "host_key": str}
+
+
+class DocumentError(ValueError):
+    """The document cannot be imported; nothing was changed."""
+
+
+# --- export -------------------------------------------------------------------------------------------
+
+def export_group(group):
+    """The group as document text."""
+    doc = {"group": {"name": group.name, "description": group.description,
+                     "database_node": group.database_node.name if group.database_node_id else "",
+                     **_config_tables(ConfigValue.objects.filter(scope="group", group=group))}}
+    doc["nodes"] = {node.name: {name: getattr(node, name) for name in NODE_FIELDS}
+                    for node in group.nodes.order_by("name")}
+    doc["apps"] = {app.name: {"description": app.description,
+                              "locations": sorted(f"{loc.host}{loc.path}" for loc in app.locations.all()),
+                              **_config_tables(ConfigValue.objects.filter(scope="app", app=app))}
+                   for app in group.apps.order_by("name").prefetch_related("locations")}
+    return HEADER + tomli_w.dumps(doc)
+
+
+def _config_tables(values):
+    values = sorted(values, key=lambda v: v.key)
+    return {"secrets": [v.key for v in values if v.secret],
+            "config": {v.key: v.value for v in values if not v.secret}}
+
+
+# --- reading and checking -----------------------------------------------------------------------------
+
+@dataclass
+class Scope:
+    """What the document says one config scope (the group, or one app) has."""
+    config: dict = field(default_factory=dict)
+    secrets: list = field(default_factory=list)
+
+
+def parse(data: bytes):
+    """The document's contents, every key and type checked (DocumentError names the first problem)."""
+    if len(data) > MAX_BYTES:
+        raise DocumentError(f"the document has {len(data)} bytes; a group document is limited to {MAX_BYTES}")
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DocumentError(f"the document is not UTF-8 text: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise DocumentError(f"the document is not valid TOML: {exc}") from None
+    _keys(doc, "the document", required={"group"}, allowed={"group", "nodes", "apps"})
+    group = _table(doc, "group", "the document")
+    _keys(group, "[group]", required={"name"}, allowed={"name", "description", "database_node", "secrets", "config"})
+    nodes = _table(doc, "nodes", "the document", default={})
+    apps = _table(doc, "apps", "the document", default={})
+    parsed = {
+        "name": _string(group, "name", "[group]"),
+        "description": _string(group, "description", "[group]", default=""),
+        "database_node": _string(group, "database_node", "[group]", default=""),
+        "config": _scope(group, "[group]"),
+        "nodes": {},
+        "apps": {},
+    }
+    for name, node in nodes.items():
+        where = f"[nodes.{name}]"
+        if not isinstance(node, dict):
+            raise DocumentError(f"{where} must be a table of node fields")
+        _keys(node, where, required={"address"}, allowed=set(NODE_FIELDS))
+        parsed["nodes"][name] = {key: _typed(node, key, kind, where) for key, kind in NODE_FIELDS.items()
+                                 if key in node}
+    for name, app in apps.items():
+        where = f"[apps.{name}]"
+        if not isinstance(app, dict):
+            raise DocumentError(f"{where} must be a table of app fields")
+        _keys(app, where, allowed={"description", "locations", "secrets", "config"})
+        locations = app.get("locations", [])
+        if not isinstance(locations, list) or not all(isinstance(loc, str) for loc in locations):
+            raise DocumentError(f"{where} locations must be a list of \"host/path\" strings")
+        parsed["apps"][name] = {"description": _string(app, "description", where, default=""),
+                                "locations": [_location(loc, where) for loc in locations],
+                                "config": _scope(app, where)}
+    return parsed
+
+
+def _keys(table, where, *, required=frozenset(), allowed):
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise DocumentError(f"{where} has unknown keys: {', '.join(unknown)} (known: {', '.join(sorted(allowed))})")
+    missing = sorted(set(required) - set(table))
+    if missing:
+        raise DocumentError(f"{where} lacks {', '.join(missing)}")
+
+
+def _table(doc, key, where, default=None):
+    value = doc.get(key, default)
+    if not isinstance(value, dict):
+        raise DocumentError(f"{key} in {where} must be a table, not {type(value).__name__}")
+    return value
+
+
+def _typed(table, key, kind, where, default=None):
+    value = table.get(key, default)
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise DocumentError(f"{key} in {where} must be a whole number, not {value!r}"[:300])
+    if kind is str:
+        if not isinstance(value, str):
+            raise DocumentError(f"{key} in {where} must be a string, not {type(value).__name__}")
+        if len(value) > MAX_STRING:
+            raise DocumentError(f"{key} in {where} has {len(value)} characters; at most {MAX_STRING} are allowed")
+    return value
+
+
+def _string(table, key, where, default=None):
+    return _typed(table, key, str, where, default)
+
+
+def _scope(table, where):
+    config = table.get("config", {})
+    if not isinstance(config, dict):
+        raise DocumentError(f"config in {where} must be a table of KEY = \"value\"")
+    for key, value in config.items():
+        _string(config, key, f"{where} config")
+    secrets = table.get("secrets", [])
+    if not isinstance(secrets, list) or not all(isinstance(s, str) for s in secrets):
+        raise DocumentError(f"secrets in {where} must be a list of config key names")
+    both = sorted(set(secrets) & set(config))
+    if both:
+        raise DocumentError(f"{where} names {', '.join(both)} both as a secret and with a value")
+    if len(set(secrets)) != len(secrets):
+        raise DocumentError(f"secrets in {where} names a key twice")
+    return Scope(config=dict(config), secrets=list(secrets))
+
+
+def _location(text, where):
+    if len(text) > 500 or "/" not in text:
+        raise DocumentError(f"location {text[:100]!r} in {where} must be \"host/path\", like example.com/ "
+                            "or example.com/blog/")
+    host, slash, path = text.partition("/")
+    return host, slash + path
+
+
+# --- comparing and applying ---------------------------------------------------------------------------
+
+def plan(doc):
+    """The changes importing `doc` makes, as lines for a person to read (empty: it matches)."""
+    return _apply(doc, dry_run=True)
+
+
+def apply(doc):
+    """Make the records match `doc`, in one transaction; (the changes, secrets the document names that are
+    not set). Any invalid value (or clash with another group's records) raises DocumentError, changing nothing."""
+    return _apply(doc, dry_run=False)
+
+
+class _DryRun(Exception):
+    pass
+
+
+def _apply(doc, *, dry_run):
+    changes = []
+    try:
+        with transaction.atomic():
+            missing = _Importer(doc, changes).run()
+            if dry_run:
+                raise _DryRun
+    except _DryRun:
+        pass
+    except ValidationError as exc:
+        raise DocumentError(_message(exc)) from None
+    except IntegrityError as exc:
+        raise DocumentError(f"the document clashes with records outside it: {exc}".strip()) from None
+    return changes, missing
+
+
+def _message(exc):
+    if hasattr(exc, "message_dict"):
+        return "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())
+    return " ".join(exc.messages)
+
+
+class _Importer:
+    """Walks the document, saving what differs (each save an audit entry) and noting it in `changes`."""
+
+    def __init__(self, doc, changes):
+        self.doc, self.changes = doc, changes
+
+    def note(self, line):
+        self.changes.append(line)
+
+    def save(self, obj, what):
+        try:
+            obj.full_clean()
+        except ValidationError as exc:
+            raise ValidationError(f"{what}: {_message(exc)}") from None
+        obj.save()
+
+    def run(self):
+        doc = self.doc
+        group = ServerGroup.objects.filter(name=doc["name"]).first()
+        if group is None:
+            group = ServerGroup(name=doc["name"])
+            self.note(f"+ group {doc['name']}")
+        if group.description != doc["description"] or group.pk is None:
+            if group.pk is not None:
+                self.note(f"~ group {group.name}: description {group.description!r} -> {doc['description']!r}")
+            group.description = doc["description"]
+            self.save(group, f"group {doc['name']}")
+        nodes = self.nodes(group)
+        self.database_node(group, nodes)
+        missing = self.config(f"group {group.name}", {"scope": "group", "group": group}, doc["config"])
+        for name, spec in sorted(doc["apps"].items()):
+            missing += self.app(group, name, spec)
+        for app in App.objects.filter(group=group).exclude(name__in=doc["apps"]).order_by("name"):
+            self.note(f"- app {app.name} leaves the group (the app itself is kept)")
+            app.group = None
+            app.save()
+        return missing
+
+    def nodes(self, group):
+        nodes = {}
+        for name, spec in sorted(self.doc["nodes"].items()):
+            node = Node.objects.filter(name=name).first()
+            wanted = {**{key: Node._meta.get_field(key).get_default() for key in NODE_FIELDS}, **spec}
+            if node is None:
+                node = Node(name=name, group=group, **wanted)
+                self.note(f"+ node {name} ({wanted['address']})")
+            else:
+                diffs = [f"{key} {getattr(node, key)!r} -> {value!r}" for key, value in wanted.items()
+                         if getattr(node, key) != value]
+                if node.group_id != group.pk:
+                    diffs.insert(0, f"group {node.group.name if node.group_id else '(none)'} -> {group.name}")
+                if not diffs:
+                    nodes[name] = node
+                    continue
+                self.note(f"~ node {name}: " + "; ".join(diffs))
+                node.group = group
+                for key, value in wanted.items():
+                    setattr(node, key, value)
+            self.save(node, f"node {name}")
+            nodes[name] = node
+        for node in Node.objects.filter(group=group).exclude(name__in=self.doc["nodes"]).order_by("name"):
+            self.note(f"- node {node.name} leaves the group (the node itself is kept)")
+            node.group = None
+            node.save()
+        return nodes
+
+    def database_node(self, group, nodes):
+        name = self.doc["database_node"]
+        wanted = None
+        if name:
+            wanted = nodes.get(name) or Node.objects.filter(name=name).first()
+            if wanted is None:
+                raise ValidationError(f"database_node {name!r} is no node of the document or the control plane")
+        if group.database_node_id != (wanted.pk if wanted else None):
+            self.note(f"~ group {group.name}: database_node "
+                      f"{group.database_node.name if group.database_node_id else '(none)'} -> {name or '(none)'}")
+            group.database_node = wanted
+            self.save(group, f"group {group.name}")
+
+    def app(self, group, name, spec):
+        app = App.objects.filter(name=name).first()
+        if app is None:
+            app = App(name=name, group=group, description=spec["description"])
+            self.note(f"+ app {name}")
+            self.save(app, f"app {name}")
+        elif app.group_id != group.pk or app.description != spec["description"]:
+            diffs = []
+            if app.group_id != group.pk:
+                diffs.append(f"group {app.group.name if app.group_id else '(none)'} -> {group.name}")
+            if app.description != spec["description"]:
+                diffs.append(f"description {app.description!r} -> {spec['description']!r}")
+            self.note(f"~ app {name}: " + "; ".join(diffs))
+            app.group, app.description = group, spec["description"]
+            self.save(app, f"app {name}")
+        self.locations(app, spec["locations"])
+        return self.config(f"app {name}", {"scope": "app", "app": app}, spec["config"])
+
+    def locations(self, app, wanted):
+        have = {(loc.host, loc.path): loc for loc in app.locations.all()}
+        for key in sorted(set(have) - set(wanted)):
+            self.note(f"- app {app.name}: location {key[0]}{key[1]}")
+            have[key].delete()
+        for host, path in sorted(set(wanted) - set(have)):
+            self.note(f"+ app {app.name}: location {host}{path}")
+            if Location.objects.filter(host=host, path=path).exclude(app=app).exists():
+                raise ValidationError(f"location {host}{path} of app {app.name} belongs to another app")
+            self.save(Location(app=app, host=host, path=path), f"location {host}{path} of app {app.name}")
+
+    def config(self, where, scope, wanted):
+        have = {v.key: v for v in ConfigValue.objects.filter(**scope)}
+        for key in sorted(set(have) - set(wanted.config) - set(wanted.secrets)):
+            self.note(f"- config {where}: {key}")
+            have[key].delete()
+        for key, value in sorted(wanted.config.items()):
+            record = have.get(key)
+            if record is not None and not record.secret and record.value == value:
+                continue
+            self.note(f"{'~' if record else '+'} config {where}: {key} = {value!r}"
+                      + (" (was a secret)" if record is not None and record.secret else ""))
+            record = record or ConfigValue(key=key, **scope)
+            record.set_value(value, secret=False)
+            self.save(record, f"config {key} of {where}")
+        missing = []
+        for key in wanted.secrets:
+            record = have.get(key)
+            if record is None:
+                missing.append(f"{key} ({where})")
+            elif not record.secret:
+                raise ValidationError(f"config {key} of {where} is named as a secret but is set as a plain value "
+                                      f"here: make it a secret with `manage.py config set {key} --secret` first")
+        return missing
