@@ -32,6 +32,7 @@ bench: install
 	$(BIN)/python bench/deploy.py
 	$(BIN)/python bench/backup.py
 	$(BIN)/python bench/cron.py
+	$(BIN)/python bench/config_apply.py
 
 check: install
 	$(BIN)/python manage.py check

@@ -420,7 +420,11 @@ def stop(t, emit, layout, app, release) -> None:
 # socket never closing. It waits until none of the old workers is left.
 _APPLY_PY = r"""
 import json, os, subprocess, sys, time, xmlrpc.client
-sock_path, name, exec_script, release_dir, new, env, runner, timeout = sys.argv[1:9]
+sock_path, name, exec_script, release_dir, new, env, runner, timeout, program_conf = sys.argv[1:10]
+if os.path.exists(program_conf) and "--config" not in open(program_conf).read():
+    os.remove(new)
+    sys.exit(f"{name} was started by an older toppcloud, whose gunicorn does not reload its environment: "
+             "deploy the app once, then config apply works")
 CHECK = ("import importlib, sys; m, _, a = sys.argv[1].partition(':'); "
          "app = getattr(importlib.import_module(m), a); callable(app) or sys.exit(f'{sys.argv[1]} is not callable')")
 try:
@@ -500,7 +504,8 @@ def _apply(t, emit, layout, app, release, new, runner, timeout):
     path = env_file(layout, app, release)
     r = run_logged(t, emit, [PYTHON, "-I", "-c", _APPLY_PY, layout.supervisor_sock, program_name(app, release),
                              layout.exec_script, release_dir(layout, app, release), new, path, runner,
-                             str(timeout)], step="apply env", check=False, timeout=timeout + 180)
+                             str(timeout), program_conf(layout, app, release)],
+                   step="apply env", check=False, timeout=timeout + 180)
     if r.rc != 0:
         raise ReleaseError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"applying the env of "
                            f"{app} {release} failed (exit {r.rc})")

@@ -57,9 +57,27 @@ def live_db(django_db_setup, django_db_blocker):
         yield
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Tests marked `last` run after all the others (the redaction scan looks at what they all left)."""
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
+
+
 @pytest.fixture(scope="session")
-def worker(live_db):
-    """A real Celery worker process on the test database and RabbitMQ."""
+def canary_secret(live_db):
+    """A global secret config value, CANARY_SECRET: every app deployed in the session has it."""
+    from tests.helpers import CANARY
+    from toppcloud_site.records.models import ConfigValue
+
+    record = ConfigValue.objects.filter(scope="global", key="CANARY_SECRET").first() or ConfigValue(
+        scope="global", key="CANARY_SECRET")
+    record.set_value(CANARY, secret=True)
+    record.save()
+    return CANARY
+
+
+@pytest.fixture(scope="session")
+def worker(live_db, canary_secret):
+    """A real Celery worker process on the test database and RabbitMQ (apps it deploys get the canary)."""
     w = Worker(Path(settings.VAR_DIR) / "worker.log")
     w.start(purge=True)
     yield w

@@ -1,9 +1,14 @@
 """Small helpers shared by tests."""
 
+import secrets
 import time
 
 from jobs.models import Job
 from jobs.states import TERMINAL
+
+# A secret config value every app deployed in a test session gets (conftest's canary_secret);
+# tests/test_redaction.py checks, last, that it is nowhere a secret must not be.
+CANARY = f"canary-{secrets.token_hex(12)}"
 
 
 def wait_for_job(job_id, timeout=60, statuses=TERMINAL):

@@ -112,18 +112,19 @@ def test_export_import_export_is_byte_identical_after_changes(group, tmp_path):
 
 def test_a_document_builds_the_group_in_an_empty_control_plane_and_names_the_secrets_to_set(group, tmp_path):
     text = export()
-    ConfigValue.objects.all().delete()
-    Location.objects.all().delete()
     ServerGroup.objects.filter(pk=group.pk).update(database_node=None)
-    App.objects.all().delete()
-    Node.objects.all().delete()
-    ServerGroup.objects.all().delete()
+    apps, nodes = App.objects.filter(group=group), Node.objects.filter(group=group)
+    ConfigValue.objects.filter(app__in=apps).delete()
+    Location.objects.filter(app__in=apps).delete()
+    apps.delete()
+    nodes.delete()
+    group.delete()  # its config with it
 
     out, err = import_doc(tmp_path, text)
     assert "+ group web" in out and "+ node db1 (10.0.0.5)" in out and "+ app shop" in out
     assert "secret SHARED_TOKEN (group web) is named in the document but not set" in err
     assert "secret STRIPE_KEY (app shop) is named" in err
-    for key, scope in (("SHARED_TOKEN", {"group": ServerGroup.objects.get()}),
+    for key, scope in (("SHARED_TOKEN", {"group": ServerGroup.objects.get(name="web")}),
                        ("STRIPE_KEY", {"app": App.objects.get(name="shop")})):
         record = ConfigValue(key=key, scope="group" if "group" in scope else "app", **scope)
         record.set_value(SECRET, secret=True)

@@ -10,6 +10,7 @@ user (or --as); anything else is `system`.
 import contextvars
 from contextlib import contextmanager
 
+from django.core.exceptions import ObjectDoesNotExist
 from django.db.models.signals import post_delete, post_save, pre_save
 
 MASK = "********"
@@ -80,7 +81,15 @@ def record(action, instance, **changes):
     from toppcloud_site.records.models import AuditEntry
 
     AuditEntry.objects.create(actor=current_actor(), action=action, model=instance._meta.model_name,
-                              object_id=str(instance.pk), object_repr=str(instance)[:200], changes=changes)
+                              object_id=str(instance.pk), object_repr=_repr(instance), changes=changes)
+
+
+def _repr(instance):
+    """str(instance), or its model and id when that names a record deleted with it (a cascade)."""
+    try:
+        return str(instance)[:200]
+    except ObjectDoesNotExist:
+        return f"{instance._meta.model_name} {instance.pk}"
 
 
 def connect(models):

@@ -28,14 +28,14 @@ class Command(BaseCommand):
         if action == "new-key":
             self.stdout.write(secrets.generate_key())
             return
-        counts = {}
+        counts = []
         try:
             with transaction.atomic():
                 for model, field in STORED:
                     rows = model.objects.exclude(**{field: ""}).select_for_update()
                     for row in rows:
                         row.save(update_fields=[field])  # read with any key, written with the first
-                    counts[model._meta.verbose_name_plural] = len(rows)
+                    counts.append(f"{len(rows)} {model._meta.verbose_name_plural} ({field})")
         except secrets.SecretUnreadable as exc:
             raise CommandError(f"nothing was re-encrypted: {exc}") from None
-        self.stdout.write("re-encrypted with the first key: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
+        self.stdout.write("re-encrypted with the first key: " + ", ".join(counts))
