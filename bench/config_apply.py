@@ -70,6 +70,7 @@ def main(rounds):
     from django.core.management import call_command
 
     from jobs.management.commands.ssh_key import ensure_key
+    from jobs.models import Job
     from jobs.nodes import submit_node_job
     from tests.helpers import wait_for_job
     from tests.hosts import start_hosts, stop_hosts
@@ -114,8 +115,13 @@ def main(rounds):
                     if exc.code:
                         sys.exit(f"config apply failed (round {i + 1})")
                 applies.append(time.perf_counter() - started)
-                if json.loads(get(host, "chores.test", "/env")[1])["API_KEY"] != value:
-                    sys.exit(f"round {i + 1}: the app does not have the new value")
+                seen = json.loads(get(host, "chores.test", "/env")[1])
+                if seen.get("API_KEY") != value:
+                    job = Job.objects.filter(kind="apply_config").latest("queued_at")
+                    step = job.events.filter(kind="step.finished").order_by("seq").first()
+                    sys.exit(f"round {i + 1}: the app does not have the new value; it answered as release "
+                             f"{seen.get('TOPPCLOUD_RELEASE')} on {seen.get('TOPPCLOUD_NODE')}; the apply step: "
+                             f"{step.data if step else None}")
                 time.sleep(0.5)
 
         during = Load(host, "chores.test")

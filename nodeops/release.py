@@ -455,10 +455,17 @@ def workers(pid):
         if fields[1] == str(pid) and fields[0] != "Z":
             found.add(int(entry))
     return found
-try:
-    info = rpc.getProcessInfo(f"{name}:{name}")
-except xmlrpc.client.Fault as exc:  # not under supervisord: the file is all there is to change
-    info = {"statename": "NOT RUNNING" if "BAD_NAME" in exc.faultString else exc.faultString}
+def state():
+    try:
+        return rpc.getProcessInfo(f"{name}:{name}")
+    except xmlrpc.client.Fault as exc:  # not under supervisord: the file is all there is to change
+        return {"statename": "NOT RUNNING" if "BAD_NAME" in exc.faultString else exc.faultString}
+# A release started a moment ago is STARTING until supervisord's startsecs have passed; gunicorn may
+# not handle HUP yet (its default action ends the process): wait until it is RUNNING.
+info, deadline = state(), time.monotonic() + 30
+while info["statename"] == "STARTING" and time.monotonic() < deadline:
+    time.sleep(0.1)
+    info = state()
 if info["statename"] != "RUNNING":
     print(json.dumps({"reloaded": False, "state": info["statename"]}))
     sys.exit(0)

@@ -511,6 +511,19 @@ def test_config_apply_gives_the_running_release_a_new_secret_with_no_failed_requ
     assert not JobEvent.objects.filter(data__icontains=new).exists()
 
 
+def test_config_apply_right_after_a_deploy_reaches_the_new_release(chores, ready_nodes):
+    # The release is STARTING for supervisord's first second: the apply waits until it is RUNNING.
+    code, job = deploy(_with_version(chores["src"], f"apply-{time.time_ns()}"), ready_nodes[0])
+    assert code == 0, job.error
+    value = f"fresh-{time.time_ns()}"
+    _set("FRESH", value)
+    code, applied = run_command("config", "apply", "--app", NAME)
+    assert code == 0, applied.error
+    [step] = [e for e in events(applied, "step.finished") if e["step"].startswith("apply ")]
+    assert step["reloaded"] is True
+    assert _web_env(chores)["FRESH"] == value
+
+
 def test_config_apply_refuses_config_the_app_does_not_load_with_and_keeps_the_old(chores):
     before, path = _env_file(chores)
     _set("CHORES_BROKEN", "1")

@@ -76,8 +76,11 @@ def apply_on_node(ctx, app, live):
                                            ini["requirements"])
         used = config_used(app, release)
         env = environment.release_environment(app, release, node, layout, venv, service_env)
-        s.data.update(used, **node_release.apply_env(t, ctx.emit, layout, app.name, release.name, env,
-                                                     runner=ini["runner"]))
+        result = node_release.apply_env(t, ctx.emit, layout, app.name, release.name, env, runner=ini["runner"])
+        s.data.update(used, **result)
+    if not result["reloaded"]:
+        ctx.emit("log", text=f"{app.name} {release.name} is not running on {node.name} ({result['state']}); "
+                             "it starts with the new environment")
     with ctx.step(f"health {app.name} on {node.name}") as s:
         status, body = node_release.http_get(t, live.port, ini["health_check"] or "/", host=live.host)
         s.data["status"] = status
