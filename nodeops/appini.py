@@ -40,14 +40,13 @@ the code that will handle them.
 
 import configparser
 import io
-import ipaddress
 import os
 import posixpath
 import re
 import shlex
 from dataclasses import dataclass, field
 
-from nodeops.validate import (ENV_KEY_RE, RUNNER_RE, reserved_env_name, validate_address, validate_name,
+from nodeops.validate import (ENV_KEY_RE, RUNNER_RE, reserved_env_name, validate_location_host, validate_name,
                               validate_url_path)
 
 SECTION = "production"
@@ -343,16 +342,13 @@ def _check_location(key, value):
     if "://" in value:
         raise bad("give a host name and an optional path, not a URL (e.g. example.com/blog)")
     host, slash, path = value.partition("/")
-    host = host.lower()
-    name = host[2:] if host.startswith("*.") else host
     try:
-        name = validate_address(name)
-    except ValueError:
+        host = validate_location_host(host)
+    except ValueError as exc:
+        if "wildcard" in str(exc):
+            raise bad("a '*.' wildcard needs a host name, not an IP address") from None
         raise bad(f"host {host!r} must be a host name or an IP address "
                   "(letters, digits, '-' and '.', optionally starting with '*.')") from None
-    if host.startswith("*.") and _is_ip(name):
-        raise bad("a '*.' wildcard needs a host name, not an IP address")
-    host = "*." + name if host.startswith("*.") else name
     if not path.strip("/"):
         return host
     segments = path.rstrip("/").split("/")
@@ -361,14 +357,6 @@ def _check_location(key, value):
                   "between single slashes (no '.' or '..' segments)")
     normalised = validate_url_path("/" + "/".join(segments) + "/")
     return host + normalised
-
-
-def _is_ip(value):
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _check_url_path(key, value, example="/healthz"):

@@ -136,6 +136,38 @@ def validate_user(value, field="ssh user"):
 
 _URL_PATH = re.compile(r"^/([A-Za-z0-9._~-]+/)*$")
 
+# A location's host: the app's default server for any host nginx has no other site for.
+DEFAULT_HOST = "*"
+
+
+def validate_location_host(value, field="host"):
+    """A location's host: a name or address, a '*.example.com' wildcard, or '*' (the node's default app).
+
+    Returned lower-cased: host names are case-insensitive and nginx matches them so.
+    """
+    if value == DEFAULT_HOST:
+        return value
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{field} {value!r} is invalid: give a host name, '*.example.com' or '*' (any other host)")
+    wildcard = value.startswith("*.")
+    name = value[2:] if wildcard else value
+    try:
+        name = validate_address(name.lower())
+    except ValueError:
+        raise ValueError(f"{field} {value!r} is invalid: it must be a host name or an IP address (letters, "
+                         "digits, '-' and '.', optionally starting with '*.'), or '*' for any other host") from None
+    if wildcard and _is_ip(name):
+        raise ValueError(f"{field} {value!r} is invalid: a '*.' wildcard needs a host name, not an IP address")
+    return "*." + name if wildcard else name
+
+
+def _is_ip(value):
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
 
 def validate_url_path(value, field="path"):
     """A location's path prefix: starts and ends with '/', plain segments only."""

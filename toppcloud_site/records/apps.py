@@ -9,6 +9,6 @@ class RecordsConfig(AppConfig):
     def ready(self):
         from toppcloud_site import checks  # noqa: F401  (registers system checks)
         from toppcloud_site.records import audit
-        from toppcloud_site.records.models import App, ConfigValue, Location, Node, ServerGroup
+        from toppcloud_site.records.models import App, Certificate, ConfigValue, Location, Node, ServerGroup
 
-        audit.connect([App, Location, ServerGroup, Node, ConfigValue])
+        audit.connect([App, Location, ServerGroup, Node, ConfigValue, Certificate])

@@ -15,7 +15,7 @@ from django.db.models.signals import post_delete, post_save, pre_save
 
 MASK = "********"
 # Fields whose values an audit entry never shows (a change still shows as changed).
-SECRET_FIELDS = {"secret_value", "password", "shared_secret", "previous_shared_secret"}
+SECRET_FIELDS = {"secret_value", "password", "shared_secret", "previous_shared_secret", "private_key"}
 # Bookkeeping, not a change anyone made.
 SKIPPED_FIELDS = {"created_at", "updated_at", "facts", "set_up_at"}
 

@@ -31,6 +31,7 @@ validate_port = _django(validate.validate_port)
 validate_root = _django(validate.validate_root)
 validate_host_key = _django(validate.validate_host_key)
 validate_user = _django(validate.validate_user)
+validate_location_host = _django(validate.validate_location_host)
 
 
 class ServerGroup(models.Model):
@@ -68,6 +69,9 @@ class Node(models.Model):
     root = models.CharField(max_length=255, default="/srv/toppcloud", validators=[validate_root],
                             help_text="Everything toppcloud puts on the host lives below this directory.")
     http_port = models.PositiveIntegerField(default=80, validators=[validate_port])
+    https_port = models.PositiveIntegerField(
+        default=443, validators=[validate_port],
+        help_text="Where nginx serves HTTPS for the hosts that have a TLS certificate.")
     pg_cluster = models.CharField(
         "PostgreSQL cluster", max_length=63, default="toppcloud", validators=[validate_name],
         help_text="The Debian PostgreSQL cluster (pg_createcluster) holding apps' databases on this node.")
@@ -112,6 +116,9 @@ class App(models.Model):
     name = models.CharField(max_length=63, unique=True, validators=[validate_name])
     group = models.ForeignKey(ServerGroup, null=True, blank=True, on_delete=models.PROTECT, related_name="apps")
     description = models.TextField(blank=True)
+    maintenance = models.BooleanField(
+        default=False, editable=False,
+        help_text="Its locations answer 503 (a maintenance page); set by the disable/enable jobs.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -148,7 +155,8 @@ class Location(models.Model):
     """Where an app is served: a host name and a path prefix."""
 
     app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="locations")
-    host = models.CharField(max_length=253, validators=[validate_address])
+    host = models.CharField(max_length=253, validators=[validate_location_host],
+                            help_text="A host name, '*.example.com' (any name below it), or '*' (any other host).")
     path = models.CharField(max_length=200, default="/")
 
     class Meta:
@@ -165,6 +173,28 @@ class Location(models.Model):
             validate.validate_url_path(self.path)
         except ValueError as exc:
             raise ValidationError({"path": str(exc)}) from None
+
+
+class Certificate(models.Model):
+    """A TLS certificate (chain) and its private key for a host; nginx serves the host over HTTPS with it.
+
+    Written by `manage.py tls add` and the admin (records/tls.py checks it); the key is encrypted at rest.
+    """
+
+    host = models.CharField(max_length=253, unique=True, validators=[validate_location_host],
+                            help_text="The host it is for: a name or '*.example.com'.")
+    certificate = models.TextField(help_text="PEM: the certificate, then its intermediates.")
+    private_key = EncryptedTextField(editable=False)
+    not_after = models.DateTimeField(null=True, blank=True, editable=False)
+    fingerprint = models.CharField(max_length=64, blank=True, editable=False, help_text="SHA-256 of the leaf.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["host"]
+
+    def __str__(self):
+        return self.host
 
 
 class Service(models.Model):
