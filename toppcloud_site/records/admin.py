@@ -7,6 +7,7 @@ from django.utils.html import format_html, format_html_join
 from jobs.models import LiveRelease
 from toppcloud_site.records.models import (App, AuditEntry, Backup, ConfigValue, CronEntry, Location, Node, Release, ServerGroup,
                                            Service)
+from toppcloud_site.records.models import Certificate
 
 
 def _started(modeladmin, request, verb, started):
@@ -450,6 +451,68 @@ class CronEntryAdmin(admin.ModelAdmin):
                                     actor=request.user.get_username()), f"{e.app.name} {e.name}")
                    for e in queryset.select_related("app")]
         _started(self, request, "Cron run", started)
+
+
+class WriteOnlyTextarea(forms.Textarea):
+    """A textarea that never renders a value back, not even the one just submitted with an error."""
+
+    def format_value(self, value):
+        return None
+
+
+class CertificateForm(forms.ModelForm):
+    """The chain is shown; the private key is write-only. Both are checked by records/tls.py in clean()."""
+
+    new_private_key = forms.CharField(label="private key", required=False, strip=False,
+                                      widget=WriteOnlyTextarea(attrs={"rows": 6, "autocomplete": "off"}),
+                                      help_text="PEM, unencrypted. Never shown again.")
+
+    class Meta:
+        model = Certificate
+        fields = ["host", "certificate"]
+        widgets = {"certificate": forms.Textarea(attrs={"rows": 12, "cols": 70})}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["new_private_key"].help_text = "The key is never shown: leave this empty to keep it."
+
+    def clean(self):
+        from toppcloud_site.records import tls
+
+        data = super().clean()
+        host, chain, key = data.get("host"), data.get("certificate"), data.get("new_private_key", "")
+        if not host or not chain:
+            return data  # the field errors say what is missing
+        if not key and self.instance.pk:
+            key = self.instance.private_key  # kept as it is
+        if not key:
+            self.add_error("new_private_key", "give the certificate's private key (PEM)")
+            return data
+        self.instance.host = host
+        try:
+            info = tls.fill_certificate(self.instance, chain, key)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        data["host"], data["certificate"] = info["host"], info["certificate"]  # normalized, as stored
+        return data
+
+
+@admin.register(Certificate)
+class CertificateAdmin(admin.ModelAdmin):
+    """TLS certificates of hosts (also `manage.py tls add`); the private key is encrypted at rest and never shown."""
+
+    form = CertificateForm
+    list_display = ["host", "not_after", "days_left", "fingerprint"]
+    search_fields = ["host", "fingerprint"]
+    fields = ["host", "certificate", "new_private_key", "not_after", "fingerprint", "updated_at"]
+    readonly_fields = ["not_after", "fingerprint", "updated_at"]
+
+    @admin.display(description="days left", ordering="not_after")
+    def days_left(self, obj):
+        from toppcloud_site.records import tls
+
+        return tls.days_left(obj.not_after) if obj.not_after else "-"
 
 
 @admin.register(AuditEntry)

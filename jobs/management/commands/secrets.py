@@ -9,11 +9,11 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from toppcloud_site.records import secrets
-from toppcloud_site.records.models import ConfigValue, ServerGroup, Service
+from toppcloud_site.records.models import Certificate, ConfigValue, ServerGroup, Service
 
 # (model, encrypted field): every secret stored.
 STORED = [(ConfigValue, "secret_value"), (Service, "password"), (ServerGroup, "shared_secret"),
-          (ServerGroup, "previous_shared_secret")]
+          (ServerGroup, "previous_shared_secret"), (Certificate, "private_key")]
 
 
 class Command(BaseCommand):
