@@ -7,6 +7,7 @@ these steps; nodeops.services does the work on the nodes. See docs/data.md.
 import hashlib
 import os
 import secrets
+from collections import namedtuple
 from importlib import metadata
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from jobs.models import LiveRelease
 from jobs.redact import register_secret
 from nodeops import appini, node_data, services as node_services
 from nodeops.layout import NodeLayout
-from nodeops.node_data import FILES, SQL, ArchiveWriter, DataError
+from nodeops.node_data import FILES, SQL, WRITABLE, ArchiveWriter, DataError
 from toppcloud_site.records.models import Backup, Service
 
 
@@ -38,8 +39,10 @@ def database_node(app, node):
 
 # --- installing services (a deploy step) ----------------------------------------------
 
-def ensure_services(ctx, app, node, wanted):
-    """Install the app's data services for a release on `node`; return (their env, changed)."""
+def ensure_services(ctx, app, node, wanted, writable=()):
+    """Install the app's data services for a release on `node`, and make its writable static
+    directories (app.ini writable_static_files; their $CONFIG_WRITABLE_* come from
+    jobs.environment); return (the services' env, changed)."""
     env, changed = {}, False
     if "postgresql" in wanted:
         db_node = database_node(app, node)
@@ -61,6 +64,11 @@ def ensure_services(ctx, app, node, wanted):
         changed |= bool(done)
         ctx.emit("service.files", app=app.name, node=node.name, dir=directory, changed=done)
         env.update(node_services.service_env(files_dir=directory))
+    if writable:
+        spec = node_services.writable_spec(NodeLayout(node.root).writable_dir(app.name), writable)
+        done = node_services.ensure_writable(ctx.transport(node), ctx.emit, spec)
+        changed |= bool(done)
+        ctx.emit("service.writable", app=app.name, node=node.name, changed=done, **spec)
     return env, changed
 
 
@@ -80,27 +88,46 @@ def _postgresql_service(app, db_node, version):
 
 # --- where an app's data is, for backup, restore and clear --------------------------------
 
+# An app's writable static directories on one node, shaped like a Service record (node, settings).
+Writable = namedtuple("Writable", "node settings")
+
+
+def writable_places(app):
+    """[Writable] of each node the app is live on with writable_static_files (its live releases' names)."""
+    found = {}
+    for live in LiveRelease.objects.filter(app=app).select_related("node", "release").order_by("node__name"):
+        names = live.release.app_ini.get("writable_static_files") or []  # releases from before it: none
+        if names:
+            have = found.setdefault(live.node, [])
+            have += [n for n in names if n not in have]
+    return [Writable(node, node_services.writable_spec(NodeLayout(node.root).writable_dir(app.name), names))
+            for node, names in found.items()]
+
+
 class DataPlace:
-    """The services of one app to back up or restore: PostgreSQL on one node, files on one node."""
+    """The data of one app to back up or restore: PostgreSQL on one node, files on one node, the
+    writable static directories on one node (one where a release with writable_static_files is live)."""
 
     def __init__(self, app, node=None):
         self.app = app
         pg = list(Service.objects.filter(app=app, kind=Service.Kind.POSTGRESQL).select_related("node"))
         files = list(Service.objects.filter(app=app, kind=Service.Kind.FILES).select_related("node"))
-        if not pg and not files:
-            raise FlowFailed(f"{app.name} has no data services: its app.ini asks for neither service.postgresql "
-                             "nor service.files, or it was never deployed")
+        writable = writable_places(app)
+        if not pg and not files and not writable:
+            raise FlowFailed(f"{app.name} has no data: its app.ini asks for neither service.postgresql nor "
+                             "service.files nor writable_static_files, or it is live nowhere")
         self.pg = _pick(app, pg, node, "postgresql")
         self.files = _pick(app, files, node, "files")
+        self.writable = _pick(app, writable, node, "writable static files")
         if self.pg:
             register_secret(self.pg.password)
 
     @property
     def services(self):
-        return [s for s, v in (("postgresql", self.pg), ("files", self.files)) if v]
+        return [s for s, v in (("postgresql", self.pg), ("files", self.files), ("writable", self.writable)) if v]
 
     def nodes(self):
-        return sorted({s.node.name for s in (self.pg, self.files) if s})
+        return sorted({s.node.name for s in (self.pg, self.files, self.writable) if s})
 
     def specs_by_node(self, services):
         """{node: {"postgresql": spec, "files": spec}} for these services, as the node program takes them."""
@@ -109,20 +136,22 @@ class DataPlace:
             found.setdefault(self.pg.node, {})["postgresql"] = _pg_spec(self.pg)
         if "files" in services:
             found.setdefault(self.files.node, {})["files"] = self.files.settings
+        if "writable" in services:
+            found.setdefault(self.writable.node, {})["writable"] = self.writable.settings
         return found
 
     def release(self):
-        node = (self.files or self.pg).node
+        node = (self.files or self.writable or self.pg).node
         live = LiveRelease.objects.filter(app=self.app, node=node).select_related("release").first()
         return live.release.name if live else ""
 
 
 def _pick(app, found, node, kind):
     if node is not None:
-        on_node = [s for s in found if s.node_id == node.pk]
+        on_node = [s for s in found if s.node.pk == node.pk]
         if on_node:
             return on_node[0]
-        if kind == "files" or len(found) != 1:
+        if kind != "postgresql" or len(found) != 1:
             return None  # the files of another node are not this node's
         return found[0]  # the one database (the group's database node)
     if len(found) > 1:
@@ -165,6 +194,8 @@ def take_backup(ctx, place, kind, label=None):
                 dumps.append((ctx.transport(place.pg.node), SQL, _pg_spec(place.pg)))
             if place.files:
                 dumps.append((ctx.transport(place.files.node), FILES, place.files.settings))
+            if place.writable:
+                dumps.append((ctx.transport(place.writable.node), WRITABLE, place.writable.settings))
             node_services.dump_into(ctx.emit, writer, dumps)
             manifest = writer.finish(app=app.name, release=place.release(), created_at=timezone.now().isoformat(),
                                      toppcloud_version=toppcloud_version(), services=place.services)
@@ -215,8 +246,9 @@ def restore_backup(ctx, backup, place, manifest):
     wanted = [s for s in manifest["services"] if s in place.services]
     missing = [s for s in manifest["services"] if s not in place.services]
     if missing:
+        key = "writable_static_files" if missing[0] == "writable" else f"service.{missing[0]}"
         raise FlowFailed(f"backup {backup.name} holds {' and '.join(missing)} but {place.app.name} has no such "
-                         f"service; add service.{missing[0]} to its app.ini and deploy it first")
+                         f"service; add {key} to its app.ini and deploy it first")
     if not wanted:
         raise FlowFailed(f"backup {backup.name} holds no data of a service {place.app.name} has")
     done = {}
@@ -261,9 +293,9 @@ def check_data_app(name):
     app = App.objects.filter(name=name).first()
     if app is None:
         raise DataRefused(f"there is no app {name!r}")
-    if not Service.objects.filter(app=app).exists():
-        raise DataRefused(f"{name} has no data services yet: deploy it with service.postgresql or "
-                          "service.files in its app.ini first")
+    if not Service.objects.filter(app=app).exists() and not writable_places(app):
+        raise DataRefused(f"{name} has no data services yet: deploy it with service.postgresql, service.files "
+                          "or writable_static_files in its app.ini first")
     return app
 
 

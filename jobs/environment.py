@@ -16,6 +16,7 @@ from django.db import transaction
 from django.utils.crypto import salted_hmac
 
 from jobs.redact import register_secret
+from nodeops import services as node_services
 from toppcloud_site.records.models import App, ConfigValue, ServerGroup
 
 _TOKEN_SALT = "toppcloud.task-token"
@@ -169,4 +170,7 @@ def release_environment(app, release, node, layout, venv, service_env):
     if settings.TOPPCLOUD_DEBUG_EMAIL:
         env["TOPPCLOUD_DEBUG_EMAIL"] = settings.TOPPCLOUD_DEBUG_EMAIL
     env.update(service_env)
+    # app.ini writable_static_files (none in releases packed before it existed)
+    writable = ini.get("writable_static_files") or []
+    env.update(node_services.writable_env(node_services.writable_spec(layout.writable_dir(app.name), writable)))
     return env

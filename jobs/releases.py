@@ -56,6 +56,8 @@ def ini_dict(ini):
         "requirements": ini.requirements, "static": ini.static, "processes": ini.processes,
         "threads": ini.threads, "keep_releases": ini.keep_releases,
         "keep_backups": ini.keep_backups, "services": list(ini.services),
+        # names, without the slash; releases packed before it existed lack the key (read it as [])
+        "writable_static_files": list(ini.writable_static_files),
         "config_required": list(ini.config_required), "config_defaults": dict(ini.config_defaults),
         "cron": [{"name": e.name, "schedule": e.schedule, "fields": list(e.fields), "target": e.target,
                   "timeout": e.timeout, "argv": e.argv} for e in ini.cron],

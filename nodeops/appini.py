@@ -16,9 +16,16 @@ so it can be shown to the person deploying as is.
     service.postgresql =
     service.files =
     keep_backups = 10
+    writable_static_files = /docs /uploads
 
 `service.NAME =` (no value) asks for a data service: `postgresql` (a
 database and role of the app's own) or `files` (a persistent directory).
+
+`writable_static_files` names directories the app writes into and nginx
+serves publicly under the app's location (`/docs` -> `<location>docs/`),
+one URL segment each; each is `<root>/apps/<app>/writable/<name>/` on the
+node, kept across deploys and backed up, given to the app as
+$CONFIG_WRITABLE_<NAME>.
 
 `[cron]` lists the app's scheduled jobs, one a line:
 
@@ -54,7 +61,7 @@ CRON_SECTION = "cron"
 
 # The defaults of the optional keys are those of AppIni's fields.
 _OPTIONAL_KEYS = ("default_location", "health_check", "update_fetch", "requirements",
-                  "static", "processes", "threads", "keep_releases", "keep_backups")
+                  "static", "processes", "threads", "keep_releases", "keep_backups", "writable_static_files")
 # The data services a node provides, in the order they are backed up.
 SERVICES = ("postgresql", "files")
 _REQUIRED_HINTS = {
@@ -76,6 +83,10 @@ CRON_TIMEOUT_DEFAULT = 600
 _CRON_TIMEOUT_RANGE = (1, 86400)
 _CRON_OPTIONS = ("timeout",)
 _CRON_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+# One URL segment, also a directory name and (upper-cased, '-' -> '_') part of an env var name.
+WRITABLE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+# Served at <location>static/ already.
+_WRITABLE_RESERVED = ("static",)
 # The macros cron knows, as the five fields they stand for.
 CRON_MACROS = {
     "@yearly": "0 0 1 1 *",
@@ -153,6 +164,8 @@ class AppIni:
     threads: int = 2
     keep_releases: int = 5
     keep_backups: int = 10
+    # writable_static_files = /docs /uploads -> ("docs", "uploads"), in file order
+    writable_static_files: tuple[str, ...] = ()
     services: tuple[str, ...] = ()  # of SERVICES, in that order
     cron: tuple[CronEntry, ...] = ()  # in file order
     # config.required = KEY ...: the deploy is refused unless the app's config (or a default) has each.
@@ -432,6 +445,40 @@ def _check_static(key, value):
     return _check_relative(key, value) + "/"
 
 
+def writable_env_name(name):
+    """The variable a writable static directory's path is given in: docs -> CONFIG_WRITABLE_DOCS."""
+    return "CONFIG_WRITABLE_" + name.upper().replace("-", "_")
+
+
+def _check_writable(key, value):
+    names, variables = [], {}
+    for word in value.split():
+        def bad(why):
+            return _Bad(f"{key}: {word!r} is invalid: {why}")
+
+        if not word.startswith("/"):
+            raise bad(f"each directory is a URL path of one segment starting with '/' (e.g. {key} = /docs /uploads)")
+        name = word[1:].rstrip("/") if word.count("/") == 2 and word.endswith("/") else word[1:]
+        if ".." in name.split("/"):
+            raise bad("'..' is not allowed")
+        if name in ("", "."):
+            raise bad("name a directory under the app's location, not the location itself")
+        if "/" in name:
+            raise bad("only one path segment is allowed (e.g. /docs), not a nested path")
+        if not WRITABLE_NAME_RE.fullmatch(name):
+            raise bad("use 1 to 40 characters a-z, 0-9, '_' and '-' after the '/', starting with a letter or digit")
+        if name in _WRITABLE_RESERVED:
+            raise bad(f"/{name}/ is where the release's static files are served; choose another name")
+        if name in names:
+            raise bad("it is listed twice")
+        variable = writable_env_name(name)
+        if variable in variables:
+            raise bad(f"it and '/{variables[variable]}' would both be given as ${variable}; rename one")
+        names.append(name)
+        variables[variable] = name
+    return tuple(names)
+
+
 def _check_int(key, value, limits=None):
     low, high = limits or _RANGES[key]
     if not re.fullmatch(r"[+-]?[0-9]+", value):
@@ -453,6 +500,7 @@ _CHECKS = {
     "threads": _check_int,
     "keep_releases": _check_int,
     "keep_backups": _check_int,
+    "writable_static_files": _check_writable,
 }
 
 

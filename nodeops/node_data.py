@@ -11,16 +11,20 @@ never in argv):
     pg-ensure     the node's PostgreSQL cluster exists, listens where it should, runs
     pg-app        the app's role (password verifier on stdin) and database exist
     files-ensure  the app's files directory exists
+    writable-ensure  the app's writable static directories exist (never emptied)
     dump-sql      the app's database as ordered plain SQL, on stdout
     dump-files    the app's files directory as a deterministic tar, on stdout
+    dump-writable the app's writable directory (every <name>/ in it), the same way
     restore       read an archive on stdin, stage and verify it, swap it in when told
-    clear         replace the app's database and files with empty ones
+    clear         replace the app's database, files and writable directories with empty ones
 
 A backup archive is an uncompressed tar holding, in this order:
 
     postgresql.sql  (service.postgresql) schema; each table's rows in primary-key
                     order; sequence values; then indexes, constraints, triggers
     files.tar       (service.files) the files directory: sorted names, mtime 0, owner 0
+    writable.tar    (writable_static_files) <root>/apps/<app>/writable/ the same way:
+                    <name>/... of every writable static directory
     manifest.json   what the archive is, and the sha256 and size of every member
 
 Every member has mtime 0 and owner 0, so the same data always gives the same
@@ -45,9 +49,12 @@ import tempfile
 import threading
 
 FORMAT = "toppcloud-backup/1"
-SQL, FILES, MANIFEST = "postgresql.sql", "files.tar", "manifest.json"
-MEMBERS = (SQL, FILES)  # in archive order; the manifest comes last
-SERVICE_MEMBER = {"postgresql": SQL, "files": FILES}
+SQL, FILES, WRITABLE, MANIFEST = "postgresql.sql", "files.tar", "writable.tar", "manifest.json"
+MEMBERS = (SQL, FILES, WRITABLE)  # in archive order; the manifest comes last
+# "writable" is not an app.ini service.NAME, but its data move like one.
+SERVICE_MEMBER = {"postgresql": SQL, "files": FILES, "writable": WRITABLE}
+# A writable static directory's name (nodeops.appini.WRITABLE_NAME_RE; this module imports nothing of nodeops).
+_WRITABLE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 MAX_MANIFEST = 1 << 20
 CHUNK = 1 << 20
 _WRITEBACK = 16 << 20
@@ -246,11 +253,11 @@ def read_manifest(path):
 def verify_archive(path):
     """Check a stored archive, reading it once; its manifest, or DataError.
 
-    files.tar is also opened and every entry checked, as a restore would.
+    files.tar and writable.tar are also opened and every entry checked, as a restore would.
     """
     def check(name, reader):
-        if name == FILES:
-            for _ in _file_entries(reader):
+        if name in (FILES, WRITABLE):
+            for _ in _file_entries(reader, name):
                 pass
 
     with open(path, "rb") as f:
@@ -259,15 +266,19 @@ def verify_archive(path):
 
 # --- files ---------------------------------------------------------------------
 
-def pack_files(directory, out):
+def pack_files(directory, out, top=None):
     """Write `directory` as a tar to `out`: names sorted, mtime 0, owner 0.
 
     Only directories and regular files; anything else (links, sockets) is
-    left out and returned.
+    left out and returned, as is every entry at the top that `top(name, is_dir)` refuses.
     """
     entries, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(directory):
         rel_dir = os.path.relpath(dirpath, directory)
+        if rel_dir == "." and top is not None:
+            for names, is_dir in ((dirnames, True), (filenames, False)):
+                skipped += [n for n in names if not top(n, is_dir)]
+                names[:] = [n for n in names if top(n, is_dir)]
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
@@ -292,9 +303,12 @@ def pack_files(directory, out):
     return sorted(skipped)
 
 
-def _file_entries(reader):
-    """Each (name, member, tar) of a files.tar stream, checked: no absolute paths, no '..', files and dirs only."""
+def _file_entries(reader, member=FILES):
+    """Each (name, member, tar) of a files.tar (or writable.tar) stream, checked: no absolute paths,
+    no '..', files and dirs only; in writable.tar, everything inside a directory named like a
+    writable static directory."""
     names = set()
+    where = "the files directory" if member == FILES else "a writable static directory"
     try:
         tar = tarfile.open(fileobj=reader, mode="r|")
         for m in tar:
@@ -302,15 +316,19 @@ def _file_entries(reader):
             norm = posixpath.normpath(name)
             if (not name or "\0" in name or name.startswith("/") or norm in (".", "..")
                     or norm.startswith("../") or ".." in name.split("/")):
-                raise DataError(f"{FILES} member {name!r} is not allowed: paths must stay inside the files directory")
+                raise DataError(f"{member} member {name!r} is not allowed: paths must stay inside {where}")
             if not (m.isreg() or m.isdir()):
-                raise DataError(f"{FILES} member {name!r} is a {_kind(m)}; only files and directories are restored")
+                raise DataError(f"{member} member {name!r} is a {_kind(m)}; only files and directories are restored")
+            if member == WRITABLE and not (_WRITABLE_NAME_RE.fullmatch(norm.split("/")[0])
+                                           and (m.isdir() or "/" in norm)):
+                raise DataError(f"{member} member {name!r} is not allowed: everything in it is inside "
+                                "<name>/, a writable static directory's name")
             if norm in names:
-                raise DataError(f"{FILES} member {name!r} is there twice")
+                raise DataError(f"{member} member {name!r} is there twice")
             names.add(norm)
             yield norm, m, tar
     except tarfile.TarError as exc:
-        raise DataError(f"{FILES} is not a readable tar: {exc}") from None
+        raise DataError(f"{member} is not a readable tar: {exc}") from None
 
 
 def _kind(m):
@@ -325,8 +343,8 @@ def _kind(m):
     return "special member"
 
 
-def unpack_files(reader, dest):
-    """Extract a files.tar stream into `dest` (which must not exist), checking every entry.
+def unpack_files(reader, dest, member=FILES):
+    """Extract a files.tar (or writable.tar) stream into `dest` (which must not exist), checking every entry.
 
     Only directories and regular files are made, and every name was checked
     to stay inside, so nothing can be written outside `dest`.
@@ -334,7 +352,7 @@ def unpack_files(reader, dest):
     os.mkdir(dest, 0o755)
     count = size = 0
     try:
-        for name, m, tar in _file_entries(reader):
+        for name, m, tar in _file_entries(reader, member):
             path = os.path.join(dest, name)
             if m.isdir():
                 os.makedirs(path, exist_ok=True)
@@ -347,7 +365,7 @@ def unpack_files(reader, dest):
             count += 1
             size += m.size
     except OSError as exc:
-        raise DataError(f"{FILES} cannot be unpacked: {exc}") from None
+        raise DataError(f"{member} cannot be unpacked: {exc}") from None
     return {"files": count, "bytes": size}
 
 
@@ -863,6 +881,44 @@ def cmd_files_ensure(spec):
     return {"changed": ["created " + directory]}
 
 
+def cmd_writable_ensure(spec):
+    """<dir>/ and <dir>/<name>/ of each name, 0755; what is there is kept as it is."""
+    directory, changed = spec["dir"], []
+    for path in [directory] + [os.path.join(directory, _writable_name(n)) for n in spec["names"]]:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            os.makedirs(path, 0o755)  # the app's directory too, on its first deploy (before the upload)
+            os.chmod(path, 0o755)  # whatever the umask
+            changed.append("created " + path)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise DataError(f"{path} exists and is not a directory (a writable static directory goes there): "
+                            "move it away")
+    return {"changed": changed}
+
+
+def _writable_name(name):
+    if not isinstance(name, str) or not _WRITABLE_NAME_RE.fullmatch(name):
+        raise DataError(f"{name!r} is not a writable static directory's name")
+    return name
+
+
+def _make_writable_names(directory, names):
+    """The directories of the release's names inside a staged writable directory, if the data had none."""
+    for name in names:
+        os.makedirs(os.path.join(directory, _writable_name(name)), 0o755, exist_ok=True)
+
+
+def cmd_dump_writable(spec, out):
+    directory = spec["dir"]
+    if not os.path.isdir(directory):
+        raise DataError(f"{directory} does not exist: has the app been deployed with writable_static_files?")
+    # Only what a restore takes back: the directories named like writable static directories.
+    top = lambda name, is_dir: is_dir and bool(_WRITABLE_NAME_RE.fullmatch(name))  # noqa: E731
+    return {"skipped": pack_files(directory, out, top)}
+
+
 def cmd_dump_files(spec, out):
     directory = spec["dir"]
     if not os.path.isdir(directory):
@@ -880,7 +936,7 @@ def cmd_restore(spec, stdin, stdout):
     Answers `{"received": n}` once the archive is in and every member's
     checksum matched, then `{"staged": ...}`.
     """
-    pg_spec, files_spec = spec.get("postgresql"), spec.get("files")
+    pg_spec, files_spec, writable_spec = spec.get("postgresql"), spec.get("files"), spec.get("writable")
     pg = _Pg(pg_spec) if pg_spec else None
     staging_db = pg_spec["dbname"] + STAGING if pg else None
     staged = {}
@@ -891,8 +947,9 @@ def cmd_restore(spec, stdin, stdout):
     try:
         if maker:
             maker.start()
-        if files_spec:
-            shutil.rmtree(files_spec["dir"] + STAGING, ignore_errors=True)
+        for what in (files_spec, writable_spec):
+            if what:
+                shutil.rmtree(what["dir"] + STAGING, ignore_errors=True)
 
         def keep(name, reader):  # each member into a file of its own, hashed on the way in
             with open(os.path.join(work, name), "wb") as f:
@@ -903,7 +960,7 @@ def cmd_restore(spec, stdin, stdout):
         archive.drain()  # the padding after the end-of-archive blocks
         stdout.write(json.dumps({"received": archive.size}).encode() + b"\n")
         stdout.flush()
-        for service, what in (("postgresql", pg_spec), ("files", files_spec)):
+        for service, what in (("postgresql", pg_spec), ("files", files_spec), ("writable", writable_spec)):
             if what and SERVICE_MEMBER[service] not in manifest["files"]:
                 raise DataError(f"the archive holds no {SERVICE_MEMBER[service]} to restore {service} from")
         if pg:
@@ -915,6 +972,10 @@ def cmd_restore(spec, stdin, stdout):
         if files_spec:
             with open(os.path.join(work, FILES), "rb") as f:
                 staged["files"] = unpack_files(f, files_spec["dir"] + STAGING)
+        if writable_spec:
+            with open(os.path.join(work, WRITABLE), "rb") as f:
+                staged["writable"] = unpack_files(f, writable_spec["dir"] + STAGING, WRITABLE)
+            _make_writable_names(writable_spec["dir"] + STAGING, writable_spec.get("names", []))
         stdout.write(json.dumps({"staged": staged, "app": manifest.get("app"), "release": manifest.get("release")})
                      .encode() + b"\n")
         stdout.flush()
@@ -925,12 +986,13 @@ def cmd_restore(spec, stdin, stdout):
             maker.join()
         if pg:
             _drop_db(pg, staging_db)
-        if files_spec:
-            shutil.rmtree(files_spec["dir"] + STAGING, ignore_errors=True)
+        for what in (files_spec, writable_spec):
+            if what:
+                shutil.rmtree(what["dir"] + STAGING, ignore_errors=True)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    _swap(pg, pg_spec, files_spec)
+    _swap(pg, pg_spec, files_spec, writable_spec)
     return {"swapped": sorted(staged), "staged": staged}
 
 
@@ -944,19 +1006,20 @@ def _fresh_db(pg, db, role):
     return None
 
 
-def _swap(pg, pg_spec, files_spec):
+def _swap(pg, pg_spec, files_spec, writable_spec=None):
     # From here on, finish: a hang-up or a dying control plane must not leave half a swap.
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
     if pg:
         _swap_db(pg, pg_spec["dbname"])
-    if files_spec:
-        _swap_dir(files_spec["dir"])
+    for what in (files_spec, writable_spec):
+        if what:
+            _swap_dir(what["dir"])
 
 
 def cmd_clear(spec):
-    """Empty database and files directory, swapped in like a restore."""
-    pg_spec, files_spec = spec.get("postgresql"), spec.get("files")
+    """Empty database, files directory and writable static directories, swapped in like a restore."""
+    pg_spec, files_spec, writable_spec = spec.get("postgresql"), spec.get("files"), spec.get("writable")
     pg = _Pg(pg_spec) if pg_spec else None
     if pg:
         _drop_db(pg, pg_spec["dbname"] + STAGING)
@@ -964,8 +1027,13 @@ def cmd_clear(spec):
     if files_spec:
         shutil.rmtree(files_spec["dir"] + STAGING, ignore_errors=True)
         os.mkdir(files_spec["dir"] + STAGING, 0o755)
-    _swap(pg, pg_spec, files_spec)
-    return {"cleared": [s for s, v in (("postgresql", pg_spec), ("files", files_spec)) if v]}
+    if writable_spec:
+        shutil.rmtree(writable_spec["dir"] + STAGING, ignore_errors=True)
+        os.mkdir(writable_spec["dir"] + STAGING, 0o755)
+        _make_writable_names(writable_spec["dir"] + STAGING, writable_spec.get("names", []))
+    _swap(pg, pg_spec, files_spec, writable_spec)
+    return {"cleared": [s for s, v in (("postgresql", pg_spec), ("files", files_spec), ("writable", writable_spec))
+                        if v]}
 
 
 def _run(argv, **kw):
@@ -1005,10 +1073,14 @@ def main(argv):
             result = cmd_pg_app(spec, sys.stdin.readline().strip())
         elif command == "files-ensure":
             result = cmd_files_ensure(spec)
+        elif command == "writable-ensure":
+            result = cmd_writable_ensure(spec)
         elif command == "dump-sql":
             result = dump_sql(spec, out)
         elif command == "dump-files":
             result = cmd_dump_files(spec, out)
+        elif command == "dump-writable":
+            result = cmd_dump_writable(spec, out)
         elif command == "restore":
             result = cmd_restore(spec, sys.stdin.buffer, out)
         elif command == "clear":
@@ -1018,7 +1090,7 @@ def main(argv):
     except DataError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    if command not in ("dump-sql", "dump-files"):  # their stdout is the data
+    if command not in ("dump-sql", "dump-files", "dump-writable"):  # their stdout is the data
         out.write(json.dumps(result).encode() + b"\n")
     else:
         print(json.dumps(result), file=sys.stderr)

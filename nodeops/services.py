@@ -8,6 +8,8 @@ on stdin, never in argv, and the events name the program, not its source.
 A spec says where one app's data is on the node:
     postgresql: {"version": "15", "port": 5433, "dbname": "blog", "role": "blog"}
     files:      {"dir": "/srv/toppcloud/apps/blog/files"}
+    writable:   {"dir": "/srv/toppcloud/apps/blog/writable", "names": ["docs", "uploads"]}
+                (app.ini writable_static_files; a backup holds every <name>/ in dir)
 """
 
 import base64
@@ -15,13 +17,15 @@ import hashlib
 import hmac
 import json
 import os
+import posixpath
 import shutil
 import tempfile
 import threading
 from urllib.parse import quote
 
 from . import node_data
-from .node_data import FILES, SQL, DataError
+from .appini import WRITABLE_NAME_RE, writable_env_name
+from .node_data import FILES, SQL, WRITABLE, DataError
 from .release import PYTHON
 from .validate import validate_address, validate_name, validate_port
 
@@ -62,6 +66,25 @@ def ensure_database(t, emit, pg, password) -> list:
 
 def ensure_files(t, emit, directory) -> list:
     return _call(t, emit, "files-ensure", {"dir": directory})["changed"]
+
+
+def writable_spec(writable_dir, names) -> dict:
+    """The spec of an app's writable static directories: <writable_dir>/<name> of each name."""
+    for name in names:
+        if not isinstance(name, str) or not WRITABLE_NAME_RE.fullmatch(name) or name == "static":
+            raise ValueError(f"writable static directory {name!r} is invalid: use 1 to 40 characters a-z, 0-9, "
+                             "'_' and '-', starting with a letter or digit")
+    return {"dir": writable_dir, "names": list(names)}
+
+
+def ensure_writable(t, emit, spec) -> list:
+    """The writable static directories exist (0755); their content is never touched. What changed."""
+    return _call(t, emit, "writable-ensure", spec)["changed"]
+
+
+def writable_env(spec) -> dict:
+    """$CONFIG_WRITABLE_<NAME> of each writable static directory: its path on the node."""
+    return {writable_env_name(name): posixpath.join(spec["dir"], name) for name in spec["names"]}
 
 
 def scram_verifier(password, iterations=4096):
@@ -137,10 +160,10 @@ def dump_into(emit, writer, dumps) -> dict:
     return infos
 
 
-_DUMP = {SQL: "dump-sql", FILES: "dump-files"}
+_DUMP = {SQL: "dump-sql", FILES: "dump-files", WRITABLE: "dump-writable"}
 
 
-def restore(t, emit, archive_path, *, postgresql=None, files=None, tmp=None) -> dict:
+def restore(t, emit, archive_path, *, postgresql=None, files=None, writable=None, tmp=None) -> dict:
     """Restore an archive (already verified here) into the node's services named by the specs.
 
     The archive goes to the node whole first (its members into a temporary
@@ -148,7 +171,8 @@ def restore(t, emit, archive_path, *, postgresql=None, files=None, tmp=None) -> 
     everything beside the live data; only then does this side tell it to swap. If this
     process dies before that, the node drops what it staged.
     """
-    spec = {"size": os.path.getsize(archive_path), "postgresql": postgresql, "files": files, "tmp": tmp}
+    spec = {"size": os.path.getsize(archive_path), "postgresql": postgresql, "files": files, "writable": writable,
+            "tmp": tmp}
     stream = t.open(_argv("restore", spec))
 
     def feed():
@@ -185,6 +209,7 @@ def restore(t, emit, archive_path, *, postgresql=None, files=None, tmp=None) -> 
     return result
 
 
-def clear(t, emit, *, postgresql=None, files=None) -> dict:
-    """Replace the app's database and files directory with empty ones (each swapped in at once)."""
-    return _call(t, emit, "clear", {"postgresql": postgresql, "files": files})
+def clear(t, emit, *, postgresql=None, files=None, writable=None) -> dict:
+    """Replace the app's database, files directory and writable static directories with empty ones
+    (each swapped in at once)."""
+    return _call(t, emit, "clear", {"postgresql": postgresql, "files": files, "writable": writable})

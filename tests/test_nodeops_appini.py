@@ -4,7 +4,7 @@ import sys
 import pytest
 from celery.schedules import crontab
 
-from nodeops.appini import AppIni, AppIniError, CronEntry, parse_app_ini, parse_app_ini_text
+from nodeops.appini import AppIni, AppIniError, CronEntry, parse_app_ini, parse_app_ini_text, writable_env_name
 
 FULL = """\
 # The blog, deployed by toppcloud.
@@ -294,6 +294,47 @@ def test_services_and_keep_backups():
 def test_bad_services(line, expected):
     e = error(with_key(line))
     assert str(e) == expected and e.line == 4
+
+
+def test_writable_static_files_are_names_in_file_order():
+    ini = parse_app_ini_text(with_key("writable_static_files = /docs  /uploads/ /0-day_x"))
+    assert ini.writable_static_files == ("docs", "uploads", "0-day_x")
+    assert parse_app_ini_text(MINIMAL).writable_static_files == ()
+    assert parse_app_ini_text(with_key("writable_static_files =")).writable_static_files == ()
+    assert writable_env_name("0-day_x") == "CONFIG_WRITABLE_0_DAY_X"
+
+
+@pytest.mark.parametrize("value, why", [
+    ("docs", "'docs' is invalid: each directory is a URL path of one segment starting with '/'"),
+    ("/docs/api", "'/docs/api' is invalid: only one path segment is allowed (e.g. /docs), not a nested path"),
+    ("/docs/api/", "'/docs/api/' is invalid: only one path segment is allowed"),
+    ("/..", "'/..' is invalid: '..' is not allowed"),
+    ("/docs/../x", "'/docs/../x' is invalid: '..' is not allowed"),
+    ("/", "'/' is invalid: name a directory under the app's location, not the location itself"),
+    ("//", "'//' is invalid: name a directory under the app's location"),
+    ("/.", "'/.' is invalid: name a directory under the app's location"),
+    ("/static", "'/static' is invalid: /static/ is where the release's static files are served"),
+    ("/docs /uploads /docs", "'/docs' is invalid: it is listed twice"),
+    ("/my-docs /my_docs", "'/my_docs' is invalid: it and '/my-docs' would both be given as $CONFIG_WRITABLE_MY_DOCS"),
+    ("/Docs", "'/Docs' is invalid: use 1 to 40 characters a-z, 0-9, '_' and '-' after the '/'"),
+    ("/-docs", "'/-docs' is invalid: use 1 to 40 characters"),
+    ("/_docs", "'/_docs' is invalid: use 1 to 40 characters"),
+    ("/do.cs", "'/do.cs' is invalid: use 1 to 40 characters"),
+    ("/d%20s", "'/d%20s' is invalid: use 1 to 40 characters"),
+    ("/" + "a" * 41, f"'/{'a' * 41}' is invalid: use 1 to 40 characters"),
+    ("/docs;rm", "'/docs;rm' is invalid: use 1 to 40 characters"),
+    ("/d\u00f6cs", "'/d\u00f6cs' is invalid: use 1 to 40 characters"),
+    ("https://x/docs", "'https://x/docs' is invalid: each directory is a URL path"),
+])
+def test_bad_writable_static_files_name_the_line_and_the_word(value, why):
+    e = error(with_key(f"threads = 2\nwritable_static_files = {value}"))
+    assert str(e).startswith(f"app.ini line 5: writable_static_files: {why}"), str(e)
+    assert (e.line, e.key) == (5, "writable_static_files")
+
+
+def test_writable_static_files_are_one_line():
+    e = error(with_key("writable_static_files = /docs\n    /uploads"))
+    assert str(e) == "app.ini line 4: writable_static_files must be on one line" and e.line == 4
 
 
 def cron(*lines):

@@ -55,7 +55,8 @@ def deploy(ctx, app, release, node):
         return f"{app.name} {release.name} is already live on {node.name}; nothing to do", {"release": release.name}
 
     with ctx.step("services") as s:
-        service_env, s.changed = data.ensure_services(ctx, app, node, ini.get("services", []))
+        service_env, s.changed = data.ensure_services(ctx, app, node, ini.get("services", []),
+                                                      ini.get("writable_static_files", []))
     with ctx.step("upload") as s:
         link_dest = node_release_dir(layout, app, previous) if previous else None
         with unpacked(release) as src:
@@ -102,7 +103,8 @@ def rollback(ctx, app, node, release=None):
     except environment.ConfigMissing as exc:
         raise FlowFailed(f"{exc}; nothing was changed on {node.name}") from None
     with ctx.step("services") as s:
-        service_env, s.changed = data.ensure_services(ctx, app, node, ini.get("services", []))
+        service_env, s.changed = data.ensure_services(ctx, app, node, ini.get("services", []),
+                                                      ini.get("writable_static_files", []))
     with ctx.step("venv") as s:
         venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name,
                                                    node_release_dir(layout, app, target), ini["requirements"])
