@@ -33,6 +33,7 @@ bench: install
 	$(BIN)/python bench/backup.py
 	$(BIN)/python bench/cron.py
 	$(BIN)/python bench/config_apply.py
+	$(BIN)/python bench/static.py
 
 check: install
 	$(BIN)/python manage.py check
