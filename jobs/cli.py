@@ -45,3 +45,15 @@ def follow_job(command, job, *, no_wait, as_json, exit=True):
     if not exit:
         return job
     sys.exit(exit_code(job))
+
+
+def app_job(command, kind, app_name, **opts):
+    """Start a job about an app (params {"app": name}), refusing an unknown app before anything is queued."""
+    from jobs import dispatch
+    from toppcloud_site.records.models import App
+
+    if not App.objects.filter(name=app_name).exists():
+        raise CommandError(f"there is no app {app_name!r}")
+    job = dispatch.submit(kind, target=f"app:{app_name}", params={"app": app_name}, actor_kind=ActorKind.USER,
+                          actor=opts.pop("actor", None) or getpass.getuser())
+    follow_job(command, job, no_wait=opts["no_wait"], as_json=opts["as_json"])

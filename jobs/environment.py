@@ -17,6 +17,7 @@ from django.utils.crypto import salted_hmac
 
 from jobs.redact import register_secret
 from nodeops import services as node_services
+from nodeops import frontdoor
 from toppcloud_site.records.models import App, ConfigValue, ServerGroup
 
 _TOKEN_SALT = "toppcloud.task-token"
@@ -158,7 +159,7 @@ def release_environment(app, release, node, layout, venv, service_env):
         "TOPPCLOUD_LOGS": layout.app_logs(app.name),
         "TOPPCLOUD_TASKS_URL": tasks_url(app),
         "TOPPCLOUD_TASK_TOKEN": token,
-        "STATIC_URL": f"{ini.get('location_path') or '/'}static/",
+        "STATIC_URL": static_url(app, release),
         "HOME": layout.app_dir(app.name),
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
@@ -174,3 +175,11 @@ def release_environment(app, release, node, layout, venv, service_env):
     writable = ini.get("writable_static_files") or []
     env.update(node_services.writable_env(node_services.writable_spec(layout.writable_dir(app.name), writable)))
     return env
+
+
+def static_url(app, release):
+    """$STATIC_URL: the CDN's copy of the release's static files when deploys publish them, else the node's."""
+    group = app.group
+    if group is not None and group.static_publish_url:
+        return f"{group.static_publish_url.rstrip('/')}/{app.name}/{release.name}/"
+    return frontdoor.static_url(release.app_ini.get("location_path") or "/", release.name)

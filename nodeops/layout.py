@@ -22,6 +22,8 @@ class NodeLayout:
         self.nginx_conf = j(self.nginx_dir, "nginx.conf")
         self.nginx_sites = j(self.nginx_dir, "sites")
         self.nginx_tmp = j(self.nginx_dir, "tmp")
+        self.tls_dir = j(self.nginx_dir, "tls")  # certificates and their keys (nodeops/frontdoor.py)
+        self.acme_dir = j(self.run, "acme")  # served at /.well-known/acme-challenge/ (certbot --webroot)
         self.nginx_pid = j(self.nginx_dir, "nginx.pid")
         self.nginx_error_log = j(self.logs, "nginx-error.log")
         self.nginx_access_log = j(self.logs, "nginx-access.log")
@@ -45,6 +47,8 @@ class NodeLayout:
             (self.nginx_sites, 0o755),
             # nginx creates its temp dirs in here owned by its worker user.
             (self.nginx_tmp, 0o755),
+            (self.tls_dir, 0o700),
+            (self.acme_dir, 0o755),
             (self.supervisor_dir, 0o700),  # the control socket lives here
             (self.supervisor_programs, 0o755),
             (self.tmp, 0o700),

@@ -11,7 +11,6 @@ Where things are, for an app `a` and a release `r` under the node root:
     apps/a/venvs/<key>/                 virtualenv; <key> hashes requirements + python + gunicorn
     apps/a/env/r.env                    the release's environment, KEY='value' lines (0600)
     run/supervisor/programs/app-a-r.conf    gunicorn on 127.0.0.1:<port> while the release runs
-    run/nginx/sites/a.conf              the server block that makes one release live
     logs/a/                             app.log (stdout), error.log (stderr + gunicorn), access.log
 """
 
@@ -23,7 +22,7 @@ import shlex
 from . import runtime
 from .steps import run_logged
 from .transport import CommandFailed
-from .validate import RUNNER_RE, validate_address, validate_name, validate_port, validate_url_path
+from .validate import RUNNER_RE, validate_address, validate_name, validate_port
 
 # The WSGI server put into every venv. Part of the venv key: changing the pin
 # builds fresh venvs instead of silently mixing versions.
@@ -617,171 +616,6 @@ def wait_until_answers(t, port, path="/", timeout=30, *, log_file=None, host=Non
     tail = _tail(t, log_file) if log_file else ""
     raise ReleaseError(f"release did not answer on port {port} within {timeout:g} s; last error: "
                        f"{answer['error']}" + (f"; log tail: {tail}" if tail else ""))
-
-
-# --- activation -------------------------------------------------------------------
-
-def render_site(app, *, host, path, port, static_dir, listen):
-    """The server block making one release of `app` live at host+path."""
-    host = validate_address(host)
-    path = validate_url_path(path, "path")
-    port = validate_port(port, "port")
-    # X-Script-Name: the prefix the app is mounted at, without the final '/'
-    # ('' for '/', which nginx then does not send at all).
-    script_name = path.rstrip("/")
-    static = ""
-    if static_dir:
-        static_dir = _safe_path(static_dir.rstrip("/"), "static_dir")
-        static = f"""
-    location {path}static/ {{
-        alias {static_dir}/;
-        expires 1h;
-        access_log off;
-    }}
-"""
-    return f"""\
-# Managed by toppcloud: {app} at {host}{path}, release on port {port}.
-server {{
-    listen {listen};
-    server_name {host};
-
-    location {path} {{
-        proxy_pass http://127.0.0.1:{port};
-        proxy_set_header Host $host;
-        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        proxy_set_header X-Forwarded-Proto $scheme;
-        proxy_set_header X-Real-IP $remote_addr;
-        proxy_set_header X-Script-Name "{script_name}";
-        # Only toppcloud's own internal requests (cron, tasks) carry these.
-        proxy_set_header X-Toppcloud-Cron "";
-        proxy_set_header X-Toppcloud-Task "";
-        proxy_set_header X-Toppcloud-Task-Attempt "";
-        proxy_read_timeout 60s;
-    }}
-{static}}}
-"""
-
-
-# Tests the candidate site together with the live nginx.conf and every other
-# live site (copied into a private directory, so a concurrent activation of
-# another app is neither seen nor disturbed), and only if nginx -t passes
-# replaces the live site file atomically. Candidate on stdin.
-_ACTIVATE_PY = r"""
-import os, re, shutil, subprocess, sys, tempfile
-conf, sites, name, tmp, errlog, listen = sys.argv[1:7]
-with open(conf) as f:
-    main = f.read()
-if not listen:
-    # The node's default server: same address:port, so hosts are told apart by name.
-    m = re.search(r"^\s*listen\s+([0-9A-Za-z.:\[\]]+)\s+default_server\s*;", main, re.MULTILINE)
-    if not m:
-        sys.exit(f"{conf} has no default_server listen line; run node setup again")
-    listen = m.group(1)
-new = sys.stdin.buffer.read().replace(b"@LISTEN@", listen.encode())
-live = os.path.join(sites, name)
-try:
-    with open(live, "rb") as f:
-        if f.read() == new:
-            print("unchanged")
-            sys.exit(0)
-except FileNotFoundError:
-    pass
-nginx = shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin")
-include = f"include {sites}/*.conf;"
-if include not in main:
-    sys.exit(f"{conf} does not include {sites}/*.conf; run node setup again")
-test_dir = tempfile.mkdtemp(prefix="nginx-test-", dir=tmp)
-try:
-    test_sites = os.path.join(test_dir, "sites")
-    os.mkdir(test_sites)
-    for f in os.listdir(sites):
-        if f.endswith(".conf") and not f.startswith(".") and f != name:
-            shutil.copyfile(os.path.join(sites, f), os.path.join(test_sites, f))
-    with open(os.path.join(test_sites, name), "wb") as f:
-        f.write(new)
-    test_conf = os.path.join(test_dir, "nginx.conf")
-    with open(test_conf, "w") as f:
-        f.write(main.replace(include, f"include {test_sites}/*.conf;"))
-    r = subprocess.run([nginx, "-t", "-q", "-e", errlog, "-c", test_conf], capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit((r.stderr + r.stdout).replace(test_sites, sites).strip() or f"nginx -t failed ({r.returncode})")
-finally:
-    shutil.rmtree(test_dir, ignore_errors=True)
-fd, part = tempfile.mkstemp(dir=sites, prefix="." + name, suffix=".tmp")  # not matched by *.conf
-with os.fdopen(fd, "wb") as f:
-    f.write(new)
-os.chmod(part, 0o644)
-os.replace(part, live)
-print("changed")
-"""
-
-# HUP the nginx master (what `supervisorctl signal HUP` would do, without
-# its 0.2 s start-up), then wait until the master runs workers
-# with the new config and every old worker has stopped accepting: nginx
-# renames a worker "worker process is shutting down" just before it closes
-# its listening sockets (it then finishes its requests in flight). From
-# then on every new connection meets the new config, so the caller may
-# stop the old release.
-_RELOAD_PY = r"""
-import os, signal, sys, time
-pidfile, conf = sys.argv[1:3]
-with open(pidfile) as f:
-    master = int(f.read())
-with open(f"/proc/{master}/cmdline", "rb") as f:
-    if conf.encode() not in f.read():
-        sys.exit(f"pid {master} from {pidfile} is not the nginx running {conf}; run node setup again")
-def workers():
-    kids = {}
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                with open(f"/proc/{p}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == master:
-                        with open(f"/proc/{p}/cmdline", "rb") as f:
-                            kids[p] = f.read().decode(errors="replace")
-            except (OSError, IndexError, ValueError):
-                pass
-    return kids
-before = set(workers())
-os.kill(master, signal.SIGHUP)
-deadline = time.monotonic() + 15
-while time.monotonic() < deadline:
-    now = workers()
-    if set(now) - before and all("shutting down" in now[p] for p in before if p in now):
-        time.sleep(0.05)  # the old workers close their sockets right after the rename
-        print("reloaded")
-        sys.exit(0)
-    time.sleep(0.01)
-sys.exit("nginx did not switch to workers with the new config within 15 s; see its error log")
-"""
-
-# Test, swap and reload in one program on the node: one round trip, one Python start.
-_ACTIVATE_AND_RELOAD_PY = (_ACTIVATE_PY + "\nsys.stdout.flush()\nsys.argv = [sys.argv[0], sys.argv[7], conf]\n"
-                           + _RELOAD_PY)
-
-
-def activate(t, emit, layout, app, *, host, path, port, static_dir, listen=None) -> bool:
-    """Point host+path at the release on `port`: test, swap the site file, reload nginx.
-
-    `listen` defaults to the address:port of the node's default server (read
-    from nginx.conf on the node), so name-based virtual hosting shares its
-    socket. A config that fails `nginx -t` never replaces the live one.
-    True if the site changed (and nginx was reloaded).
-    """
-    if listen is not None and not re.fullmatch(r"[A-Za-z0-9.:\[\]]+", listen):
-        raise ValueError(f"listen {listen!r} is invalid: it must be address:port")
-    text = render_site(app, host=host, path=path, port=port, static_dir=static_dir, listen="@LISTEN@")
-    site = os.path.basename(layout.app_dir(app)) + ".conf"
-    argv = [PYTHON, "-I", "-c", _ACTIVATE_AND_RELOAD_PY, layout.nginx_conf, layout.nginx_sites, site, layout.tmp,
-            layout.nginx_error_log, listen or "", layout.nginx_pid]
-    try:
-        r = run_logged(t, emit, argv, step="activate", input=text.encode(), timeout=60)
-    except CommandFailed as exc:
-        if "changed" in exc.result.stdout:  # swapped in, but nginx did not reload
-            raise ReleaseError(exc.result.stderr.strip() or str(exc)) from None
-        raise ReleaseError(f"nginx refused the new site config for {app}; the live config is unchanged: "
-                           f"{exc.result.stderr.strip()[-1500:]}") from None
-    return r.stdout.strip() != "unchanged"
 
 
 # --- cleanup -------------------------------------------------------------------------

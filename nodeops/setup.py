@@ -361,7 +361,8 @@ def render_nginx_conf(layout, address, http_port, worker_user=None):
     user = f"user {worker_user};\n" if worker_user else ""
     return f"""\
 # Managed by toppcloud node setup; regenerated on every run.
-# Apps add server blocks in {layout.nginx_sites}/*.conf; none may be default_server.
+# The front door (nodeops/frontdoor.py) is {layout.nginx_sites}/*.conf, with the default server;
+# until the first one is pushed, the server below is the default (the first for its address).
 {user}worker_processes auto;
 pid {layout.nginx_pid};
 error_log {layout.nginx_error_log} warn;
@@ -401,8 +402,8 @@ http {{
     scgi_temp_path {tmp}/scgi;
 
     server {{
-        listen {listen} default_server;
-        server_name _;
+        listen {listen};
+        server_name "";
 
         location = {HEALTH_PATH} {{
             default_type text/plain;

@@ -107,7 +107,8 @@ def nodes(test_hosts, live_db):
     records = []
     for host in test_hosts:
         node = Node(name=f"test-{host.name}-{os.getpid()}", address=host.address, ssh_port=host.ssh_port,
-                    ssh_user=host.ssh_user, root=host.root, http_port=host.http_port, host_key=host.host_key,
+                    ssh_user=host.ssh_user, root=host.root, http_port=host.http_port, https_port=host.https_port,
+                    host_key=host.host_key,
                     pg_cluster=host.pg_cluster, pg_port=host.pg_port)
         node.full_clean()
         node.save()

@@ -303,13 +303,15 @@ def start_hosts(n, base_dir, authorized_pubkey, first=2, ssh_port=2222, http_por
             sp = _free_port(address, ssh_port)
             hp = _free_port(address, http_port)
             pp = _free_pg_port(address, 5400 + 10 * last)  # one range per address: addresses are locked
-            if sp is None or hp is None or pp is None:
+            tp = _free_port(address, 8443)  # HTTPS, for hosts with a certificate
+            if sp is None or hp is None or pp is None or tp is None:
                 os.close(lock_fd)
                 continue
             name = f"host{len(hosts) + 1}"
             host = TestHost(name, address, sp, hp, os.path.join(base_dir, name), authorized_pubkey)
             host.lock_fd = lock_fd
             host.pg_port = pp
+            host.https_port = tp
             try:
                 host.start_sshd()
             except RuntimeError:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from nodeops import release as rel
+from nodeops import frontdoor, release as rel
 from nodeops.layout import NodeLayout
 from nodeops.setup import setup_node
 from nodeops.transport import transport_for
@@ -70,10 +70,13 @@ def start_release(node, app, release, venv, events=None):
     return port
 
 
-def activate(node, release, **kw):
-    static = os.path.join(rel.release_dir(node.layout, "hello", release), "static")
-    return rel.activate(node.t, Events(), node.layout, "hello", host="hello.test", path="/",
-                        port=node.ports[release], static_dir=static, **kw)
+def front(node, release):
+    route = frontdoor.Route(app="hello", host="hello.test", path="/", port=node.ports[release], release=release)
+    return frontdoor.render(node.layout, [route], listen=f"{node.host.address}:{node.host.http_port}")
+
+
+def activate(node, release):
+    return frontdoor.push(node.t, Events(), node.layout, front(node, release))
 
 
 # --- upload and venv ----------------------------------------------------------------
@@ -193,18 +196,34 @@ def test_activate_makes_the_release_live_behind_nginx(node):
     assert status == 200 and "hello version 1" in body
     assert node.page("/static/style.css") == (200, "body { font-family: sans-serif; }\n")
     assert node.page("/", host="other.test")[0] == 404
-    site = open(f"{node.layout.nginx_sites}/hello.conf").read()
+    site = open(f"{node.layout.nginx_sites}/toppcloud.conf").read()
     assert f"listen {node.host.address}:{node.host.http_port};" in site and "server_name hello.test;" in site
     assert activate(node, "r1") is False  # unchanged: no reload
 
 
-def test_a_site_nginx_refuses_never_replaces_the_live_one(node):
-    live = open(f"{node.layout.nginx_sites}/hello.conf").read()
-    with pytest.raises(rel.ReleaseError, match="nginx refused the new site config for hello.*invalid port"):
-        activate(node, "r1", listen=f"{node.host.address}:99999")
-    assert open(f"{node.layout.nginx_sites}/hello.conf").read() == live
-    assert [f for f in os.listdir(node.layout.nginx_sites)] == ["hello.conf"]
+def test_a_render_nginx_refuses_never_replaces_the_live_one(node):
+    live = open(f"{node.layout.nginx_sites}/toppcloud.conf").read()
+    bad = front(node, "r1").replace("proxy_read_timeout 60s;", "proxy_read_timeout sixty;")
+    with pytest.raises(frontdoor.FrontDoorError, match="nginx refused .* the live config is unchanged: nginx -t: "
+                                                       ".*\"proxy_read_timeout\" directive invalid value"):
+        frontdoor.push(node.t, Events(), node.layout, bad)
+    assert open(f"{node.layout.nginx_sites}/toppcloud.conf").read() == live
+    assert [f for f in os.listdir(node.layout.nginx_sites)] == ["toppcloud.conf"]
     assert "hello version 1" in node.page()[1]
+
+
+def test_a_default_app_answers_every_other_host_and_the_node_health_url_stays(node):
+    hello = frontdoor.Route(app="hello", host="hello.test", path="/", port=node.ports["r1"], release="r1")
+    fallback = frontdoor.Route(app="fallback", host="*", path="/", port=node.ports["r1"], release="r1")
+    text = frontdoor.render(node.layout, [hello, fallback], listen=f"{node.host.address}:{node.host.http_port}")
+    assert frontdoor.push(node.t, Events(), node.layout, text) is True
+    try:
+        assert "hello version 1" in node.page("/", host="anything.test")[1]
+        assert "hello version 1" in node.page("/", host=node.host.address)[1]
+        assert node.page(frontdoor.HEALTH_PATH, host="anything.test") == (200, "ok\n")
+    finally:
+        assert activate(node, "r1") is True
+    assert node.page("/", host="anything.test")[0] == 404
 
 
 def test_switching_releases_drops_no_request_and_stop_closes_the_old_port(node):
@@ -289,12 +308,24 @@ def test_bad_input_is_refused_before_it_reaches_a_config():
     with pytest.raises(ValueError, match="runner"):
         rel.start(None, None, layout, "hello", "r1", port=8000, runner="app:application; rm -rf /",
                   venv="/srv/tc/v", processes=1, threads=1, env_file="/srv/tc/e")
-    with pytest.raises(ValueError, match="static_dir"):
-        rel.render_site("hello", host="hello.test", path="/", port=8000, static_dir="/x/static; }",
-                        listen="127.0.0.1:80")
+    with pytest.raises(ValueError, match="static"):
+        frontdoor.render(layout, [frontdoor.Route("hello", "hello.test", "/", 8000, "r1", static="x; }/")],
+                         listen="127.0.0.1:80")
     with pytest.raises(ValueError, match="path"):
-        rel.render_site("hello", host="hello.test", path="/a b/", port=8000, static_dir=None,
-                        listen="127.0.0.1:80")
+        frontdoor.render(layout, [frontdoor.Route("hello", "hello.test", "/a b/", 8000, "r1")],
+                         listen="127.0.0.1:80")
+    release = "20261201195231-e850c967"
+    with pytest.raises(ValueError, match="two apps at a.test/x/: one and two"):
+        frontdoor.render(layout, [frontdoor.Route("one", "a.test", "/x/", 8000, release),
+                                  frontdoor.Route("two", "a.test", "/x/", 8001, release)], listen="127.0.0.1:80")
+    with pytest.raises(ValueError, match="a.test/docs/ would be both one's writable directory docs and two's "
+                                         "location"):
+        frontdoor.render(layout, [frontdoor.Route("one", "a.test", "/", 8000, release, writable=("docs",)),
+                                  frontdoor.Route("two", "a.test", "/docs/", 8001, release)], listen="127.0.0.1:80")
+    with pytest.raises(ValueError, match="host 'A.test' must be given lower-case"):
+        frontdoor.render(layout, [frontdoor.Route("one", "A.test", "/", 8000, release)], listen="127.0.0.1:80")
+    with pytest.raises(ValueError, match="listen"):
+        frontdoor.render(layout, [], listen="127.0.0.1:80; include /etc/passwd")
     with pytest.raises(ValueError, match="environment variable name"):
         rel.render_env({"BAD-NAME": "x"})
     with pytest.raises(rel.ReleaseError, match="inside the app"):

@@ -66,7 +66,7 @@ def test_it_leaves_the_documented_layout_on_disk(test_hosts, first_runs):
         assert os.path.exists(layout.supervisor_sock)
         assert os.stat(layout.supervisor_sock).st_mode & 0o777 == 0o700
         conf = open(layout.nginx_conf).read()
-        assert f"listen {host.address}:{host.http_port} default_server;" in conf
+        assert f"listen {host.address}:{host.http_port};" in conf
         assert f"include {layout.nginx_sites}/*.conf;" in conf
         assert "user www-data;" in conf
         assert not os.path.exists(f"{layout.tmp}/nginx.conf.candidate")
@@ -171,7 +171,7 @@ def test_it_pings(transports, first_runs):
 
 def test_it_renders_ipv6_listen_addresses():
     conf = render_nginx_conf(NodeLayout("/srv/tc"), "::1", 8080)
-    assert "listen [::1]:8080 default_server;" in conf
+    assert "listen [::1]:8080;" in conf
     assert "user " not in conf
 
 

@@ -89,6 +89,12 @@ def test_its_content_survives_a_redeploy_and_a_rollback(docsite, ready_nodes, te
     assert read(f"{docs}/notes/kept.bin") == NOTE and os.stat(docs).st_ino == inode  # the same directory, kept
     assert request(host, f"{name}.test", "GET", "/notes/kept.bin") == (200, NOTE)
     assert b"<title>docsite version 2</title>" in read(f"{docs}/index.html")  # rebuilt by the new release
+    # nginx serves the directory itself at <location>docs/: the built site and the kept note.
+    status, body = request(host, f"{name}.test", "GET", "/docs/")
+    assert status == 200 and b"<title>docsite version 2</title>" in body
+    assert request(host, f"{name}.test", "GET", "/docs/deploying/")[0] == 200
+    assert request(host, f"{name}.test", "GET", "/docs/notes/kept.bin") == (200, NOTE)
+    assert request(host, f"{name}.test", "GET", "/docs/missing.html")[0] == 404
     assert job.events.get(kind="service.writable").data["changed"] == []  # there already: left as it was
     assert json.loads(request(host, f"{name}.test", "GET", "/writable")[1])["CONFIG_WRITABLE_DOCS"] == docs
 

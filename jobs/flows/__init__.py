@@ -28,4 +28,4 @@ def flow(name, *, queue, retry_when_worker_lost=True):
     return register
 
 
-from jobs.flows import config, cron, data, deploy, logs, nodes, noop, run, tasks  # noqa: E402,F401  (register the flows)
+from jobs.flows import config, cron, data, deploy, frontdoor, logs, nodes, noop, run, tasks  # noqa: E402,F401  (register the flows)

@@ -21,16 +21,18 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import cron, data, environment, execution, fan_out
+from jobs import cron, data, environment, execution, fan_out, frontdoor
 from jobs.context import FlowFailed, WaitForChildren
 from jobs.flows import flow
 from jobs.models import AppLock, Job, LiveRelease
 from jobs.releases import artifact_path
 from jobs.states import TERMINAL, Kind
-from nodeops import archive, release as node_release
+from nodeops import archive, publish, release as node_release
+from nodeops.frontdoor import FrontDoorError
 from nodeops.layout import NodeLayout
 from toppcloud_site.records.models import App, Backup, Node, Release
 
@@ -57,11 +59,12 @@ def deploy(ctx, app, release, node):
     with ctx.step("services") as s:
         service_env, s.changed = data.ensure_services(ctx, app, node, ini.get("services", []),
                                                       ini.get("writable_static_files", []))
-    with ctx.step("upload") as s:
-        link_dest = node_release_dir(layout, app, previous) if previous else None
-        with unpacked(release) as src:
+    with unpacked(release) as src:
+        with ctx.step("upload") as s:
+            link_dest = node_release_dir(layout, app, previous) if previous else None
             release_dir = node_release.upload(t, ctx.emit, layout, app.name, release.name, src, previous=link_dest)
-        s.data["release_dir"] = release_dir
+            s.data["release_dir"] = release_dir
+        publish_static(ctx, app, release, src, ini)
     with ctx.step("venv") as s:
         venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name, release_dir, ini["requirements"])
     env_file = write_environment(ctx, t, layout, app, release, node, venv, service_env)
@@ -74,7 +77,7 @@ def deploy(ctx, app, release, node):
             with ctx.step("update_fetch"):
                 run_update_fetch(ctx, t, layout, app, release, port, ini)
         with ctx.step("activate"):
-            activate(ctx, t, layout, app, node, release, port, ini)
+            activate(ctx, app, node, release, port, ini)
     with ctx.step("cron") as s:
         s.data.update(cron.sync_entries(app, release))
     if previous and previous != release:
@@ -116,7 +119,7 @@ def rollback(ctx, app, node, release=None):
         with ctx.step("health"):
             check_health(ctx, answer, ini, target, live.release)
         with ctx.step("activate"):
-            activate(ctx, t, layout, app, node, target, port, ini)
+            activate(ctx, app, node, target, port, ini)
     with ctx.step("cron") as s:
         s.data.update(cron.sync_entries(app, target))
     with ctx.step("stop old release"):
@@ -217,6 +220,20 @@ def unpacked(release):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def publish_static(ctx, app, release, src, ini):
+    """static_publish: the CDN origin gets the release's static files before the release can go live."""
+    group = app.group
+    if group is None or not group.static_publish or not ini.get("static"):
+        return
+    with ctx.step("static publish") as s:
+        try:
+            s.data["published_to"] = publish.publish(
+                ctx.emit, os.path.join(src, ini["static"]), group.static_publish, app.name, release.name,
+                identity_file=settings.TOPPCLOUD_SSH_KEY_FILE)
+        except publish.PublishError as exc:
+            raise FlowFailed(f"{exc}; nothing went live") from None
+
+
 def write_environment(ctx, t, layout, app, release, node, venv, service_env):
     """The release's environment, from the config as it is now, in its env file on the node; its path."""
     with ctx.step("env") as s:
@@ -277,12 +294,12 @@ def run_update_fetch(ctx, t, layout, app, release, port, ini):
                 raise FlowFailed(f"update_fetch {entry} answered {status}: {body[:200]!r}")
 
 
-def activate(ctx, t, layout, app, node, release, port, ini):
-    release_dir = node_release_dir(layout, app, release)
-    node_release.activate(t, ctx.emit, layout, app.name, host=ini["location_host"], path=ini["location_path"],
-                          port=port, static_dir=os.path.join(release_dir, ini["static"]))
-    ctx.emit(Kind.RELEASE_ACTIVATED, app=app.name, node=node.name, host=ini["location_host"],
-             path=ini["location_path"], release=release.name, port=port)
+def activate(ctx, app, node, release, port, ini):
+    """Point the app's locations on the node at the release (nginx -t, graceful reload); release.activated."""
+    try:
+        frontdoor.update(ctx, node, activating=(app, release, port, ini["location_host"], ini["location_path"]))
+    except FrontDoorError as exc:
+        raise FlowFailed(str(exc)) from None
 
 
 def keep_releases(app, release, ini):

@@ -126,11 +126,27 @@ class ServiceInline(admin.TabularInline):
 
 @admin.register(App)
 class AppAdmin(admin.ModelAdmin):
-    list_display = ["name", "group", "locations_list", "live_list", "created_at"]
-    list_filter = ["group"]
+    list_display = ["name", "group", "locations_list", "live_list", "maintenance", "created_at"]
+    list_filter = ["group", "maintenance"]
     search_fields = ["name", "description", "locations__host"]
     inlines = [LocationInline, LiveInline, ServiceInline]
-    actions = ["roll_back", "back_up", "apply_config"]
+    actions = ["roll_back", "back_up", "apply_config", "disable", "enable"]
+
+    @admin.action(description="Disable: maintenance page (503) at its locations", permissions=["change"])
+    def disable(self, request, queryset):
+        self._each_app(request, queryset, "disable", "Maintenance")
+
+    @admin.action(description="Enable: end maintenance, serve the app again", permissions=["change"])
+    def enable(self, request, queryset):
+        self._each_app(request, queryset, "enable", "Enable")
+
+    def _each_app(self, request, queryset, kind, verb):
+        from jobs import dispatch
+        from jobs.states import ActorKind
+
+        _started(self, request, verb, [
+            (dispatch.submit(kind, target=f"app:{app.name}", params={"app": app.name}, actor_kind=ActorKind.USER,
+                             actor=request.user.get_username()), app.name) for app in queryset])
 
     @admin.action(description="Apply config now (running releases get it, no restart)", permissions=["change"])
     def apply_config(self, request, queryset):

@@ -33,7 +33,9 @@ HEADER = ("# toppcloud server group document: `manage.py import_group FILE` make
 
 # Node fields a document holds, with their TOML types; the rest (facts, set-up time) is bookkeeping.
 NODE_FIELDS = {"address": str, "transport": str, "ssh_port": int, "ssh_user": str, "root": str, "http_port": int,
-               "pg_cluster": str, "pg_port": int, "host_key": str}
+               "https_port": int, "pg_cluster": str, "pg_port": int, "host_key": str}
+# Group fields a document holds as they are (strings); database_node and config have their own forms.
+GROUP_FIELDS = ("description", "static_publish", "static_publish_url")
 
 
 class DocumentError(ValueError):
@@ -44,7 +46,7 @@ class DocumentError(ValueError):
 
 def export_group(group):
     """The group as document text."""
-    doc = {"group": {"name": group.name, "description": group.description,
+    doc = {"group": {"name": group.name, **{name: getattr(group, name) for name in GROUP_FIELDS},
                      "database_node": group.database_node.name if group.database_node_id else "",
                      **_config_tables(ConfigValue.objects.filter(scope="group", group=group))}}
     doc["nodes"] = {node.name: {name: getattr(node, name) for name in NODE_FIELDS}
@@ -83,12 +85,13 @@ def parse(data: bytes):
         raise DocumentError(f"the document is not valid TOML: {exc}") from None
     _keys(doc, "the document", required={"group"}, allowed={"group", "nodes", "apps"})
     group = _table(doc, "group", "the document")
-    _keys(group, "[group]", required={"name"}, allowed={"name", "description", "database_node", "secrets", "config"})
+    _keys(group, "[group]", required={"name"},
+          allowed={"name", *GROUP_FIELDS, "database_node", "secrets", "config"})
     nodes = _table(doc, "nodes", "the document", default={})
     apps = _table(doc, "apps", "the document", default={})
     parsed = {
         "name": _string(group, "name", "[group]"),
-        "description": _string(group, "description", "[group]", default=""),
+        **{name: _string(group, name, "[group]", default="") for name in GROUP_FIELDS},
         "database_node": _string(group, "database_node", "[group]", default=""),
         "config": _scope(group, "[group]"),
         "nodes": {},
@@ -233,10 +236,13 @@ class _Importer:
         if group is None:
             group = ServerGroup(name=doc["name"])
             self.note(f"+ group {doc['name']}")
-        if group.description != doc["description"] or group.pk is None:
+        changed = [name for name in GROUP_FIELDS if getattr(group, name) != doc[name]]
+        if changed or group.pk is None:
             if group.pk is not None:
-                self.note(f"~ group {group.name}: description {group.description!r} -> {doc['description']!r}")
-            group.description = doc["description"]
+                for name in changed:
+                    self.note(f"~ group {group.name}: {name} {getattr(group, name)!r} -> {doc[name]!r}")
+            for name in GROUP_FIELDS:
+                setattr(group, name, doc[name])
             self.save(group, f"group {doc['name']}")
         nodes = self.nodes(group)
         self.database_node(group, nodes)

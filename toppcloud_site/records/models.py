@@ -7,7 +7,7 @@ node operations refuse the same inputs with the same words.
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from nodeops import validate
+from nodeops import publish, validate
 from toppcloud_site.records.secrets import EncryptedTextField
 
 
@@ -32,6 +32,7 @@ validate_root = _django(validate.validate_root)
 validate_host_key = _django(validate.validate_host_key)
 validate_user = _django(validate.validate_user)
 validate_location_host = _django(validate.validate_location_host)
+validate_destination = _django(publish.validate_destination)
 
 
 class ServerGroup(models.Model):
@@ -45,6 +46,15 @@ class ServerGroup(models.Model):
     # The one before the last rotation, as TOPPCLOUD_GROUP_SECRET_PREVIOUS: apps accept both while
     # the new one reaches each of them.
     previous_shared_secret = EncryptedTextField(blank=True, editable=False)
+    # static_publish: deploys of the group's apps copy each release's static files to
+    # <static_publish>/<app>/<release>/ before it goes live; $STATIC_URL is then
+    # <static_publish_url>/<app>/<release>/ (a CDN in front of that origin).
+    static_publish = models.CharField(
+        "static files origin", max_length=500, blank=True, validators=[validate_destination],
+        help_text="Where deploys copy static files: a directory, rsync://host/module/dir or user@host:/dir.")
+    static_publish_url = models.URLField(
+        "static files URL", max_length=500, blank=True,
+        help_text="Where browsers find that origin's files (the CDN), e.g. https://cdn.example.com/static")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -52,6 +62,10 @@ class ServerGroup(models.Model):
 
     def __str__(self):
         return self.name
+
+    def clean(self):
+        if bool(self.static_publish) != bool(self.static_publish_url):
+            raise ValidationError("static files origin and static files URL are set together or not at all")
 
 
 class Node(models.Model):
@@ -195,6 +209,10 @@ class Certificate(models.Model):
 
     def __str__(self):
         return self.host
+
+    def clean(self):
+        if self.host == validate.DEFAULT_HOST:
+            raise ValidationError({"host": "a certificate is for a host name or '*.example.com', not '*'"})
 
 
 class Service(models.Model):

@@ -1,0 +1,82 @@
+"""A node's nginx front door, rendered from the records: every app live on the node, at each of its locations.
+
+One function changes it, update(): under the node's row lock (so two
+deploys on one node never push each other's stale view), it reads what
+is live there (LiveRelease, plus the release being activated), the apps'
+Location records and maintenance flags, and the certificates of their
+hosts; nodeops.frontdoor renders that and pushes it (nginx -t first). A
+deploy's release.activated event is recorded under the same lock.
+"""
+
+from django.db import transaction
+
+from jobs.models import LiveRelease
+from jobs.states import Kind
+from nodeops import frontdoor
+from nodeops.layout import NodeLayout
+from toppcloud_site.records.models import Certificate, Location, Node
+
+
+def update(ctx, node, *, activating=None):
+    """Make the node's front door what the records say; True if it changed.
+
+    `activating` is (app, release, port, host, path): that release becomes
+    the app's live one here, and release.activated is recorded once nginx
+    serves it. FrontDoorError if nginx refused the render (nothing changed).
+    """
+    t, layout = ctx.transport(node), NodeLayout(node.root)
+    failed = None
+    with transaction.atomic():
+        Node.objects.select_for_update().filter(pk=node.pk).exists()  # one front door change per node at a time
+        routes = routes_for(node, activating)
+        certificates = certificates_for(routes)
+        try:
+            text = frontdoor.render(layout, routes, listen=frontdoor.listen_address(node.address, node.http_port),
+                                    tls_listen=frontdoor.listen_address(node.address, node.https_port),
+                                    certificates=certificates)
+        except ValueError as exc:
+            raise frontdoor.FrontDoorError(f"the front door of {node.name} cannot be rendered: {exc}; "
+                                           "the live config is unchanged") from None
+        try:
+            changed = frontdoor.push(t, ctx.emit, layout, text, certificates)
+        except frontdoor.FrontDoorError as exc:
+            failed = exc  # the events so far are kept: leave the transaction normally, then fail
+        else:
+            ctx.emit("front_door", node=node.name, changed=changed, routes=frontdoor.describe(routes),
+                     https=sorted(c.host for c in certificates))
+            if activating:
+                app, release, port, host, path = activating
+                ctx.emit(Kind.RELEASE_ACTIVATED, app=app.name, node=node.name, host=host, path=path,
+                         release=release.name, port=port)
+    if failed:
+        raise failed
+    return changed
+
+
+def routes_for(node, activating=None):
+    """What the node serves: each app's newest live release there, at each of the app's locations."""
+    live = {}
+    for row in LiveRelease.objects.filter(node=node).select_related("app", "release").order_by("activated_at"):
+        live[row.app_id] = (row.app, row.release, row.port, row.host, row.path)
+    if activating:
+        live[activating[0].pk] = activating
+    places = {}
+    for loc in Location.objects.filter(app_id__in=list(live)):
+        places.setdefault(loc.app_id, set()).add((loc.host, loc.path))
+    routes = []
+    for app_id, (app, release, port, host, path) in sorted(live.items(), key=lambda item: item[1][0].name):
+        ini = release.app_ini
+        for where_host, where_path in sorted(places.get(app_id, set()) | {(host, path)}):
+            routes.append(frontdoor.Route(
+                app=app.name, host=where_host, path=where_path, port=port, release=release.name,
+                static=ini.get("static") or None, writable=tuple(ini.get("writable_static_files") or ()),
+                maintenance=app.maintenance))
+    return routes
+
+
+def certificates_for(routes):
+    """The certificates of the routes' hosts: their own, or a wildcard one of the domain above."""
+    hosts = {r.host for r in routes}
+    wanted = hosts | {"*." + h.split(".", 1)[1] for h in hosts if "." in h and not h.startswith("*")}
+    return [frontdoor.Certificate(host=c.host, chain_pem=c.certificate, key_pem=c.private_key)
+            for c in Certificate.objects.filter(host__in=wanted).order_by("host")]

@@ -1,0 +1,16 @@
+"""manage.py enable APP: End an app's maintenance: its locations serve the app again."""
+
+from django.core.management.base import BaseCommand
+
+from jobs.cli import add_follow_arguments, app_job
+
+
+class Command(BaseCommand):
+    help = "End an app's maintenance: its locations serve the app again."
+
+    def add_arguments(self, parser):
+        parser.add_argument("app")
+        add_follow_arguments(parser)
+
+    def handle(self, app, **opts):
+        app_job(self, "enable", app, **opts)

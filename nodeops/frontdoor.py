@@ -1,0 +1,382 @@
+"""A node's front door: the one nginx config of every app, host and path on it, rendered in one place.
+
+The control plane knows what is live where; it hands render() the node's
+routes (an app at a host and path prefix, on the port of its live
+release) and push() makes the text live: the certificates it names are
+put on the node first, then the candidate is tested with `nginx -t`
+together with the node's nginx.conf, and only if nginx accepts it does it
+replace the live file (atomically) before nginx reloads gracefully. A
+render nginx refuses never replaces a good one.
+
+What a route serves, for an app at host H and prefix P (P is "/" or "/blog/"):
+
+    P...                        the app (gunicorn on 127.0.0.1:port); SCRIPT_NAME = P without its last '/'
+    Pstatic/<release-id>/F      the release's static/F, far-future cached ($STATIC_URL); any release
+                                still on the node's disk, so pages of an old release keep their files
+    Pstatic/F                   the live release's static/F, cached for an hour (the older pattern)
+    P<name>/F                   a writable static directory (app.ini writable_static_files)
+
+A route in maintenance answers 503 with a short page instead, for all of P.
+Host "*" is the node's default server (any host no other site names);
+"*.example.com" matches every name below example.com. A host with a
+certificate is served over HTTPS on the node's TLS port, and its plain
+HTTP redirects there (ACME http-01 challenges excepted).
+"""
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+
+from .setup import HEALTH_PATH
+from .release import validate_release
+from .steps import run_logged
+from .transport import CommandFailed
+from .validate import DEFAULT_HOST, validate_location_host, validate_name, validate_port, validate_url_path
+
+PYTHON = "/usr/bin/python3"
+SITE = "toppcloud.conf"  # the one file in run/nginx/sites/ (older per-app files are removed on push)
+# A release id as jobs/releases.py makes them: only these are versioned static URLs, so a
+# directory under static/ with any other name is still served by the older pattern.
+RELEASE_ID_RE = r"[0-9]{14}-[0-9a-f]{8}"
+STATIC_MAX_AGE = 31536000
+_LISTEN_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[0-9A-Za-z.-]+):[0-9]{1,5}")
+_STATIC_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*/")
+_WRITABLE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+
+MAINTENANCE_PAGE = ("<!doctype html><html><head><meta charset=utf-8><title>Down for maintenance</title></head>"
+                    "<body><h1>Down for maintenance</h1><p>{app} is being worked on and will be back shortly."
+                    "</p></body></html>")
+
+
+class FrontDoorError(Exception):
+    """The front door could not be changed; the live config is as it was (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """One app served at host + path prefix on this node."""
+    app: str
+    host: str
+    path: str
+    port: int
+    release: str  # the live release (its static/ is served unversioned)
+    static: str | None = "static/"  # the static directory inside a release, or None
+    writable: tuple[str, ...] = ()  # writable static directory names
+    maintenance: bool = False
+
+
+@dataclass(frozen=True)
+class Certificate:
+    host: str
+    chain_pem: str
+    key_pem: str  # secret: reaches the node only inside put_files' stdin
+
+    def files(self, layout):
+        """{path: (mode, bytes)} of its two files, named by their content (a new one never overwrites the live one)."""
+        digest = hashlib.sha256((self.chain_pem + "\0" + self.key_pem).encode()).hexdigest()[:16]
+        base = os.path.join(layout.tls_dir, f"{_file_host(self.host)}-{digest}")
+        return {base + ".crt": (0o644, self.chain_pem.encode()), base + ".key": (0o600, self.key_pem.encode())}
+
+
+def static_url(path, release):
+    """$STATIC_URL: where nginx serves the release's static/ with far-future caching (see the module doc)."""
+    if re.fullmatch(RELEASE_ID_RE, release):
+        return f"{path}static/{release}/"
+    return f"{path}static/"  # not a release id toppcloud made: only the older pattern can serve it
+
+
+def _file_host(host):
+    return host.replace("*", "_wildcard")
+
+
+def _listen(value, field):
+    if not isinstance(value, str) or not _LISTEN_RE.fullmatch(value):
+        raise ValueError(f"{field} {value!r} is invalid: it must be address:port")
+    validate_port(int(value.rsplit(":", 1)[1]), field)
+    return value
+
+
+def listen_address(address, port):
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _check_route(r):
+    validate_name(r.app, "app")
+    if validate_location_host(r.host) != r.host:
+        raise ValueError(f"host {r.host!r} must be given lower-case")
+    validate_url_path(r.path)
+    validate_port(r.port)
+    validate_release(r.release)
+    if r.static is not None and not _STATIC_RE.fullmatch(r.static):
+        raise ValueError(f"static {r.static!r} is invalid: a relative directory ending in '/'")
+    for name in r.writable:
+        if not _WRITABLE_RE.fullmatch(name) or name == "static":
+            raise ValueError(f"writable static directory {name!r} is invalid")
+
+
+def render(layout, routes, *, listen, tls_listen=None, certificates=()):
+    """The nginx text (server blocks, included in nginx.conf's http block) for these routes."""
+    listen = _listen(listen, "listen")
+    by_host = {}
+    for r in routes:
+        _check_route(r)
+        if r.path in by_host.setdefault(r.host, {}):
+            raise ValueError(f"two apps at {r.host}{r.path}: {by_host[r.host][r.path].app} and {r.app}")
+        by_host[r.host][r.path] = r
+    for host, routes_here in by_host.items():
+        _check_prefixes(host, routes_here.values())
+    certs = {c.host: c for c in certificates}
+    if certs:
+        tls_listen = _listen(tls_listen, "tls_listen")
+    out = [f"# Managed by toppcloud: rendered from the control plane's records; {len(routes)} routes.\n"]
+    if certs:
+        out.append(_TLS_SETTINGS)
+    if DEFAULT_HOST not in by_host:
+        by_host[DEFAULT_HOST] = {}  # the node's own default server: its health URL and a 404
+    for host in sorted(by_host, key=lambda h: (h == DEFAULT_HOST, h)):
+        locations = "".join(_locations(layout, r) for r in sorted(by_host[host].values(),
+                                                                   key=lambda r: (-len(r.path), r.path)))
+        if host == DEFAULT_HOST:
+            out.append(_server(f"{listen} default_server", "_", _DEFAULT_LOCATIONS + (
+                locations or _NOTHING_HERE)))
+            continue
+        cert = _certificate_for(host, certs)
+        if cert is None:
+            out.append(_server(listen, host, locations))
+            continue
+        crt, key = sorted(cert.files(layout))
+        port = tls_listen.rsplit(":", 1)[1]
+        target = "https://$host" + ("" if port == "443" else f":{port}") + "$request_uri"
+        out.append(_server(listen, host, _acme(layout) + f"    location / {{\n        return 301 {target};\n    }}\n"))
+        out.append(_server(f"{tls_listen} ssl http2", host,
+                           f"    ssl_certificate {crt};\n    ssl_certificate_key {key};\n"
+                           f'    add_header Strict-Transport-Security "max-age=63072000" always;\n\n' + locations))
+    return "\n".join(out)
+
+
+def _check_prefixes(host, routes):
+    """Two apps' URL prefixes on one host may not be the same location (nginx would refuse the whole config)."""
+    owner = {}
+    for r in routes:
+        prefixes = {r.path: f"{r.app}'s location"}
+        if r.static and not r.maintenance:
+            prefixes[f"{r.path}static/"] = f"{r.app}'s static files"
+        for name in () if r.maintenance else r.writable:
+            prefixes[f"{r.path}{name}/"] = f"{r.app}'s writable directory {name}"
+        for prefix, what in prefixes.items():
+            if prefix in owner and owner[prefix] != what:
+                raise ValueError(f"{host}{prefix} would be both {owner[prefix]} and {what}; "
+                                 "move one of the apps or rename the directory")
+            owner[prefix] = what
+
+
+def _certificate_for(host, certs):
+    """The certificate for a host: its own, else a wildcard one covering it (one label down)."""
+    if host in certs:
+        return certs[host]
+    if not host.startswith("*.") and "." in host:
+        return certs.get("*." + host.split(".", 1)[1])
+    return None
+
+
+def _server(listen, name, body):
+    return f"server {{\n    listen {listen};\n    server_name {name};\n\n{body}}}\n"
+
+
+def _acme(layout):
+    return (f"    location ^~ /.well-known/acme-challenge/ {{\n        root {layout.acme_dir};\n"
+            f"        default_type text/plain;\n    }}\n")
+
+
+def _locations(layout, r):
+    p = r.path
+    if r.maintenance:
+        page = MAINTENANCE_PAGE.format(app=r.app).replace('"', '\\"')
+        return (f"    # {r.app} is in maintenance (manage.py enable {r.app} ends it).\n"
+                f"    location {p} {{\n        default_type text/html;\n"
+                f"        add_header Retry-After 300 always;\n        add_header Cache-Control no-store always;\n"
+                f'        return 503 "{page}";\n    }}\n')
+    script_name = p.rstrip("/")
+    text = [f"    # {r.app}, release {r.release} on port {r.port}.\n"
+            f"    location {p} {{\n"
+            f"        proxy_pass http://127.0.0.1:{r.port};\n"
+            "        proxy_set_header Host $host;\n"
+            "        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
+            "        proxy_set_header X-Forwarded-Proto $scheme;\n"
+            "        proxy_set_header X-Real-IP $remote_addr;\n"
+            # gunicorn takes SCRIPT_NAME from its trusted proxy (127.0.0.1) and strips it off PATH_INFO;
+            # nginx sends no header with an empty value, so an app at "/" gets SCRIPT_NAME "".
+            f'        proxy_set_header SCRIPT_NAME "{script_name}";\n'
+            # Only toppcloud's own internal requests (cron, tasks) carry these.
+            '        proxy_set_header X-Toppcloud-Cron "";\n'
+            '        proxy_set_header X-Toppcloud-Task "";\n'
+            '        proxy_set_header X-Toppcloud-Task-Attempt "";\n'
+            "        proxy_read_timeout 60s;\n"
+            "    }\n"]
+    releases = layout.releases_dir(r.app)
+    if r.static:
+        static = r.static.rstrip("/")
+        text.append(f'    location ~ "^{re.escape(p)}static/({RELEASE_ID_RE})/(.*)$" {{\n'
+                    f"        alias {releases}/$1/{static}/$2;\n"
+                    f'        add_header Cache-Control "public, max-age={STATIC_MAX_AGE}, immutable";\n'
+                    "        access_log off;\n"
+                    # A release's files never change: keep them open (the regex location's captured alias
+                    # costs a lookup per request otherwise). Misses are not cached (open_file_cache_errors).
+                    "        open_file_cache max=1000;\n    }\n"
+                    f"    location {p}static/ {{\n"
+                    f"        alias {releases}/{r.release}/{static}/;\n"
+                    "        expires 1h;\n        access_log off;\n    }\n")
+    for name in r.writable:
+        text.append(f"    location ^~ {p}{name}/ {{\n        alias {layout.writable_dir(r.app)}/{name}/;\n    }}\n")
+    return "".join(text)
+
+
+_DEFAULT_LOCATIONS = f"""\
+    location = {HEALTH_PATH} {{
+        default_type text/plain;
+        access_log off;
+        return 200 "ok\\n";
+    }}
+"""
+_NOTHING_HERE = """\
+    location / {
+        default_type text/plain;
+        return 404 "no app is deployed here\\n";
+    }
+"""
+# Mozilla's "intermediate" profile: TLS 1.2 and 1.3, forward-secret AEAD ciphers only.
+_TLS_SETTINGS = """\
+ssl_protocols TLSv1.2 TLSv1.3;
+ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384;
+ssl_prefer_server_ciphers off;
+ssl_session_cache shared:toppcloud_tls:10m;
+ssl_session_timeout 1d;
+ssl_session_tickets off;
+"""
+
+
+# Tests the candidate together with the live nginx.conf (in a private directory, so a concurrent
+# push is neither seen nor disturbed); only if nginx -t passes does it replace the live site
+# file atomically, remove the older per-app files and unused certificates, and reload.
+_PUSH_PY = r"""
+import os, shutil, subprocess, sys, tempfile
+conf, sites, name, tmp, errlog, tls_dir, pidfile = sys.argv[1:8]
+keep_tls = set(sys.argv[8:])
+new = sys.stdin.buffer.read()
+with open(conf) as f:
+    main = f.read()
+include = f"include {sites}/*.conf;"
+if include not in main:
+    sys.exit(f"{conf} does not include {sites}/*.conf; run node setup again")
+live = os.path.join(sites, name)
+others = [f for f in os.listdir(sites) if f.endswith(".conf") and f != name]
+try:
+    with open(live, "rb") as f:
+        same = f.read() == new
+except FileNotFoundError:
+    same = False
+if same and not others:
+    print("unchanged")
+    sys.exit(0)
+nginx = shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin")
+test_dir = tempfile.mkdtemp(prefix="nginx-test-", dir=tmp)
+try:
+    test_sites = os.path.join(test_dir, "sites")
+    os.mkdir(test_sites)
+    with open(os.path.join(test_sites, name), "wb") as f:
+        f.write(new)
+    test_conf = os.path.join(test_dir, "nginx.conf")
+    with open(test_conf, "w") as f:
+        f.write(main.replace(include, f"include {test_sites}/*.conf;"))
+    r = subprocess.run([nginx, "-t", "-q", "-e", errlog, "-c", test_conf], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit("nginx -t: " + ((r.stderr + r.stdout).replace(test_sites, sites).strip()
+                                 or f"failed ({r.returncode})"))
+finally:
+    shutil.rmtree(test_dir, ignore_errors=True)
+fd, part = tempfile.mkstemp(dir=sites, prefix="." + name, suffix=".tmp")  # not matched by *.conf
+with os.fdopen(fd, "wb") as f:
+    f.write(new)
+os.chmod(part, 0o644)
+os.replace(part, live)
+for f in others:
+    os.remove(os.path.join(sites, f))
+print("changed")
+sys.stdout.flush()
+""" + r"""
+import signal, time
+def _cleanup_tls():
+    for f in os.listdir(tls_dir) if os.path.isdir(tls_dir) else []:
+        if os.path.join(tls_dir, f) not in keep_tls:
+            os.remove(os.path.join(tls_dir, f))
+with open(pidfile) as f:
+    master = int(f.read())
+with open(f"/proc/{master}/cmdline", "rb") as f:
+    if conf.encode() not in f.read():
+        sys.exit(f"pid {master} from {pidfile} is not the nginx running {conf}; run node setup again")
+def workers():
+    kids = {}
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == master:
+                        with open(f"/proc/{p}/cmdline", "rb") as f:
+                            kids[p] = f.read().decode(errors="replace")
+            except (OSError, IndexError, ValueError):
+                pass
+    return kids
+# HUP the master, then wait until it runs workers with the new config and every old worker has
+# stopped accepting: nginx renames a worker "shutting down" just before it closes its listening
+# sockets (it then finishes its requests in flight). From then on every new connection meets the
+# new config, so the caller may stop an old release.
+before = set(workers())
+os.kill(master, signal.SIGHUP)
+deadline = time.monotonic() + 15
+while time.monotonic() < deadline:
+    now = workers()
+    if set(now) - before and all("shutting down" in now[p] for p in before if p in now):
+        time.sleep(0.05)  # the old workers close their sockets right after the rename
+        _cleanup_tls()
+        print("reloaded")
+        sys.exit(0)
+    time.sleep(0.01)
+sys.exit("nginx did not switch to workers with the new config within 15 s; see its error log")
+"""
+
+
+def push(t, emit, layout, text, certificates=()) -> bool:
+    """Make `text` the node's front door: certificates first, then test, swap, reload.
+
+    True if it changed (and nginx reloaded). FrontDoorError if nginx refused
+    it (the live config is untouched) or did not reload.
+    """
+    files = {}
+    for cert in certificates:
+        files.update(cert.files(layout))
+    if files:  # never logged: the keys travel on stdin
+        t.put_files(files, dirs=[(layout.tls_dir, 0o700)])
+    argv = [PYTHON, "-I", "-c", _PUSH_PY, layout.nginx_conf, layout.nginx_sites, SITE, layout.tmp,
+            layout.nginx_error_log, layout.tls_dir, layout.nginx_pid, *sorted(files)]
+    try:
+        r = run_logged(t, emit, argv, step="front door", input=text.encode(), timeout=60)
+    except CommandFailed as exc:
+        said = exc.result.stderr.strip()
+        if "changed" in exc.result.stdout:  # swapped in, but nginx did not reload
+            raise FrontDoorError(said or str(exc)) from None
+        raise FrontDoorError(f"nginx refused the new front door config; the live config is unchanged: "
+                             f"{said[-1500:]}") from None
+    return r.stdout.strip() != "unchanged"
+
+
+def read_live(t, layout) -> str:
+    """The front door config live on the node ('' if none)."""
+    r = t.run(["cat", os.path.join(layout.nginx_sites, SITE)], check=False)
+    return r.stdout if r.rc == 0 else ""
+
+
+def describe(routes) -> list:
+    """The routes as event data (no secrets in them)."""
+    return [json.loads(json.dumps(r.__dict__)) for r in routes]
