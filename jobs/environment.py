@@ -16,8 +16,7 @@ from django.db import transaction
 from django.utils.crypto import salted_hmac
 
 from jobs.redact import register_secret
-from nodeops import services as node_services
-from nodeops import frontdoor
+from nodeops import frontdoor, services as node_services
 from toppcloud_site.records.models import App, ConfigValue, ServerGroup
 
 _TOKEN_SALT = "toppcloud.task-token"

@@ -196,3 +196,19 @@ def test_config_values_are_edited_in_the_admin_and_reserved_names_refused(admin_
     assert "set by toppcloud itself" in response.content.decode()
     admin_client.post(url, {"scope": "global", "key": "SENTRY_DSN", "value": "https://x@example.test/1"})
     assert ConfigValue.objects.get(key="SENTRY_DSN").scope == "global"
+
+
+def test_the_disable_and_enable_actions_queue_maintenance_jobs_as_the_admin(admin_client, admin_user,
+                                                                             django_capture_on_commit_callbacks):
+    from toppcloud_site.records.models import App
+
+    app = App.objects.create(name="maintapp")
+    for action in ("disable", "enable"):
+        with django_capture_on_commit_callbacks(execute=False):
+            page = admin_client.post(reverse("admin:records_app_changelist"),
+                                     {"action": action, "_selected_action": [app.pk]}, follow=True)
+        job = Job.objects.get(kind=action)
+        assert (job.params, job.target) == ({"app": "maintapp"}, "app:maintapp")
+        assert (job.actor_kind, job.actor) == ("user", admin_user.username)
+        assert f"job {job.pk}" in page.content.decode()
+    assert App.objects.get(pk=app.pk).maintenance is False  # the job sets it, not the action

@@ -120,7 +120,7 @@ def test_web_cron_tasks_and_run_see_one_environment(chores):
     assert web["TOPPCLOUD_DEBUG_EMAIL"] == settings.TOPPCLOUD_DEBUG_EMAIL
     assert web["TOPPCLOUD_LOGS"] == os.path.join(chores["host"].root, "logs", NAME)
     assert web["TOPPCLOUD_TASKS_URL"] == f"{settings.TOPPCLOUD_API_URL}/api/apps/{NAME}/tasks"
-    assert web["STATIC_URL"] == "/static/" and web["LANG"] == "C.UTF-8"
+    assert web["STATIC_URL"] == f"/static/{web['TOPPCLOUD_RELEASE']}/" and web["LANG"] == "C.UTF-8"
     assert web["PATH"].startswith(web["VIRTUAL_ENV"] + "/bin:")
     assert "SSH_CONNECTION" not in cron_env  # nothing of the ssh session leaks in
     # The task token is a secret: in no event of any job.

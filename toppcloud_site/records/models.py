@@ -5,6 +5,7 @@ node operations refuse the same inputs with the same words.
 """
 
 from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
 from django.db import models
 
 from nodeops import publish, validate
@@ -52,8 +53,8 @@ class ServerGroup(models.Model):
     static_publish = models.CharField(
         "static files origin", max_length=500, blank=True, validators=[validate_destination],
         help_text="Where deploys copy static files: a directory, rsync://host/module/dir or user@host:/dir.")
-    static_publish_url = models.URLField(
-        "static files URL", max_length=500, blank=True,
+    static_publish_url = models.CharField(
+        "static files URL", max_length=500, blank=True, validators=[URLValidator(schemes=["http", "https"])],
         help_text="Where browsers find that origin's files (the CDN), e.g. https://cdn.example.com/static")
     created_at = models.DateTimeField(auto_now_add=True)
 
