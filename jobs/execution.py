@@ -72,6 +72,11 @@ def internal_path(live, path):
     return live.path.rstrip("/") + path
 
 
+def script_name(live):
+    """The SCRIPT_NAME nginx gives the app at this location ("" at "/")."""
+    return live.path.rstrip("/")
+
+
 def pick_place(app, node_name=None):
     """The LiveRelease to run on: on node_name, or the first node (by name) where the app is live."""
     places = live_places(app)

@@ -27,7 +27,8 @@ def update(ctx, node, *, activating=None):
     t, layout = ctx.transport(node), NodeLayout(node.root)
     failed = None
     with transaction.atomic():
-        Node.objects.select_for_update().filter(pk=node.pk).exists()  # one front door change per node at a time
+        # One front door change per node at a time: the node's row stays locked until the push is done.
+        list(Node.objects.select_for_update().filter(pk=node.pk).values_list("pk", flat=True))
         routes = routes_for(node, activating)
         certificates = certificates_for(routes)
         try:

@@ -23,11 +23,10 @@ certificate is served over HTTPS on the node's TLS port, and its plain
 HTTP redirects there (ACME http-01 challenges excepted).
 """
 
+import dataclasses
 import hashlib
-import json
 import os
 import re
-from dataclasses import dataclass
 
 from .setup import HEALTH_PATH
 from .release import validate_release
@@ -54,7 +53,7 @@ class FrontDoorError(Exception):
     """The front door could not be changed; the live config is as it was (the message says why)."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Route:
     """One app served at host + path prefix on this node."""
     app: str
@@ -67,7 +66,7 @@ class Route:
     maintenance: bool = False
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Certificate:
     host: str
     chain_pem: str
@@ -379,4 +378,4 @@ def read_live(t, layout) -> str:
 
 def describe(routes) -> list:
     """The routes as event data (no secrets in them)."""
-    return [json.loads(json.dumps(r.__dict__)) for r in routes]
+    return [dataclasses.asdict(r) | {"writable": list(r.writable)} for r in routes]

@@ -573,7 +573,7 @@ def _request(t, port, path, host, wait, timeout, *, method="GET", headers=None, 
         raise ValueError(f"method {method!r} is not GET or POST")
     headers = dict(headers or {})
     for key, value in headers.items():
-        if not re.fullmatch(r"[A-Za-z0-9-]+", key) or not re.fullmatch(r"[\x20-\x7e]*", str(value)):
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", key) or not re.fullmatch(r"[\x20-\x7e]*", str(value)):
             raise ValueError(f"header {key!r} is invalid")
     url = f"http://127.0.0.1:{port}{path}"
     r = t.run([PYTHON, "-I", "-c", _HTTP_REQUEST_PY, method, url, host or "", str(wait), f"{request_timeout:g}",
@@ -594,12 +594,19 @@ def http_get(t, port, path, timeout=10, *, host=None) -> tuple[int, str]:
     return answer["status"], answer["body"]
 
 
-def internal_request(t, port, path, *, method="GET", body=b"", headers=None, host=None, timeout=60) -> dict:
+def internal_request(t, port, path, *, method="GET", body=b"", headers=None, host=None, script_name="",
+                     timeout=60) -> dict:
     """An internal request to a release on the node, as cron runs and tasks make them.
 
-    Returns {"status", "body", "seconds"} for any HTTP answer, or {"error",
-    "timed_out", "seconds"} when none came within `timeout` seconds.
+    `script_name` is the prefix the app is mounted at ("/blog"), sent as
+    nginx sends it, so the app sees the same SCRIPT_NAME and PATH_INFO as for
+    a request from outside. Returns {"status", "body", "seconds"} for any
+    HTTP answer, or {"error", "timed_out", "seconds"} when none came within
+    `timeout` seconds.
     """
+    headers = dict(headers or {})
+    if script_name:
+        headers["SCRIPT_NAME"] = script_name
     return _request(t, port, path, host, 0, timeout + 30, method=method, headers=headers, body=body,
                     request_timeout=timeout)
 

@@ -156,12 +156,13 @@ def validate_location_host(value, field="host"):
     except ValueError:
         raise ValueError(f"{field} {value!r} is invalid: it must be a host name or an IP address (letters, "
                          "digits, '-' and '.', optionally starting with '*.'), or '*' for any other host") from None
-    if wildcard and _is_ip(name):
+    if wildcard and is_ip(name):
         raise ValueError(f"{field} {value!r} is invalid: a '*.' wildcard needs a host name, not an IP address")
     return "*." + name if wildcard else name
 
 
-def _is_ip(value):
+def is_ip(value):
+    """Whether value is an IPv4 or IPv6 address (not a host name)."""
     try:
         ipaddress.ip_address(value)
     except ValueError:

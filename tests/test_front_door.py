@@ -58,11 +58,11 @@ def job_of(kind, before):
     return Job.objects.filter(queued_at__gt=before, kind=kind).order_by("queued_at").last()
 
 
-def command(name, *args):
+def command(name, *args, kind=None):
     before = timezone.now()
     with pytest.raises(SystemExit) as exit_info:
         call_command(name, *args)
-    return exit_info.value.code, job_of(name, before)
+    return exit_info.value.code, job_of(kind or name, before)
 
 
 def test_static_files_are_versioned_far_future_and_an_old_releases_urls_keep_working(test_hosts, ready_nodes,
@@ -118,6 +118,12 @@ def test_an_app_at_the_root_and_one_at_blog_share_a_host_and_deploy_and_roll_bac
     status, headers, _ = request(host, hostname, "/blog")  # nginx adds the slash
     assert status == 301 and headers["location"].endswith(f"{hostname}:{host.http_port}/blog/"), headers
     assert page(host, hostname, "/bloggers/")["app"] == site
+
+    # toppcloud's own requests (cron, tasks) reach the blog mounted the same way.
+    code, job = command("cron", "run", blog, "where", kind="cron_run")
+    assert code == 0, job.error
+    answer = json.loads(job.events.get(kind="cron.finished").data["body"])
+    assert (answer["script_name"], answer["path_info"]) == ("/blog", "/cron/where")
 
     # The blog's releases come and go; the root app is never touched.
     with Load([host], hostname, path="/", expect=f'"app": "{site}"') as load:
@@ -331,3 +337,23 @@ def test_a_static_origin_must_be_a_plain_destination_and_comes_with_its_url(live
         with pytest.raises(ValidationError) as error:
             group.full_clean()
         assert words in str(error.value), (origin, url, str(error.value))
+
+
+def test_two_apps_deployed_to_one_node_at_once_are_both_served(test_hosts, ready_nodes, tmp_path):
+    """Each render reads what is live under the node's row lock: the second push includes the first app."""
+    from jobs import dispatch
+    from jobs.releases import pack_release
+    from tests.helpers import wait_for_job
+
+    host, node = test_hosts[1], ready_nodes[1]
+    tag = os.getpid() % 10000
+    names = [f"pair{tag}a", f"pair{tag}b"]
+    releases = [pack_release(pathy(tmp_path, name=n, location=f"{n}.test"))[0] for n in names]
+    jobs = [dispatch.submit("deploy", target=f"app:{r.app.name}", actor_kind="user", actor="tester",
+                            params={"app": r.app.name, "release": r.name, "node": node.name}) for r in releases]
+    done = [wait_for_job(j.pk, timeout=180) for j in jobs]
+    assert [j.status for j in done] == ["succeeded", "succeeded"], [j.error for j in done]
+    for name in names:
+        assert page(host, f"{name}.test")["app"] == name
+    live = open(os.path.join(NodeLayout(host.root).nginx_sites, node_frontdoor.SITE)).read()
+    assert all(f"server_name {n}.test;" in live for n in names)

@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from nodeops.validate import is_ip
+
 
 def _pem(cert):
     return cert.public_bytes(serialization.Encoding.PEM).decode()
@@ -141,7 +143,7 @@ def issue(ca, names, dir, days=30, not_before=None, not_after=None, stem=None, k
     key = key or new_key(key_type)
     not_before = not_before or datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
     not_after = not_after or not_before + datetime.timedelta(days=days)
-    sans = [x509.IPAddress(ipaddress.ip_address(n)) if _is_ip(n) else x509.DNSName(n) for n in names]
+    sans = [x509.IPAddress(ipaddress.ip_address(n)) if is_ip(n) else x509.DNSName(n) for n in names]
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
             .issuer_name(ca.cert.subject)
@@ -174,10 +176,3 @@ def _write(dir, stem, cert_pem, key_pem):
 def _slug(name):
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "ca"
 
-
-def _is_ip(value):
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True

@@ -80,6 +80,7 @@ def run_entry(ctx, app, live, spec, scheduled_for):
         return f"{where}: exited 0 in {result.seconds:.1f} s", {"rc": 0, "node": live.node.name}
 
     answer = node_release.internal_request(t, live.port, execution.internal_path(live, target), host=live.host,
+                                           script_name=execution.script_name(live),
                                            headers={"X-Toppcloud-Cron": name}, timeout=timeout)
     ctx.emit("cron.finished", entry=name, **answer)
     if "error" in answer:

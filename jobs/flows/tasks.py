@@ -49,7 +49,8 @@ def attempt_request(ctx, live, path, payload, attempt, timeout):
     try:
         answer = node_release.internal_request(
             ctx.transport(live.node), live.port, execution.internal_path(live, path), method="POST",
-            body=json.dumps(payload).encode(), headers=headers, host=live.host, timeout=timeout)
+            body=json.dumps(payload).encode(), headers=headers, host=live.host,
+            script_name=execution.script_name(live), timeout=timeout)
     except (TransportError, CommandFailed) as exc:
         answer = {"error": str(exc)}
     ctx.emit("task.attempt", attempt=attempt, node=live.node.name, release=live.release.name, path=path, **answer)

@@ -9,7 +9,6 @@ transaction (`manage.py tls add` and the admin both end up here).
 """
 
 import datetime
-import ipaddress
 import re
 
 from cryptography import x509
@@ -18,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from nodeops.validate import DEFAULT_HOST, validate_location_host
+from nodeops.validate import DEFAULT_HOST, is_ip, validate_location_host
 
 MAX_PEM_BYTES = 100 * 1024
 MIN_RSA_BITS = 2048
@@ -199,22 +198,15 @@ def _covers(host, names):
     if not names:
         raise ValueError(f"the certificate does not cover host {host!r}: it has no subjectAltName DNS names "
                          "(browsers ignore the common name); issue it with the host as a DNS name")
-    if _is_ip(host):
+    if is_ip(host):
         ok = host in names
     else:
-        ok = any(covers(name, host) for name in names if not _is_ip(name))
+        ok = any(covers(name, host) for name in names if not is_ip(name))
     if not ok:
         raise ValueError(f"the certificate does not cover host {host!r}: its subjectAltName DNS names are "
                          f"{', '.join(names)} ('*.example.com' covers one label: 'a.example.com', not "
                          "'example.com' nor 'a.b.example.com'; host '*.example.com' needs the name '*.example.com')")
 
-
-def _is_ip(value):
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _valid_at(cert, number, now):
