@@ -10,6 +10,7 @@ deploy's release.activated event is recorded under the same lock.
 
 from django.db import transaction
 
+from jobs import dispatch
 from jobs.models import LiveRelease
 from jobs.states import Kind
 from nodeops import frontdoor
@@ -81,3 +82,18 @@ def certificates_for(routes):
     wanted = hosts | {"*." + h.split(".", 1)[1] for h in hosts if "." in h and not h.startswith("*")}
     return [frontdoor.Certificate(host=c.host, chain_pem=c.certificate, key_pem=c.private_key)
             for c in Certificate.objects.filter(host__in=wanted).order_by("host")]
+
+
+def nodes_serving(host):
+    """The nodes where an app with a location a certificate for `host` would serve is live."""
+    from toppcloud_site.records.tls import covers
+
+    apps = {loc.app_id for loc in Location.objects.only("app_id", "host") if covers(host, loc.host)}
+    return list(Node.objects.filter(live__app_id__in=apps).distinct().order_by("name"))
+
+
+def submit(nodes, *, actor_kind, actor):
+    """Queue one front_door job rendering these nodes from the records."""
+    names = sorted(n.name for n in nodes)
+    return dispatch.submit("front_door", target=f"node:{names[0]}" if len(names) == 1 else "nodes",
+                           params={"nodes": names}, actor_kind=actor_kind, actor=actor)

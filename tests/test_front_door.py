@@ -5,8 +5,10 @@ headers a host serves, the job's events or the files on the node.
 """
 
 import http.client
+import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from django.utils import timezone
 from jobs.models import Job, LiveRelease
 from nodeops import frontdoor as node_frontdoor
 from nodeops.layout import NodeLayout
-from tests.helpers import event_kinds
+from tests.helpers import event_kinds, wait_for_job
 from tests.test_deploy_flow import Load, deploy, rollback
 from toppcloud_site.records.models import App, AuditEntry, Certificate, Location
 
@@ -246,10 +248,14 @@ def test_a_host_with_a_certificate_is_served_over_https_and_plain_http_redirects
     assert deploy(pathy(tmp_path, name=name, location=hostname), node)[0] == 0
     ca = make_ca(tmp_path / "ca")
     leaf = issue(ca, [hostname], tmp_path / "leaf", stem="leaf")
-    call_command("tls", "add", hostname, "--cert", str(leaf.cert_path), "--key", str(leaf.key_path))
+    out = io.StringIO()
+    call_command("tls", "add", hostname, "--cert", str(leaf.cert_path), "--key", str(leaf.key_path), stdout=out)
     try:
-        code, job = command("front_door", node.name)
-        assert code == 0, job.error
+        # Adding it queued a front door job for the node serving the host.
+        said = re.search(rf"job (\d+) renders the front door of {node.name}\b", out.getvalue())
+        assert said, out.getvalue()
+        job = wait_for_job(int(said.group(1)), timeout=60)
+        assert job.status == "succeeded", job.error
         assert job.events.filter(kind="front_door", data__https=[hostname]).exists()
         resolve = f"{hostname}:{node.https_port}:{host.address}"
         url = f"https://{hostname}:{node.https_port}/blog/x"
@@ -343,7 +349,6 @@ def test_two_apps_deployed_to_one_node_at_once_are_both_served(test_hosts, ready
     """Each render reads what is live under the node's row lock: the second push includes the first app."""
     from jobs import dispatch
     from jobs.releases import pack_release
-    from tests.helpers import wait_for_job
 
     host, node = test_hosts[1], ready_nodes[1]
     tag = os.getpid() % 10000

@@ -336,7 +336,9 @@ def test_the_command_adds_lists_and_removes_certificates_and_never_prints_the_ke
     for pem in (leaf.key_pem, wild.key_pem, renewed.key_pem):
         assert key_body(pem) not in listing + out
 
-    assert tls_command("remove", "shop.test") == "certificate for shop.test removed\n"
+    assert tls_command("remove", "shop.test") == ("certificate for shop.test removed\n"
+                                                  "no app with a location on shop.test is live on any node: no "
+                                                  "front door to render\n")
     assert list(Certificate.objects.values_list("host", flat=True)) == ["*.example.com"]
     with pytest.raises(CommandError, match=r"there is no certificate for host 'shop.test' \(known: \*.example.com\)"):
         tls_command("remove", "shop.test")

@@ -4,7 +4,7 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import dispatch
+from jobs import frontdoor
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.nodes import InvalidNode, check_node, get_node
 from jobs.states import ActorKind
@@ -28,8 +28,5 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         if not found:
             raise CommandError("no app is live on any node: nothing to render")
-        names = sorted(n.name for n in found)
-        job = dispatch.submit("front_door", target=f"node:{names[0]}" if len(names) == 1 else "nodes",
-                              params={"nodes": names}, actor_kind=ActorKind.USER,
-                              actor=opts.pop("actor", None) or getpass.getuser())
+        job = frontdoor.submit(found, actor_kind=ActorKind.USER, actor=opts.pop("actor", None) or getpass.getuser())
         follow_job(self, job, no_wait=opts["no_wait"], as_json=opts["as_json"])

@@ -20,7 +20,9 @@ import sys
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from jobs import frontdoor
 from jobs.nodes import validation_message
+from jobs.states import ActorKind
 from toppcloud_site.records import audit, tls
 from toppcloud_site.records.models import Certificate
 
@@ -57,8 +59,8 @@ class Command(BaseCommand):
             raise CommandError(f"the certificate for {host!r} was not stored: {validation_message(exc)}") from None
         self.stdout.write(f"certificate for {record.host} {'added' if created else 'replaced'}: valid until "
                           f"{record.not_after:%Y-%m-%d %H:%M} UTC ({tls.days_left(record.not_after)} days), "
-                          f"SHA-256 {record.fingerprint}; nodes serve it from their next front door render "
-                          "(`manage.py front_door`, or a deploy)")
+                          f"SHA-256 {record.fingerprint}")
+        self.push(record.host)
 
     def do_list(self, as_json=False, **_):
         rows = [{"host": c.host, "not_after": c.not_after.isoformat() if c.not_after else None,
@@ -84,6 +86,17 @@ class Command(BaseCommand):
             raise CommandError(f"there is no certificate for host {host!r} (known: {known})")
         record.delete()
         self.stdout.write(f"certificate for {record.host} removed")
+        self.push(record.host)
+
+    def push(self, host):
+        """Queue a front door job for the nodes serving the host (it runs on its own: no waiting here)."""
+        nodes = frontdoor.nodes_serving(host)
+        if not nodes:
+            self.stdout.write(f"no app with a location on {host} is live on any node: no front door to render")
+            return
+        job = frontdoor.submit(nodes, actor_kind=ActorKind.USER, actor=getpass.getuser())
+        self.stdout.write(f"job {job.pk} renders the front door of {', '.join(n.name for n in nodes)} "
+                          f"(`manage.py jobs follow {job.pk}`)")
 
 
 def _read(name, option):
