@@ -41,8 +41,8 @@ def update(ctx, node, *, activating=None):
                                            "the live config is unchanged") from None
         try:
             changed = frontdoor.push(t, ctx.emit, layout, text, certificates)
-        except frontdoor.FrontDoorError as exc:
-            failed = exc  # the events so far are kept: leave the transaction normally, then fail
+        except Exception as exc:  # nginx refused it, the node is unreachable...: the events so far are
+            failed = exc          # kept (leave the transaction normally), then fail
         else:
             ctx.emit("front_door", node=node.name, changed=changed, routes=frontdoor.describe(routes),
                      https=sorted(c.host for c in certificates))
