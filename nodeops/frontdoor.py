@@ -29,6 +29,7 @@ import os
 import re
 
 from .setup import HEALTH_PATH
+from .appini import WRITABLE_NAME_RE
 from .release import validate_release
 from .steps import run_logged
 from .transport import CommandFailed
@@ -42,7 +43,6 @@ RELEASE_ID_RE = r"[0-9]{14}-[0-9a-f]{8}"
 STATIC_MAX_AGE = 31536000
 _LISTEN_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[0-9A-Za-z.-]+):[0-9]{1,5}")
 _STATIC_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*/")
-_WRITABLE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 
 MAINTENANCE_PAGE = ("<!doctype html><html><head><meta charset=utf-8><title>Down for maintenance</title></head>"
                     "<body><h1>Down for maintenance</h1><p>{app} is being worked on and will be back shortly."
@@ -111,7 +111,7 @@ def _check_route(r):
     if r.static is not None and not _STATIC_RE.fullmatch(r.static):
         raise ValueError(f"static {r.static!r} is invalid: a relative directory ending in '/'")
     for name in r.writable:
-        if not _WRITABLE_RE.fullmatch(name) or name == "static":
+        if not WRITABLE_NAME_RE.fullmatch(name) or name == "static":
             raise ValueError(f"writable static directory {name!r} is invalid")
 
 
