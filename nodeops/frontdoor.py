@@ -137,9 +137,10 @@ def render(layout, routes, *, listen, tls_listen=None, certificates=()):
     for host in sorted(by_host, key=lambda h: (h == DEFAULT_HOST, h)):
         locations = "".join(_locations(layout, r) for r in sorted(by_host[host].values(),
                                                                    key=lambda r: (-len(r.path), r.path)))
+        if "/" not in by_host[host]:
+            locations += _NOTHING_HERE  # what no app's prefix matches
         if host == DEFAULT_HOST:
-            out.append(_server(f"{listen} default_server", "_", _DEFAULT_LOCATIONS + (
-                locations or _NOTHING_HERE)))
+            out.append(_server(f"{listen} default_server", "_", _DEFAULT_LOCATIONS + locations))
             continue
         cert = _certificate_for(host, certs)
         if cert is None:

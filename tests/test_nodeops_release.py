@@ -215,9 +215,14 @@ def test_a_render_nginx_refuses_never_replaces_the_live_one(node):
 def test_a_default_app_answers_every_other_host_and_the_node_health_url_stays(node):
     hello = frontdoor.Route(app="hello", host="hello.test", path="/", port=node.ports["r1"], release="r1")
     fallback = frontdoor.Route(app="fallback", host="*", path="/", port=node.ports["r1"], release="r1")
-    text = frontdoor.render(node.layout, [hello, fallback], listen=f"{node.host.address}:{node.host.http_port}")
+    inner = frontdoor.Route(app="inner", host="inner.test", path="/in/", port=node.ports["r1"], release="r1")
+    text = frontdoor.render(node.layout, [hello, fallback, inner],
+                            listen=f"{node.host.address}:{node.host.http_port}")
     assert frontdoor.push(node.t, Events(), node.layout, text) is True
     try:
+        assert "hello version 1" in node.page("/in/", host="inner.test")[1]
+        # A host whose apps are all below "/": the rest of it is nobody's (not the default app's).
+        assert node.page("/", host="inner.test") == (404, "no app is deployed here\n")
         assert "hello version 1" in node.page("/", host="anything.test")[1]
         assert "hello version 1" in node.page("/", host=node.host.address)[1]
         assert node.page(frontdoor.HEALTH_PATH, host="anything.test") == (200, "ok\n")
