@@ -1,12 +1,14 @@
 """Deploy and rollback on one node, as a person would do them by hand.
 
-Deploy: take the app's lock; install its data services; upload the
-release next to the previous one; build or reuse its virtualenv; write its
-environment (the config as it is now); start it on a fresh port beside the
-live one; wait until it answers; ask its health URL (not live yet); take a
-checkpoint of its data; run its database updates; point nginx at it;
-record release.activated; make its [cron] entries the app's schedules;
-stop the old release; prune old releases.
+Deploy: take the app's lock; install its data services (and make its
+writable static directories); upload the release next to the previous one;
+publish its static files to the group's CDN origin, if it has one; build or
+reuse its virtualenv; write its environment (the config as it is now);
+start it on a fresh port beside the live one; wait until it answers; ask
+its health URL (not live yet); take a checkpoint of its data; run its
+database updates; render the node's front door with it live (nginx -t,
+reload) and record release.activated; make its [cron] entries the app's
+schedules; stop the old release; prune old releases.
 A failure before activation stops the new release; the old one never stops
 serving. A failure of the database updates also restores the checkpoint.
 
@@ -30,7 +32,7 @@ from jobs.context import FlowFailed, WaitForChildren
 from jobs.flows import flow
 from jobs.models import AppLock, Job, LiveRelease
 from jobs.releases import artifact_path
-from jobs.states import TERMINAL, Kind
+from jobs.states import TERMINAL
 from nodeops import archive, publish, release as node_release
 from nodeops.frontdoor import FrontDoorError
 from nodeops.layout import NodeLayout
