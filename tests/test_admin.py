@@ -212,3 +212,13 @@ def test_the_disable_and_enable_actions_queue_maintenance_jobs_as_the_admin(admi
         assert (job.actor_kind, job.actor) == ("user", admin_user.username)
         assert f"job {job.pk}" in page.content.decode()
     assert App.objects.get(pk=app.pk).maintenance is False  # the job sets it, not the action
+
+
+def test_the_front_door_action_queues_one_job_for_the_chosen_nodes(admin_client, admin_user,
+                                                                    django_capture_on_commit_callbacks):
+    nodes = [Node.objects.create(name=f"door-{i}", address=f"127.0.9.{i}", transport="local") for i in (1, 2)]
+    with django_capture_on_commit_callbacks(execute=False):
+        admin_client.post(reverse("admin:records_node_changelist"),
+                          {"action": "render_front_door", "_selected_action": [n.pk for n in nodes]})
+    job = Job.objects.get(kind="front_door")
+    assert (job.params, job.target, job.actor) == ({"nodes": ["door-1", "door-2"]}, "nodes", admin_user.username)

@@ -50,7 +50,7 @@ class NodeAdmin(admin.ModelAdmin):
     list_filter = ["group", "transport"]
     search_fields = ["name", "address", "root"]
     readonly_fields = ["facts", "set_up_at", "created_at"]
-    actions = ["set_up_nodes", "ping_nodes"]
+    actions = ["set_up_nodes", "ping_nodes", "render_front_door"]
 
     @admin.display(description="ssh", ordering="address")
     def endpoint(self, obj):
@@ -85,6 +85,15 @@ class NodeAdmin(admin.ModelAdmin):
     @admin.action(description="Ping node", permissions=["view"])
     def ping_nodes(self, request, queryset):
         self._start(request, queryset, "ping_node", "Ping")
+
+    @admin.action(description="Render the front door (nginx) from the records now", permissions=["change"])
+    def render_front_door(self, request, queryset):
+        from jobs import frontdoor
+        from jobs.states import ActorKind
+
+        nodes = list(queryset.order_by("name"))
+        job = frontdoor.submit(nodes, actor_kind=ActorKind.USER, actor=request.user.get_username())
+        _started(self, request, "Front door", [(job, ", ".join(n.name for n in nodes))])
 
 
 class LocationInline(admin.TabularInline):
