@@ -84,3 +84,28 @@ def stop_worker(proc):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def ready_node(host):
+    """A Node record for a test host, set up by a real setup_node job (the run ends if that fails)."""
+    from jobs.nodes import submit_node_job
+    from tests.helpers import wait_for_job
+    from toppcloud_site.records.models import Node
+
+    node = Node.objects.create(name=host.name, address=host.address, ssh_port=host.ssh_port, root=host.root,
+                               http_port=host.http_port, host_key=host.host_key)
+    job = wait_for_job(submit_node_job("setup_node", node, actor_kind="system", actor="bench").pk, 180)
+    if job.status != "succeeded":
+        sys.exit(f"setup failed: {job.error}")
+    return node
+
+
+def deploy_dir(app_dir, node):
+    """`manage.py deploy app_dir --node NODE`, quietly; the run ends if it fails."""
+    from django.core.management import call_command
+
+    try:
+        call_command("deploy", str(app_dir), "--node", node.name, stdout=open(os.devnull, "w"))
+    except SystemExit as exc:
+        if exc.code:
+            sys.exit(f"deploy of {Path(app_dir).name} failed")

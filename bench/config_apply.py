@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, configure, start_worker, stop_worker  # noqa: E402
+from bench.common import ROOT, configure, deploy_dir, ready_node, start_worker, stop_worker  # noqa: E402
 
 THREADS = 8
 
@@ -71,32 +71,21 @@ def main(rounds):
 
     from jobs.management.commands.ssh_key import ensure_key
     from jobs.models import Job
-    from jobs.nodes import submit_node_job
-    from tests.helpers import wait_for_job
     from tests.hosts import start_hosts, stop_hosts
     from tests.test_deploy_flow import get
-    from toppcloud_site.records.models import App, ConfigValue, Node
+    from toppcloud_site.records.models import App, ConfigValue
 
     base = tempfile.mkdtemp(prefix="tc-bench-", dir="/tmp")
     os.chmod(base, 0o755)
     [host] = start_hosts(1, base, ensure_key(settings.TOPPCLOUD_SSH_KEY_FILE))
     worker = start_worker(Path(base) / "worker.log", "jobs,nodeops", concurrency=2)
     try:
-        node = Node.objects.create(name=host.name, address=host.address, ssh_port=host.ssh_port, root=host.root,
-                                   http_port=host.http_port, host_key=host.host_key)
-        job = wait_for_job(submit_node_job("setup_node", node, actor_kind="system", actor="bench").pk, 180)
-        if job.status != "succeeded":
-            sys.exit(f"setup failed: {job.error}")
+        node = ready_node(host)
         app_dir = Path(base) / "chores"
         shutil.copytree(ROOT / "fixtures" / "apps" / "chores", app_dir)
         ini = (app_dir / "app.ini").read_text().replace("processes = 1", "processes = 2")
         (app_dir / "app.ini").write_text(ini)
-        quiet = open(os.devnull, "w")
-        try:
-            call_command("deploy", str(app_dir), "--node", node.name, stdout=quiet)
-        except SystemExit as exc:
-            if exc.code:
-                sys.exit("deploy of chores failed")
+        deploy_dir(app_dir, node)
         app = App.objects.get(name="chores")
 
         applies = []
@@ -110,7 +99,7 @@ def main(rounds):
                 record.save()
                 started = time.perf_counter()
                 try:
-                    call_command("config", "apply", "--app", "chores", stdout=quiet)
+                    call_command("config", "apply", "--app", "chores", stdout=open(os.devnull, "w"))
                 except SystemExit as exc:
                     if exc.code:
                         sys.exit(f"config apply failed (round {i + 1})")

@@ -23,21 +23,18 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, configure, start_worker, stop_worker  # noqa: E402
+from bench.common import ROOT, configure, deploy_dir, ready_node, start_worker, stop_worker  # noqa: E402
 
 
 def main(minutes):
     configure("toppcloud-bench-cron")
     from django.conf import settings
-    from django.core.management import call_command
     from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
     from jobs.management.commands.ssh_key import ensure_key
     from jobs.models import Job, JobEvent
-    from jobs.nodes import submit_node_job
     from tests.helpers import wait_for_job
     from tests.hosts import start_hosts, stop_hosts
-    from toppcloud_site.records.models import Node
 
     base = tempfile.mkdtemp(prefix="tc-bench-", dir="/tmp")
     os.chmod(base, 0o755)
@@ -45,18 +42,10 @@ def main(minutes):
     worker = start_worker(Path(base) / "worker.log", "jobs,nodeops", concurrency=2, include=["bench.tasks"])
     beat = None
     try:
-        node = Node.objects.create(name=host.name, address=host.address, ssh_port=host.ssh_port, root=host.root,
-                                   http_port=host.http_port, host_key=host.host_key)
-        job = wait_for_job(submit_node_job("setup_node", node, actor_kind="system", actor="bench").pk, 180)
-        if job.status != "succeeded":
-            sys.exit(f"setup failed: {job.error}")
+        node = ready_node(host)
         app = Path(base) / "chores"
         shutil.copytree(ROOT / "fixtures" / "apps" / "chores", app)
-        try:
-            call_command("deploy", str(app), "--node", node.name, stdout=open(os.devnull, "w"))
-        except SystemExit as exc:
-            if exc.code:
-                sys.exit("deploy of chores failed")
+        deploy_dir(app, node)
         marker = Path(base) / "baseline.txt"
         every_minute, _ = CrontabSchedule.objects.get_or_create(minute="*", hour="*", day_of_month="*",
                                                                 month_of_year="*", day_of_week="*", timezone="UTC")

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, configure, start_worker, stop_worker  # noqa: E402
+from bench.common import ROOT, configure, deploy_dir, ready_node, start_worker, stop_worker  # noqa: E402
 
 THREADS, CONNECTIONS = 2, 32  # the machine this figure is taken on has 2 cores; wrk shares them with nginx
 HOSTNAME = "pathy.test"
@@ -175,14 +175,10 @@ def main(rounds, seconds):
                  "(Debian/Ubuntu), brew install wrk (macOS), or build https://github.com/wg/wrk")
     configure("toppcloud-bench-static")
     from django.conf import settings
-    from django.core.management import call_command
 
     from jobs.management.commands.ssh_key import ensure_key
-    from jobs.nodes import submit_node_job
     from nodeops.layout import NodeLayout
-    from tests.helpers import wait_for_job
     from tests.hosts import start_hosts, stop_hosts
-    from toppcloud_site.records.models import Node
 
     base = tempfile.mkdtemp(prefix="tc-bench-static-", dir="/tmp")
     os.chmod(base, 0o755)
@@ -193,19 +189,11 @@ def main(rounds, seconds):
     hand = None
     results = {}  # (file, setup) -> [wrk figures]
     try:
-        node = Node.objects.create(name=host.name, address=host.address, ssh_port=host.ssh_port, root=host.root,
-                                   http_port=host.http_port, host_key=host.host_key)
-        job = wait_for_job(submit_node_job("setup_node", node, actor_kind="system", actor="bench").pk, 180)
-        if job.status != "succeeded":
-            sys.exit(f"setup failed: {job.error}")
+        node = ready_node(host)
         app_dir = Path(base) / "pathy"
         shutil.copytree(ROOT / "fixtures" / "apps" / "pathy", app_dir)
         (app_dir / "static" / "app.js").write_text(app_js())
-        try:
-            call_command("deploy", str(app_dir), "--node", node.name, stdout=open(os.devnull, "w"))
-        except SystemExit as exc:
-            if exc.code:
-                sys.exit("deploy of pathy failed")
+        deploy_dir(app_dir, node)
 
         status, _, body = fetch(host.address, host.http_port, "/")
         if status != 200:
