@@ -21,6 +21,7 @@ from nodeops import node_data
 from nodeops.node_data import ArchiveWriter, DataError
 from tests.test_data_flow import backup_now, members, request, run_command
 from tests.test_deploy_flow import app_copy, deploy, get, rollback
+from tests.test_nodeops_data import files_tar
 from toppcloud_site.records.models import App, Backup
 
 NOTE = b"kept across deploys \x00\xff\n"
@@ -165,21 +166,6 @@ def test_a_backup_with_writable_files_is_refused_by_an_app_without_them(docsite)
 
 # --- the archive member, without hosts -------------------------------------------------------------------
 
-def writable_tar(*entries):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as t:
-        for entry_name, kind in entries:
-            info = tarfile.TarInfo(entry_name)
-            info.type = kind
-            if kind == tarfile.REGTYPE:
-                info.size = 2
-                t.addfile(info, io.BytesIO(b"hi"))
-            else:
-                info.linkname = "/etc/passwd"
-                t.addfile(info)
-    return buf.getvalue()
-
-
 def archive_with(tmp_path, member):
     path = tmp_path / "a.tar"
     with open(path, "wb") as f:
@@ -200,12 +186,12 @@ def archive_with(tmp_path, member):
     (("Bad Name/x", tarfile.REGTYPE), "writable.tar member 'Bad Name/x' is not allowed: everything in it is inside"),
 ])
 def test_a_writable_tar_that_would_write_outside_or_make_links_is_refused(tmp_path, entry, message):
-    path = archive_with(tmp_path, writable_tar(("docs", tarfile.DIRTYPE), ("docs/ok.txt", tarfile.REGTYPE), entry))
+    path = archive_with(tmp_path, files_tar(("docs", tarfile.DIRTYPE), ("docs/ok.txt", tarfile.REGTYPE), entry))
     with pytest.raises(DataError) as refused:
         node_data.verify_archive(path)
     assert message in str(refused.value)
     with pytest.raises(DataError):
-        node_data.unpack_files(io.BytesIO(writable_tar(entry)), str(tmp_path / "dest"), node_data.WRITABLE)
+        node_data.unpack_files(io.BytesIO(files_tar(entry)), str(tmp_path / "dest"), node_data.WRITABLE)
     assert not (tmp_path / "outside").exists() and os.listdir(tmp_path / "dest") == []
 
 
