@@ -129,6 +129,16 @@ def ready_nodes(nodes, worker):
 
 
 @pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server at TOPPCLOUD_S3_ENDPOINT_URL (the workers publish static files there)."""
+    from tests import workers
+
+    server = workers.s3_server(settings.VAR_DIR, settings.TOPPCLOUD_S3_ENDPOINT_URL).start()
+    yield settings.TOPPCLOUD_S3_ENDPOINT_URL
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def control_web(live_db):
     """The control plane's web server, a real gunicorn, at TOPPCLOUD_API_URL (apps on test hosts call it)."""
     from tests import workers

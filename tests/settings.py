@@ -23,6 +23,15 @@ if "TOPPCLOUD_API_URL" not in os.environ:
         _s.bind(("127.0.0.1", 0))
         os.environ["TOPPCLOUD_API_URL"] = f"http://127.0.0.1:{_s.getsockname()[1]}"
 os.environ.setdefault("TOPPCLOUD_DEBUG_EMAIL", "errors@example.test")
+# An S3-compatible service for static publishing: moto's server, started by the tests that use it
+# (tests/conftest.py: s3_server) on this port; the workers get the same settings.
+if "TOPPCLOUD_S3_ENDPOINT_URL" not in os.environ:
+    with socket.socket() as _s:
+        _s.bind(("127.0.0.1", 0))
+        os.environ["TOPPCLOUD_S3_ENDPOINT_URL"] = f"http://127.0.0.1:{_s.getsockname()[1]}"
+os.environ.setdefault("TOPPCLOUD_S3_REGION", "us-east-1")
+os.environ.setdefault("TOPPCLOUD_S3_ACCESS_KEY_ID", "toppcloud-test")
+os.environ.setdefault("TOPPCLOUD_S3_SECRET_ACCESS_KEY", "s3-secret-of-the-test-suite-3f9a1c")
 # Task retries a fraction of a second apart, so retry tests take seconds.
 os.environ.setdefault("TOPPCLOUD_TASK_RETRY_DELAY", "0.2")
 # Short enough that fault tests finish in seconds.

@@ -290,6 +290,19 @@ def test_a_host_with_a_certificate_is_served_over_https_and_plain_http_redirects
         command("front_door", node.name)
 
 
+def deploy_published(app_dir, node, group):
+    """Deploy app_dir as an app of group; its static files were published before it went live. (release, job)"""
+    from jobs.releases import pack_release
+
+    release, _ = pack_release(app_dir)
+    App.objects.filter(name=release.app.name).update(group=group)
+    code, job = deploy(app_dir, node)
+    assert code == 0, job.error
+    kinds = [(e.kind, e.data.get("step")) for e in job.events.order_by("seq")]
+    assert kinds.index(("step.finished", "static publish")) < kinds.index(("step.started", "activate"))
+    return release, job
+
+
 def test_a_group_with_a_static_origin_gets_each_release_published_before_it_goes_live(test_hosts, ready_nodes,
                                                                                      tmp_path):
     from toppcloud_site.records.models import ServerGroup
@@ -302,15 +315,7 @@ def test_a_group_with_a_static_origin_gets_each_release_published_before_it_goes
                         static_publish_url="https://cdn.example.test/static/")
     group.full_clean()
     group.save()
-    app_dir = pathy(tmp_path, name=name, location=hostname, css="cdn { }\n")
-    from jobs.releases import pack_release
-
-    release, _ = pack_release(app_dir)
-    App.objects.filter(name=name).update(group=group)
-    code, job = deploy(app_dir, node)
-    assert code == 0, job.error
-    kinds = [(e.kind, e.data.get("step")) for e in job.events.order_by("seq")]
-    assert kinds.index(("step.finished", "static publish")) < kinds.index(("step.started", "activate"))
+    release, job = deploy_published(pathy(tmp_path, name=name, location=hostname, css="cdn { }\n"), node, group)
     published = origin / name / release.name
     assert (published / "style.css").read_bytes() == b"cdn { }\n"
     seen = page(host, hostname)
@@ -329,12 +334,76 @@ def test_a_group_with_a_static_origin_gets_each_release_published_before_it_goes
     App.objects.filter(name=name).update(group=None)
 
 
+def test_a_group_with_an_s3_origin_gets_each_release_uploaded_before_it_goes_live(test_hosts, ready_nodes,
+                                                                                  tmp_path, s3_server):
+    import urllib.error
+    import urllib.request
+
+    import boto3
+    from django.conf import settings
+
+    from nodeops import publish
+    from toppcloud_site.records.models import ServerGroup
+
+    host, node = test_hosts[0], ready_nodes[0]
+    tag = os.getpid() % 10000
+    name, hostname, bucket = f"s3cdn{tag}", f"s3cdn{tag}.test", f"toppcloud-static-{tag}"
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name=settings.TOPPCLOUD_S3_REGION,
+                      aws_access_key_id=settings.TOPPCLOUD_S3_ACCESS_KEY_ID,
+                      aws_secret_access_key=settings.TOPPCLOUD_S3_SECRET_ACCESS_KEY)
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/*"}]}))
+    public = f"{s3_server}/{bucket}/cdn"  # anyone may read it, as a CDN in front of it would
+    group = ServerGroup(name=f"s3group{tag}", static_publish=f"s3://{bucket}/cdn/", static_publish_url=public)
+    group.full_clean()
+    group.save()
+    app_dir = pathy(tmp_path, name=name, location=hostname, css="s3 { }\n")
+    (app_dir / "static" / "js").mkdir()
+    (app_dir / "static" / "js" / "app.js").write_bytes(b"console.log('\\u00fc');\n")
+    release, job = deploy_published(app_dir, node, group)
+    logs = [e.data["text"] for e in job.events.filter(kind="log") if "static publish" in e.data.get("text", "")]
+    assert logs == [f"static publish: 2 files uploaded (30 bytes), 0 already there, "
+                    f"to s3://{bucket}/cdn/{name}/{release.name}/"], logs
+    assert settings.TOPPCLOUD_S3_SECRET_ACCESS_KEY not in json.dumps([e.data for e in job.events.all()])
+
+    for path, body, content_type in (("style.css", b"s3 { }\n", "text/css"),
+                                     ("js/app.js", b"console.log('\\u00fc');\n", "text/javascript")):
+        with urllib.request.urlopen(f"{public}/{name}/{release.name}/{path}", timeout=10) as response:
+            assert response.read() == body
+            assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+            assert response.headers["Content-Type"] == content_type
+    seen = page(host, hostname)
+    assert seen["static_url"] == f"{public}/{name}/{release.name}/"
+    assert seen["stylesheet"] == f"{public}/{name}/{release.name}/style.css"
+
+    # A retried publish of the same release sends nothing again.
+    said = []
+    publish.publish(lambda kind, **data: said.append(data), str(app_dir / "static"), group.static_publish, name,
+                    release.name, s3={"endpoint_url": s3_server, "region_name": "us-east-1",
+                                      "aws_access_key_id": "k", "aws_secret_access_key": "s"})
+    assert said == [{"text": f"static publish: 0 files uploaded (0 bytes), 2 already there, "
+                             f"to s3://{bucket}/cdn/{name}/{release.name}/"}]
+
+    # A bucket that is not there: the deploy fails before anything goes live, and says why.
+    group.static_publish = f"s3://no-such-bucket-{tag}"
+    group.save()
+    code, job = deploy(pathy(tmp_path, name=name, location=hostname, version="2"), node)
+    assert code == 1 and f"publishing the static files to s3://no-such-bucket-{tag}/{name}/" in job.error
+    assert "NoSuchBucket" in job.error and "nothing went live" in job.error, job.error
+    assert "release.activated" not in event_kinds(job)
+    assert page(host, hostname)["version"] == "1"
+    App.objects.filter(name=name).update(group=None)
+
+
 def test_a_static_origin_must_be_a_plain_destination_and_comes_with_its_url(live_db):
     from django.core.exceptions import ValidationError
 
     from toppcloud_site.records.models import ServerGroup
 
     for origin, url, words in (("/srv/cdn; rm -rf /", "https://cdn.test/", "static_publish"),
+                               ("s3://Not_A_Bucket/cdn", "https://cdn.test/", "an S3 destination is"),
+                               ("s3://bucket/a b", "https://cdn.test/", "an S3 destination is"),
                                ("-e sh", "https://cdn.test/", "static_publish"),
                                ("/srv/../etc", "https://cdn.test/", "static_publish"),
                                ("/srv/cdn", "", "set together or not at all"),

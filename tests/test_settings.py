@@ -38,6 +38,7 @@ def test_it_starts_with_nothing_set_as_the_embedded_default(tmp_path):
     ({"SECRET_KEY_FILE": "/nonexistent/key"}, "SECRET_KEY_FILE='/nonexistent/key' cannot be read"),
     ({"DATABASE_URL": "nonsense://x"}, "DATABASE_URL cannot be parsed"),
     ({"DATABASE_URL": "mysql://u@127.0.0.1/x"}, "DATABASE_URL selects django.db.backends.mysql; toppcloud runs on"),
+    ({"TOPPCLOUD_S3_ENDPOINT_URL": "minio:9000"}, "TOPPCLOUD_S3_ENDPOINT_URL='minio:9000' is not an http(s)://host"),
 ])
 def test_it_refuses_a_value_it_cannot_read(tmp_path, env, message):
     code, out = check(tmp_path, **env)
@@ -66,3 +67,11 @@ def test_it_reads_a_secret_from_a_file(tmp_path):
     code, out = check(tmp_path, SECRET_KEY_FILE=str(key), DATABASE_URL="postgres://u@127.0.0.1/x",
                       CELERY_BROKER_URL="amqp://guest:guest@127.0.0.1//")
     assert code == 0 and "E001" not in out, out
+
+
+def test_the_models_and_their_migrations_agree(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "manage.py"), "makemigrations", "--check", "--dry-run"],
+                          env={**os.environ, "DJANGO_SETTINGS_MODULE": "toppcloud_site.settings",
+                               "TOPPCLOUD_VAR_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)},
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

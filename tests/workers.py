@@ -113,3 +113,10 @@ def flower(var_dir, port, basic_auth):
     return Process("flower", [sys.executable, "-m", "celery", "-A", "toppcloud_site", "flower",
                               "--address=127.0.0.1", f"--port={port}", f"--basic-auth={basic_auth}"],
                    Path(var_dir) / "flower.log", lambda out: b"Visit me at" in out)
+
+
+def s3_server(var_dir, url):
+    """An S3-compatible service on this machine (moto's server: the one stand-in, for a cloud API), at url."""
+    host, port = url.split("://", 1)[1].rstrip("/").split(":")
+    return Process("s3", [sys.executable, "-m", "moto.server", "-H", host, "-p", port],
+                   Path(var_dir) / "s3.log", lambda out: b"Running on" in out)

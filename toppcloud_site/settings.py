@@ -7,6 +7,7 @@ Production sets DATABASE_URL (PostgreSQL) and CELERY_BROKER_URL (RabbitMQ);
 (toppcloud_site/checks.py, ids toppcloud.E0xx).
 """
 
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -162,6 +163,16 @@ CELERY_BEAT_SCHEDULE = {
 # --- releases -------------------------------------------------------------
 # Packed app directories, one file per content hash (web and workers share it).
 TOPPCLOUD_ARTIFACT_DIR = env_str("TOPPCLOUD_ARTIFACT_DIR", str(VAR_DIR / "artifacts"))
+
+# --- static files on a CDN --------------------------------------------------
+# For server groups whose static files origin is s3://bucket/prefix: the S3-compatible service
+# (unset: AWS, the region below) and its keys (unset: boto3's own lookup, e.g. an instance role).
+TOPPCLOUD_S3_ENDPOINT_URL = env_str("TOPPCLOUD_S3_ENDPOINT_URL", "")
+if TOPPCLOUD_S3_ENDPOINT_URL and not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?", TOPPCLOUD_S3_ENDPOINT_URL):
+    raise ImproperlyConfigured(f"TOPPCLOUD_S3_ENDPOINT_URL={TOPPCLOUD_S3_ENDPOINT_URL!r} is not an http(s)://host[:port] URL")
+TOPPCLOUD_S3_REGION = env_str("TOPPCLOUD_S3_REGION", "")
+TOPPCLOUD_S3_ACCESS_KEY_ID = env_str("TOPPCLOUD_S3_ACCESS_KEY_ID", "")
+TOPPCLOUD_S3_SECRET_ACCESS_KEY = env_secret("TOPPCLOUD_S3_SECRET_ACCESS_KEY", "")
 
 # --- backups --------------------------------------------------------------
 # Backup archives (NAME.tar under a directory per app); web and workers must share it.

@@ -31,6 +31,7 @@ from jobs import cron, data, environment, execution, fan_out, frontdoor
 from jobs.context import FlowFailed, WaitForChildren
 from jobs.flows import flow
 from jobs.models import AppLock, Job, LiveRelease
+from jobs.redact import register_secret
 from jobs.releases import artifact_path
 from jobs.states import TERMINAL
 from nodeops import archive, publish, release as node_release
@@ -231,9 +232,17 @@ def publish_static(ctx, app, release, src, ini):
         try:
             s.data["published_to"] = publish.publish(
                 ctx.emit, os.path.join(src, ini["static"]), group.static_publish, app.name, release.name,
-                identity_file=settings.TOPPCLOUD_SSH_KEY_FILE)
+                identity_file=settings.TOPPCLOUD_SSH_KEY_FILE, s3=s3_settings())
         except publish.PublishError as exc:
             raise FlowFailed(f"{exc}; nothing went live") from None
+
+
+def s3_settings():
+    """The workers' S3 client settings for s3:// origins; the secret key is masked in every event."""
+    register_secret(settings.TOPPCLOUD_S3_SECRET_ACCESS_KEY)
+    return {"endpoint_url": settings.TOPPCLOUD_S3_ENDPOINT_URL, "region_name": settings.TOPPCLOUD_S3_REGION,
+            "aws_access_key_id": settings.TOPPCLOUD_S3_ACCESS_KEY_ID,
+            "aws_secret_access_key": settings.TOPPCLOUD_S3_SECRET_ACCESS_KEY}
 
 
 def write_environment(ctx, t, layout, app, release, node, venv, service_env):

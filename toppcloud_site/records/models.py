@@ -52,7 +52,8 @@ class ServerGroup(models.Model):
     # <static_publish_url>/<app>/<release>/ (a CDN in front of that origin).
     static_publish = models.CharField(
         "static files origin", max_length=500, blank=True, validators=[validate_destination],
-        help_text="Where deploys copy static files: a directory, rsync://host/module/dir or user@host:/dir.")
+        help_text="Where deploys copy static files: s3://bucket/prefix, a directory, rsync://host/module/dir "
+                  "or user@host:/dir.")
     static_publish_url = models.CharField(
         "static files URL", max_length=500, blank=True, validators=[URLValidator(schemes=["http", "https"])],
         help_text="Where browsers find that origin's files (the CDN), e.g. https://cdn.example.com/static")
