@@ -92,6 +92,13 @@ def nodes_serving(host):
     return list(Node.objects.filter(live__app_id__in=apps).distinct().order_by("name"))
 
 
+def after_edit(app_ids, *, actor_kind, actor):
+    """Locations of these apps were edited (admin, a group document): queue one front_door job for the
+    nodes where any of them is live; None when none is (the app's first deploy renders them)."""
+    nodes = list(Node.objects.filter(live__app_id__in=app_ids).distinct().order_by("name"))
+    return submit(nodes, actor_kind=actor_kind, actor=actor) if nodes else None
+
+
 def submit(nodes, *, actor_kind, actor):
     """Queue one front_door job rendering these nodes from the records."""
     names = sorted(n.name for n in nodes)

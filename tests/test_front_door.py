@@ -290,6 +290,54 @@ def test_a_host_with_a_certificate_is_served_over_https_and_plain_http_redirects
         command("front_door", node.name)
 
 
+def test_locations_edited_in_the_admin_or_a_group_document_are_served_without_a_deploy(test_hosts, ready_nodes,
+                                                                                      tmp_path):
+    from django.contrib.auth.models import User
+    from django.test import Client
+    from django.urls import reverse
+
+    from toppcloud_site.records.models import ServerGroup
+
+    host, node = test_hosts[0], ready_nodes[0]
+    tag = os.getpid() % 10000
+    name, alias, documented = f"edited{tag}", f"alias{tag}.test", f"doc{tag}.test"
+    assert deploy(pathy(tmp_path, name=name, location=f"{name}.test"), node)[0] == 0
+    app = App.objects.get(name=name)
+    admin = Client()  # not pytest-django's admin_client: its transaction would hold back the job
+    admin.force_login(User.objects.create_superuser(f"{name}-admin", password=None))
+
+    def admin_post(url, data):
+        before = timezone.now()
+        response = admin.post(url, data, follow=True)
+        assert response.status_code == 200 and "Front door started" in response.content.decode()
+        job = wait_for_job(job_of("front_door", before).pk)
+        assert job.status == "succeeded" and job.params["nodes"] == [node.name], job.error
+        return job
+
+    assert request(host, alias)[0] == 404
+    admin_post(reverse("admin:records_location_add"), {"app": app.pk, "host": alias, "path": "/"})
+    assert page(host, alias)["app"] == name
+    location = Location.objects.get(host=alias)
+    admin_post(reverse("admin:records_location_delete", args=[location.pk]), {"post": "yes"})
+    assert request(host, alias) == (404, request(host, alias)[1], b"no app is deployed here\n")
+    assert page(host, f"{name}.test")["app"] == name
+
+    group = ServerGroup.objects.create(name=f"docs{tag}")
+    App.objects.filter(pk=app.pk).update(group=group)
+    out = io.StringIO()
+    call_command("export_group", group.name, stdout=out)
+    text = out.getvalue().replace(f'"{name}.test/",', f'"{documented}/",\n    "{name}.test/",')
+    assert documented in text
+    (tmp_path / "group.toml").write_text(text)
+    before = timezone.now()
+    out = io.StringIO()
+    call_command("import_group", str(tmp_path / "group.toml"), stdout=out)
+    job = wait_for_job(job_of("front_door", before).pk)
+    assert f"locations changed: front_door job {job.pk} renders {node.name}" in out.getvalue().splitlines()
+    assert job.status == "succeeded" and page(host, documented)["app"] == name
+    App.objects.filter(pk=app.pk).update(group=None)
+
+
 def deploy_published(app_dir, node, group):
     """Deploy app_dir as an app of group; its static files were published before it went live. (release, job)"""
     from jobs.releases import pack_release

@@ -18,6 +18,19 @@ def _started(modeladmin, request, verb, started):
         modeladmin.message_user(request, format_html("{} started: {}", verb, links), messages.SUCCESS)
 
 
+def _front_door_after_edit(modeladmin, request, app_ids):
+    """Edited locations take effect now: a front_door job for the nodes serving these apps."""
+    from jobs import frontdoor
+    from jobs.states import ActorKind
+
+    job = frontdoor.after_edit(app_ids, actor_kind=ActorKind.USER, actor=request.user.get_username())
+    if job is None:
+        modeladmin.message_user(request, "The app is not live on any node yet: its locations are served from its "
+                                         "first deploy.", messages.INFO)
+    else:
+        _started(modeladmin, request, "Front door", [(job, ", ".join(job.params["nodes"]))])
+
+
 @admin.register(ServerGroup)
 class ServerGroupAdmin(admin.ModelAdmin):
     list_display = ["name", "node_count", "app_count", "database_node", "created_at"]
@@ -140,6 +153,12 @@ class AppAdmin(admin.ModelAdmin):
     search_fields = ["name", "description", "locations__host"]
     inlines = [LocationInline, LiveInline, ServiceInline]
     actions = ["roll_back", "back_up", "apply_config", "disable", "enable"]
+    readonly_fields = ["maintenance"]  # the Disable / Enable actions: jobs that render the front door too
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        if change and any(formset.model is Location and formset.has_changed() for formset in formsets):
+            _front_door_after_edit(self, request, {form.instance.pk})
 
     @admin.action(description="Disable: maintenance page (503) at its locations", permissions=["change"])
     def disable(self, request, queryset):
@@ -268,9 +287,28 @@ class ReleaseAdmin(admin.ModelAdmin):
 
 @admin.register(Location)
 class LocationAdmin(admin.ModelAdmin):
+    """Saving or deleting a location queues a front_door job for the nodes serving its app (and the app it
+    was moved from)."""
+
     list_display = ["host", "path", "app"]
     list_filter = ["app"]
     search_fields = ["host", "path", "app__name"]
+
+    def save_model(self, request, obj, form, change):
+        before = Location.objects.filter(pk=obj.pk).values_list("app_id", flat=True).first() if change else None
+        super().save_model(request, obj, form, change)
+        if form.has_changed():
+            _front_door_after_edit(self, request, {obj.app_id, before} - {None})
+
+    def delete_model(self, request, obj):
+        app_id = obj.app_id
+        super().delete_model(request, obj)
+        _front_door_after_edit(self, request, {app_id})
+
+    def delete_queryset(self, request, queryset):
+        app_ids = set(queryset.values_list("app_id", flat=True))
+        super().delete_queryset(request, queryset)
+        _front_door_after_edit(self, request, app_ids)
 
 
 @admin.register(Backup)

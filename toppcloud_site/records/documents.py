@@ -178,13 +178,15 @@ def _location(text, where):
 # --- comparing and applying ---------------------------------------------------------------------------
 
 def plan(doc):
-    """The changes importing `doc` makes, as lines for a person to read (empty: it matches)."""
+    """What importing `doc` would change, as apply() returns it (no changes: it matches); nothing is saved."""
     return _apply(doc, dry_run=True)
 
 
 def apply(doc):
-    """Make the records match `doc`, in one transaction; (the changes, secrets the document names that are
-    not set). Any invalid value (or clash with another group's records) raises DocumentError, changing nothing."""
+    """Make the records match `doc`, in one transaction; (the changes as lines for a person to read, secrets
+    the document names that are not set, the ids of apps whose locations changed: their nodes' front doors
+    need rendering). Any invalid value (or clash with another group's records) raises DocumentError,
+    changing nothing."""
     return _apply(doc, dry_run=False)
 
 
@@ -193,10 +195,10 @@ class _DryRun(Exception):
 
 
 def _apply(doc, *, dry_run):
-    changes = []
+    changes, rerouted = [], set()
     try:
         with transaction.atomic():
-            missing = _Importer(doc, changes).run()
+            missing = _Importer(doc, changes, rerouted).run()
             if dry_run:
                 raise _DryRun
     except _DryRun:
@@ -205,7 +207,7 @@ def _apply(doc, *, dry_run):
         raise DocumentError(_message(exc)) from None
     except IntegrityError as exc:
         raise DocumentError(f"the document clashes with records outside it: {exc}".strip()) from None
-    return changes, missing
+    return changes, missing, sorted(rerouted)
 
 
 def _message(exc):
@@ -217,8 +219,8 @@ def _message(exc):
 class _Importer:
     """Walks the document, saving what differs (each save an audit entry) and noting it in `changes`."""
 
-    def __init__(self, doc, changes):
-        self.doc, self.changes = doc, changes
+    def __init__(self, doc, changes, rerouted):
+        self.doc, self.changes, self.rerouted = doc, changes, rerouted
 
     def note(self, line):
         self.changes.append(line)
@@ -316,6 +318,8 @@ class _Importer:
 
     def locations(self, app, wanted):
         have = {(loc.host, loc.path): loc for loc in app.locations.all()}
+        if set(have) != set(wanted):
+            self.rerouted.add(app.pk)
         for key in sorted(set(have) - set(wanted)):
             self.note(f"- app {app.name}: location {key[0]}{key[1]}")
             have[key].delete()

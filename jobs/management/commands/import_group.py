@@ -14,6 +14,8 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
+from jobs import frontdoor
+from jobs.states import ActorKind
 from toppcloud_site.records import audit, documents
 
 
@@ -36,8 +38,9 @@ class Command(BaseCommand):
             raise CommandError(f"cannot read {file}: {exc.strerror or exc}") from None
         try:
             doc = documents.parse(data)
-            with audit.acting_as(f"user:{actor or getpass.getuser()}"):
-                changes, missing = (documents.plan if dry_run else documents.apply)(doc)
+            actor = actor or getpass.getuser()
+            with audit.acting_as(f"user:{actor}"):
+                changes, missing, rerouted = (documents.plan if dry_run else documents.apply)(doc)
         except documents.DocumentError as exc:
             raise CommandError(f"{file}: {exc}; nothing was changed") from None
         for line in changes:
@@ -48,6 +51,9 @@ class Command(BaseCommand):
             self.stdout.write(f"{len(changes)} changes; --dry-run: nothing was changed")
         else:
             self.stdout.write(f"{len(changes)} changes applied to group {doc['name']}")
+            job = frontdoor.after_edit(rerouted, actor_kind=ActorKind.USER, actor=actor) if rerouted else None
+            if job is not None:
+                self.stdout.write(f"locations changed: front_door job {job.pk} renders {', '.join(job.params['nodes'])}")
         for name in missing:
             self.stderr.write(f"secret {name} is named in the document but not set: "
                               f"`manage.py config set KEY --secret --app/--group ...` sets it")
