@@ -309,7 +309,8 @@ def test_locations_edited_in_the_admin_or_a_group_document_are_served_without_a_
     def admin_post(url, data):
         before = timezone.now()
         response = admin.post(url, data, follow=True)
-        assert response.status_code == 200 and "Front door started" in response.content.decode()
+        text = response.content.decode()
+        assert response.status_code == 200 and "Front door started" in text, re.findall(r"errorlist.*?<li>(.*?)<", text)
         job = wait_for_job(job_of("front_door", before).pk)
         assert job.status == "succeeded" and job.params["nodes"] == [node.name], job.error
         return job
@@ -321,6 +322,9 @@ def test_locations_edited_in_the_admin_or_a_group_document_are_served_without_a_
     admin_post(reverse("admin:records_location_delete", args=[location.pk]), {"post": "yes"})
     assert request(host, alias) == (404, request(host, alias)[1], b"no app is deployed here\n")
     assert page(host, f"{name}.test")["app"] == name
+    url = reverse("admin:records_app_change", args=[app.pk])
+    admin_post(url, app_form_adding_a_location(admin.get(url), alias))
+    assert page(host, alias)["app"] == name
 
     group = ServerGroup.objects.create(name=f"docs{tag}")
     App.objects.filter(pk=app.pk).update(group=group)
@@ -336,6 +340,24 @@ def test_locations_edited_in_the_admin_or_a_group_document_are_served_without_a_
     assert f"locations changed: front_door job {job.pk} renders {node.name}" in out.getvalue().splitlines()
     assert job.status == "succeeded" and page(host, documented)["app"] == name
     App.objects.filter(pk=app.pk).update(group=None)
+
+
+def app_form_adding_a_location(response, host):
+    """The POST of the admin's App page as it was rendered, with one more location (host, /) in its inline."""
+    def values(form):
+        return {form.add_prefix(name): "" if form[name].value() is None else form[name].value() for name in form.fields}
+
+    data = values(response.context["adminform"].form)
+    for inline in response.context["inline_admin_formsets"]:
+        formset, management = inline.formset, inline.formset.management_form
+        forms = list(formset.forms)
+        data.update(values(management))
+        for f in forms:
+            data.update(values(f))
+        if formset.model is Location:
+            data[management.add_prefix("TOTAL_FORMS")] = len(forms) + 1
+            data.update({f"{formset.prefix}-{len(forms)}-host": host, f"{formset.prefix}-{len(forms)}-path": "/"})
+    return data
 
 
 def deploy_published(app_dir, node, group):
