@@ -71,7 +71,7 @@ def main():
     base = tempfile.mkdtemp(prefix="tc-bench-", dir="/tmp")
     os.chmod(base, 0o755)
     [host] = start_hosts(1, base, ensure_key(settings.TOPPCLOUD_SSH_KEY_FILE))
-    worker = start_worker(Path(base) / "worker.log", "jobs,nodeops", concurrency=2)
+    worker = start_worker(Path(base) / "worker.log", "jobs,nodeops,cron", concurrency=2)
     try:
         node = Node.objects.create(name=host.name, address=host.address, ssh_port=host.ssh_port, root=host.root,
                                    http_port=host.http_port, host_key=host.host_key, pg_cluster=host.pg_cluster,

@@ -78,7 +78,7 @@ def main(rounds):
     base = tempfile.mkdtemp(prefix="tc-bench-", dir="/tmp")
     os.chmod(base, 0o755)
     [host] = start_hosts(1, base, ensure_key(settings.TOPPCLOUD_SSH_KEY_FILE))
-    worker = start_worker(Path(base) / "worker.log", "jobs,nodeops", concurrency=2)
+    worker = start_worker(Path(base) / "worker.log", "jobs,nodeops,cron", concurrency=2)
     try:
         node = ready_node(host)
         app_dir = Path(base) / "chores"

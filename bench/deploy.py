@@ -83,7 +83,7 @@ def main():
     base = tempfile.mkdtemp(prefix="tc-bench-", dir="/tmp")
     os.chmod(base, 0o755)
     hosts = start_hosts(HOSTS, base, ensure_key(settings.TOPPCLOUD_SSH_KEY_FILE))
-    worker = start_worker(Path(base) / "worker.log", "jobs,nodeops", concurrency=HOSTS + 1)
+    worker = start_worker(Path(base) / "worker.log", "jobs,nodeops,cron", concurrency=HOSTS + 1)
     try:
         nodes = []
         for h in hosts:

@@ -185,7 +185,7 @@ def main(rounds, seconds):
     hand_dir = Path(base) / "hand-nginx"
     hand_dir.mkdir()
     [host] = start_hosts(1, base, ensure_key(settings.TOPPCLOUD_SSH_KEY_FILE))
-    worker = start_worker(Path(base) / "worker.log", "jobs,nodeops", concurrency=2)
+    worker = start_worker(Path(base) / "worker.log", "jobs,nodeops,cron", concurrency=2)
     hand = None
     results = {}  # (file, setup) -> [wrk figures]
     try:

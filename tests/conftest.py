@@ -77,10 +77,13 @@ def canary_secret(live_db):
 
 @pytest.fixture(scope="session")
 def worker(live_db, canary_secret):
-    """A real Celery worker process on the test database and RabbitMQ (apps it deploys get the canary)."""
+    """Real Celery worker processes on the test database and RabbitMQ (apps they deploy get the canary):
+    the one on the jobs and nodeops queues, yielded, and one of the cron queue's own."""
     w = Worker(Path(settings.VAR_DIR) / "worker.log")
     w.start(purge=True)
-    yield w
+    cron = Worker(Path(settings.VAR_DIR) / "cron-worker.log", queues="cron", name="cron").start(purge=True)
+    yield w  # the cron queue's worker of its own, as in production (docker-compose.yml: cron-worker)
+    cron.stop()
     w.stop()
 
 

@@ -17,7 +17,7 @@ from toppcloud_site import env
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-TOPPCLOUD_SERVICES = ["migrate", "web", "worker", "beat", "flower"]
+TOPPCLOUD_SERVICES = ["migrate", "web", "worker", "cron-worker", "beat", "flower"]
 COMPOSE_ONLY = {"POSTGRES_PASSWORD", "RABBITMQ_PASSWORD"}
 
 
@@ -45,7 +45,7 @@ def option(argv, name):
 
 
 def test_it_has_every_service_with_a_healthcheck_or_a_one_shot():
-    assert set(SERVICES) == {"postgres", "rabbitmq", "migrate", "web", "worker", "beat", "flower"}
+    assert set(SERVICES) == {"postgres", "rabbitmq", "migrate", "web", "worker", "cron-worker", "beat", "flower"}
     for name, service in SERVICES.items():
         if name == "migrate":
             assert service["restart"] == "no"
@@ -70,17 +70,24 @@ def test_it_points_the_apps_at_the_bundled_postgresql_and_rabbitmq():
         assert "${SECRET_KEY:?" in SERVICES[name]["environment"]["SECRET_KEY"], name
         deps = SERVICES[name]["depends_on"]
         assert deps["postgres"]["condition"] == deps["rabbitmq"]["condition"] == "service_healthy"
-    for name in ["web", "worker", "beat", "flower"]:
+    for name in ["web", "worker", "cron-worker", "beat", "flower"]:
         assert SERVICES[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
-def test_it_runs_the_worker_on_every_queue_the_settings_declare():
+def test_it_runs_workers_on_every_queue_the_settings_declare_cron_on_its_own():
+    from jobs.flows import FLOWS
     from toppcloud_site.celery import app
 
-    argv = command("worker")
-    assert argv[:4] == ["celery", "-A", "toppcloud_site", "worker"]
-    assert set(option(argv, "-Q").split(",")) == {q.name for q in app.conf.task_queues}
-    assert "-E" in argv  # task events for Flower
+    queues = {}
+    for name in ["worker", "cron-worker"]:
+        argv = command(name)
+        assert argv[:4] == ["celery", "-A", "toppcloud_site", "worker"], name
+        assert "-E" in argv, name  # task events for Flower
+        queues[name] = set(option(argv, "-Q").split(","))
+    assert queues == {"worker": {q.name for q in app.conf.task_queues} - {"cron"}, "cron-worker": {"cron"}}
+    assert FLOWS["cron_run"].queue == "cron" and app.amqp.router.route({}, "jobs.submit_cron")["queue"].name == "cron"
+    node = option(command("cron-worker"), "-n").split("@")[0]
+    assert f"-d {node}@$$HOSTNAME" in " ".join(SERVICES["cron-worker"]["healthcheck"]["test"])
 
 
 def test_it_runs_beat_with_the_database_scheduler():

@@ -247,6 +247,23 @@ def test_a_stalled_cron_run_is_killed_and_an_overlapping_run_is_skipped(chores):
     assert f"cron slow (job {first.pk})" in cron_log and "sleeping, child" in cron_log
 
 
+def test_a_cron_run_is_not_held_up_by_long_jobs_filling_the_other_worker(chores):
+    """Both pool processes of the jobs/nodeops worker are busy; the cron queue's worker runs the entry anyway."""
+    before = timezone.now()
+    for _ in range(2):
+        call_command("run", NAME, "--no-wait", "--", "python", "-c", "import time; time.sleep(8)")
+    busy = list(Job.objects.filter(kind="run", queued_at__gt=before))
+    assert len(busy) == 2
+    wait_until(lambda: all(j.status == "running" for j in Job.objects.filter(pk__in=[b.pk for b in busy])),
+               timeout=30, what="both long commands running")
+    code, job = run_command("cron", "run", NAME, "tick")
+    assert code == 0 and job.status == "succeeded", job.error
+    assert {j.status for j in Job.objects.filter(pk__in=[b.pk for b in busy])} == {"running"}
+    assert [e.actor.split("@")[0] for e in job.events.filter(kind="job.started")] == [f"worker:cron-{os.getpid()}"]
+    for b in busy:
+        assert wait_for_job(b.pk, timeout=30).status == "succeeded"
+
+
 def test_beat_runs_an_every_minute_entry_at_the_minute_boundary(chores, tmp_path):
     """Every run beat sends is on a minute boundary; one starts within 1 s of it.
 

@@ -1,4 +1,5 @@
-"""The Celery app. Queues: `jobs` (orchestration) and `nodeops` (touches hosts)."""
+"""The Celery app. Queues: `jobs` (orchestration), `nodeops` (touches hosts) and `cron` (scheduled runs:
+beat's sends and the cron_run jobs, on workers of their own so a long deploy never delays a minute's run)."""
 
 import os
 
@@ -12,7 +13,10 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = [
     Queue("jobs", Exchange("jobs", type="direct", durable=True), routing_key="jobs", durable=True),
     Queue("nodeops", Exchange("nodeops", type="direct", durable=True), routing_key="nodeops", durable=True),
+    Queue("cron", Exchange("cron", type="direct", durable=True), routing_key="cron", durable=True),
 ]
+# Beat sends by task name; this puts its cron sends on the cron queue.
+app.conf.task_routes = {"jobs.submit_cron": {"queue": "cron"}}
 # Celery's Django fixup closes the database connection around every task
 # unless told to reuse it: a new PostgreSQL connection per job cost more than
 # the job. Reuse it for this many tasks; jobs.run drops a broken connection

@@ -12,7 +12,7 @@ from typing import Callable
 class Flow:
     name: str
     run: Callable
-    queue: str  # "jobs" for orchestration, "nodeops" when it touches hosts
+    queue: str  # "jobs" for orchestration, "nodeops" when it touches hosts, "cron" for scheduled runs
     # Start it again when its worker died mid-run (idempotent flows only).
     retry_when_worker_lost: bool = True
 

@@ -24,7 +24,7 @@ from nodeops.transport import TransportError
 from toppcloud_site.records.models import App
 
 
-@flow("cron_run", queue="nodeops", retry_when_worker_lost=False)
+@flow("cron_run", queue="cron", retry_when_worker_lost=False)
 def cron_run(ctx, app, entry, scheduled_for=None):
     app = App.objects.get(name=app)
     mask_app_secrets(app)  # output and answers may print them

@@ -39,7 +39,7 @@ class Command(BaseCommand):
         logs.mkdir(parents=True, exist_ok=True)
         py = sys.executable
         commands = {
-            "worker": [py, "-m", "celery", "-A", "toppcloud_site", "worker", "-Q", "jobs,nodeops",
+            "worker": [py, "-m", "celery", "-A", "toppcloud_site", "worker", "-Q", "jobs,nodeops,cron",
                        "-c", "2", "-E", "-l", "info", "-n", "embedded@%h"],
             "beat": [py, "-m", "celery", "-A", "toppcloud_site", "beat", "-l", "info"],
             "flower": [py, "-m", "celery", "-A", "toppcloud_site", "flower", "--address=127.0.0.1",
