@@ -267,8 +267,8 @@ def test_a_cron_run_is_not_held_up_by_long_jobs_filling_the_other_worker(chores)
 def test_beat_runs_an_every_minute_entry_at_the_minute_boundary(chores, tmp_path):
     """Every run beat sends is on a minute boundary; one starts within 1 s of it.
 
-    A machine stall (a disk flush on a loaded CI host once made a run 8.8 s late) gets one more
-    minute: the next run must then be on time, so lateness that repeats still fails.
+    One late run (a stall on a loaded CI host, cause not found, once made a run 8.8 s late) gets one
+    more minute: the next run must then be on time, so lateness that repeats still fails.
     """
     beat = workers.beat(tmp_path).start()
     runs = []
@@ -280,11 +280,13 @@ def test_beat_runs_an_every_minute_entry_at_the_minute_boundary(chores, tmp_path
                              .exclude(pk__in=[r.pk for r in runs]).first(),
                              timeout=130, what="a cron_run of tick through beat")
             runs.append(wait_for_job(job.pk, timeout=30))
-            if events(runs[-1], "cron.started")[0]["delay"] < 1.0:
+            if (events(runs[-1], "cron.started")[0]["delay"] or 60) < 1.0:  # None: over a minute late
                 break
     finally:
         beat.stop()
-    boundaries = [timezone.datetime.fromisoformat(events(run, "cron.started")[0]["scheduled_for"]) for run in runs]
+    scheduled = [events(run, "cron.started")[0]["scheduled_for"] for run in runs]
+    assert None not in scheduled, scheduled
+    boundaries = [timezone.datetime.fromisoformat(when) for when in scheduled]
     assert all(b.second == 0 and b.microsecond == 0 for b in boundaries), boundaries
     job, boundary = runs[-1], boundaries[-1]
     assert job.status == "succeeded", job.error
