@@ -29,6 +29,7 @@ event must carry the keyed hash, so none can be "downgraded".
 """
 
 import fcntl
+import json
 import logging
 import os
 from contextlib import contextmanager
@@ -129,8 +130,11 @@ def _changed_heads(SealedHead):
 @contextmanager
 def _seal_file():
     path = settings.TOPPCLOUD_LOG_SEAL_FILE
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError as exc:
+        raise SealError(f"the seal file {path} (TOPPCLOUD_LOG_SEAL_FILE) cannot be opened: {exc.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield fd
@@ -144,8 +148,6 @@ def _append(fd, data):
 
 
 def _catch_up(fd, LogSeal):
-    import json
-
     last = last_line(fd)
     in_file = json.loads(last)["number"] if last else 0
     in_db = LogSeal.objects.order_by("-number").values_list("number", flat=True).first() or 0
