@@ -23,6 +23,15 @@ def sweep():
     return dispatch.sweep()
 
 
+@shared_task(name="jobs.seal", acks_late=True)
+def seal():
+    """Seal the log: every job head and the audit head that changed since the last seal (jobs/seal.py)."""
+    from jobs import seal as sealing
+
+    made = sealing.seal()
+    return made and made.number
+
+
 @shared_task(name="jobs.submit_backup", acks_late=True)
 def submit_backup(app):
     """A scheduled backup (django-celery-beat entry `backup APP`): queue the backup job."""

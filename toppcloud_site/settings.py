@@ -156,8 +156,20 @@ JOBS_MAX_ATTEMPTS = env_int("JOBS_MAX_ATTEMPTS", 3, minimum=1, maximum=20)
 JOBS_OUTPUT_CAP_EVENT = env_int("JOBS_OUTPUT_CAP_EVENT", 64 * 1024, minimum=1024)
 JOBS_OUTPUT_CAP_JOB = env_int("JOBS_OUTPUT_CAP_JOB", 1024 * 1024, minimum=1024)
 
+# --- the tamper-evident log (jobs/seal.py) ----------------------------------
+# The key of the event and audit hash chains, kept out of the database (at least 32 characters;
+# required with PostgreSQL and DEBUG off: check toppcloud.E020). Unset: a key made in
+# $TOPPCLOUD_VAR_DIR/log.key, fine for the embedded default only.
+TOPPCLOUD_LOG_KEY = env_secret("TOPPCLOUD_LOG_KEY", "")
+# The append-only file every seal is also written to; the services that seal (workers, beat's
+# task, `jobs seal`) and `jobs verify` must share it, and it must not live in the database.
+TOPPCLOUD_LOG_SEAL_FILE = env_str("TOPPCLOUD_LOG_SEAL_FILE", str(VAR_DIR / "log.seals"))
+# Seconds between seals: a job created and deleted within one interval is the one thing not caught.
+TOPPCLOUD_LOG_SEAL_INTERVAL = env_float("TOPPCLOUD_LOG_SEAL_INTERVAL", 60.0, minimum=1.0)
+
 CELERY_BEAT_SCHEDULE = {
     "toppcloud-sweep-jobs": {"task": "jobs.sweep", "schedule": JOBS_SWEEP_INTERVAL},
+    "toppcloud-seal-log": {"task": "jobs.seal", "schedule": TOPPCLOUD_LOG_SEAL_INTERVAL},
 }
 
 # --- releases -------------------------------------------------------------
