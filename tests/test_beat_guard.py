@@ -139,3 +139,24 @@ def test_it_runs_no_job_for_a_hand_made_task_and_records_the_refusal(live_db, wo
     # Real beat runs in other tests of the session: leave it nothing of this app to send.
     CronEntry.objects.filter(app__name=name).delete()
     PeriodicTask.objects.filter(name__in=[*made, ours.name]).delete()
+
+
+@pytest.mark.django_db
+def test_it_makes_a_task_planted_under_toppcloud_s_name_toppcloud_s_own_at_the_next_deploy():
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from django_celery_beat.models import SolarSchedule
+
+    name = "planted"
+    sunrise = SolarSchedule.objects.create(event="sunrise", latitude=0, longitude=0)
+    response = staff("beat-only", *BEAT_PERMS).post(reverse("admin:django_celery_beat_periodictask_add"), {
+        **add_form(name=cron.task_name(name, "tick"), task="celery.backend_cleanup", args='["x"]',
+                   headers='{"h": 1}', priority="3", routing_key="elsewhere"), "crontab": "", "solar": sunrise.pk})
+    assert response.status_code == 302, response.content.decode()  # not a toppcloud task (yet): beat's rules
+    PeriodicTask.objects.filter(name=cron.task_name(name, "tick")).update(
+        one_off=True, start_time=timezone.now() + timedelta(days=365))
+    _, task = app_with_cron(name)  # the deploy makes the entry's schedule: no ValidationError, no leftovers
+    assert (task.task, task.solar, task.crontab.minute, task.args, task.headers, task.priority, task.routing_key,
+            task.one_off, task.start_time) == ("jobs.submit_cron", None, "*", "[]", "{}", None, None, False, None)
+    assert ModelEntry(task).options == {"queue": "jobs", "headers": {"periodic_task_name": "cron planted tick"}}
