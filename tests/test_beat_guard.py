@@ -115,27 +115,30 @@ def test_it_runs_no_job_for_a_hand_made_task_and_records_the_refusal(live_db, wo
     name = f"beatorigin{os.getpid() % 10000}"
     _, ours = app_with_cron(name)
     every_minute = ours.crontab
-    made = {f"{name} missing": {"app": name, "entry": "no-such-entry"},  # an entry no release defines
-            f"{name} copy": {"app": name, "entry": "tick"}}                # a real entry, another sender
-    for task_name, kwargs in made.items():
-        PeriodicTask.objects.create(name=task_name, task="jobs.submit_cron", crontab=every_minute,
-                                    kwargs=json.dumps(kwargs))
+    made = {f"{name} missing": ("jobs.submit_cron", {"app": name, "entry": "no-such-entry"}),  # no release has it
+            f"{name} copy": ("jobs.submit_cron", {"app": name, "entry": "tick"}),  # a real entry, another sender
+            f"{name} backups": ("jobs.submit_backup", {"app": name})}  # backups toppcloud never scheduled
+    for task_name, (task, kwargs) in made.items():
+        PeriodicTask.objects.create(name=task_name, task=task, crontab=every_minute, kwargs=json.dumps(kwargs))
         send_as_beat(PeriodicTask.objects.get(name=task_name))
     refusals = wait_until(lambda: list(AuditEntry.objects.filter(action="refuse", object_repr__startswith=name))
-                          if AuditEntry.objects.filter(action="refuse", object_repr__startswith=name).count() == 2
-                          else None, timeout=60, what="two refusals")
+                          if AuditEntry.objects.filter(action="refuse", object_repr__startswith=name).count() == 3
+                          else None, timeout=60, what="three refusals")
     by_sender = {r.object_repr.split(":")[0]: r for r in refusals}
     assert by_sender[f"{name} missing"].changes["reason"] == (
         f"{name} has no cron entry 'no-such-entry' in its live release (entries: tick)")
     assert by_sender[f"{name} copy"].changes["reason"] == (
         f"sent by periodic task '{name} copy', not by toppcloud's schedule 'cron {name} tick'")
     assert by_sender[f"{name} copy"].actor == f"schedule:{name} copy"
+    assert by_sender[f"{name} backups"].changes == {"task": "jobs.submit_backup", "kwargs": {"app": name},
+                                                    "reason": "toppcloud has no schedule for these arguments"}
     assert not Job.objects.filter(target__startswith=f"cron:{name}:").exists()
+    assert not Job.objects.filter(target=f"app:{name}").exists()
 
     send_as_beat(ours)  # the control: toppcloud's own schedule starts its run
     job = wait_until(lambda: Job.objects.filter(target=f"cron:{name}:tick").first(), timeout=60, what="the run")
     assert (job.kind, job.actor_kind, job.actor) == ("cron_run", "schedule", f"cron {name} tick")
-    assert AuditEntry.objects.filter(action="refuse", object_repr__startswith=name).count() == 2
+    assert AuditEntry.objects.filter(action="refuse", object_repr__startswith=name).count() == 3
     # Real beat runs in other tests of the session: leave it nothing of this app to send.
     CronEntry.objects.filter(app__name=name).delete()
     PeriodicTask.objects.filter(name__in=[*made, ours.name]).delete()
