@@ -8,6 +8,7 @@ Production sets DATABASE_URL (PostgreSQL) and CELERY_BROKER_URL (RabbitMQ);
 """
 
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -218,6 +219,21 @@ TOPPCLOUD_SSH_CONNECT_TIMEOUT = env_int("TOPPCLOUD_SSH_CONNECT_TIMEOUT", 10, min
 # Read here so checks can refuse a malformed value before flower starts.
 FLOWER_BASIC_AUTH = env_secret("FLOWER_BASIC_AUTH", "")
 FLOWER_URL = env_str("FLOWER_URL", "http://127.0.0.1:5555")
+
+# --- login throttling (django-axes) -----------------------------------------
+# After this many wrong passwords for one username from one address, that pair is locked out (HTTP 429,
+# even with the right password) for the cool-off; `manage.py axes_reset` unlocks everyone now.
+INSTALLED_APPS.append("axes")
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")  # last, as axes requires
+AXES_FAILURE_LIMIT = env_int("TOPPCLOUD_LOGIN_FAILURE_LIMIT", 5, minimum=1, maximum=1000)
+AXES_COOLOFF_TIME = timedelta(seconds=env_float("TOPPCLOUD_LOGIN_COOLOFF_SECONDS", 900.0, minimum=1.0))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Proxies of the operator's own in front of the web server (each appends to X-Forwarded-For); 0: none, the
+# client's address is the socket's and X-Forwarded-For is ignored (toppcloud_site/throttle.py).
+TOPPCLOUD_PROXY_COUNT = env_int("TOPPCLOUD_PROXY_COUNT", 0, minimum=0, maximum=10)
+AXES_CLIENT_IP_CALLABLE = "toppcloud_site.throttle.client_ip"
 
 if not DEBUG:
     SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)

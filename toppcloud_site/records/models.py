@@ -277,6 +277,8 @@ class Backup(models.Model):
             # Retention: the newest backups of an app, per kind.
             models.Index(fields=["app", "kind", "-created_at"], name="records_backup_app_kind_idx"),
         ]
+        # An archive is all of an app's data: viewing the list does not hand it out.
+        permissions = [("download_backup", "Can download backup archives (all of an app's data)")]
 
     def __str__(self):
         return self.name

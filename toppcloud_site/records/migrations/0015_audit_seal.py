@@ -32,7 +32,7 @@ def chain_existing(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("records", "0012_static_publish_s3"),
+        ("records", "0013_backup_download"),
     ]
 
     operations = [
