@@ -12,10 +12,11 @@ are held to toppcloud's permissions at two depths:
    (`cron APP ENTRY`, `backup APP`); any other sender is refused and the
    refusal is an audit entry (`refuse`).
 
-jobs.run and jobs.sweep are never scheduled by hand: the dispatcher sends
-runs and the settings schedule the sweep. Both are harmless if delivered
-anyway (a run claims only a job that is still queued, with its queued hash;
-a sweep only finishes what is due), so they need no origin check.
+jobs.run, jobs.sweep and jobs.seal are never scheduled by hand: the
+dispatcher sends runs and the settings schedule the sweep and the seal. All
+are harmless if delivered anyway (a run claims only a job that is still
+queued, with its queued hash; a sweep only finishes what is due; a seal
+signs what is there), so they need no origin check.
 """
 
 import json
