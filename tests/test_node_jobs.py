@@ -17,7 +17,7 @@ from toppcloud_site.records.models import Node
 
 pytestmark = [pytest.mark.hosts, pytest.mark.worker]
 _numbers = itertools.count(1)
-SETUP_STEPS = ["facts", "packages", "layout", "config", "validate", "start", "verify"]
+SETUP_STEPS = ["facts", "packages", "layout", "config", "validate", "start", "app users", "verify"]
 
 
 def run_command(*args):
