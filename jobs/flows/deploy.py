@@ -1,7 +1,8 @@
 """Deploy and rollback on one node, as a person would do them by hand.
 
 Deploy: take the app's lock; install its data services (and make its
-writable static directories); upload the release next to the previous one;
+writable static directories); make the app's own system user and give its
+directories their owners; upload the release next to the previous one;
 publish its static files to the group's CDN origin, if it has one; build or
 reuse its virtualenv; write its environment (the config as it is now);
 start it on a fresh port beside the live one; wait until it answers; ask
