@@ -14,8 +14,9 @@ from jobs.models import JobEvent, LiveRelease
 from nodeops.layout import NodeLayout
 from nodeops.node_users import app_user
 from nodeops.release import env_file, program_conf, program_name, release_dir
-from tests.helpers import wait_until
-from tests.test_data_flow import request, run_command
+from jobs.nodes import submit_node_job
+from tests.helpers import wait_for_job, wait_until
+from tests.test_data_flow import backup_now, request, run_command
 from tests.test_deploy_flow import Load, app_copy, deploy, get
 from toppcloud_site.records.models import App
 
@@ -115,6 +116,21 @@ def test_it_writes_its_own_files_directory_through_a_web_request(apps, test_host
     assert request(test_hosts[0], f"{notes}.test", "GET", "/files/owned.txt") == (200, b"mine\n")
 
 
+def test_it_gives_restored_files_to_the_apps_user(apps, test_hosts):
+    notes, hello, layout = apps
+    assert request(test_hosts[0], f"{notes}.test", "PUT", "/files/owned.txt", b"backed up\n")[0] == 201
+    source, _ = backup_now(notes)
+    code, job = run_command("restore", source.name, notes, "--no-checkpoint")
+    assert code == 0, job.error
+    user = pwd.getpwnam(app_user(notes))
+    owners = {(os.lstat(os.path.join(where, n)).st_uid, os.lstat(os.path.join(where, n)).st_gid)
+              for where, dirs, files in os.walk(layout.files_dir(notes)) for n in dirs + files}
+    assert owners == {(user.pw_uid, user.pw_gid)}  # unpacked as root, handed to the app before the swap
+    assert os.stat(layout.files_dir(notes)).st_uid == user.pw_uid
+    status, body = request(test_hosts[0], f"{notes}.test", "PUT", "/files/owned.txt", b"after the restore\n")
+    assert status == 201, body
+
+
 def make_it_old(layout, name, release):
     """The app as a node from before app users has it: no user, root owns everything, its program runs
     as root (no user=, no --user), the directories open as they were."""
@@ -132,10 +148,11 @@ def make_it_old(layout, name, release):
     # supervisord restarts the changed program: as root now.
     subprocess.run(["supervisorctl", "-c", layout.supervisor_conf, "update", program_name(name, release)],
                    check=True, capture_output=True)
-    subprocess.run(["userdel", user], check=True)
+    subprocess.run(["gpasswd", "-d", "www-data", user], check=True, capture_output=True)
+    subprocess.run(["userdel", user], check=True)  # and its group
 
 
-def test_it_moves_an_app_from_before_app_users_over_with_no_failed_request(ready_nodes, test_hosts, tmp_path):
+def test_it_moves_an_app_from_before_app_users_over_by_setup_node_and_deploy_with_no_failed_request(ready_nodes, test_hosts, tmp_path):
     name, host, node = f"usold{SUFFIX}", test_hosts[0], ready_nodes[0]
     layout = NodeLayout(host.root)
     code, job = deploy(app_copy(tmp_path, "hello", name=name, version="1"), node)
@@ -149,12 +166,23 @@ def test_it_moves_an_app_from_before_app_users_over_with_no_failed_request(ready
 
     with Load([host], f"{name}.test") as load, Load([host], f"{name}.test", path="/static/style.css",
                                                     expect="") as static:
+        # setup_node makes the user and moves the files over; the running program stays as it is.
+        setup = wait_for_job(submit_node_job("setup_node", node, actor_kind="system", actor="tests").pk,
+                             timeout=120)
+        assert setup.status == "succeeded", setup.error
+        user = pwd.getpwnam(app_user(name))
+        assert os.stat(env_file(layout, name, v1)).st_uid == user.pw_uid
+        [users_step] = [e.data for e in JobEvent.objects.filter(job_id=setup.pk, kind="step.finished")
+                        if e.data["step"] == "app users"]
+        assert program_name(name, v1) in users_step["still_root"] and users_step["changed"] is True
+        code, said = run(name, "id", "-un")  # commands run as the user at once
+        assert (code, said) == (0, app_user(name) + "\n")
+        # The next deploy moves the web processes: new ones as the user beside the old, then the old drained.
         code, job = deploy(app_copy(tmp_path, "hello", name=name, version="2"), node)
     assert code == 0, job.error
     assert load.failures == [] and static.failures == [], (load.failures[:5], static.failures[:5])
     assert load.ok > 20 and static.ok > 20, (load.ok, static.ok)
-
-    user = pwd.getpwnam(app_user(name))
+    print(f"requests during setup_node and the deploy: {load.ok} pages, {static.ok} static files, 0 failed")
     v2 = live_release(name)
     assert v2 != v1 and not web_pids(layout, name, v1)
     assert {uid_of(pid) for pid in web_pids(layout, name, v2)} == {user.pw_uid}
@@ -163,5 +191,3 @@ def test_it_moves_an_app_from_before_app_users_over_with_no_failed_request(ready
     assert (app_dir.st_uid, app_dir.st_gid, stat.S_IMODE(app_dir.st_mode)) == (0, user.pw_gid, 0o750)
     assert "www-data" in grp.getgrgid(user.pw_gid).gr_mem  # nginx still serves its static files
     assert os.stat(os.path.join(layout.app_logs(name), "access.log")).st_uid == user.pw_uid
-    code, said = run(name, "id", "-un")
-    assert (code, said) == (0, app_user(name) + "\n")
