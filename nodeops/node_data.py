@@ -826,6 +826,21 @@ def _exchange(a, b):
         raise OSError(err, f"cannot exchange {a} and {b}: {os.strerror(err)}")
 
 
+def _own_like(staged, directory):
+    """Give the staged tree (unpacked as root) the owner of the directory it replaces: the app's
+    user (nodeops/node_users.py), so the app can write its restored files. By file descriptor,
+    never following a symlink."""
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        return  # a first restore before any deploy: the next deploy gives it its owner
+    uid, gid = st.st_uid, st.st_gid
+    os.chown(staged, uid, gid, follow_symlinks=False)
+    for _, dirs, files, fd in os.fwalk(staged):
+        for name in dirs + files:
+            os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+
+
 def _swap_dir(directory):
     staged = directory + STAGING
     if os.path.isdir(directory):
@@ -1022,10 +1037,12 @@ def cmd_restore(spec, stdin, stdout):
         if files_spec:
             with open(os.path.join(work, FILES), "rb") as f:
                 staged["files"] = unpack_files(f, files_spec["dir"] + STAGING)
+            _own_like(files_spec["dir"] + STAGING, files_spec["dir"])
         if writable_spec:
             with open(os.path.join(work, WRITABLE), "rb") as f:
                 staged["writable"] = unpack_files(f, writable_spec["dir"] + STAGING, WRITABLE)
             _make_writable_names(writable_spec["dir"] + STAGING, writable_spec.get("names", []))
+            _own_like(writable_spec["dir"] + STAGING, writable_spec["dir"])
         stdout.write(json.dumps({"staged": staged, "app": manifest.get("app"), "release": manifest.get("release")})
                      .encode() + b"\n")
         stdout.flush()
@@ -1088,10 +1105,12 @@ def cmd_clear(spec):
     if files_spec:
         shutil.rmtree(files_spec["dir"] + STAGING, ignore_errors=True)
         os.mkdir(files_spec["dir"] + STAGING, 0o755)
+        _own_like(files_spec["dir"] + STAGING, files_spec["dir"])
     if writable_spec:
         shutil.rmtree(writable_spec["dir"] + STAGING, ignore_errors=True)
         os.mkdir(writable_spec["dir"] + STAGING, 0o755)
         _make_writable_names(writable_spec["dir"] + STAGING, writable_spec.get("names", []))
+        _own_like(writable_spec["dir"] + STAGING, writable_spec["dir"])
     _swap(pg, pg_spec, files_spec, writable_spec)
     return {"cleared": [s for s, v in (("postgresql", pg_spec), ("files", files_spec), ("writable", writable_spec))
                         if v]}

@@ -1,7 +1,8 @@
 """Deploy and rollback on one node, as a person would do them by hand.
 
 Deploy: take the app's lock; install its data services (and make its
-writable static directories); upload the release next to the previous one;
+writable static directories); make the app's own system user and give its
+directories their owners; upload the release next to the previous one;
 publish its static files to the group's CDN origin, if it has one; build or
 reuse its virtualenv; write its environment (the config as it is now);
 start it on a fresh port beside the live one; wait until it answers; ask
@@ -34,7 +35,7 @@ from jobs.models import AppLock, Job, LiveRelease
 from jobs.redact import register_secret
 from jobs.releases import artifact_path
 from jobs.states import TERMINAL
-from nodeops import archive, publish, release as node_release
+from nodeops import archive, node_users, publish, release as node_release
 from nodeops.frontdoor import FrontDoorError
 from nodeops.layout import NodeLayout
 from toppcloud_site.records.models import App, Backup, Node, Release
@@ -62,6 +63,7 @@ def deploy(ctx, app, release, node):
     with ctx.step("services") as s:
         service_env, s.changed = data.ensure_services(ctx, app, node, ini.get("services", []),
                                                       ini.get("writable_static_files", []))
+    user = ensure_app_user(ctx, t, layout, app)
     with unpacked(release) as src:
         with ctx.step("upload") as s:
             link_dest = node_release_dir(layout, app, previous) if previous else None
@@ -70,8 +72,8 @@ def deploy(ctx, app, release, node):
         publish_static(ctx, app, release, src, ini)
     with ctx.step("venv") as s:
         venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name, release_dir, ini["requirements"])
-    env_file = write_environment(ctx, t, layout, app, release, node, venv, service_env)
-    port, answer = start_release(ctx, t, layout, app, release, ini, venv, env_file)
+    env_file = write_environment(ctx, t, layout, app, release, node, venv, service_env, user)
+    port, answer = start_release(ctx, t, layout, app, release, ini, venv, env_file, user)
     with stopped_if_not_live(ctx, t, layout, app, release):
         with ctx.step("health"):
             check_health(ctx, answer, ini, release, previous)
@@ -111,13 +113,14 @@ def rollback(ctx, app, node, release=None):
     with ctx.step("services") as s:
         service_env, s.changed = data.ensure_services(ctx, app, node, ini.get("services", []),
                                                       ini.get("writable_static_files", []))
+    user = ensure_app_user(ctx, t, layout, app)
     with ctx.step("venv") as s:
         venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name,
                                                    node_release_dir(layout, app, target), ini["requirements"])
     # The config as it is now, not as it was when the release was first live: a secret
     # rotated since stays rotated.
-    env_file = write_environment(ctx, t, layout, app, target, node, venv, service_env)
-    port, answer = start_release(ctx, t, layout, app, target, ini, venv, env_file)
+    env_file = write_environment(ctx, t, layout, app, target, node, venv, service_env, user)
+    port, answer = start_release(ctx, t, layout, app, target, ini, venv, env_file, user)
     with stopped_if_not_live(ctx, t, layout, app, target):
         with ctx.step("health"):
             check_health(ctx, answer, ini, target, live.release)
@@ -245,12 +248,25 @@ def s3_settings():
             "aws_secret_access_key": settings.TOPPCLOUD_S3_SECRET_ACCESS_KEY}
 
 
-def write_environment(ctx, t, layout, app, release, node, venv, service_env):
+def ensure_app_user(ctx, t, layout, app):
+    """The app's own system user on the node, its directories owned as nodeops/node_users.py says
+    (a node from before app users is moved over here); the user's name (None: ssh user not root)."""
+    with ctx.step("app user") as s:
+        try:
+            result = node_users.ensure_app_user(t, ctx.emit, layout, app.name)
+        except node_users.UserError as exc:
+            raise FlowFailed(f"{exc}; nothing was started") from None
+        s.changed = bool(result["changed"])
+        s.data.update(result)
+    return result["user"]
+
+
+def write_environment(ctx, t, layout, app, release, node, venv, service_env, user):
     """The release's environment, from the config as it is now, in its env file on the node; its path."""
     with ctx.step("env") as s:
         s.data.update(config_used(app, release))
         return node_release.write_env(t, layout, app.name, release.name, environment.release_environment(
-            app, release, node, layout, venv, service_env))
+            app, release, node, layout, venv, service_env), user=user)
 
 
 def config_used(app, release):
@@ -259,10 +275,11 @@ def config_used(app, release):
             "config_keys": sorted(environment.config_records(app))}
 
 
-def start_release(ctx, t, layout, app, release, ini, venv, env_file):
+def start_release(ctx, t, layout, app, release, ini, venv, env_file, user):
     with ctx.step("start") as s:
         port = node_release.start(t, ctx.emit, layout, app.name, release.name, runner=ini["runner"], venv=venv,
-                                  processes=ini["processes"], threads=ini["threads"], env_file=env_file)
+                                  processes=ini["processes"], threads=ini["threads"], env_file=env_file,
+                                  user=user)
         s.data["port"] = port
     with ctx.step("wait until it answers") as s:
         # Asking the health URL itself: its first answer is the health check's too.
