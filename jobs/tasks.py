@@ -23,6 +23,14 @@ def sweep():
     return dispatch.sweep()
 
 
+@shared_task(name="jobs.reconcile_nodes", acks_late=True)
+def reconcile_nodes():
+    """Beat's toppcloud-reconcile-nodes: a reconcile_node job per node (the jobs touch the hosts, not this)."""
+    from jobs import reconcile
+
+    return reconcile.submit_periodic()
+
+
 @shared_task(name="jobs.submit_backup", acks_late=True)
 def submit_backup(app):
     """A scheduled backup (django-celery-beat entry `backup APP`): queue the backup job."""

@@ -156,8 +156,13 @@ JOBS_MAX_ATTEMPTS = env_int("JOBS_MAX_ATTEMPTS", 3, minimum=1, maximum=20)
 JOBS_OUTPUT_CAP_EVENT = env_int("JOBS_OUTPUT_CAP_EVENT", 64 * 1024, minimum=1024)
 JOBS_OUTPUT_CAP_JOB = env_int("JOBS_OUTPUT_CAP_JOB", 1024 * 1024, minimum=1024)
 
+# Every this many seconds each node gets a reconcile_node job (jobs/reconcile.py): what interrupted
+# jobs left running is stopped, and the front door made what the records say.
+JOBS_RECONCILE_INTERVAL = env_float("JOBS_RECONCILE_INTERVAL", 600.0, minimum=60.0)
+
 CELERY_BEAT_SCHEDULE = {
     "toppcloud-sweep-jobs": {"task": "jobs.sweep", "schedule": JOBS_SWEEP_INTERVAL},
+    "toppcloud-reconcile-nodes": {"task": "jobs.reconcile_nodes", "schedule": JOBS_RECONCILE_INTERVAL},
 }
 
 # --- releases -------------------------------------------------------------
