@@ -1,10 +1,11 @@
 """Interrupted deploys leave nothing behind: a real worker killed at each deploy step, then one more deploy.
 
-After each kill (the whole worker's process group, or the one pool process
-running the job) and one more deploy of the app: one supervisor program
-and one gunicorn master of the app on the node, `status` naming the
-release whose page nginx serves, no unpack directory left on this
-machine, and the reconcile's node.reconciled event naming what it stopped.
+At each step, a deploy whose pool process dies there, then a deploy whose
+whole worker (its process group) dies there, then one more deploy of the
+app. After it: one supervisor program and one gunicorn master of the app
+on the node, `status` naming the release whose page nginx serves, no
+unpack directory left on this machine; and each deploy's reconcile (a
+node.reconciled event) names what the kill before it left running.
 """
 
 import glob
@@ -21,7 +22,6 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 from django.db import transaction
-from django.utils import timezone
 
 from jobs import dispatch
 from jobs.models import Job
@@ -37,24 +37,24 @@ STEPS = ["reconcile", "services", "upload", "venv", "env", "start", "wait until 
 
 
 class Chain:
-    """One app on one node, deployed again and again: each kill leaves the next case a live release."""
+    """One app on one node, deployed again and again: each case starts with a live release."""
 
     def __init__(self, host, node, name, tmp):
         self.host, self.node, self.name, self.tmp, self.version = host, node, name, tmp, 0
 
     def next_dir(self):
         self.version += 1
-        return app_copy(self.tmp, "hello", name=self.name, version=str(self.version))
+        app_dir = app_copy(self.tmp, "hello", name=self.name, version=str(self.version))
+        # One sync worker: it boots and stops in a fraction of gthread's second, so the cases stay short.
+        ini = (app_dir / "app.ini").read_text().replace("processes = 2", "processes = 1")
+        (app_dir / "app.ini").write_text(ini.replace("threads = 2", "threads = 1"))
+        return app_dir
 
 
-@pytest.fixture(scope="module", params=["pool process", "whole worker"])
-def chain(request, worker, test_hosts, ready_nodes, tmp_path_factory):
-    mode = request.param
-    host, node = test_hosts[0], ready_nodes[0]
-    c = Chain(host, node, f"rec{'p' if mode == 'pool process' else 'w'}{os.getpid() % 10000}",
-              tmp_path_factory.mktemp("reconcile"))
-    c.mode = mode
-    code, job = deploy(c.next_dir(), node)
+@pytest.fixture(scope="module")
+def chain(worker, test_hosts, ready_nodes, tmp_path_factory):
+    c = Chain(test_hosts[0], ready_nodes[0], f"rec{os.getpid() % 10000}", tmp_path_factory.mktemp("reconcile"))
+    code, job = deploy(c.next_dir(), c.node)
     assert code == 0, job.error
     return c
 
@@ -140,41 +140,72 @@ def kill_at(job, step, host, kill):
         kill()
 
 
+def leftovers(host, name):
+    """The app's programs (running or only written) other than the live release's."""
+    return (set(programs(host, name)) | program_files(host, name)) - {f"app-{name}-{status_release(name)}"}
+
+
+def killed_deploy(chain, step, how, worker):
+    """A deploy of the next version whose worker dies at `step` (how: "pool process" or "whole worker")."""
+    from jobs.releases import pack_release
+
+    release, _ = pack_release(chain.next_dir())
+    job = dispatch.submit("deploy", target=f"app:{chain.name}", actor_kind="user", actor="tester",
+                          params={"app": chain.name, "release": release.name, "node": chain.node.name})
+    wait_until(lambda: job.events.filter(kind="job.started").exists(), what=f"job {job.pk} to start")
+    if how == "whole worker":
+        kill_at(job, step, chain.host, worker.kill_group)  # main process and pool children at once, no goodbye
+        worker.start()
+    else:  # the pool process running it dies (OOM killer, segfault)
+        pid = job.events.get(kind="job.started").data["pid"]
+        kill_at(job, step, chain.host, lambda: os.kill(pid, signal.SIGKILL))
+    ended = wait_until(lambda: dispatch.sweep() and Job.objects.get(pk=job.pk).status in TERMINAL
+                       and Job.objects.get(pk=job.pk), timeout=60, what=f"job {job.pk} to end")
+    assert ended.status == "lost", (ended.status, ended.error)
+    served, live = served_release(chain.host, chain.name), status_release(chain.name)
+    if step == "activate":
+        # Killed between nginx's reload and release.activated's commit: nginx serves what the
+        # records do not call live, until a reconcile puts it right.
+        assert served == release.name != live
+    else:
+        assert served == live
+    return ended, release.name
+
+
+def stopped_by(job):
+    return {p["program"] for p in job.events.get(kind="node.reconciled").data["stopped"]}
+
+
+def check_reconciled(job, step, name, left, victim):
+    """What `job`'s reconcile stopped: of what the kill before it left, the release it was starting."""
+    stopped = stopped_by(job)
+    assert stopped <= left  # a stop the killed job was doing may have finished on the node meanwhile
+    if step in ("start", "wait until it answers", "health", "update_fetch", "activate"):
+        assert f"app-{name}-{victim}" in stopped  # started, never live: the stray
+    if step == "cron":  # live already; the old release was not stopped yet
+        assert stopped == left and len(left) == 1
+    if step == "activate":
+        assert job.events.get(kind="node.reconciled").data["front_door_changed"] is True
+
+
 @pytest.mark.parametrize("step", STEPS)
 def test_it_leaves_one_program_and_nginx_serving_what_status_says(chain, step, worker):
     host, node, name = chain.host, chain.node, chain.name
-    victim_dir = chain.next_dir()
-    from jobs.releases import pack_release
-
-    victim_release, _ = pack_release(victim_dir)
-    before = timezone.now()
-    job = dispatch.submit("deploy", target=f"app:{name}", actor_kind="user", actor="tester",
-                          params={"app": name, "release": victim_release.name, "node": node.name})
-    wait_until(lambda: job.events.filter(kind="job.started").exists(), what=f"job {job.pk} to start")
-    pool_pid = job.events.get(kind="job.started").data["pid"]
-    if chain.mode == "whole worker":
-        kill_at(job, step, host, worker.kill_group)  # main process and pool children at once, no goodbye
-        worker.start()
-    else:  # the pool process running it dies (OOM killer, segfault)
-        kill_at(job, step, host, lambda: os.kill(pool_pid, signal.SIGKILL))
-    ended = wait_until(lambda: dispatch.sweep() and Job.objects.get(pk=job.pk).status in TERMINAL
-                       and Job.objects.get(pk=job.pk), timeout=60, what=f"job {job.pk} to end")
-    assert ended.status in ("lost", "failed"), (ended.status, ended.error)
-    if step == "activate":
-        # Killed between nginx's reload and release.activated's commit: nginx serves what the
-        # records do not call live, until a reconcile (here the periodic job) puts it right.
-        assert served_release(host, name) == victim_release.name != status_release(name)
+    _, first_victim = killed_deploy(chain, step, "pool process", worker)
+    left = leftovers(host, name)
+    second, second_victim = killed_deploy(chain, step, "whole worker", worker)
+    if step != "reconcile":  # else its reconcile was cut off too (its event rolled back with the kill)
+        check_reconciled(second, step, name, left, first_victim)
+    if step == "activate":  # the periodic job, as beat starts it, puts nginx right too
+        left = leftovers(host, name)
         periodic = wait_for_job(dispatch.submit("reconcile_node", target=f"node:{node.name}",
                                                 params={"node": node.name}, actor_kind="schedule",
                                                 actor="tests").pk, timeout=120)
         assert periodic.status == "succeeded", periodic.error
-        reconciled = periodic.events.get(kind="node.reconciled").data
-        assert reconciled["front_door_changed"] is True
-        assert f"app-{name}-{victim_release.name}" in [p["program"] for p in reconciled["stopped"]]
+        check_reconciled(periodic, step, name, left, second_victim)
         assert served_release(host, name) == status_release(name)
 
-    previous = status_release(name)
-    left = (set(programs(host, name)) | program_files(host, name)) - {f"app-{name}-{previous}"}
+    left = leftovers(host, name)
     code, again = deploy(chain.next_dir(), node)
     assert code == 0, again.error
     live = status_release(name)
@@ -183,10 +214,25 @@ def test_it_leaves_one_program_and_nginx_serving_what_status_says(chain, step, w
     assert sorted(gunicorn_masters(name).values()) == [f"app-{name}-{live}"]
     assert served_release(host, name) == live
     assert unpack_dirs(name) == []
-    stopped = {p["program"] for p in again.events.get(kind="node.reconciled").data["stopped"]}
-    assert stopped <= left  # what the kill left (a stop it was doing may have finished on the node meanwhile)
-    if step in ("start", "wait until it answers", "health", "update_fetch"):
-        assert stopped == {f"app-{name}-{victim_release.name}"}  # started, never live: the stray
-    if step == "cron":  # live already; the old release was not stopped yet
-        assert stopped == left and len(left) == 1
-    assert again.queued_at > before
+    if step != "activate":
+        check_reconciled(again, step, name, left, second_victim)
+
+
+def test_it_queues_one_reconcile_job_per_set_up_node_every_interval(ready_nodes, monkeypatch, settings):
+    from jobs import events
+    from jobs.tasks import reconcile_nodes
+
+    entry = settings.CELERY_BEAT_SCHEDULE["toppcloud-reconcile-nodes"]
+    assert entry == {"task": "jobs.reconcile_nodes", "schedule": settings.JOBS_RECONCILE_INTERVAL}
+    assert settings.JOBS_RECONCILE_INTERVAL >= 60  # minutes apart, not seconds
+    monkeypatch.setattr(dispatch, "send", lambda *args, **kwargs: None)  # they stay queued: no worker runs them
+    queued = reconcile_nodes()
+    try:
+        jobs = list(Job.objects.filter(pk__in=queued).order_by("target"))
+        assert [j.target for j in jobs] == sorted(f"node:{n.name}" for n in ready_nodes)
+        assert {(j.kind, j.actor_kind, j.actor) for j in jobs} == {
+            ("reconcile_node", "schedule", "toppcloud-reconcile-nodes")}
+        assert reconcile_nodes() == []  # one per node at a time: a node whose job is still queued gets none
+    finally:
+        for job_id in queued:
+            events.record(job_id, "job.cancelled", "tests", reason="only its queueing was tested")
