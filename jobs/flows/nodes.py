@@ -15,6 +15,7 @@ def setup_node(ctx, node):
         ctx.transport(node), root=node.root, address=node.address, http_port=node.http_port, emit=ctx.emit,
     )
     Node.objects.filter(pk=node.pk).update(facts=facts, set_up_at=timezone.now())
+    ctx.emit("plan", steps=[*setup.STEPS, "reconcile"])  # one step more than the node's own setup announced
     with ctx.step("reconcile") as s:
         done = reconcile.reconcile(ctx, node)
         s.data["stopped"] = [p["program"] for p in done["stopped"]]
