@@ -23,6 +23,14 @@ def sweep():
     return dispatch.sweep()
 
 
+@shared_task(name="jobs.reconcile_nodes", acks_late=True)
+def reconcile_nodes():
+    """Beat's toppcloud-reconcile-nodes: a reconcile_node job per node (the jobs touch the hosts, not this)."""
+    from jobs import reconcile
+
+    return reconcile.submit_periodic()
+
+
 @shared_task(name="jobs.seal", acks_late=True)
 def seal():
     """Seal the log: every job head and the audit head that changed since the last seal (jobs/seal.py)."""

@@ -47,7 +47,7 @@ def test_it_sets_up_two_hosts_and_again_changes_nothing(worker, test_hosts, node
     for host, node in zip(test_hosts, nodes):
         code, job = run_command("setup_node", node.name)
         assert code == 0, job.error
-        assert steps(job) == [(s, True) for s in SETUP_STEPS]
+        assert steps(job) == [(s, True) for s in SETUP_STEPS + ["reconcile"]]
         assert job.result["changed"] is True and job.actor_kind == "user"
         assert served(host) == (200, b"ok\n")
         # The documented layout is on the host's disk, with toppcloud's own nginx and supervisord running.

@@ -1,8 +1,10 @@
 """Deploy and rollback on one node, as a person would do them by hand.
 
-Deploy: take the app's lock; install its data services (and make its
-writable static directories); make the app's own system user and give its
-directories their owners; upload the release next to the previous one;
+Deploy: take the app's lock; reconcile the node for the app (stop what an
+interrupted deploy left running, the front door as the records say);
+install its data services (and make its writable static directories);
+make the app's own system user and give its directories their owners;
+upload the release next to the previous one;
 publish its static files to the group's CDN origin, if it has one; build or
 reuse its virtualenv; write its environment (the config as it is now);
 start it on a fresh port beside the live one; wait until it answers; ask
@@ -13,7 +15,7 @@ schedules; stop the old release; prune old releases.
 A failure before activation stops the new release; the old one never stops
 serving. A failure of the database updates also restores the checkpoint.
 
-Rollback: the same from "install its data services", for a release still
+Rollback: the same from "reconcile", for a release still
 on the node's disk: no upload, no database updates. It too gets the config
 as it is now.
 """
@@ -28,7 +30,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import cron, data, environment, execution, fan_out, frontdoor
+from jobs import cron, data, environment, execution, fan_out, frontdoor, reconcile
 from jobs.context import FlowFailed, WaitForChildren
 from jobs.flows import flow
 from jobs.models import AppLock, Job, LiveRelease
@@ -55,6 +57,7 @@ def deploy(ctx, app, release, node):
         environment.check_required_config(app, release)
     except environment.ConfigMissing as exc:
         raise FlowFailed(f"{exc}; nothing was changed on {node.name}") from None
+    reconcile_app(ctx, app, node)
     live = LiveRelease.objects.filter(app=app, node=node, host=ini["location_host"], path=ini["location_path"]).first()
     previous = live.release if live else None
     if previous == release:
@@ -64,7 +67,7 @@ def deploy(ctx, app, release, node):
         service_env, s.changed = data.ensure_services(ctx, app, node, ini.get("services", []),
                                                       ini.get("writable_static_files", []))
     user = ensure_app_user(ctx, t, layout, app)
-    with unpacked(release) as src:
+    with unpacked(ctx, release) as src:
         with ctx.step("upload") as s:
             link_dest = node_release_dir(layout, app, previous) if previous else None
             release_dir = node_release.upload(t, ctx.emit, layout, app.name, release.name, src, previous=link_dest)
@@ -110,6 +113,7 @@ def rollback(ctx, app, node, release=None):
         environment.check_required_config(app, target)
     except environment.ConfigMissing as exc:
         raise FlowFailed(f"{exc}; nothing was changed on {node.name}") from None
+    reconcile_app(ctx, app, node)
     with ctx.step("services") as s:
         service_env, s.changed = data.ensure_services(ctx, app, node, ini.get("services", []),
                                                       ini.get("writable_static_files", []))
@@ -214,10 +218,22 @@ def reverted_on_failure(ctx, app, node, checkpoint):
                          f"update left is kept in {failed.name})") from exc
 
 
+def reconcile_app(ctx, app, node):
+    """Before changing the app on the node: undo what an interrupted deploy or rollback of it left there."""
+    with ctx.step("reconcile") as s:
+        done = reconcile.reconcile(ctx, node, apps=[app])
+        s.data.update(stopped=[p["program"] for p in done["stopped"]], front_door_changed=done["front_door_changed"])
+        s.changed = bool(done["stopped"] or done["front_door_changed"] or done["removed_unpack_dirs"])
+
+
 @contextmanager
-def unpacked(release):
-    """The release's archive unpacked into a temporary directory on this machine (checked, never trusted)."""
-    tmp = tempfile.mkdtemp(prefix=f"toppcloud-{release.app.name}-")
+def unpacked(ctx, release):
+    """The release's archive unpacked into a temporary directory on this machine (checked, never trusted).
+
+    Its name carries the job's id: a killed job leaves it behind, and the
+    next reconcile on this machine removes it once the job has ended.
+    """
+    tmp = tempfile.mkdtemp(prefix=reconcile.unpack_prefix(release.app.name, ctx.job_id))
     try:
         dest = os.path.join(tmp, "app")
         archive.unpack(artifact_path(release), dest, sha256=release.artifact_sha256)
