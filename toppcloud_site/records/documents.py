@@ -24,6 +24,7 @@ import tomli_w
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from nodeops import validate
 from toppcloud_site.records.models import App, ConfigValue, Location, Node, ServerGroup
 
 MAX_BYTES = 1 << 20  # a group document larger than this is refused unread
@@ -172,7 +173,10 @@ def _location(text, where):
         raise DocumentError(f"location {text[:100]!r} in {where} must be \"host/path\", like example.com/ "
                             "or example.com/blog/")
     host, slash, path = text.partition("/")
-    return host, slash + path
+    try:  # the one rule for a location, canonical (lower-case host), so it compares with the records
+        return validate.validate_location(host, slash + path)
+    except ValueError as exc:
+        raise DocumentError(f"location {text[:100]!r} in {where}: {exc}") from None
 
 
 # --- comparing and applying ---------------------------------------------------------------------------
