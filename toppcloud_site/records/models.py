@@ -318,9 +318,12 @@ def validate_config_key(value):
 def validate_config_value(value):
     if "\0" in value:
         raise ValidationError("a config value cannot contain a NUL character")
-    if len(value.encode()) > CONFIG_VALUE_MAX:
-        raise ValidationError(f"a config value is limited to {CONFIG_VALUE_MAX} bytes; this one has "
-                              f"{len(value.encode())}")
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:  # a lone surrogate: what Python makes of bytes that are not UTF-8 (argv, files)
+        raise ValidationError("a config value must be UTF-8 text; this one has bytes that are not") from None
+    if size > CONFIG_VALUE_MAX:
+        raise ValidationError(f"a config value is limited to {CONFIG_VALUE_MAX} bytes; this one has {size}")
 
 
 class ConfigValue(models.Model):

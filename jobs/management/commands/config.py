@@ -28,7 +28,8 @@ from jobs.environment import config_records
 from jobs.nodes import validation_message
 from jobs.states import ActorKind
 from toppcloud_site.records import audit
-from toppcloud_site.records.models import App, ConfigValue, ServerGroup
+from nodeops import validate
+from toppcloud_site.records.models import App, ConfigValue, ServerGroup, validate_config_key
 
 
 class Command(BaseCommand):
@@ -93,6 +94,7 @@ class Command(BaseCommand):
             self.stdout.write(key_line(record))
 
     def do_get(self, scope, key, reveal=False, **_):
+        _check_key(key)
         value = _values(scope).filter(key=key).first()
         if value is None:
             raise CommandError(f"{key} is not set at {_where(scope)}")
@@ -104,8 +106,13 @@ class Command(BaseCommand):
 
     @transaction.atomic
     def do_set(self, scope, key, value, secret=False, **_):
+        _check_key(key)
         if value == "-":
-            value = sys.stdin.read()
+            try:  # bytes, so that what is not UTF-8 is said so (a text stream would pass on surrogates)
+                value = sys.stdin.buffer.read().decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise CommandError(f"{key} was not set: the value on stdin is not UTF-8 text "
+                                   f"(byte {exc.start})") from None
             value = value[:-1] if value.endswith("\n") else value
         record = _values(scope).filter(key=key).first() or ConfigValue(key=key, **scope)
         record.set_value(value, secret=secret)
@@ -118,26 +125,42 @@ class Command(BaseCommand):
                           + "; apps get it at their next deploy, or now with `manage.py config apply`")
 
     def do_unset(self, scope, key, **_):
+        _check_key(key)
         deleted, _ = _values(scope).filter(key=key).delete()
         if not deleted:
             raise CommandError(f"{key} is not set at {_where(scope)}")
         self.stdout.write(f"{key} unset at {_where(scope)}")
 
 
+def _check_key(key):
+    """A key that is no config name is refused before it reaches a query (the database refuses NUL)."""
+    try:
+        validate_config_key(key)
+    except ValidationError as exc:
+        raise CommandError(validation_message(exc)) from None
+
+
 def _scope(app, group, is_global):
     if app:
-        record = App.objects.filter(name=app).first()
+        record = App.objects.filter(name=app).first() if _is_name(app) else None
         if record is None:
             raise CommandError(f"there is no app {app!r}")
         return {"scope": ConfigValue.Scope.APP, "app": record, "group": None}
     if group:
-        record = ServerGroup.objects.filter(name=group).first()
+        record = ServerGroup.objects.filter(name=group).first() if _is_name(group) else None
         if record is None:
             raise CommandError(f"there is no server group {group!r}")
         return {"scope": ConfigValue.Scope.GROUP, "group": record, "app": None}
     if is_global:
         return {"scope": ConfigValue.Scope.GLOBAL, "app": None, "group": None}
     raise CommandError("say where: --app APP, --group GROUP or --global")
+
+
+def _is_name(text):
+    try:
+        return bool(validate.validate_name(text))
+    except ValueError:
+        return False
 
 
 def _names(apps):
