@@ -106,10 +106,13 @@ class Command(BaseCommand):
 
     @transaction.atomic
     def do_set(self, scope, key, value, secret=False, **_):
-        _check_key(key)
+        _check_key(key, f"{key} was not set: ")
         if value == "-":
-            try:  # bytes, so that what is not UTF-8 is said so (a text stream would pass on surrogates)
-                value = sys.stdin.buffer.read().decode("utf-8")
+            # Bytes, so that what is not UTF-8 is said so (the text stream would pass on surrogates); a
+            # stream of text only (call_command's callers) goes through the value's own checks.
+            stream = getattr(sys.stdin, "buffer", None)
+            try:
+                value = stream.read().decode("utf-8") if stream is not None else sys.stdin.read()
             except UnicodeDecodeError as exc:
                 raise CommandError(f"{key} was not set: the value on stdin is not UTF-8 text "
                                    f"(byte {exc.start})") from None
@@ -132,12 +135,12 @@ class Command(BaseCommand):
         self.stdout.write(f"{key} unset at {_where(scope)}")
 
 
-def _check_key(key):
+def _check_key(key, prefix=""):
     """A key that is no config name is refused before it reaches a query (the database refuses NUL)."""
     try:
         validate_config_key(key)
     except ValidationError as exc:
-        raise CommandError(validation_message(exc)) from None
+        raise CommandError(prefix + validation_message(exc)) from None
 
 
 def _scope(app, group, is_global):
