@@ -14,7 +14,7 @@ import tomli_w
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.db import transaction
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from nodeops import appini, validate
 from toppcloud_site.records import documents
@@ -138,6 +138,12 @@ def _toml(doc):
 def test_it_gives_group_documents_document_errors_only(app):
     @settings(max_examples=450, **FAST)
     @given(doc=st.one_of(_doc.map(_toml).filter(lambda data: data is not None), BYTES), dry_run=st.booleans())
+    # What the issue found: NUL (a TOML escape) in a name, a description, a location and a config value.
+    @example(doc=b'[group]\nname = "\\u0000"\n', dry_run=False)
+    @example(doc=b'[group]\nname = "fuzzed"\ndescription = "a\\u0000b"\n', dry_run=True)
+    @example(doc=b'[group]\nname = "fuzzed"\n[apps.fuzzed]\nlocations = ["x.test/\\u0000/"]\n', dry_run=False)
+    @example(doc=b'[group]\nname = "fuzzed"\n[apps."a\\u0000"]\n', dry_run=False)
+    @example(doc=b'[group]\nname = "fuzzed"\n[group.config]\nK = "\\u0000"\n', dry_run=True)
     def each(doc, dry_run):
         ran("group documents")
         with transaction.atomic():
