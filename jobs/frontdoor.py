@@ -23,36 +23,53 @@ def update(ctx, node, *, activating=None):
 
     `activating` is (app, release, port, host, path): that release becomes
     the app's live one here, and release.activated is recorded once nginx
-    serves it. FrontDoorError if nginx refused the render (nothing changed).
+    serves it. FrontDoorError if nginx refused the render, or the activating
+    release cannot be served at its own location (nothing changed). A route
+    of another record that cannot be rendered is left out, with a
+    front_door.skipped event naming it and why.
     """
     t, layout = ctx.transport(node), NodeLayout(node.root)
     failed = None
     with transaction.atomic():
         # One front door change per node at a time: the node's row stays locked until the push is done.
         list(Node.objects.select_for_update().filter(pk=node.pk).values_list("pk", flat=True))
-        routes = routes_for(node, activating)
-        certificates = certificates_for(routes)
-        try:
-            text = frontdoor.render(layout, routes, listen=frontdoor.listen_address(node.address, node.http_port),
-                                    tls_listen=frontdoor.listen_address(node.address, node.https_port),
-                                    certificates=certificates)
-        except ValueError as exc:
-            raise frontdoor.FrontDoorError(f"the front door of {node.name} cannot be rendered: {exc}; "
-                                           "the live config is unchanged") from None
-        try:
-            changed = frontdoor.push(t, ctx.emit, layout, text, certificates)
-        except Exception as exc:  # nginx refused it, the node is unreachable...: the events so far are
-            failed = exc          # kept (leave the transaction normally), then fail
-        else:
-            ctx.emit("front_door", node=node.name, changed=changed, routes=frontdoor.describe(routes),
-                     https=sorted(c.host for c in certificates))
-            if activating:
-                app, release, port, host, path = activating
-                ctx.emit(Kind.RELEASE_ACTIVATED, app=app.name, node=node.name, host=host, path=path,
-                         release=release.name, port=port)
+        routes, refused = frontdoor.select(routes_for(node, activating))
+        for route, why in refused:
+            # Another record's fault: that block is left out, the rest of the node is served (and says so).
+            ctx.emit("front_door.skipped", node=node.name, app=route.app, host=route.host, path=route.path,
+                     reason=why)
+            if activating and (route.app, route.host, route.path) == (activating[0].name, *activating[3:]):
+                # The release being deployed cannot be served where its app.ini says: its deploy fails.
+                failed = frontdoor.FrontDoorError(f"{route.app} cannot be served at {route.host}{route.path} on "
+                                                  f"{node.name}: {why}; the live config is unchanged")
+        if failed is None:
+            failed, changed = _push(ctx, node, t, layout, routes, activating)
     if failed:
         raise failed
     return changed
+
+
+def _push(ctx, node, t, layout, routes, activating):
+    """Render and push the routes: (None, changed), or (the exception, None) with the events so far kept."""
+    certificates = certificates_for(routes)
+    try:
+        text = frontdoor.render(layout, routes, listen=frontdoor.listen_address(node.address, node.http_port),
+                                tls_listen=frontdoor.listen_address(node.address, node.https_port),
+                                certificates=certificates)
+    except ValueError as exc:
+        return frontdoor.FrontDoorError(f"the front door of {node.name} cannot be rendered: {exc}; "
+                                        "the live config is unchanged"), None
+    try:
+        changed = frontdoor.push(t, ctx.emit, layout, text, certificates)
+    except Exception as exc:  # nginx refused it, the node is unreachable...: the events so far are
+        return exc, None      # kept (the caller leaves the transaction normally), then fails
+    ctx.emit("front_door", node=node.name, changed=changed, routes=frontdoor.describe(routes),
+             https=sorted(c.host for c in certificates))
+    if activating:
+        app, release, port, host, path = activating
+        ctx.emit(Kind.RELEASE_ACTIVATED, app=app.name, node=node.name, host=host, path=path,
+                 release=release.name, port=port)
+    return None, changed
 
 
 def routes_for(node, activating=None):
@@ -65,15 +82,18 @@ def routes_for(node, activating=None):
     places = {}
     for loc in Location.objects.filter(app_id__in=list(live)):
         places.setdefault(loc.app_id, set()).add((loc.host, loc.path))
-    routes = []
+    # Each app's own location (its app.ini's, where it went live) comes first, the Location records after:
+    # of two routes that clash, frontdoor.select leaves out the later one, so a record never displaces an
+    # app from where it is already served.
+    own, extra = [], []
     for app_id, (app, release, port, host, path) in sorted(live.items(), key=lambda item: item[1][0].name):
         ini = release.app_ini
         for where_host, where_path in sorted(places.get(app_id, set()) | {(host, path)}):
-            routes.append(frontdoor.Route(
+            (own if (where_host, where_path) == (host, path) else extra).append(frontdoor.Route(
                 app=app.name, host=where_host, path=where_path, port=port, release=release.name,
                 static=ini.get("static") or None, writable=tuple(ini.get("writable_static_files") or ()),
                 maintenance=app.maintenance))
-    return routes
+    return own + extra
 
 
 def certificates_for(routes):

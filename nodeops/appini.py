@@ -53,8 +53,8 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from nodeops.validate import (ENV_KEY_RE, RUNNER_RE, reserved_env_name, validate_location_host, validate_name,
-                              validate_url_path)
+from nodeops.validate import (ENV_KEY_RE, RUNNER_RE, reserved_env_name, validate_location, validate_location_host,
+                              validate_name)
 
 SECTION = "production"
 CRON_SECTION = "cron"
@@ -358,8 +358,8 @@ def _check_location(key, value):
     try:
         host = validate_location_host(host)
     except ValueError as exc:
-        if "wildcard" in str(exc):
-            raise bad("a '*.' wildcard needs a host name, not an IP address") from None
+        if "must be a host name or an IP address" not in str(exc):
+            raise bad(str(exc).split(" is invalid: ", 1)[-1]) from None  # wildcard of an IP, non-ASCII, length
         raise bad(f"host {host!r} must be a host name or an IP address "
                   "(letters, digits, '-' and '.', optionally starting with '*.')") from None
     if not path.strip("/"):
@@ -368,7 +368,10 @@ def _check_location(key, value):
     if not all(_SEGMENT_RE.fullmatch(s) and s not in (".", "..") for s in segments):
         raise bad(f"path {'/' + path!r} may contain only letters, digits and . _ ~ - "
                   "between single slashes (no '.' or '..' segments)")
-    normalised = validate_url_path("/" + "/".join(segments) + "/")
+    try:  # the one rule for a location (as Location records and the front door apply it)
+        host, normalised = validate_location(host, "/" + "/".join(segments) + "/")
+    except ValueError as exc:
+        raise bad(str(exc)) from None
     return host + normalised
 
 

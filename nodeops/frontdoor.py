@@ -33,7 +33,7 @@ from .appini import WRITABLE_NAME_RE
 from .release import validate_release
 from .steps import run_logged
 from .transport import CommandFailed
-from .validate import DEFAULT_HOST, validate_location_host, validate_name, validate_port, validate_url_path
+from .validate import DEFAULT_HOST, validate_location, validate_name, validate_port
 
 PYTHON = "/usr/bin/python3"
 SITE = "toppcloud.conf"  # the one file in run/nginx/sites/ (older per-app files are removed on push)
@@ -103,9 +103,8 @@ def listen_address(address, port):
 
 def _check_route(r):
     validate_name(r.app, "app")
-    if validate_location_host(r.host) != r.host:
-        raise ValueError(f"host {r.host!r} must be given lower-case")
-    validate_url_path(r.path)
+    if validate_location(r.host, r.path) != (r.host, r.path):
+        raise ValueError(f"host {r.host!r} is not in its canonical form {validate_location(r.host, r.path)[0]!r}")
     validate_port(r.port)
     validate_release(r.release)
     if r.static is not None and not _STATIC_RE.fullmatch(r.static):
@@ -113,6 +112,29 @@ def _check_route(r):
     for name in r.writable:
         if not WRITABLE_NAME_RE.fullmatch(name) or name == "static":
             raise ValueError(f"writable static directory {name!r} is invalid")
+
+
+def select(routes):
+    """Split routes into those render() takes and those it would refuse: (usable, [(route, why), ...]).
+
+    One app's bad record (a host or path no rule allows, a prefix another app has) must not keep every
+    other app of the node from being served, so the caller renders the usable ones and reports the rest.
+    Routes are taken in order: of two that clash, the later one is left out.
+    """
+    usable, refused, by_host = [], [], {}
+    for r in routes:
+        try:
+            _check_route(r)
+            here = by_host.get(r.host, {})
+            if r.path in here:
+                raise ValueError(f"two apps at {r.host}{r.path}: {here[r.path].app} and {r.app}")
+            _check_prefixes(r.host, [*here.values(), r])
+        except ValueError as exc:
+            refused.append((r, str(exc)))
+            continue
+        by_host.setdefault(r.host, {})[r.path] = r
+        usable.append(r)
+    return usable, refused
 
 
 def render(layout, routes, *, listen, tls_listen=None, certificates=()):
@@ -129,7 +151,8 @@ def render(layout, routes, *, listen, tls_listen=None, certificates=()):
     certs = {c.host: c for c in certificates}
     if certs:
         tls_listen = _listen(tls_listen, "tls_listen")
-    out = [f"# Managed by toppcloud: rendered from the control plane's records; {len(routes)} routes.\n"]
+    out = [f"# Managed by toppcloud: rendered from the control plane's records; {len(routes)} routes.\n",
+           _NAMES_HASH]
     if certs:
         out.append(_TLS_SETTINGS)
     if DEFAULT_HOST not in by_host:
@@ -246,6 +269,9 @@ _NOTHING_HERE = """\
         return 404 "no app is deployed here\\n";
     }
 """
+# nginx's default bucket (one CPU cache line, 64 bytes) holds no host name longer than about 60
+# characters, and then refuses the whole config: make room for the longest name a location may have.
+_NAMES_HASH = "server_names_hash_bucket_size 512;\n"
 # Mozilla's "intermediate" profile: TLS 1.2 and 1.3, forward-secret AEAD ciphers only.
 _TLS_SETTINGS = """\
 ssl_protocols TLSv1.2 TLSv1.3;

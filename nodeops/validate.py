@@ -134,21 +134,30 @@ def validate_user(value, field="ssh user"):
     return value
 
 
-_URL_PATH = re.compile(r"^/([A-Za-z0-9._~-]+/)*$")
+# fullmatch: "$" alone would let a trailing newline through.
+_URL_PATH = re.compile(r"/([A-Za-z0-9._~-]+/)*")
 
 # A location's host: the app's default server for any host nginx has no other site for.
 DEFAULT_HOST = "*"
 
 
+LOCATION_HOST_MAX = 253  # Location.host's column; a DNS name is at most 253 characters too
+
+
 def validate_location_host(value, field="host"):
     """A location's host: a name or address, a '*.example.com' wildcard, or '*' (the node's default app).
 
-    Returned lower-cased: host names are case-insensitive and nginx matches them so.
+    Returned canonical: lower-cased and without a trailing dot, as nginx compares the Host header
+    (host names are case-insensitive), so two spellings of one host are one record. Names are ASCII:
+    an internationalized name is given in its IDNA form (xn--...), which is what browsers send.
     """
     if value == DEFAULT_HOST:
         return value
     if not isinstance(value, str) or not value:
         raise ValueError(f"{field} {value!r} is invalid: give a host name, '*.example.com' or '*' (any other host)")
+    if not value.isascii():
+        raise ValueError(f"{field} {value!r} is invalid: a host name is ASCII; give an internationalized name "
+                         "in its IDNA form (xn--...)")
     wildcard = value.startswith("*.")
     name = value[2:] if wildcard else value
     try:
@@ -158,7 +167,20 @@ def validate_location_host(value, field="host"):
                          "digits, '-' and '.', optionally starting with '*.'), or '*' for any other host") from None
     if wildcard and is_ip(name):
         raise ValueError(f"{field} {value!r} is invalid: a '*.' wildcard needs a host name, not an IP address")
-    return "*." + name if wildcard else name
+    name = name[:-1] if name.endswith(".") else name  # "example.com." is example.com (nginx drops the dot too)
+    host = "*." + name if wildcard else name
+    if len(host) > LOCATION_HOST_MAX:
+        raise ValueError(f"{field} {value[:60]!r}... is invalid: it has {len(host)} characters, "
+                         f"at most {LOCATION_HOST_MAX} are allowed")
+    return host
+
+
+def validate_location(host, path="/"):
+    """The one rule for where an app is served (app.ini, Location records, group documents, the renderer).
+
+    Returns (host, path) canonical (see validate_location_host); ValueError names what is wrong.
+    """
+    return validate_location_host(host), validate_url_path(path)
 
 
 def is_ip(value):
@@ -170,12 +192,18 @@ def is_ip(value):
     return True
 
 
+LOCATION_PATH_MAX = 200  # Location.path's column
+
+
 def validate_url_path(value, field="path"):
     """A location's path prefix: starts and ends with '/', plain segments only."""
-    if not isinstance(value, str) or not _URL_PATH.match(value) or any(
+    if not isinstance(value, str) or not _URL_PATH.fullmatch(value) or any(
             seg in (".", "..") for seg in value.split("/")):
         raise ValueError(f"{field} {value!r} is not a valid location path: it must start and end with '/' "
                          "and contain only letters, digits and . _ ~ - (no '..' segments)")
+    if len(value) > LOCATION_PATH_MAX:
+        raise ValueError(f"{field} {value[:60]!r}... is not a valid location path: it has {len(value)} "
+                         f"characters, at most {LOCATION_PATH_MAX} are allowed")
     return value
 
 

@@ -501,3 +501,36 @@ def test_two_apps_deployed_to_one_node_at_once_are_both_served(test_hosts, ready
         assert page(host, f"{name}.test")["app"] == name
     live = open(os.path.join(NodeLayout(host.root).nginx_sites, node_frontdoor.SITE)).read()
     assert all(f"server_name {n}.test;" in live for n in names)
+
+
+def test_a_bad_location_record_of_one_app_never_blocks_a_deploy_of_another(test_hosts, ready_nodes, tmp_path):
+    """Rows written around the rule (raw SQL): that app's block is left out, and the job says so."""
+    from django.db import connection
+
+    host, node = test_hosts[1], ready_nodes[1]
+    tag = os.getpid() % 10000
+    first, second = f"badrec{tag}a", f"badrec{tag}b"
+    assert deploy(pathy(tmp_path, name=first, location=f"{first}.test"), node)[0] == 0
+    app = App.objects.get(name=first)
+    bad = [(f"Loc-Upper{tag}.Test", "/"), (f"bad host{tag}", "/"), (f"x{tag}.test", "/a/../b/")]
+    with connection.cursor() as cursor:
+        for bad_host, bad_path in bad:
+            cursor.execute("INSERT INTO records_location (app_id, host, path) VALUES (%s, %s, %s)",
+                           [app.pk, bad_host, bad_path])
+    try:
+        code, job = deploy(pathy(tmp_path, name=second, location=f"{second}.test"), node)
+        assert code == 0 and job.status == "succeeded", job.error
+        assert page(host, f"{second}.test")["app"] == second
+        assert page(host, f"{first}.test")["app"] == first  # the app with the bad rows keeps its own location
+        skipped = [e.data for e in job.events.filter(kind="front_door.skipped").order_by("seq")]
+        assert sorted((s["app"], s["host"], s["path"]) for s in skipped) == sorted((first, h, p) for h, p in bad)
+        reasons = {s["host"]: s["reason"] for s in skipped}
+        assert f"is not in its canonical form 'loc-upper{tag}.test'" in reasons[f"Loc-Upper{tag}.Test"]
+        assert "must be a host name or an IP address" in reasons[f"bad host{tag}"]
+        assert "no '..' segments" in reasons[f"x{tag}.test"]
+        live = open(os.path.join(NodeLayout(host.root).nginx_sites, node_frontdoor.SITE)).read()
+        assert f"Loc-Upper{tag}" not in live and f"bad host{tag}" not in live
+        code, job = command("front_door", node.name)  # a render on its own: the same
+        assert code == 0 and job.events.filter(kind="front_door.skipped").count() == len(bad), job.error
+    finally:
+        Location.objects.filter(app=app, host__in=[h for h, _ in bad]).delete()

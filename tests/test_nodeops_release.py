@@ -323,7 +323,7 @@ def test_bad_input_is_refused_before_it_reaches_a_config():
                                          "location"):
         frontdoor.render(layout, [frontdoor.Route("one", "a.test", "/", 8000, release, writable=("docs",)),
                                   frontdoor.Route("two", "a.test", "/docs/", 8001, release)], listen="127.0.0.1:80")
-    with pytest.raises(ValueError, match="host 'A.test' must be given lower-case"):
+    with pytest.raises(ValueError, match="host 'A.test' is not in its canonical form 'a.test'"):
         frontdoor.render(layout, [frontdoor.Route("one", "A.test", "/", 8000, release)], listen="127.0.0.1:80")
     with pytest.raises(ValueError, match="listen"):
         frontdoor.render(layout, [], listen="127.0.0.1:80; include /etc/passwd")

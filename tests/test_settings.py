@@ -1,23 +1,26 @@
 """Settings from the environment: bad values refused, mistakes as system checks."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-GOOD_KEY = "k" * 50
+GOOD_KEY = "k3y-of-fifty-characters-for-the-settings-tests-0123"
 
 
-def check(tmp_path, **env):
-    """Run `manage.py check` as production would, with only these variables."""
+def check(tmp_path, *command, **env):
+    """Run `manage.py check` (or another command) as production would, with only these variables."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE", "CELERY", "SECRET", "DEBUG",
                                                                        "FLOWER", "JOBS_", "TOPPCLOUD_"))}
     base.update({"DJANGO_SETTINGS_MODULE": "toppcloud_site.settings", "TOPPCLOUD_VAR_DIR": str(tmp_path),
                  "PYTHONPATH": str(ROOT)}, **env)
-    proc = subprocess.run([sys.executable, str(ROOT / "manage.py"), "check"], env=base, cwd=ROOT,
+    proc = subprocess.run([sys.executable, str(ROOT / "manage.py"), *(command or ["check"])], env=base, cwd=ROOT,
                           capture_output=True, text=True)
     return proc.returncode, proc.stdout + proc.stderr
 
@@ -86,3 +89,57 @@ def test_the_models_and_their_migrations_agree(tmp_path):
                                "TOPPCLOUD_VAR_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)},
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def env_example():
+    """.env.example's NAME=value lines (not the commented-out ones)."""
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if re.match(r"[A-Z][A-Z0-9_]*=", line))
+
+
+def compose_urls(example):
+    """DATABASE_URL and CELERY_BROKER_URL as docker-compose.yml builds them from .env.example."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["x-toppcloud"]["environment"]
+    return {name: re.sub(r"\$\{([A-Z_]+):\?[^}]*\}", lambda m: example[m[1]], compose[name])
+            for name in ("DATABASE_URL", "CELERY_BROKER_URL")}
+
+
+def test_it_refuses_each_placeholder_of_env_example_in_production(tmp_path):
+    example = env_example()
+    placeholders = {"SECRET_KEY": example["SECRET_KEY"], "FLOWER_BASIC_AUTH": example["FLOWER_BASIC_AUTH"],
+                    **compose_urls(example)}
+    assert "replace-with" in placeholders["SECRET_KEY"] and "change-me" in placeholders["FLOWER_BASIC_AUTH"]
+    for name, value in placeholders.items():
+        code, out = check(tmp_path, **{"SECRET_KEY": GOOD_KEY, name: value, "DEBUG": "false"})
+        assert code == 1 and "toppcloud.E006" in out and f"{name}" in out, (name, out)
+        assert value not in out and (urlsplit(value).password or value) not in out  # named, never shown
+    code, out = check(tmp_path, **placeholders, DEBUG="false")  # all at once: each is named
+    assert code == 1 and out.count("toppcloud.E006") == 4, out
+    code, out = check(tmp_path, SECRET_KEY=example["SECRET_KEY"], FLOWER_BASIC_AUTH="admin:change-me", DEBUG="true")
+    assert code == 0 and "E006" not in out, out  # a developer's machine may keep them
+
+
+@pytest.mark.parametrize("key, words", [
+    ("abcd" * 13, "52 characters, 4 different"),
+    ("x0-" * 15, "45 characters, 3 different"),
+    ("a-forty-character-key-but-50-are-needed!", "40 characters"),
+    ("django-insecure-" + "q1w2e3r4t5y6u7i8o9p0" * 2, "no 'django-insecure-' prefix"),
+])
+def test_it_refuses_a_weak_secret_key_in_production_only(tmp_path, key, words):
+    code, out = check(tmp_path, SECRET_KEY=key, DEBUG="false")
+    assert code == 1 and "toppcloud.E007" in out and words in out and key not in out, out
+    code, out = check(tmp_path, SECRET_KEY=key, DEBUG="true")
+    assert code == 0 and "E007" not in out, out
+
+
+def test_composes_migrate_service_runs_the_checks_and_stops_on_a_placeholder(tmp_path):
+    """compose starts web, workers and beat only after migrate succeeded: migrate must refuse."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    argv = services["migrate"]["command"]
+    assert argv[:3] == ["python", "manage.py", "migrate"] and "--skip-checks" not in argv
+    assert "FLOWER_BASIC_AUTH" in services["migrate"]["environment"]
+    code, out = check(tmp_path, *argv[2:], SECRET_KEY=GOOD_KEY, FLOWER_BASIC_AUTH=env_example()["FLOWER_BASIC_AUTH"])
+    assert code == 1 and "toppcloud.E006" in out and "FLOWER_BASIC_AUTH" in out, out
+    assert not (tmp_path / "toppcloud.sqlite3").exists() or "Applying" not in out
+    code, out = check(tmp_path, *argv[2:], SECRET_KEY=GOOD_KEY, FLOWER_BASIC_AUTH="admin:s3cret-of-my-own")
+    assert code == 0 and "Applying records.0001_initial" in out, out

@@ -6,6 +6,12 @@ from django.conf import settings
 from django.core.checks import Error, Warning, register
 
 BROKER_SCHEMES = {"amqp", "amqps", "pyamqp", "redis", "rediss", "filesystem"}
+# What .env.example's secrets say until someone fills them in (tests/test_settings.py checks that every
+# value it ships is caught). Anyone can read them there, so production must never run with one.
+PLACEHOLDER_MARKS = ("replace-with", "change-me", "changeme")
+# Django's own rule for a SECRET_KEY (security.W009, only a warning): task tokens and sessions derive
+# from it, so toppcloud refuses a weaker one in production.
+SECRET_KEY_MIN_LENGTH, SECRET_KEY_MIN_UNIQUE = 50, 5
 
 
 def _is_postgresql():
@@ -26,6 +32,20 @@ def check_settings(app_configs=None, **kwargs):
             f"SECRET_KEY is {len(settings.SECRET_KEY)} characters long; it needs at least 32.",
             id="toppcloud.E002",
         ))
+    elif not settings.DEBUG and settings.SECRET_KEY != settings.INSECURE_DEFAULT_SECRET_KEY and (
+            len(settings.SECRET_KEY) < SECRET_KEY_MIN_LENGTH
+            or len(set(settings.SECRET_KEY)) < SECRET_KEY_MIN_UNIQUE
+            or settings.SECRET_KEY.startswith("django-insecure-")):
+        errors.append(Error(
+            f"SECRET_KEY is too weak for production (DEBUG off): {len(settings.SECRET_KEY)} characters, "
+            f"{len(set(settings.SECRET_KEY))} different; it needs at least {SECRET_KEY_MIN_LENGTH} characters, "
+            f"{SECRET_KEY_MIN_UNIQUE} different, and no 'django-insecure-' prefix.",
+            hint="Sessions and the apps' task tokens derive from it. A new one: "
+                 "python -c 'import secrets; print(secrets.token_urlsafe(50))'",
+            id="toppcloud.E007",
+        ))
+    if not settings.DEBUG:
+        errors += _placeholders()
     scheme = urlsplit(settings.CELERY_BROKER_URL).scheme
     if scheme not in BROKER_SCHEMES:
         errors.append(Error(
@@ -69,3 +89,31 @@ def _log_key_errors():
     if key and len(key) < 32:
         return [Error(f"TOPPCLOUD_LOG_KEY is {len(key)} characters long; it needs at least 32.", id="toppcloud.E021")]
     return []
+
+
+def _placeholders():
+    """toppcloud.E006: a secret still set to .env.example's placeholder (named, its value never shown)."""
+    flower = [pair.split(":", 1)[-1] for pair in settings.FLOWER_BASIC_AUTH.split(",")]
+    secrets = {
+        "SECRET_KEY": [settings.SECRET_KEY],
+        "FLOWER_BASIC_AUTH": flower,
+        # compose builds these URLs from POSTGRES_PASSWORD and RABBITMQ_PASSWORD
+        "DATABASE_URL (its password; POSTGRES_PASSWORD in compose)": [_password(settings.DATABASE_URL)],
+        "CELERY_BROKER_URL (its password; RABBITMQ_PASSWORD in compose)": [_password(settings.CELERY_BROKER_URL)],
+        "TOPPCLOUD_S3_SECRET_ACCESS_KEY": [settings.TOPPCLOUD_S3_SECRET_ACCESS_KEY],
+        "TOPPCLOUD_SECRET_KEYS": settings.TOPPCLOUD_SECRET_KEYS,
+        "TOPPCLOUD_LOG_KEY": [settings.TOPPCLOUD_LOG_KEY],
+    }
+    return [Error(f"{name} is still the placeholder from .env.example; production (DEBUG off) refuses it.",
+                  hint="Set it to a secret value of your own (e.g. python -c 'import secrets; "
+                       "print(secrets.token_urlsafe(50))').",
+                  id="toppcloud.E006")
+            for name, values in secrets.items()
+            if any(mark in (value or "").lower() for value in values for mark in PLACEHOLDER_MARKS)]
+
+
+def _password(url):
+    try:
+        return urlsplit(url).password or ""
+    except ValueError:  # an unparsable URL is reported by the settings themselves
+        return ""

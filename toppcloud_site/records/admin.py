@@ -6,6 +6,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from jobs.models import LiveRelease
+from nodeops import validate
 from toppcloud_site.records.models import (App, AuditEntry, Backup, ConfigValue, CronEntry, Location, Node, Release, ServerGroup,
                                            Service)
 from toppcloud_site.records.models import Certificate
@@ -110,8 +111,30 @@ class NodeAdmin(admin.ModelAdmin):
         _started(self, request, "Front door", [(job, ", ".join(n.name for n in nodes))])
 
 
+class LocationForm(forms.ModelForm):
+    """The one rule for a location (nodeops.validate) on the form's own values too: the inline formset
+    compares its rows' cleaned data, so "A.test" and "a.test" in two rows are caught as one location."""
+
+    class Meta:
+        model = Location
+        fields = ["app", "host", "path"]
+
+    def clean_host(self):
+        return self._canonical("host", validate.validate_location_host)
+
+    def clean_path(self):
+        return self._canonical("path", validate.validate_url_path)
+
+    def _canonical(self, name, check):
+        try:
+            return check(self.cleaned_data[name])
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
 class LocationInline(admin.TabularInline):
     model = Location
+    form = LocationForm
     extra = 0
 
 
@@ -291,6 +314,7 @@ class LocationAdmin(admin.ModelAdmin):
     """Saving or deleting a location queues a front_door job for the nodes serving its app (and the app it
     was moved from)."""
 
+    form = LocationForm
     list_display = ["host", "path", "app"]
     list_filter = ["app"]
     search_fields = ["host", "path", "app__name"]

@@ -24,6 +24,7 @@ import tomli_w
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from nodeops import validate
 from toppcloud_site.records.models import App, ConfigValue, Location, Node, ServerGroup
 
 MAX_BYTES = 1 << 20  # a group document larger than this is refused unread
@@ -83,6 +84,7 @@ def parse(data: bytes):
         raise DocumentError(f"the document is not UTF-8 text: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise DocumentError(f"the document is not valid TOML: {exc}") from None
+    _no_nul(doc, "the document")
     _keys(doc, "the document", required={"group"}, allowed={"group", "nodes", "apps"})
     group = _table(doc, "group", "the document")
     _keys(group, "[group]", required={"name"},
@@ -116,6 +118,20 @@ def parse(data: bytes):
                                 "locations": [_location(loc, where) for loc in locations],
                                 "config": _scope(app, where)}
     return parsed
+
+
+def _no_nul(value, where):
+    """TOML allows "\u0000"; no name or text of a record may hold it (PostgreSQL refuses it)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\0" in key:
+                raise DocumentError(f"{where} has a key with a NUL character: {key!r}"[:300])
+            _no_nul(item, f"{key} in {where}" if where != "the document" else f"[{key}]")
+    elif isinstance(value, list):
+        for item in value:
+            _no_nul(item, where)
+    elif isinstance(value, str) and "\0" in value:
+        raise DocumentError(f"{where} contains a NUL character: {value[:100]!r}")
 
 
 def _keys(table, where, *, required=frozenset(), allowed):
@@ -172,7 +188,10 @@ def _location(text, where):
         raise DocumentError(f"location {text[:100]!r} in {where} must be \"host/path\", like example.com/ "
                             "or example.com/blog/")
     host, slash, path = text.partition("/")
-    return host, slash + path
+    try:  # the one rule for a location, canonical (lower-case host), so it compares with the records
+        return validate.validate_location(host, slash + path)
+    except ValueError as exc:
+        raise DocumentError(f"location {text[:100]!r} in {where}: {exc}") from None
 
 
 # --- comparing and applying ---------------------------------------------------------------------------

@@ -34,6 +34,7 @@ validate_root = _django(validate.validate_root)
 validate_host_key = _django(validate.validate_host_key)
 validate_user = _django(validate.validate_user)
 validate_location_host = _django(validate.validate_location_host)
+validate_url_path = _django(validate.validate_url_path)
 validate_destination = _django(publish.validate_destination)
 
 
@@ -174,7 +175,8 @@ class Location(models.Model):
     app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="locations")
     host = models.CharField(max_length=253, validators=[validate_location_host],
                             help_text="A host name, '*.example.com' (any name below it), or '*' (any other host).")
-    path = models.CharField(max_length=200, default="/")
+    path = models.CharField(max_length=200, default="/", validators=[validate_url_path],
+                            help_text="A prefix starting and ending with '/', e.g. / or /blog/.")
 
     class Meta:
         ordering = ["host", "path"]
@@ -185,11 +187,31 @@ class Location(models.Model):
     def __str__(self):
         return f"{self.host}{self.path}"
 
-    def clean(self):
+    def canonicalize(self):
+        """Apply the one rule for a location (nodeops.validate.validate_location): the host lower-cased,
+        without a trailing dot, so what is saved is what the front door renders; ValidationError naming
+        the field otherwise."""
         try:
-            validate.validate_url_path(self.path)
+            self.host = validate.validate_location_host(self.host)
+        except ValueError as exc:
+            raise ValidationError({"host": str(exc)}) from None
+        try:
+            self.path = validate.validate_url_path(self.path)
         except ValueError as exc:
             raise ValidationError({"path": str(exc)}) from None
+
+    def clean(self):
+        # Canonical before validate_unique (which full_clean runs after clean), so "Example.COM" and
+        # example.com are one location. A value the rule refuses is reported by the fields' validators.
+        try:
+            self.canonicalize()
+        except ValidationError:
+            pass
+
+    def save(self, *args, **kwargs):
+        # Every save, not only a form's: no code path can store a location the front door would refuse.
+        self.canonicalize()
+        super().save(*args, **kwargs)
 
 
 class Certificate(models.Model):
@@ -299,9 +321,12 @@ def validate_config_key(value):
 def validate_config_value(value):
     if "\0" in value:
         raise ValidationError("a config value cannot contain a NUL character")
-    if len(value.encode()) > CONFIG_VALUE_MAX:
-        raise ValidationError(f"a config value is limited to {CONFIG_VALUE_MAX} bytes; this one has "
-                              f"{len(value.encode())}")
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:  # a lone surrogate: what Python makes of bytes that are not UTF-8 (argv, files)
+        raise ValidationError("a config value must be UTF-8 text; this one has bytes that are not") from None
+    if size > CONFIG_VALUE_MAX:
+        raise ValidationError(f"a config value is limited to {CONFIG_VALUE_MAX} bytes; this one has {size}")
 
 
 class ConfigValue(models.Model):

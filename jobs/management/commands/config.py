@@ -28,7 +28,8 @@ from jobs.environment import config_records
 from jobs.nodes import validation_message
 from jobs.states import ActorKind
 from toppcloud_site.records import audit
-from toppcloud_site.records.models import App, ConfigValue, ServerGroup
+from nodeops import validate
+from toppcloud_site.records.models import App, ConfigValue, ServerGroup, validate_config_key
 
 
 class Command(BaseCommand):
@@ -93,6 +94,7 @@ class Command(BaseCommand):
             self.stdout.write(key_line(record))
 
     def do_get(self, scope, key, reveal=False, **_):
+        _check_key(key)
         value = _values(scope).filter(key=key).first()
         if value is None:
             raise CommandError(f"{key} is not set at {_where(scope)}")
@@ -104,8 +106,16 @@ class Command(BaseCommand):
 
     @transaction.atomic
     def do_set(self, scope, key, value, secret=False, **_):
+        _check_key(key, f"{key} was not set: ")
         if value == "-":
-            value = sys.stdin.read()
+            # Bytes, so that what is not UTF-8 is said so (the text stream would pass on surrogates); a
+            # stream of text only (call_command's callers) goes through the value's own checks.
+            stream = getattr(sys.stdin, "buffer", None)
+            try:
+                value = stream.read().decode("utf-8") if stream is not None else sys.stdin.read()
+            except UnicodeDecodeError as exc:
+                raise CommandError(f"{key} was not set: the value on stdin is not UTF-8 text "
+                                   f"(byte {exc.start})") from None
             value = value[:-1] if value.endswith("\n") else value
         record = _values(scope).filter(key=key).first() or ConfigValue(key=key, **scope)
         record.set_value(value, secret=secret)
@@ -118,26 +128,42 @@ class Command(BaseCommand):
                           + "; apps get it at their next deploy, or now with `manage.py config apply`")
 
     def do_unset(self, scope, key, **_):
+        _check_key(key)
         deleted, _ = _values(scope).filter(key=key).delete()
         if not deleted:
             raise CommandError(f"{key} is not set at {_where(scope)}")
         self.stdout.write(f"{key} unset at {_where(scope)}")
 
 
+def _check_key(key, prefix=""):
+    """A key that is no config name is refused before it reaches a query (the database refuses NUL)."""
+    try:
+        validate_config_key(key)
+    except ValidationError as exc:
+        raise CommandError(prefix + validation_message(exc)) from None
+
+
 def _scope(app, group, is_global):
     if app:
-        record = App.objects.filter(name=app).first()
+        record = App.objects.filter(name=app).first() if _is_name(app) else None
         if record is None:
             raise CommandError(f"there is no app {app!r}")
         return {"scope": ConfigValue.Scope.APP, "app": record, "group": None}
     if group:
-        record = ServerGroup.objects.filter(name=group).first()
+        record = ServerGroup.objects.filter(name=group).first() if _is_name(group) else None
         if record is None:
             raise CommandError(f"there is no server group {group!r}")
         return {"scope": ConfigValue.Scope.GROUP, "group": record, "app": None}
     if is_global:
         return {"scope": ConfigValue.Scope.GLOBAL, "app": None, "group": None}
     raise CommandError("say where: --app APP, --group GROUP or --global")
+
+
+def _is_name(text):
+    try:
+        return bool(validate.validate_name(text))
+    except ValueError:
+        return False
 
 
 def _names(apps):

@@ -32,7 +32,7 @@ def chain_existing(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("records", "0013_backup_download"),
+        ("records", "0014_location_canonical"),
     ]
 
     operations = [
