@@ -8,11 +8,14 @@ started under the host's root. Plain Python, no Django.
 
 import fcntl
 import glob
+import grp
 import os
+import pwd
 import re
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 SSHD = "/usr/sbin/sshd"
@@ -99,6 +102,32 @@ def drop_stale_pg_clusters():
         m = re.fullmatch(r"tc-(\d+)-.*", os.path.basename(conf_dir))
         if m and not _pid_alive(int(m.group(1))):
             drop_pg_cluster(os.path.basename(conf_dir))
+
+
+def drop_app_users(root=None):
+    """Delete the system users (and groups) deploys made for apps under a test host's root.
+
+    toppcloud names an app's user in its GECOS field ("toppcloud app NAME")
+    and gives it a home at <root>/apps/NAME/home, so a host's own users are
+    the ones whose home is under its root. With no root: the users of test
+    roots under the temporary directory that no longer exist (runs that died).
+    """
+    tmp = tempfile.gettempdir().rstrip("/") + "/"
+    for user in pwd.getpwall():
+        if not user.pw_gecos.startswith("toppcloud app ") or "/apps/" not in user.pw_dir:
+            continue
+        user_root = user.pw_dir.rsplit("/apps/", 1)[0]
+        if root is not None:
+            if user_root != root.rstrip("/"):
+                continue
+        elif not user_root.startswith(tmp) or os.path.exists(user_root):
+            continue
+        subprocess.run(["userdel", user.pw_name], capture_output=True, timeout=60)
+        try:
+            grp.getgrnam(user.pw_name)
+        except KeyError:
+            continue
+        subprocess.run(["groupdel", user.pw_name], capture_output=True, timeout=60)
 
 
 def _pid_alive(pid):
@@ -280,6 +309,7 @@ class TestHost:
     def stop(self):
         self.stop_services()
         drop_pg_cluster(self.pg_cluster)
+        drop_app_users(self.root)
         self.stop_sshd()
         if self.lock_fd is not None:
             os.close(self.lock_fd)
@@ -289,6 +319,7 @@ class TestHost:
 def start_hosts(n, base_dir, authorized_pubkey, first=2, ssh_port=2222, http_port=8080):
     """Start `n` test hosts on 127.0.0.<first>, ... skipping addresses in use."""
     drop_stale_pg_clusters()
+    drop_app_users()
     hosts = []
     last = first
     try:
