@@ -749,11 +749,15 @@ def _drop_db(pg, db):
     pg.run("postgres", f"DROP DATABASE IF EXISTS {_ident(db)} WITH (FORCE);\n")
 
 
-def _swap_db(pg, db):
+def _prepare_swap_db(pg, db):
+    """What _swap_db needs done first, before the app's requests are held: whether db exists yet."""
+    _drop_db(pg, db + OLD)
+    return pg.exists(db)
+
+
+def _swap_db(pg, db, had):
     """Make db+STAGING the app's database in one transaction; the old one is dropped after."""
     old, staged = db + OLD, db + STAGING
-    _drop_db(pg, old)
-    had = pg.exists(db)
     sql = ["BEGIN;"]
     if had:
         # Connections of the app end here; it reconnects to the new database.
@@ -1014,9 +1018,10 @@ def _swap(pg, pg_spec, files_spec, writable_spec=None, gate=None):
     # From here on, finish: a hang-up or a dying control plane must not leave half a swap.
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
-    with _requests_held(gate) as held:
+    had = _prepare_swap_db(pg, pg_spec["dbname"]) if pg else None
+    with _requests_held(gate) as held:  # as short as can be: one psql, then renames
         if pg:
-            _swap_db(pg, pg_spec["dbname"])
+            _swap_db(pg, pg_spec["dbname"], had)
         for what in (files_spec, writable_spec):
             if what:
                 _swap_dir(what["dir"])
