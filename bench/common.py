@@ -18,6 +18,7 @@ def configure(name):
     os.environ.setdefault("DATABASE_URL", f"postgres://postgres@127.0.0.1:5432/{name.replace('-', '_')}")
     os.environ.setdefault("CELERY_BROKER_URL", f"amqp://guest:guest@127.0.0.1:5672/{name}")
     os.environ.setdefault("SECRET_KEY", "bench-secret-key-bench-secret-key-bench-secret-key")
+    os.environ.setdefault("TOPPCLOUD_LOG_KEY", "bench-log-key-bench-log-key-bench-log-key-bench")
     os.environ.setdefault("TOPPCLOUD_VAR_DIR", tempfile.mkdtemp(prefix=f"{name}-"))
     os.environ["DJANGO_SETTINGS_MODULE"] = "toppcloud_site.settings"
     _create_database()

@@ -1,10 +1,15 @@
-"""Jobs in the admin: read-only, the event timeline on each job's page."""
+"""Jobs in the admin: read-only, the event timeline on each job's page; beat's schedules guarded (jobs/beat.py)."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.html import format_html
 
+from django_celery_beat.admin import (ClockedScheduleAdmin, CrontabScheduleAdmin, IntervalScheduleAdmin,
+                                      PeriodicTaskAdmin, PeriodicTaskForm, SolarScheduleAdmin)
+from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
+
+from jobs import beat
 from jobs.models import DeadLetter, Job
 from jobs.states import TERMINAL
 
@@ -96,3 +101,72 @@ class DeadLetterAdmin(JobAdmin):
                    for old in queryset for new in [retry_dead_letter(old, actor=request.user.get_username())]]
         self.message_user(request, format_html("Retry started: {}", format_html_join(
             ", ", '<a href="{}">{}</a>', started)), messages.SUCCESS)
+
+
+# --- django-celery-beat: its permissions never reach toppcloud's own tasks (jobs/beat.py) -------------------
+
+class GuardedPeriodicTaskForm(PeriodicTaskForm):
+    """Beat's form, refusing a task the user may not schedule (get_form sets `user`)."""
+
+    user = None
+
+    def clean(self):
+        data = super().clean()
+        reason = beat.refusal(self.user, data.get("task"))
+        if reason:
+            self.add_error("regtask" if data.get("regtask") else "task", reason)
+        return data
+
+
+class GuardedMixin:
+    """Schedules that run a task the user may not schedule are read-only to them, and no bulk action
+    (run, enable, disable, toggle, delete) touches them."""
+
+    def tasks_of(self, obj):
+        raise NotImplementedError
+
+    def _refusals(self, request, objs):
+        return sorted({f"{task.name}: {reason}" for obj in objs for task in self.tasks_of(obj)
+                       for reason in [beat.refusal(request.user, task.task)] if reason})
+
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and not (obj and self._refusals(request, [obj]))
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and not (obj and self._refusals(request, [obj]))
+
+    def get_actions(self, request):
+        return {name: (self._guarded(func), name, description)
+                for name, (func, name, description) in super().get_actions(request).items()}
+
+    def _guarded(self, func):
+        def action(modeladmin, request, queryset):
+            refusals = self._refusals(request, queryset)
+            if refusals:
+                self.message_user(request, "Nothing was done: " + "; ".join(refusals), messages.ERROR)
+                return None
+            return func(modeladmin, request, queryset)
+        return action
+
+
+admin.site.unregister(PeriodicTask)
+
+
+@admin.register(PeriodicTask)
+class GuardedPeriodicTaskAdmin(GuardedMixin, PeriodicTaskAdmin):
+    form = GuardedPeriodicTaskForm
+
+    def tasks_of(self, obj):
+        return [obj]
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        return type(form.__name__, (form,), {"user": request.user})
+
+
+# Deleting a schedule deletes the periodic tasks using it (CASCADE); changing it moves their runs.
+for _model, _admin in [(CrontabSchedule, CrontabScheduleAdmin), (IntervalSchedule, IntervalScheduleAdmin),
+                       (SolarSchedule, SolarScheduleAdmin), (ClockedSchedule, ClockedScheduleAdmin)]:
+    admin.site.unregister(_model)
+    admin.site.register(_model, type(f"Guarded{_admin.__name__}", (GuardedMixin, _admin), {
+        "tasks_of": lambda self, obj: obj.periodictask_set.all()}))

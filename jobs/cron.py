@@ -56,8 +56,12 @@ def sync_entries(app, release):
     changed = {"added": [], "changed": [], "removed": []}
     for name, entry in wanted.items():
         schedule = crontab_schedule(entry["fields"])
-        fields = {"task": TASK, "crontab": schedule, "interval": None, "enabled": True,
-                  "kwargs": json.dumps({"app": app.name, "entry": name}), "queue": "jobs",
+        # Every field beat sends or schedules by is toppcloud's: a task of this name made by hand before
+        # (beat's own permissions allow it) keeps no other schedule, arguments, start or expiry.
+        fields = {"task": TASK, "crontab": schedule, "interval": None, "solar": None, "clocked": None,
+                  "enabled": True, "one_off": False, "start_time": None, "expires": None, "expire_seconds": None,
+                  "args": "[]", "kwargs": json.dumps({"app": app.name, "entry": name}), "headers": "{}",
+                  "queue": "jobs", "exchange": None, "routing_key": None, "priority": None,
                   "description": f"app.ini [cron] {name} = {entry['schedule']} {entry['target']} "
                                  f"(release {release.name}; runs are cron_run jobs)"}
         task = PeriodicTask.objects.filter(name=task_name(app.name, name)).first()

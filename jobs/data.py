@@ -47,8 +47,7 @@ def ensure_services(ctx, app, node, wanted, writable=()):
     if "postgresql" in wanted:
         db_node = database_node(app, node)
         t = ctx.transport(db_node)
-        cluster = node_services.ensure_cluster(t, ctx.emit, cluster=db_node.pg_cluster, port=db_node.pg_port,
-                                               listen=db_node.address)
+        cluster = ensure_cluster(ctx, db_node)
         service = _postgresql_service(app, db_node, cluster["version"])
         done = node_services.ensure_database(t, ctx.emit, _pg_spec(service), service.password)
         changed |= bool(cluster["changed"] or done)
@@ -70,6 +69,13 @@ def ensure_services(ctx, app, node, wanted, writable=()):
         changed |= bool(done)
         ctx.emit("service.writable", app=app.name, node=node.name, changed=done, **spec)
     return env, changed
+
+
+def ensure_cluster(ctx, db_node):
+    """The node's cluster as wanted (its config, its pg_hba): a node set up by an older toppcloud
+    is brought over before its apps' data are read or loaded as their own roles."""
+    return node_services.ensure_cluster(ctx.transport(db_node), ctx.emit, cluster=db_node.pg_cluster,
+                                        port=db_node.pg_port, listen=db_node.address)
 
 
 def _postgresql_service(app, db_node, version):
@@ -121,6 +127,13 @@ class DataPlace:
         self.writable = _pick(app, writable, node, "writable static files")
         if self.pg:
             register_secret(self.pg.password)
+        self._cluster_ensured = False
+
+    def ensure_cluster(self, ctx):
+        """Once per place: the database node's pg_hba lets the app's role in (see ensure_cluster)."""
+        if self.pg and not self._cluster_ensured:
+            ensure_cluster(ctx, self.pg.node)
+            self._cluster_ensured = True
 
     @property
     def services(self):
@@ -189,6 +202,7 @@ def take_backup(ctx, place, kind, label=None):
     name = f"{app.name}-{timezone.now():%Y%m%d-%H%M%S}-{label or kind}-j{ctx.job_id}"
     final = backup_dir(app.name) / f"{name}.tar"
     part = final.with_name(f".{name}.tar.part")
+    place.ensure_cluster(ctx)
     try:
         with open(part, "wb") as f:
             writer = ArchiveWriter(f)
@@ -199,7 +213,7 @@ def take_backup(ctx, place, kind, label=None):
                 dumps.append((ctx.transport(place.files.node), FILES, place.files.settings))
             if place.writable:
                 dumps.append((ctx.transport(place.writable.node), WRITABLE, place.writable.settings))
-            node_services.dump_into(ctx.emit, writer, dumps)
+            node_services.dump_into(ctx.emit, writer, dumps, password=place.pg.password if place.pg else None)
             manifest = writer.finish(app=app.name, release=place.release(), created_at=timezone.now().isoformat(),
                                      toppcloud_version=toppcloud_version(), services=place.services)
             f.flush()
@@ -254,9 +268,12 @@ def restore_backup(ctx, backup, place, manifest):
                          f"service; add {key} to its app.ini and deploy it first")
     if not wanted:
         raise FlowFailed(f"backup {backup.name} holds no data of a service {place.app.name} has")
+    place.ensure_cluster(ctx)
     done = {}
     for node, specs in place.specs_by_node(wanted).items():
-        result = node_services.restore(ctx.transport(node), ctx.emit, path, tmp=NodeLayout(node.root).tmp, **specs)
+        password = place.pg.password if "postgresql" in specs else None  # the database loads as the app's role
+        result = node_services.restore(ctx.transport(node), ctx.emit, path, tmp=NodeLayout(node.root).tmp,
+                                       password=password, **specs)
         done[node.name] = result["staged"]
     return done
 

@@ -159,7 +159,7 @@ def release_environment(app, release, node, layout, venv, service_env):
         "TOPPCLOUD_TASKS_URL": tasks_url(app),
         "TOPPCLOUD_TASK_TOKEN": token,
         "STATIC_URL": static_url(app, release),
-        "HOME": layout.app_dir(app.name),
+        "HOME": layout.home_dir(app.name),  # owned by the app's user (nodeops/node_users.py)
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
         "VIRTUAL_ENV": venv,

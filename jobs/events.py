@@ -5,7 +5,8 @@ projection, then one guarded write UPDATEs the Job row only if it is still
 at the event before this one (its last seq and hash), and INSERTs the event,
 keyed (job, seq). A writer working from a stale read therefore cannot fork
 the chain: its write is refused. `seq` is gapless per job and each event's
-hash chains it to the previous one.
+hash, keyed with TOPPCLOUD_LOG_KEY, chains it to the previous one; jobs/seal.py
+seals every job's head at intervals, so deleted and cut-off jobs show too.
 
 Who writes how:
 - lock() + append(): under the job's row lock (select_for_update), for
@@ -22,7 +23,6 @@ done again the locked way. On PostgreSQL each write is one statement.
 
 import copy
 import functools
-import hashlib
 import json
 import os
 import threading
@@ -38,22 +38,18 @@ from jobs.models import PROJECTED_FIELDS, Job, JobEvent
 from jobs.reducer import OUTPUT_KEYS
 from jobs.redact import redact
 from jobs.states import Kind, Status
-
-GENESIS = "0" * 64
+from toppcloud_site.logchain import GENESIS, canonical_json, keyed_hash, plain_hash  # noqa: F401 (GENESIS: re-exported)
 CUT_MARK = "\n… [cut: {n} more bytes]"
 CAP_REACHED = "[not stored: this job's output cap of {cap} bytes is reached]"
 
 
-def canonical_json(value):
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def event_hash(prev_hash, job_id, seq, at, kind, data, actor):
+def event_hash(prev_hash, job_id, seq, at, kind, data, actor, keyed=True):
+    """HMAC-SHA256 under the log key (toppcloud_site/logchain.py); keyed=False: the plain sha256 of old events."""
     fields = {
         "job": job_id, "seq": seq, "kind": kind, "data": data, "actor": actor,
         "at": at.astimezone(dt_timezone.utc).isoformat(timespec="microseconds"),
     }
-    return hashlib.sha256((prev_hash + canonical_json(fields)).encode()).hexdigest()
+    return (keyed_hash if keyed else plain_hash)(prev_hash, fields)
 
 
 # --- the ways to write ------------------------------------------------------

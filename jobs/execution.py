@@ -13,6 +13,7 @@ from jobs.environment import mask_app_secrets
 from jobs.models import LiveRelease
 from nodeops import release as node_release
 from nodeops import runtime
+from nodeops.node_users import app_user
 from toppcloud_site.records.models import App
 
 
@@ -43,7 +44,7 @@ def run_in_release(ctx, t, layout, app, release, argv, *, timeout, log=None, lab
     session end).
     """
     mask_app_secrets(App.objects.get(name=app))
-    words = runtime.exec_argv(layout, node_release.env_file(layout, app, release), argv,
+    words = runtime.exec_argv(layout, node_release.env_file(layout, app, release), argv, user=app_user(app),
                               chdir=node_release.release_dir(layout, app, release), timeout=timeout,
                               log=log, label=label, watch_stdin=True)
     recorder = OutputRecorder(ctx)

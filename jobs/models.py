@@ -178,3 +178,38 @@ class DeadLetter(Job):
     class Meta:
         proxy = True
         verbose_name = "dead letter (failed task)"
+
+
+class LogSeal(models.Model):
+    """A seal of the whole log, written by jobs/seal.py alone (append-only, as events are).
+
+    Seal n names the heads that changed since seal n-1 (each job's (id, last
+    seq, hash at it); the audit log's last (id, hash)), and is chained to n-1
+    by its MAC under TOPPCLOUD_LOG_KEY. Each is also a line of the append-only
+    TOPPCLOUD_LOG_SEAL_FILE, outside the database: `jobs verify` checks the two
+    agree, so deleting seals, jobs or a job's last events shows.
+    """
+
+    number = models.PositiveBigIntegerField(primary_key=True)
+    at = models.DateTimeField()
+    prev_mac = models.CharField(max_length=64)
+    jobs = models.JSONField(default=list)    # [[job id, seq, hash], ...]
+    audit = models.JSONField(null=True)      # [entry id, hash] of the audit log's last entry, if it changed
+    # The cut-over seal (migration 0007): the events it names were hashed with plain sha256, before the key.
+    legacy = models.BooleanField(default=False)
+    mac = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["number"]
+
+    def __str__(self):
+        return f"seal {self.number}"
+
+
+class SealedHead(models.Model):
+    """The sealer's own bookkeeping: each job's head as last sealed, to find what changed since (not evidence:
+    `jobs verify` trusts the seals, not this table)."""
+
+    job_id = models.BigIntegerField(primary_key=True)  # no foreign key: a deleted job must not take its seal along
+    seq = models.PositiveIntegerField()
+    hash = models.CharField(max_length=64)

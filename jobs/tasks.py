@@ -23,27 +23,58 @@ def sweep():
     return dispatch.sweep()
 
 
-@shared_task(name="jobs.submit_backup", acks_late=True)
-def submit_backup(app):
-    """A scheduled backup (django-celery-beat entry `backup APP`): queue the backup job."""
+@shared_task(name="jobs.reconcile_nodes", acks_late=True)
+def reconcile_nodes():
+    """Beat's toppcloud-reconcile-nodes: a reconcile_node job per node (the jobs touch the hosts, not this)."""
+    from jobs import reconcile
+
+    return reconcile.submit_periodic()
+
+
+@shared_task(name="jobs.seal", acks_late=True)
+def seal():
+    """Seal the log: every job head and the audit head that changed since the last seal (jobs/seal.py)."""
+    from jobs import seal as sealing
+
+    made = sealing.seal()
+    return made and made.number
+
+
+@shared_task(name="jobs.submit_backup", bind=True, acks_late=True)
+def submit_backup(self, app):
+    """A scheduled backup (django-celery-beat entry `backup APP`): queue the backup job, if that entry sent it."""
+    from django_celery_beat.models import PeriodicTask
+
+    from jobs import beat
+    from jobs.data import SCHEDULE_TASK
     from jobs.states import ActorKind
 
+    schedule = PeriodicTask.objects.filter(name=f"backup {app}", task=SCHEDULE_TASK).first()
+    try:
+        beat.check_origin(self.request, schedule)
+    except beat.NotOurs as exc:
+        beat.refused(self.request, self.name, {"app": app}, str(exc))
+        return None
     job = dispatch.submit("backup", target=f"app:{app}", params={"app": app}, actor_kind=ActorKind.SCHEDULE,
                           actor=f"backup {app}")
     return job.pk
 
 
-@shared_task(name="jobs.submit_cron", acks_late=True)
-def submit_cron(app, entry):
-    """A scheduled cron run (django-celery-beat entry `cron APP ENTRY`): queue its cron_run job."""
+@shared_task(name="jobs.submit_cron", bind=True, acks_late=True)
+def submit_cron(self, app, entry):
+    """A scheduled cron run (django-celery-beat entry `cron APP ENTRY`): queue its cron_run job, if the
+    entry is one the app's live release defines and its own schedule sent this."""
     from django.utils import timezone
 
-    from jobs import cron
+    from jobs import beat, cron
     from jobs.states import ActorKind
 
     try:
+        _, record = cron.check_entry(app, entry)
+        beat.check_origin(self.request, record.periodic_task)
         job = cron.submit_run(app, entry, actor_kind=ActorKind.SCHEDULE, actor=cron.task_name(app, entry),
                               scheduled_at=timezone.now())
-    except cron.CronRefused:
-        return None  # the entry went away after beat read its schedule
+    except (cron.CronRefused, beat.NotOurs) as exc:  # e.g. the entry went away after beat read its schedule
+        beat.refused(self.request, self.name, {"app": app, "entry": entry}, str(exc))
+        return None
     return job.pk

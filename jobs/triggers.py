@@ -77,3 +77,46 @@ SQLITE_REMOVE = [
 
 INSTALL = {"postgresql": POSTGRESQL_INSTALL, "sqlite": SQLITE_INSTALL}
 REMOVE = {"postgresql": POSTGRESQL_REMOVE, "sqlite": SQLITE_REMOVE}
+
+# jobs_logseal (migration 0007) is append-only the same way; its rows are also in the seal file.
+SEAL_POSTGRESQL_INSTALL = [
+    """
+    CREATE OR REPLACE FUNCTION jobs_logseal_refuse_change() RETURNS trigger AS $$
+    BEGIN
+        RAISE EXCEPTION 'jobs_logseal is append-only: % refused', TG_OP
+            USING ERRCODE = 'integrity_constraint_violation';
+    END
+    $$ LANGUAGE plpgsql
+    """,
+    """
+    CREATE TRIGGER jobs_logseal_append_only
+    BEFORE UPDATE OR DELETE ON jobs_logseal
+    FOR EACH ROW EXECUTE FUNCTION jobs_logseal_refuse_change()
+    """,
+    """
+    CREATE TRIGGER jobs_logseal_no_truncate
+    BEFORE TRUNCATE ON jobs_logseal
+    FOR EACH STATEMENT EXECUTE FUNCTION jobs_logseal_refuse_change()
+    """,
+]
+SEAL_POSTGRESQL_REMOVE = [
+    "DROP TRIGGER IF EXISTS jobs_logseal_append_only ON jobs_logseal",
+    "DROP TRIGGER IF EXISTS jobs_logseal_no_truncate ON jobs_logseal",
+    "DROP FUNCTION IF EXISTS jobs_logseal_refuse_change()",
+]
+SEAL_SQLITE_INSTALL = [
+    """
+    CREATE TRIGGER jobs_logseal_no_update BEFORE UPDATE ON jobs_logseal
+    BEGIN SELECT RAISE(ABORT, 'jobs_logseal is append-only: UPDATE refused'); END
+    """,
+    """
+    CREATE TRIGGER jobs_logseal_no_delete BEFORE DELETE ON jobs_logseal
+    BEGIN SELECT RAISE(ABORT, 'jobs_logseal is append-only: DELETE refused'); END
+    """,
+]
+SEAL_SQLITE_REMOVE = [
+    "DROP TRIGGER IF EXISTS jobs_logseal_no_update",
+    "DROP TRIGGER IF EXISTS jobs_logseal_no_delete",
+]
+SEAL_INSTALL = {"postgresql": SEAL_POSTGRESQL_INSTALL, "sqlite": SEAL_SQLITE_INSTALL}
+SEAL_REMOVE = {"postgresql": SEAL_POSTGRESQL_REMOVE, "sqlite": SEAL_SQLITE_REMOVE}

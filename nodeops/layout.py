@@ -68,6 +68,10 @@ class NodeLayout:
     def env_dir(self, app):
         return os.path.join(self.app_dir(app), "env")
 
+    def home_dir(self, app):
+        """$HOME of the app's processes: the one directory under the app's own that its user owns."""
+        return os.path.join(self.app_dir(app), "home")
+
     def files_dir(self, app):
         return os.path.join(self.app_dir(app), "files")
 

@@ -12,10 +12,10 @@ never in argv):
     pg-app        the app's role (password verifier on stdin) and database exist
     files-ensure  the app's files directory exists
     writable-ensure  the app's writable static directories exist (never emptied)
-    dump-sql      the app's database as ordered plain SQL, on stdout
+    dump-sql      the app's database as ordered plain SQL, on stdout (the role's password on stdin)
     dump-files    the app's files directory as a deterministic tar, on stdout
     dump-writable the app's writable directory (every <name>/ in it), the same way
-    restore       read an archive on stdin, stage and verify it, swap it in when told
+    restore       read an archive on stdin (after the role's password), stage and verify it, swap it in when told
     clear         replace the app's database, files and writable directories with empty ones
 
 A backup archive is an uncompressed tar holding, in this order:
@@ -423,24 +423,55 @@ _DUMP_FLAGS = ["--no-owner", "--no-privileges", "--no-tablespaces", "--no-public
 
 
 class _Pg:
-    """One cluster on this node, reached as the postgres superuser over the local socket."""
+    """One cluster on this node, over its local socket: as the postgres superuser, or (login())
+    as an app's own role with its password.
 
-    def __init__(self, spec):
+    The superuser runs only toppcloud's own statements, in the `postgres`
+    database, on databases and roles: nothing there can call an app's code.
+    Whatever reads or writes an app's database (dump, restore, the archive's
+    SQL) logs in as the app's role, so it can do no more than the app itself:
+    no `RESET ROLE` back to a superuser, no COPY ... TO PROGRAM, no CREATE ROLE,
+    and an app's function (a CHECK, an index expression, a shadowing
+    quote_ident) runs with the app's rights only.
+    """
+
+    def __init__(self, spec, role=None, password=None):
+        self.spec = spec
         self.version = str(spec["version"])
         if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", self.version):
             raise DataError(f"PostgreSQL version {self.version!r} is invalid")
         self.port = str(int(spec["port"]))
         self.bin = f"/usr/lib/postgresql/{self.version}/bin"
+        self.role, self.env = role, None
+        if role is not None:
+            if not password:
+                raise DataError(f"no password for role {role!r} came on stdin: the app's data are only "
+                                "read and written as the app's own role")
+            # In the environment of psql and pg_dump (readable by postgres and root only), never in argv.
+            self.env = dict(os.environ, PGPASSWORD=password)
+
+    def login(self, role, password):
+        """The same cluster, reached as `role` with `password` (pg_hba: local samerole scram-sha-256)."""
+        return _Pg(self.spec, role, password)
 
     def argv(self, program, *args):
+        # The clients run as the postgres user even for an app's role: never as root, and \restrict
+        # keeps the archive's text from psql's own commands.
+        if self.role is None and program != "psql":
+            raise DataError(f"{program} runs only as an app's role, never as the superuser")
         as_postgres = [] if os.geteuid() == _postgres_uid() else ["runuser", "-u", "postgres", "--"]
-        return [*as_postgres, f"{self.bin}/{program}", "-p", self.port, *args]
+        who = [] if self.role is None else ["-U", self.role, "-w"]  # -w: a refused password fails, never prompts
+        return [*as_postgres, f"{self.bin}/{program}", "-p", self.port, *who, *args]
 
     def psql(self, db, *args):
+        if self.role is None and db != "postgres":
+            # An app's database may hold its functions, and settings (ALTER DATABASE ... SET
+            # search_path) that make them run: the superuser never enters one.
+            raise DataError(f"the superuser connects only to the postgres database, not to {db!r}")
         return self.argv("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=terse", "-d", db, *args)
 
     def run(self, db, sql, *args):
-        r = subprocess.run(self.psql(db, "-At", *args), input=sql.encode(), capture_output=True)
+        r = subprocess.run(self.psql(db, "-At", *args), input=sql.encode(), capture_output=True, env=self.env)
         if r.returncode != 0:
             raise DataError(f"psql on {db}: {r.stderr.decode(errors='replace').strip()[-1500:]}")
         return r.stdout.decode()
@@ -477,17 +508,19 @@ POST_MARK = b"-- toppcloud: indexes, constraints and triggers\n"
 SPLIT_ROWS = 200_000
 
 
-def dump_sql(spec, out):
+def dump_sql(spec, out, password):
     """Write the database as ordered plain SQL to the binary file `out`; one consistent snapshot.
 
     pg_dump writes the schema (before the rows) and the indexes and
     constraints (after them); the rows come from COPY in primary-key order.
     Several sessions read at once, all in the snapshot the first one holds.
+    Every session is the app's own role: a superuser reading an app's
+    objects would run whatever app code they call (CVE-2024-7348's kind).
     """
-    pg, db = _Pg(spec), spec["dbname"]
+    pg, db = _Pg(spec).login(spec["role"], password), spec["dbname"]
     workers = max(1, min(4, os.cpu_count() or 1))
     holder = subprocess.Popen(pg.psql(db, "-At"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
+                              stderr=subprocess.PIPE, env=pg.env)
     running = []
     try:
         def ask(sql):
@@ -517,19 +550,23 @@ def dump_sql(spec, out):
         segments.append(current)
 
         dump = ["pg_dump", *_DUMP_FLAGS, f"--snapshot={snapshot}", "-d", db]
-        pre = subprocess.Popen(pg.argv(*dump, "--section=pre-data"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        pre = subprocess.Popen(pg.argv(*dump, "--section=pre-data"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=pg.env)
 
         def post_data():
-            return subprocess.Popen(pg.argv(*dump, "--section=post-data"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            return subprocess.Popen(pg.argv(*dump, "--section=post-data"), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=pg.env)
 
         # With several sessions reading rows, the CPUs are busy until the first
         # of them ends: the post-data pg_dump waits for that.
         post = post_data() if len(segments) == 1 else None
         prelude = ["BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;", f"SET TRANSACTION SNAPSHOT {_lit(snapshot)};",
-                   "SET enable_sort = off;"]  # rows come in index order; a big sort would spill to disk
+                   "SET enable_sort = off;",  # rows come in index order; a big sort would spill to disk
+                   "SET row_security = off;"]  # a policy that would hide rows from the owner fails the dump instead
 
         def start(i, target):
-            proc = subprocess.Popen(pg.psql(db, "-At"), stdin=subprocess.PIPE, stdout=target, stderr=subprocess.PIPE)
+            proc = subprocess.Popen(pg.psql(db, "-At"), stdin=subprocess.PIPE, stdout=target, stderr=subprocess.PIPE,
+                                    env=pg.env)
             proc.stdin.write("\n".join(prelude + segments[i] + ["COMMIT;", ""]).encode())
             proc.stdin.close()
             running.append(proc)
@@ -615,8 +652,9 @@ def _unrestricted(dump):
     return re.sub(rb"^\\(un)?restrict " + _RESTRICT_KEY.encode() + rb"\n", b"", dump, flags=re.MULTILINE)
 
 
-def load_sql(pg, db, role, path, workers=None):
-    """Load an archive's SQL file into `db` as `role`; psql may run no meta-command.
+def load_sql(pg, db, path, workers=None):
+    """Load an archive's SQL file into `db` as the role `pg` logs in as (an app's: login()); psql
+    may run no meta-command.
 
     Every psql session starts with `\\restrict` and a key the SQL cannot know,
     so a hostile archive cannot run `\\!` (a shell) or any other psql command
@@ -632,7 +670,7 @@ def load_sql(pg, db, role, path, workers=None):
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         def session(pieces, *args):
-            return _psql_feed(pg, db, role, key, mm, pieces, *args)
+            return _psql_feed(pg, db, key, mm, pieces, *args)
 
         plan = _load_plan(mm, workers)
         if plan is None:
@@ -700,14 +738,17 @@ def _split_lines(mm, start, end, parts):
     return bounds + [(lo, end)]
 
 
-def _psql_feed(pg, db, role, key, mm, pieces, *args):
-    """A restricted psql session as `role` in `db`, fed by a thread of its own.
+def _psql_feed(pg, db, key, mm, pieces, *args):
+    """A restricted psql session in `db`, logged in as the app's role (never SET ROLE from a
+    superuser, which the SQL could RESET), fed by a thread of its own.
 
     `pieces` are bytes, or (start, end) ranges of `mm` (copied out a chunk at a time).
     """
+    if pg.role is None:
+        raise DataError("an archive's SQL is loaded only as the app's own role, never as the superuser")
     err = tempfile.TemporaryFile()
-    proc = subprocess.Popen(pg.psql(db, *args, "-c", f"\\restrict {key}", "-c", f"SET ROLE {_ident(role)}", "-f", "-"),
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+    proc = subprocess.Popen(pg.psql(db, *args, "-c", f"\\restrict {key}", "-f", "-"),
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, env=pg.env)
 
     def feed():
         try:
@@ -723,7 +764,7 @@ def _psql_feed(pg, db, role, key, mm, pieces, *args):
 
     proc.feeder = threading.Thread(target=feed, daemon=True)
     proc.feeder.start()
-    proc.err = err
+    proc.err, proc.role = err, pg.role
     return proc
 
 
@@ -737,7 +778,8 @@ def _psql_wait(proc):
         if "invalid command \\restrict" in err:
             raise DataError("psql on the node predates \\restrict (PostgreSQL's August 2025 security "
                             "releases): upgrade its postgresql-client, then restore again")
-        raise DataError(f"{SQL} did not load: {err[-1500:]}")
+        raise DataError(f"{SQL} did not load (as the app's role {proc.role}, which may do only what the app "
+                        f"may): {err[-1500:]}")
 
 
 def _create_db(pg, db, role):
@@ -791,6 +833,21 @@ def _exchange(a, b):
         raise OSError(err, f"cannot exchange {a} and {b}: {os.strerror(err)}")
 
 
+def _own_like(staged, directory):
+    """Give the staged tree (unpacked as root) the owner of the directory it replaces: the app's
+    user (nodeops/node_users.py), so the app can write its restored files. By file descriptor,
+    never following a symlink."""
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        return  # a first restore before any deploy: the next deploy gives it its owner
+    uid, gid = st.st_uid, st.st_gid
+    os.chown(staged, uid, gid, follow_symlinks=False)
+    for _, dirs, files, fd in os.fwalk(staged):
+        for name in dirs + files:
+            os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+
+
 def _swap_dir(directory):
     staged = directory + STAGING
     if os.path.isdir(directory):
@@ -831,9 +888,14 @@ def cmd_pg_ensure(spec):
                           f"but the node's pg_port is {port}: change one of them")
     conf = ("# Managed by toppcloud.\n"
             f"listen_addresses = {_lit(listen)}\n")
+    # samerole: a role may enter the database named like a role it is a member of (itself, and
+    # for <app>__restore the NOLOGIN role of that name granted to the app alone, see
+    # _staging_role), so the app's role loads its staging database and enters no other.
     hba = ("# Managed by toppcloud: the superuser only on the local socket; each app's role\n"
-           "# only into its own database (named like it), with its password.\n"
+           "# only into its own database (named like it), with its password; on the local\n"
+           "# socket also into its staging database (<app>__restore), where restores load as it.\n"
            "local   all        postgres                peer\n"
+           "local   samerole   all                     scram-sha-256\n"
            "host    sameuser   all        0.0.0.0/0    scram-sha-256\n"
            "host    sameuser   all        ::/0         scram-sha-256\n")
     conf_changed = _write_if_changed(f"{conf_dir}/conf.d/toppcloud.conf", conf, "postgres")
@@ -938,13 +1000,16 @@ def cmd_restore(spec, stdin, stdout):
     """Receive the archive on stdin, check all of it, stage it beside the live data, and swap it
     in only when the control plane says `swap`.
 
-    The archive is exactly spec["size"] bytes; then one line. Anything but
+    stdin is one line, the app role's password (empty without postgresql); then the archive,
+    exactly spec["size"] bytes; then one line. Anything but
     "swap" (the control plane died: end of input) drops what was staged.
     Answers `{"received": n}` once the archive is in and every member's
     checksum matched, then `{"staged": ...}`.
     """
     pg_spec, files_spec, writable_spec = spec.get("postgresql"), spec.get("files"), spec.get("writable")
+    password = stdin.readline().rstrip(b"\n").decode()
     pg = _Pg(pg_spec) if pg_spec else None
+    as_app = pg.login(pg_spec["role"], password) if pg else None  # refuses a missing password before anything
     staging_db = pg_spec["dbname"] + STAGING if pg else None
     staged = {}
     # The empty staging database is made while the archive arrives.
@@ -974,15 +1039,17 @@ def cmd_restore(spec, stdin, stdout):
             maker.join()
             if made[0] is not None:
                 raise made[0]
-            load_sql(pg, staging_db, pg_spec["role"], os.path.join(work, SQL))
+            load_sql(as_app, staging_db, os.path.join(work, SQL))
             staged["postgresql"] = {"bytes": manifest["files"][SQL]["size"]}
         if files_spec:
             with open(os.path.join(work, FILES), "rb") as f:
                 staged["files"] = unpack_files(f, files_spec["dir"] + STAGING)
+            _own_like(files_spec["dir"] + STAGING, files_spec["dir"])
         if writable_spec:
             with open(os.path.join(work, WRITABLE), "rb") as f:
                 staged["writable"] = unpack_files(f, writable_spec["dir"] + STAGING, WRITABLE)
             _make_writable_names(writable_spec["dir"] + STAGING, writable_spec.get("names", []))
+            _own_like(writable_spec["dir"] + STAGING, writable_spec["dir"])
         stdout.write(json.dumps({"staged": staged, "app": manifest.get("app"), "release": manifest.get("release")})
                      .encode() + b"\n")
         stdout.flush()
@@ -1004,13 +1071,24 @@ def cmd_restore(spec, stdin, stdout):
 
 
 def _fresh_db(pg, db, role):
-    """An empty database `db` owned by `role` (a leftover of that name is dropped first); the error, if any."""
+    """An empty staging database `db` owned by `role`, which alone may log in to it (a leftover of
+    that name is dropped first); the error, if any."""
     try:
         _drop_db(pg, db)
         _create_db(pg, db, role)
+        _staging_role(pg, db, role)
     except DataError as exc:
         return exc
     return None
+
+
+def _staging_role(pg, db, role):
+    """A NOLOGIN role named like the staging database, granted to the app's role only: pg_hba's
+    `samerole` then lets that role (and no other app's) log in to it. It owns nothing and has no
+    rights; app names hold no '_', so it is no app's role."""
+    if not pg.run("postgres", f"SELECT 1 FROM pg_roles WHERE rolname = {_lit(db)};\n").strip():
+        pg.run("postgres", f"CREATE ROLE {_ident(db)} NOLOGIN;\n")
+    pg.run("postgres", f"GRANT {_ident(db)} TO {_ident(role)};\n")
 
 
 def _swap(pg, pg_spec, files_spec, writable_spec=None, gate=None):
@@ -1102,10 +1180,12 @@ def cmd_clear(spec):
     if files_spec:
         shutil.rmtree(files_spec["dir"] + STAGING, ignore_errors=True)
         os.mkdir(files_spec["dir"] + STAGING, 0o755)
+        _own_like(files_spec["dir"] + STAGING, files_spec["dir"])
     if writable_spec:
         shutil.rmtree(writable_spec["dir"] + STAGING, ignore_errors=True)
         os.mkdir(writable_spec["dir"] + STAGING, 0o755)
         _make_writable_names(writable_spec["dir"] + STAGING, writable_spec.get("names", []))
+        _own_like(writable_spec["dir"] + STAGING, writable_spec["dir"])
     held = _swap(pg, pg_spec, files_spec, writable_spec, spec.get("gate"))
     return {"cleared": [s for s, v in (("postgresql", pg_spec), ("files", files_spec), ("writable", writable_spec))
                         if v], "held": held}
@@ -1151,7 +1231,7 @@ def main(argv):
         elif command == "writable-ensure":
             result = cmd_writable_ensure(spec)
         elif command == "dump-sql":
-            result = dump_sql(spec, out)
+            result = dump_sql(spec, out, sys.stdin.readline().rstrip("\n"))
         elif command == "dump-files":
             result = cmd_dump_files(spec, out)
         elif command == "dump-writable":

@@ -11,9 +11,16 @@ and run by the node's system python (`/usr/bin/python3 -I ...`), so it uses
 the standard library only and runs on Python 3.9 and later. It imports
 nothing from toppcloud.
 
-    toppcloud-exec [--chdir DIR] [--timeout SECONDS] [--kill-grace SECONDS]
+    toppcloud-exec [--user NAME] [--chdir DIR] [--timeout SECONDS] [--kill-grace SECONDS]
                    [--log FILE] [--label TEXT] [--watch-stdin]
                    ENV_FILE -- PROGRAM [ARG...]
+
+--user NAME: started as root, this script first becomes NAME (its
+groups, then its uid: initgroups, setgid, setuid), before it reads the env
+file or opens the log, so app code never runs as root and everything the
+command touches is touched as the app (125 if it cannot). Started as any
+other user (NAME itself, by supervisord's `user=`; the ssh user of a node
+whose ssh user is not root), nothing changes.
 
 The environment is {"LANG": "C.UTF-8"} updated with the variables of
 ENV_FILE (KEY='value' lines as nodeops.release.render_env writes them).
@@ -93,7 +100,7 @@ LOG_DIR_MODE = 0o750
 
 # Options that take a value: the word after them is never the "--" that
 # ends the options.
-VALUE_OPTIONS = ("--chdir", "--timeout", "--kill-grace", "--log", "--label")
+VALUE_OPTIONS = ("--user", "--chdir", "--timeout", "--kill-grace", "--log", "--label")
 SUPERVISE_OPTIONS = ("--timeout", "--log", "--watch-stdin")
 
 
@@ -147,6 +154,7 @@ def make_parser():
         allow_abbrev=False,
         description="Run PROGRAM in the environment of ENV_FILE (and nothing else).",
     )
+    p.add_argument("--user", metavar="NAME", help="run as this user (started as root: become it first)")
     p.add_argument("--chdir", metavar="DIR", help="working directory of the command")
     p.add_argument("--timeout", metavar="SECONDS", type=positive_seconds,
                    help="stop the command and everything it started after SECONDS (exit 124)")
@@ -322,6 +330,27 @@ def close_django_connections():
         db.connections.close_all()
 
 
+def become(name):
+    """Started as root: become user `name` (its groups, gid, then uid). Otherwise nothing changes."""
+    if os.geteuid() != 0:
+        return  # not root: the command runs as the caller, who cannot become anyone else
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        raise SetupError("user %s does not exist on this node: deploy the app (or run setup_node) to make it"
+                         % name, EXIT_USAGE)
+    if pw.pw_uid == 0:
+        raise SetupError("user %s is root: app code never runs as root" % name, EXIT_USAGE)
+    try:
+        os.initgroups(name, pw.pw_gid)
+        os.setgid(pw.pw_gid)
+        os.setuid(pw.pw_uid)
+    except OSError as e:
+        raise SetupError("cannot become user %s: %s" % (name, e.strerror or e), EXIT_USAGE)
+
+
 def change_dir(path):
     try:
         os.chdir(path)
@@ -364,6 +393,8 @@ def restore_signals():
 
 def run_exec(args):
     """Exec mode: become the program. Returns only if that fails."""
+    if args.user:
+        become(args.user)
     env = read_env(args.env_file)
     if args.chdir:
         change_dir(args.chdir)
@@ -599,6 +630,8 @@ class Supervisor:
 
     def setup(self):
         """Everything before the command starts; SetupError if it cannot."""
+        if self.args.user:
+            become(self.args.user)  # first: the log and the env file are opened as the app
         if self.args.log is not None:
             self.open_log()
         env = read_env(self.args.env_file)

@@ -20,6 +20,7 @@ import re
 import shlex
 
 from . import runtime
+from .node_users import app_user
 from .steps import run_logged
 from .transport import CommandFailed
 from .validate import RUNNER_RE, validate_address, validate_name, validate_port
@@ -36,6 +37,7 @@ PYTHON = "/usr/bin/python3"
 
 _RELEASE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 # Paths written into nginx and supervisor configs: nothing either would read
 # as syntax (quotes, ';', '{', '%', spaces, '#').
 _SAFE_PATH_RE = re.compile(r"/[A-Za-z0-9._/-]*")
@@ -220,8 +222,9 @@ def parse_env(text: str) -> dict:
     return env
 
 
-def write_env(t, layout, app, release, env: dict) -> str:
-    """Write the release's env file (0600), and the node's runtime files with it; return its path.
+def write_env(t, layout, app, release, env: dict, *, user=None) -> str:
+    """Write the release's env file (0600, owned by `user`: the app alone reads it), and the node's
+    runtime files with it; return its path.
 
     One round trip. Not logged: the values are secrets. They travel on
     stdin, never in argv. The file is valid POSIX sh (values shell-quoted),
@@ -230,10 +233,11 @@ def write_env(t, layout, app, release, env: dict) -> str:
     """
     path = env_file(layout, app, release)
     config = runtime.gunicorn_config(layout, path, layout.request_gate(app))
-    files = {path: (0o600, render_env(env).encode()),
-             gunicorn_conf(layout, app, release): (0o600, config.encode()),
+    files = {path: (0o600, render_env(env).encode(), validate_user(user)),
+             # Read by the app's gunicorn; it holds only paths.
+             gunicorn_conf(layout, app, release): (0o644, config.encode()),
              **runtime.runtime_files(layout)}
-    t.put_files(files, dirs=[(layout.env_dir(app), 0o700), (layout.bin, 0o755)])
+    t.put_files(files, dirs=[(layout.env_dir(app), 0o750 if user else 0o700), (layout.bin, 0o755)])
     return path
 
 
@@ -253,8 +257,16 @@ def free_port(t, address="127.0.0.1") -> int:
     return int(t.run([PYTHON, "-I", "-c", _FREE_PORT_PY, address]).stdout.strip())
 
 
-def render_program(layout, app, release, *, port, runner, venv, processes, threads, env_file):
+def validate_user(value):
+    """A system user name as nodeops.node_users.app_user makes them (None: the node's ssh user)."""
+    if value is not None and (not isinstance(value, str) or not _USER_RE.fullmatch(value)):
+        raise ValueError(f"user {value!r} is invalid: use 1 to 32 characters a-z, 0-9, '_' and '-'")
+    return value
+
+
+def render_program(layout, app, release, *, port, runner, venv, processes, threads, env_file, user=None):
     name = program_name(app, release)
+    user = validate_user(user)
     rdir = release_dir(layout, app, release)
     logs = layout.app_logs(app)
     gunicorn = [
@@ -283,15 +295,16 @@ def render_program(layout, app, release, *, port, runner, venv, processes, threa
     # supervisord's signals reach gunicorn. (A supervisord `environment=`
     # line would need its own quoting and '%' escaping and would put secrets
     # into supervisor's config.)
-    command = shlex.join(runtime.exec_argv(layout, env_file, gunicorn, chdir=rdir))
+    command = shlex.join(runtime.exec_argv(layout, env_file, gunicorn, chdir=rdir, user=user))
     # supervisord expands %(...)s in command; validation keeps '%' out.
     assert "%" not in command, command
+    user_line = f"; The app's own system user (nodeops/node_users.py): never root.\nuser = {user}\n" if user else ""
     return f"""\
 ; Managed by toppcloud: release {release} of {app}; removed when the release stops.
 [program:{name}]
 command = {command}
 directory = {rdir}
-autostart = true
+{user_line}autostart = true
 autorestart = true
 startsecs = 1
 startretries = 3
@@ -355,7 +368,8 @@ print(port)
 _PORT_TOKEN = "@@TOPPCLOUD_PORT@@"
 
 
-def start(t, emit, layout, app, release, *, port=None, runner, venv, processes, threads, env_file) -> int:
+def start(t, emit, layout, app, release, *, port=None, runner, venv, processes, threads, env_file,
+          user=None) -> int:
     """Run the release under supervisord on 127.0.0.1:<port> (a free one if None); other programs are not touched.
 
     Returns the port."""
@@ -368,7 +382,7 @@ def start(t, emit, layout, app, release, *, port=None, runner, venv, processes, 
     venv, env_file = _safe_path(venv, "venv"), _safe_path(env_file, "env_file")
     name = program_name(app, release)
     text = render_program(layout, app, release, port=_PORT_TOKEN, runner=runner, venv=venv,
-                          processes=processes, threads=threads, env_file=env_file)
+                          processes=processes, threads=threads, env_file=env_file, user=user)
     r = run_logged(t, emit, [PYTHON, "-I", "-c", _START_PY, layout.supervisor_sock, program_conf(layout, app, release),
                              name, layout.app_logs(app), _PORT_TOKEN, str(port)],
                    step="start", input=text.encode(), check=False, timeout=60)
@@ -420,7 +434,11 @@ def stop(t, emit, layout, app, release) -> None:
 # socket never closing. It waits until none of the old workers is left.
 _APPLY_PY = r"""
 import json, os, subprocess, sys, time, xmlrpc.client
-sock_path, name, exec_script, release_dir, new, env, runner, timeout, program_conf = sys.argv[1:10]
+sock_path, name, exec_script, release_dir, new, env, runner, timeout, program_conf, user = sys.argv[1:11]
+# The new file gets the owner of the one it replaces (the app's user): its gunicorn reads it on HUP.
+owner = os.stat(env) if os.path.exists(env) else None
+if owner:
+    os.chown(new, owner.st_uid, owner.st_gid)
 if os.path.exists(program_conf) and "--config" not in open(program_conf).read():
     os.remove(new)
     sys.exit(f"{name} was started by an older toppcloud, whose gunicorn does not reload its environment: "
@@ -428,7 +446,7 @@ if os.path.exists(program_conf) and "--config" not in open(program_conf).read():
 CHECK = ("import importlib, sys; m, _, a = sys.argv[1].partition(':'); "
          "app = getattr(importlib.import_module(m), a); callable(app) or sys.exit(f'{sys.argv[1]} is not callable')")
 try:
-    check = subprocess.run([sys.executable, "-I", exec_script, "--chdir", release_dir, new, "--",
+    check = subprocess.run([sys.executable, "-I", exec_script, "--user", user, "--chdir", release_dir, new, "--",
                             "python", "-c", CHECK, runner], stdin=subprocess.DEVNULL, capture_output=True,
                            text=True, errors="replace", timeout=120)
     failed = check.returncode != 0 and (check.stdout + check.stderr).strip().splitlines()[-5:]
@@ -441,6 +459,8 @@ if new != env + ".previous" and os.path.exists(env):  # kept, to put back if the
     with open(env, "rb") as f, open(os.open(env + ".previous.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
                                     "wb") as out:
         out.write(f.read())
+        if owner:
+            os.fchown(out.fileno(), owner.st_uid, owner.st_gid)
     os.replace(env + ".previous.tmp", env + ".previous")
 os.replace(new, env)
 """ + "\n".join(_RPC_LINES) + r"""
@@ -498,7 +518,7 @@ def apply_env(t, emit, layout, app, release, env: dict, *, runner, timeout=60) -
     new = path + ".new"
     config = runtime.gunicorn_config(layout, path, layout.request_gate(app))
     t.put_files({new: (0o600, render_env(env).encode()),
-                 gunicorn_conf(layout, app, release): (0o600, config.encode()),
+                 gunicorn_conf(layout, app, release): (0o644, config.encode()),
                  **runtime.runtime_files(layout)}, dirs=[(layout.env_dir(app), 0o700), (layout.bin, 0o755)])
     return _apply(t, emit, layout, app, release, new, runner, timeout)
 
@@ -512,7 +532,7 @@ def _apply(t, emit, layout, app, release, new, runner, timeout):
     path = env_file(layout, app, release)
     r = run_logged(t, emit, [PYTHON, "-I", "-c", _APPLY_PY, layout.supervisor_sock, program_name(app, release),
                              layout.exec_script, release_dir(layout, app, release), new, path, runner,
-                             str(timeout), program_conf(layout, app, release)],
+                             str(timeout), program_conf(layout, app, release), app_user(app)],
                    step="apply env", check=False, timeout=timeout + 180)
     if r.rc != 0:
         raise ReleaseError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"applying the env of "

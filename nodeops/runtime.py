@@ -73,11 +73,14 @@ def gunicorn_config(layout, env_file, gate):
     )
 
 
-def exec_argv(layout, env_file, argv, *, chdir=None, timeout=None, log=None, label=None, watch_stdin=False):
-    """The argv that runs `argv` on the node through toppcloud-exec with the env file."""
+def exec_argv(layout, env_file, argv, *, user, chdir=None, timeout=None, log=None, label=None, watch_stdin=False):
+    """The argv that runs `argv` on the node through toppcloud-exec with the env file, as `user`
+    (nodeops.node_users.app_user; None only where nothing runs as root)."""
     if not argv or not all(isinstance(a, str) for a in argv):
         raise ValueError(f"a command must be a non-empty list of words, got {argv!r}")
     words = [PYTHON, "-I", layout.exec_script]
+    if user:
+        words += ["--user", user]
     if chdir:
         words += ["--chdir", chdir]
     if timeout is not None:

@@ -124,13 +124,18 @@ def service_env(*, pg=None, host=None, password=None, files_dir=None) -> dict:
 
 # --- moving data ------------------------------------------------------------------
 
-def dump_into(emit, writer, dumps) -> dict:
+def dump_into(emit, writer, dumps, password=None) -> dict:
     """Stream members from nodes into an ArchiveWriter; `dumps` is [(transport, member, spec)] in archive order.
 
     All dumps run at once: the first streams into the archive, the others
-    into temporary files here until their turn.
+    into temporary files here until their turn. The database is read as the
+    app's role: `password` is its password (on the program's stdin).
     """
+    line = _password_line(password)
     streams = [(t, member, spec, t.open(_argv(_DUMP[member], spec))) for t, member, spec in dumps]
+    for _t, member, _spec, stream in streams:
+        if member == SQL:
+            _send(stream, line)
     spools, threads = {}, []
     for _t, member, _spec, stream in streams[1:]:
         spools[member] = tempfile.SpooledTemporaryFile(max_size=64 << 20)
@@ -163,8 +168,25 @@ def dump_into(emit, writer, dumps) -> dict:
 _DUMP = {SQL: "dump-sql", FILES: "dump-files", WRITABLE: "dump-writable"}
 
 
-def restore(t, emit, archive_path, *, postgresql=None, files=None, writable=None, tmp=None, gate=None) -> dict:
-    """Restore an archive (already verified here) into the node's services named by the specs.
+def _password_line(password):
+    """The app role's password as the first line of a node program's stdin (never argv, never an event)."""
+    if password and ("\n" in password or "\0" in password):
+        raise DataError("a database password cannot hold a newline or a NUL")
+    return (password or "").encode() + b"\n"
+
+
+def _send(stream, line):
+    try:
+        stream.stdin.write(line)
+        stream.stdin.flush()
+    except (OSError, ValueError):
+        pass  # the program already ended: its error says why
+
+
+def restore(t, emit, archive_path, *, postgresql=None, password=None, files=None, writable=None, tmp=None,
+            gate=None) -> dict:
+    """Restore an archive (already verified here) into the node's services named by the specs;
+    the database is loaded as the app's role, logged in with `password`.
 
     The archive goes to the node whole first (its members into a temporary
     directory under `tmp`, each hashed on arrival); the node stages
@@ -174,10 +196,12 @@ def restore(t, emit, archive_path, *, postgresql=None, files=None, writable=None
     """
     spec = {"size": os.path.getsize(archive_path), "postgresql": postgresql, "files": files, "writable": writable,
             "tmp": tmp, "gate": gate}
+    line = _password_line(password if postgresql else None)
     stream = t.open(_argv("restore", spec))
 
     def feed():
         try:
+            stream.stdin.write(line)
             with open(archive_path, "rb") as f:
                 while chunk := f.read(node_data.CHUNK):
                     stream.stdin.write(chunk)

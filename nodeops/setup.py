@@ -6,9 +6,10 @@ reports `changed: false` on every step.
 
 import hashlib
 import json
+import os
 import shlex
 
-from . import runtime
+from . import node_users, runtime
 from .layout import NodeLayout
 from .steps import run_logged, step
 from .transport import CommandFailed
@@ -75,7 +76,7 @@ class SetupError(Exception):
     pass
 
 
-STEPS = ("facts", "packages", "layout", "config", "validate", "start", "verify")
+STEPS = ("facts", "packages", "layout", "config", "validate", "start", "app users", "verify")
 
 
 def setup_node(t, *, root, address, http_port, emit):
@@ -84,7 +85,7 @@ def setup_node(t, *, root, address, http_port, emit):
     http_port = validate_port(http_port, "http_port")
     layout = NodeLayout(root)
     changed = []
-    emit("plan", steps=list(STEPS))  # lets a follower show progress as n/7
+    emit("plan", steps=list(STEPS))  # lets a follower show progress as n/8
 
     with step(emit, "facts") as s:
         facts = gather_facts(t, emit)
@@ -135,6 +136,13 @@ def setup_node(t, *, root, address, http_port, emit):
         s.changed = start_services(t, emit, layout, bins, facts, nginx_changed)
         changed.append(s.changed)
 
+    # Apps deployed before each app had its own user get theirs now (their files change hands);
+    # their running web processes move to it with their next deploy, which starts the new ones
+    # beside them and drains the old: no request fails.
+    with step(emit, "app users") as s:
+        s.changed, s.data["still_root"] = ensure_app_users(t, emit, layout) if facts["root"] else (False, [])
+        changed.append(s.changed)
+
     with step(emit, "verify") as s:
         host = f"[{address}]" if ":" in address else address
         url = f"http://{host}:{http_port}{HEALTH_PATH}"
@@ -148,6 +156,23 @@ def setup_node(t, *, root, address, http_port, emit):
     result = dict(facts, changed=any(changed), health="ok")
     emit("node.setup", changed=result["changed"], root=root, address=address, http_port=http_port)
     return result
+
+
+def ensure_app_users(t, emit, layout):
+    """Every app on the node has its user and its directories their owners: (changed, [programs that
+    still run without user=, to be moved by the app's next deploy])."""
+    changed, still_root = False, []
+    for app in node_users.list_apps(t, layout):
+        try:
+            changed |= bool(node_users.ensure_app_user(t, emit, layout, app)["changed"])
+        except node_users.UserError as exc:
+            raise SetupError(f"app {app}: {exc}") from None
+    r = run_logged(t, emit, ["grep", "-L", "-e", "^user = ", "-r", "--include=app-*.conf", layout.supervisor_programs],
+                   step="app users", check=False)
+    still_root = sorted(os.path.basename(p)[:-len(".conf")] for p in r.stdout.split())
+    if still_root:
+        emit("log", text=f"still running as root until their app's next deploy: {', '.join(still_root)}")
+    return changed, still_root
 
 
 def _has_user(t, emit, name):

@@ -65,25 +65,33 @@ def fingerprint(host_key: str) -> str:
 
 
 # Writes files atomically (each to a temp file in its directory, then
-# rename), each only if its bytes or mode differ, after making missing
+# rename), each only if its bytes, mode or owner differ, after making missing
 # directories with their modes. A JSON line (directories; each file's path,
 # mode and size) arrives on stdin, then the files' bytes one after another:
 # contents (secrets in env files) never reach argv. Prints the changed paths.
 _PUT_FILES_PY = r"""
-import json, os, sys, tempfile
+import json, os, pwd, sys, tempfile
 spec = json.loads(sys.stdin.buffer.readline())
 for path, mode in spec["dirs"]:
     if not os.path.isdir(path):
         os.makedirs(path, exist_ok=True)
         os.chmod(path, int(mode, 8))  # makedirs' mode is filtered by the umask
 changed = []
-for path, mode, size in spec["files"]:
+for path, mode, size, owner in spec["files"]:
     data, mode = sys.stdin.buffer.read(size), int(mode, 8)
     if len(data) != size:
         sys.exit(f"{path}: {size} bytes were to come, {len(data)} came")
+    ids = None
+    if owner:
+        try:
+            pw = pwd.getpwnam(owner)
+        except KeyError:
+            sys.exit(f"{path}: its owner {owner} is not a user on this node")
+        ids = (pw.pw_uid, pw.pw_gid)
     try:
         with open(path, "rb") as f:
-            if f.read() == data and os.stat(path).st_mode & 0o7777 == mode:
+            st = os.fstat(f.fileno())
+            if f.read() == data and st.st_mode & 0o7777 == mode and (ids is None or (st.st_uid, st.st_gid) == ids):
                 continue
     except FileNotFoundError:
         pass
@@ -94,6 +102,8 @@ for path, mode, size in spec["files"]:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
+        if ids:
+            os.chown(tmp, *ids)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -122,14 +132,16 @@ class Transport:
         return bool(self.put_files({path: (mode, data)}))
 
     def put_files(self, files: dict, dirs=()) -> list[str]:
-        """Make each path hold its bytes with its mode ({path: (mode, bytes)}), in one round trip,
-        after making the missing directories of `dirs` ((path, mode) pairs); the paths that changed."""
+        """Make each path hold its bytes with its mode ({path: (mode, bytes)} or (mode, bytes, owner):
+        a user name, its group too), in one round trip, after making the missing directories of
+        `dirs` ((path, mode) pairs); the paths that changed."""
         for path in [*files, *(d for d, _ in dirs)]:
             if not isinstance(path, str) or not path.startswith("/"):
                 raise ValueError(f"put_files path {path!r} must be absolute")
         header = json.dumps({"dirs": [[d, "%o" % m] for d, m in dirs],
-                             "files": [[p, "%o" % m, len(data)] for p, (m, data) in files.items()]})
-        body = b"".join(data for _, data in files.values())
+                             "files": [[p, "%o" % f[0], len(f[1]), f[2] if len(f) > 2 else None]
+                                       for p, f in files.items()]})
+        body = b"".join(f[1] for f in files.values())
         result = self.run(["python3", "-I", "-c", _PUT_FILES_PY], input=header.encode() + b"\n" + body)
         return json.loads(result.stdout)
 
@@ -252,7 +264,9 @@ def _rsync_argv(src_dir, dest, link_dest, delete, ssh_cmd=None):
     # size+mtime check would call two different files of equal size the same
     # (and hard-link the old one). --stats: the bytes sent, for the job's events.
     # --mkpath: the destination's missing parents are made, without an ssh round trip of their own.
-    argv = ["rsync", "-a", "--checksum", "--stats", "--mkpath"]
+    # --no-owner --no-group --chmod=go-w: the release belongs to the node's ssh user (root), whoever
+    # owned the files on the control plane, and no app's user can write into it.
+    argv = ["rsync", "-a", "--no-owner", "--no-group", "--chmod=go-w", "--checksum", "--stats", "--mkpath"]
     if delete:
         argv.append("--delete")
     if link_dest:

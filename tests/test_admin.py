@@ -139,6 +139,51 @@ def test_backups_are_listed_and_downloadable_by_staff_only(admin_client, client,
     assert admin_client.post(reverse("admin:records_backup_delete", args=[stored_backup.pk])).status_code == 403
 
 
+def staff_client(name, *codenames):
+    from django.contrib.auth.models import Permission, User
+    from django.test import Client
+
+    user = User.objects.create_user(name, password="pw-0123456789", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_it_refuses_a_backup_download_without_download_backup_even_to_view_and_change_users(stored_backup):
+    from toppcloud_site.records.models import AuditEntry
+
+    url = reverse("admin:records_backup_download", args=[stored_backup.pk])
+    viewer = staff_client("backup-viewer", "view_backup", "change_backup", "view_app", "change_app")
+    assert viewer.get(reverse("admin:records_backup_changelist")).status_code == 200
+    assert stored_backup.name in viewer.get(reverse("admin:records_backup_changelist")).content.decode()
+    assert url not in viewer.get(reverse("admin:records_backup_change", args=[stored_backup.pk])).content.decode()
+    response = viewer.get(url)
+    assert response.status_code == 403 and not hasattr(response, "streaming_content")
+    assert not AuditEntry.objects.filter(action="download").exists()
+
+
+def test_it_hands_the_archive_to_a_user_with_download_backup_and_audits_it(stored_backup):
+    from django.utils import timezone
+
+    from jobs.data import archive_path
+    from toppcloud_site.records.models import AuditEntry
+
+    url = reverse("admin:records_backup_download", args=[stored_backup.pk])
+    downloader = staff_client("backup-taker", "view_backup", "download_backup")
+    assert url in downloader.get(reverse("admin:records_backup_changelist")).content.decode()
+    before = timezone.now()
+    response = downloader.get(url)
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content) == archive_path(stored_backup).read_bytes()
+    entry = AuditEntry.objects.get(action="download")
+    assert (entry.actor, entry.model, entry.object_id, entry.object_repr) == (
+        "user:backup-taker", "backup", str(stored_backup.pk), stored_backup.name)
+    assert entry.changes == {"app": "adminnotes", "size": stored_backup.size,
+                             "manifest_sha256": stored_backup.manifest_sha256}
+    assert entry.at >= before
+
+
 def test_the_backup_and_restore_actions_queue_jobs_and_pages_never_show_the_password(
         admin_client, admin_user, stored_backup, django_capture_on_commit_callbacks):
     from toppcloud_site.records.models import App, Service

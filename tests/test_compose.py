@@ -105,6 +105,16 @@ def test_it_serves_web_and_flower_on_the_ports_it_publishes():
     assert "FLOWER_BASIC_AUTH" in SERVICES["flower"]["environment"]
 
 
+def test_it_requires_the_log_key_and_shares_the_seal_file_with_every_service():
+    for name in TOPPCLOUD_SERVICES:
+        environment = SERVICES[name]["environment"]
+        assert "${TOPPCLOUD_LOG_KEY:?" in environment["TOPPCLOUD_LOG_KEY"], name
+        seal_dir = environment["TOPPCLOUD_LOG_SEAL_FILE"].rsplit("/", 1)[0]
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in SERVICES[name]["volumes"]}
+        assert mounts.get(seal_dir) == "toppcloud-seals", name
+    assert "toppcloud-seals" not in {v.split(":")[0] for v in SERVICES["postgres"].get("volumes", [])}
+
+
 def test_it_declares_every_named_volume():
     used = {v.split(":")[0] for s in SERVICES.values() for v in s.get("volumes", []) if not v.startswith(".")}
     assert used == set(COMPOSE["volumes"])

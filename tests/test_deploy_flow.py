@@ -247,11 +247,12 @@ def test_update_fetch_runs_in_the_release_and_a_failure_keeps_the_old_one(worker
     name = f"upd{os.getpid() % 10000}"
     good = app_copy(tmp_path, "hello", name=name, version="1")
     with open(good / "app.ini", "a") as f:
-        f.write("update_fetch =\n    /health\n    script: python3 -c \"import os; open('migrated', 'w').write(os.environ['TOPPCLOUD_RELEASE'])\"\n")
+        f.write("update_fetch =\n    /health\n    script: python3 -c \"import os; open(os.environ['HOME'] + '/migrated', 'w').write(os.environ['TOPPCLOUD_RELEASE'])\"\n")
     code, job = deploy(good, node)
     assert code == 0, job.error
     release = job.params["release"]
-    assert Path(host.root, "apps", name, "releases", release, "migrated").read_text() == release  # same env as web
+    # Same env as web; run as the app's user, which may write its home but not its release.
+    assert Path(host.root, "apps", name, "home", "migrated").read_text() == release
 
     bad = app_copy(tmp_path, "hello", name=name, version="2")
     with open(bad / "app.ini", "a") as f:

@@ -70,7 +70,7 @@ def test_the_release_environment_has_the_platforms_names_and_masks_the_token(app
     assert env["GREETING"] == "hi" and env["CONFIG_FILES"] == "/srv/tc/apps/envapp/files"
     assert env["TOPPCLOUD_TASKS_URL"] == "https://control.example.test/api/apps/envapp/tasks"
     assert env["TOPPCLOUD_DEBUG_EMAIL"] == "oops@example.test" and env["STATIC_URL"] == "/blog/static/"
-    assert env["TOPPCLOUD_APP_DIR"] == "/srv/tc/apps/envapp/releases/r1" and env["HOME"] == "/srv/tc/apps/envapp"
+    assert env["TOPPCLOUD_APP_DIR"] == "/srv/tc/apps/envapp/releases/r1" and env["HOME"] == "/srv/tc/apps/envapp/home"
     assert env["PATH"].startswith("/srv/tc/apps/envapp/venvs/v1/bin:")
     assert env["TOPPCLOUD_TASK_TOKEN"] == task_token(app)
     assert redact_text(f"token {env['TOPPCLOUD_TASK_TOKEN']}") == "token ********"

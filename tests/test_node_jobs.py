@@ -17,7 +17,7 @@ from toppcloud_site.records.models import Node
 
 pytestmark = [pytest.mark.hosts, pytest.mark.worker]
 _numbers = itertools.count(1)
-SETUP_STEPS = ["facts", "packages", "layout", "config", "validate", "start", "verify"]
+SETUP_STEPS = ["facts", "packages", "layout", "config", "validate", "start", "app users", "verify"]
 
 
 def run_command(*args):
@@ -47,7 +47,7 @@ def test_it_sets_up_two_hosts_and_again_changes_nothing(worker, test_hosts, node
     for host, node in zip(test_hosts, nodes):
         code, job = run_command("setup_node", node.name)
         assert code == 0, job.error
-        assert steps(job) == [(s, True) for s in SETUP_STEPS]
+        assert steps(job) == [(s, True) for s in SETUP_STEPS + ["reconcile"]]
         assert job.result["changed"] is True and job.actor_kind == "user"
         assert served(host) == (200, b"ok\n")
         # The documented layout is on the host's disk, with toppcloud's own nginx and supervisord running.
@@ -59,7 +59,7 @@ def test_it_sets_up_two_hosts_and_again_changes_nothing(worker, test_hosts, node
         assert node.set_up_at is not None and node.facts["nproc"] >= 1
 
     out = capsys.readouterr().out
-    assert "[7/7] verify ok" in out  # progress against the plan the job announced
+    assert "[8/8] verify ok" in out  # progress against the plan the job announced
     for host, node in zip(test_hosts, nodes):
         code, job = run_command("setup_node", node.name)
         assert code == 0, job.error

@@ -16,6 +16,7 @@ from nodeops.transport import LocalTransport
 from tests.nodeops_helpers import Events
 
 PG_PORT = 5432
+PASSWORD = "the-roles-password"  # dumps and restores log in as the app's role
 
 
 def archive(tmp_path, sql=b"SELECT 1;\n", files=None, name="a.tar"):
@@ -194,7 +195,7 @@ def database():
     name = f"tcdata-{os.getpid()}"
     superuser(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     superuser(f'DROP ROLE IF EXISTS "{name}"')
-    superuser(f'CREATE ROLE "{name}" LOGIN')
+    superuser(f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{PASSWORD}'")
     superuser(f'CREATE DATABASE "{name}" OWNER "{name}"')
     superuser(f'SET ROLE "{name}"; CREATE TABLE items (id bigserial PRIMARY KEY, label text NOT NULL); '
               "CREATE TABLE tags (item bigint REFERENCES items, tag text); "
@@ -215,7 +216,7 @@ def dump(spec, tmp_path, name="dump.tar"):
     path = tmp_path / name
     with open(path, "wb") as f:
         w = ArchiveWriter(f)
-        services.dump_into(Events(), w, [(LocalTransport(), "postgresql.sql", spec)])
+        services.dump_into(Events(), w, [(LocalTransport(), "postgresql.sql", spec)], password=PASSWORD)
         w.finish(app="demo", release="r1", created_at="now", services=["postgresql"])
     return path
 
@@ -237,10 +238,10 @@ def test_it_dumps_rows_in_key_order_the_same_way_twice(database, tmp_path):
 def restore(spec, path, swap=True):
     """Run the node program's restore as the control plane does, optionally dying before the swap."""
     if swap:
-        return services.restore(LocalTransport(), Events(), str(path), postgresql=spec)
+        return services.restore(LocalTransport(), Events(), str(path), postgresql=spec, password=PASSWORD)
     stream = LocalTransport().open(services._argv("restore", {"size": os.path.getsize(path), "postgresql": spec,
                                                              "files": None}))
-    stream.stdin.write(path.read_bytes())
+    stream.stdin.write(PASSWORD.encode() + b"\n" + path.read_bytes())
     stream.stdin.flush()
     assert json.loads(stream.stdout.readline()) == {"received": os.path.getsize(path)}
     assert json.loads(stream.stdout.readline())["staged"]["postgresql"]
@@ -278,6 +279,18 @@ def test_an_archive_cannot_run_psql_commands_on_the_node(database, tmp_path):
     assert superuser("SELECT count(*) FROM items", db=database["dbname"]).strip() == "300000"
 
 
+def test_an_archive_is_loaded_only_as_the_apps_role_logged_in_with_its_password(database, tmp_path):
+    path = archive(tmp_path, sql=b"CREATE TABLE x (id int);\n")
+    with pytest.raises(DataError, match="no password for role .* came on stdin"):
+        services.restore(LocalTransport(), Events(), str(path), postgresql=database)  # no password: refused first
+    assert superuser(f"SELECT count(*) FROM pg_database WHERE datname = '{database['dbname']}__restore'").strip() == "0"
+    sql = tmp_path / "x.sql"
+    sql.write_bytes(b"CREATE TABLE x (id int);\n")
+    with pytest.raises(DataError, match="only as the app's own role, never as the superuser"):
+        node_data.load_sql(node_data._Pg(database), database["dbname"], str(sql))
+    assert superuser("SELECT count(*) FROM pg_tables WHERE tablename = 'x'", db=database["dbname"]).strip() == "0"
+
+
 @pytest.mark.parametrize("rows_section", [
     b"\\! touch MARKER\n",  # a psql command where rows belong
     b"COPY public.x (id) FROM stdin;\n1\n\\.\n\\! touch MARKER\n",  # after a table's rows
@@ -310,7 +323,7 @@ def test_big_tables_load_in_parallel_sessions_with_every_row(database, tmp_path,
     target = database["dbname"] + "__restore"
     superuser(f'DROP DATABASE IF EXISTS "{target}"')
     superuser(f'CREATE DATABASE "{target}" OWNER "{database["role"]}"')
-    node_data.load_sql(node_data._Pg(database), target, database["role"], str(sql), workers=3)
+    node_data.load_sql(node_data._Pg(database).login(database["role"], PASSWORD), target, str(sql), workers=3)
     assert superuser("SELECT count(*), count(DISTINCT id), sum(id) FROM items", db=target).strip() == \
         f"300000|300000|{300000 * 300001 // 2}"
     assert superuser("SELECT count(*) FROM pg_indexes WHERE tablename = 'items'", db=target).strip() == "1"

@@ -520,3 +520,62 @@ def test_bad_usage(env_file, argv):
     assert r.stderr.startswith(b"toppcloud-exec: ")
     if "--timeout" in argv:
         assert report_of(r.stderr)["rc"] == 125
+
+
+# --- --user: app code never runs as root ---------------------------------------
+
+
+@pytest.fixture
+def nobody_env():
+    """An env file only `nobody` (and root) can read, in a directory of its own that nobody can reach
+    (pytest's tmp dirs are 0700)."""
+    import pwd
+    import shutil
+    import tempfile
+
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="tc-exec-user-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    path = write_env(base, {"PATH": SYSTEM_PATH})
+    os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    os.chmod(path, 0o600)
+    (base / "logs").mkdir()
+    os.chown(base / "logs", nobody.pw_uid, nobody.pw_gid)
+    yield path, nobody
+    shutil.rmtree(base)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="becoming another user needs root")
+@pytest.mark.parametrize("mode", MODES)
+def test_it_becomes_the_user_it_is_given_when_started_as_root(nobody_env, mode):
+    path, nobody = nobody_env
+    r = run(path, "sh", "-c", "id -u; id -g; id -G; cat /proc/self/status | grep ^CapEff",
+            opts=["--user", "nobody", *MODES[mode]])
+    assert r.returncode == 0, r.stderr
+    uid, gid, groups, caps = r.stdout.decode().splitlines()
+    assert (int(uid), int(gid)) == (nobody.pw_uid, nobody.pw_gid)
+    assert "0" not in groups.split()  # root's groups are dropped too
+    assert caps.split()[1] == "0000000000000000"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="becoming another user needs root")
+def test_it_opens_the_log_as_the_user(nobody_env):
+    path, nobody = nobody_env
+    log = path.parent / "logs" / "cron.log"
+    r = run(path, "true", opts=["--user", "nobody", "--log", str(log)])
+    assert r.returncode == 0, r.stderr
+    assert log.stat().st_uid == nobody.pw_uid
+    # A log the user may not write is refused, not written by root.
+    r = run(path, "true", opts=["--user", "nobody", "--log", str(path.parent / "root-only.log")])
+    assert r.returncode == 125 and "Permission denied" in r.stderr.decode()
+    assert not (path.parent / "root-only.log").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="becoming another user needs root")
+@pytest.mark.parametrize("mode", MODES)
+def test_it_refuses_a_user_that_does_not_exist_or_is_root(env_file, mode):
+    r = run(env_file, "true", opts=["--user", "tc-no-such-app-here", *MODES[mode]])
+    assert r.returncode == 125
+    assert "user tc-no-such-app-here does not exist on this node" in r.stderr.decode()
+    r = run(env_file, "true", opts=["--user", "root", *MODES[mode]])
+    assert r.returncode == 125 and "app code never runs as root" in r.stderr.decode()

@@ -347,3 +347,16 @@ def test_the_program_runs_gunicorn_through_the_env_file_without_a_shell_string()
         "--log-config-json /srv/tc/bin/gunicorn-logging.json app:application"
     )
     assert "stopsignal = TERM" in conf and "stderr_logfile = /srv/tc/logs/hello/error.log" in conf
+
+
+def test_it_runs_the_program_as_the_apps_user():
+    kw = dict(port=8001, runner="app:application", venv="/srv/tc/apps/hello/venvs/abc", processes=2, threads=3,
+              env_file="/srv/tc/apps/hello/env/r1.env")
+    conf = rel.render_program(NodeLayout("/srv/tc"), "hello", "r1", user="tc-hello", **kw)
+    assert "\nuser = tc-hello\n" in conf  # supervisord starts it as the user...
+    command = next(l for l in conf.splitlines() if l.startswith("command = "))
+    # ... and toppcloud-exec would drop to it too, were it started as root.
+    assert command.startswith("command = /usr/bin/python3 -I /srv/tc/bin/toppcloud-exec --user tc-hello --chdir ")
+    for bad in ("root\nuser = root", "tc hello", "Tc-hello", "x" * 33, ""):
+        with pytest.raises(ValueError, match="user"):
+            rel.render_program(NodeLayout("/srv/tc"), "hello", "r1", user=bad, **kw)

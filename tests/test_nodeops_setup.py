@@ -11,7 +11,7 @@ from tests.nodeops_conftest_snippet import control_dir, control_key, hosts_dir, 
 
 pytestmark = pytest.mark.hosts
 
-STEPS = ["facts", "packages", "layout", "config", "validate", "start", "verify"]
+STEPS = ["facts", "packages", "layout", "config", "validate", "start", "app users", "verify"]
 @pytest.fixture(scope="module")
 def transports(test_hosts, control_key, control_dir):
     ts = [transport_for(h.spec(control_key[0], control_dir)) for h in test_hosts]
@@ -88,6 +88,7 @@ def test_it_changes_nothing_the_second_time(test_hosts, transports, first_runs):
         finished = events.finished()
         assert {s: finished[s].get("changed") for s in STEPS if s not in ("facts", "verify")} == {
             "packages": False, "layout": False, "config": False, "validate": False, "start": False,
+            "app users": False,
         }
         assert events.kinds("node.setup")[0]["changed"] is False
         # Nothing was restarted.

@@ -1,7 +1,9 @@
 """The one writer of events: seq, hash chain, projection, redaction, caps."""
 
 import hashlib
+import hmac
 import json
+import os
 
 import pytest
 from django.db import transaction
@@ -41,7 +43,10 @@ def test_it_numbers_events_without_gaps_and_chains_their_hashes():
     last = rows[-1]
     fields = {"job": job.pk, "seq": 4, "kind": last.kind, "data": last.data, "actor": last.actor,
               "at": last.at.isoformat(timespec="microseconds")}
-    assert last.hash == hashlib.sha256((last.prev_hash + canonical_json(fields)).encode()).hexdigest()
+    # HMAC-SHA256 under TOPPCLOUD_LOG_KEY (tests/settings.py), not a plain sha256 anyone could recompute.
+    key = os.environ["TOPPCLOUD_LOG_KEY"].encode()
+    assert last.hash == hmac.new(key, (last.prev_hash + canonical_json(fields)).encode(), hashlib.sha256).hexdigest()
+    assert last.hash != hashlib.sha256((last.prev_hash + canonical_json(fields)).encode()).hexdigest()
     job.refresh_from_db()
     assert (job.status, job.summary, job.attempt, job.worker) == ("succeeded", "done", 1, "w")
     assert job.finished_at == last.at

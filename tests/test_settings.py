@@ -53,6 +53,9 @@ def test_it_refuses_a_value_it_cannot_read(tmp_path, env, message):
      "filesystem broker while the database is PostgreSQL"),
     ({"FLOWER_BASIC_AUTH": "adminonly"}, "toppcloud.E004", "FLOWER_BASIC_AUTH must be user:password"),
     ({"TOPPCLOUD_SSH_CONTROL_DIR": "/tmp/" + "d" * 70}, "toppcloud.E005", "unix socket limit"),
+    ({"DATABASE_URL": "postgres://u@127.0.0.1/x", "SECRET_KEY": GOOD_KEY}, "toppcloud.E020",
+     "TOPPCLOUD_LOG_KEY is not set"),
+    ({"TOPPCLOUD_LOG_KEY": "short"}, "toppcloud.E021", "TOPPCLOUD_LOG_KEY is 5 characters long"),
 ])
 def test_it_reports_each_mistake_as_a_system_check(tmp_path, env, check_id, words):
     code, out = check(tmp_path, **env)
@@ -64,9 +67,17 @@ def test_it_reports_each_mistake_as_a_system_check(tmp_path, env, check_id, word
 def test_it_reads_a_secret_from_a_file(tmp_path):
     key = tmp_path / "secret"
     key.write_text(GOOD_KEY + "\n")
+    log_key = tmp_path / "log-key"
+    log_key.write_text("l" * 40 + "\n")
     code, out = check(tmp_path, SECRET_KEY_FILE=str(key), DATABASE_URL="postgres://u@127.0.0.1/x",
+                      CELERY_BROKER_URL="amqp://guest:guest@127.0.0.1//", TOPPCLOUD_LOG_KEY_FILE=str(log_key))
+    assert code == 0 and "E001" not in out and "E020" not in out, out
+
+
+def test_it_lets_debug_run_without_a_log_key(tmp_path):
+    code, out = check(tmp_path, DATABASE_URL="postgres://u@127.0.0.1/x", SECRET_KEY=GOOD_KEY, DEBUG="true",
                       CELERY_BROKER_URL="amqp://guest:guest@127.0.0.1//")
-    assert code == 0 and "E001" not in out, out
+    assert code == 0 and "E020" not in out, out
 
 
 def test_the_models_and_their_migrations_agree(tmp_path):

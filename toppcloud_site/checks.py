@@ -51,4 +51,21 @@ def check_settings(app_configs=None, **kwargs):
             hint="Use a short directory such as /tmp/toppcloud-ssh.",
             id="toppcloud.E005",
         ))
+    errors += _log_key_errors()
     return errors
+
+
+def _log_key_errors():
+    """The key of the log's hash chains (jobs/seal.py) must come from outside the database in production."""
+    key = settings.TOPPCLOUD_LOG_KEY
+    if not key and _is_postgresql() and not settings.DEBUG:
+        return [Error(
+            "TOPPCLOUD_LOG_KEY is not set, but DATABASE_URL points at PostgreSQL and DEBUG is off (a production setup).",
+            hint="Set TOPPCLOUD_LOG_KEY or TOPPCLOUD_LOG_KEY_FILE to at least 32 random characters, kept apart "
+                 "from the database and its backups (without it, the log's chains fall back to a key file in "
+                 "TOPPCLOUD_VAR_DIR).",
+            id="toppcloud.E020",
+        )]
+    if key and len(key) < 32:
+        return [Error(f"TOPPCLOUD_LOG_KEY is {len(key)} characters long; it needs at least 32.", id="toppcloud.E021")]
+    return []

@@ -8,6 +8,7 @@ Production sets DATABASE_URL (PostgreSQL) and CELERY_BROKER_URL (RabbitMQ);
 """
 
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -156,8 +157,25 @@ JOBS_MAX_ATTEMPTS = env_int("JOBS_MAX_ATTEMPTS", 3, minimum=1, maximum=20)
 JOBS_OUTPUT_CAP_EVENT = env_int("JOBS_OUTPUT_CAP_EVENT", 64 * 1024, minimum=1024)
 JOBS_OUTPUT_CAP_JOB = env_int("JOBS_OUTPUT_CAP_JOB", 1024 * 1024, minimum=1024)
 
+# --- the tamper-evident log (jobs/seal.py) ----------------------------------
+# The key of the event and audit hash chains, kept out of the database (at least 32 characters;
+# required with PostgreSQL and DEBUG off: check toppcloud.E020). Unset: a key made in
+# $TOPPCLOUD_VAR_DIR/log.key, fine for the embedded default only.
+TOPPCLOUD_LOG_KEY = env_secret("TOPPCLOUD_LOG_KEY", "")
+# The append-only file every seal is also written to; the services that seal (workers, beat's
+# task, `jobs seal`) and `jobs verify` must share it, and it must not live in the database.
+TOPPCLOUD_LOG_SEAL_FILE = env_str("TOPPCLOUD_LOG_SEAL_FILE", str(VAR_DIR / "log.seals"))
+# Seconds between seals: a job created and deleted within one interval is the one thing not caught.
+TOPPCLOUD_LOG_SEAL_INTERVAL = env_float("TOPPCLOUD_LOG_SEAL_INTERVAL", 60.0, minimum=1.0)
+
+# Every this many seconds each node gets a reconcile_node job (jobs/reconcile.py): what interrupted
+# jobs left running is stopped, and the front door made what the records say.
+JOBS_RECONCILE_INTERVAL = env_float("JOBS_RECONCILE_INTERVAL", 600.0, minimum=60.0)
+
 CELERY_BEAT_SCHEDULE = {
     "toppcloud-sweep-jobs": {"task": "jobs.sweep", "schedule": JOBS_SWEEP_INTERVAL},
+    "toppcloud-seal-log": {"task": "jobs.seal", "schedule": TOPPCLOUD_LOG_SEAL_INTERVAL},
+    "toppcloud-reconcile-nodes": {"task": "jobs.reconcile_nodes", "schedule": JOBS_RECONCILE_INTERVAL},
 }
 
 # --- releases -------------------------------------------------------------
@@ -206,6 +224,21 @@ TOPPCLOUD_SSH_CONNECT_TIMEOUT = env_int("TOPPCLOUD_SSH_CONNECT_TIMEOUT", 10, min
 # Read here so checks can refuse a malformed value before flower starts.
 FLOWER_BASIC_AUTH = env_secret("FLOWER_BASIC_AUTH", "")
 FLOWER_URL = env_str("FLOWER_URL", "http://127.0.0.1:5555")
+
+# --- login throttling (django-axes) -----------------------------------------
+# After this many wrong passwords for one username from one address, that pair is locked out (HTTP 429,
+# even with the right password) for the cool-off; `manage.py axes_reset` unlocks everyone now.
+INSTALLED_APPS.append("axes")
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")  # last, as axes requires
+AXES_FAILURE_LIMIT = env_int("TOPPCLOUD_LOGIN_FAILURE_LIMIT", 5, minimum=1, maximum=1000)
+AXES_COOLOFF_TIME = timedelta(seconds=env_float("TOPPCLOUD_LOGIN_COOLOFF_SECONDS", 900.0, minimum=1.0))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Proxies of the operator's own in front of the web server (each appends to X-Forwarded-For); 0: none, the
+# client's address is the socket's and X-Forwarded-For is ignored (toppcloud_site/throttle.py).
+TOPPCLOUD_PROXY_COUNT = env_int("TOPPCLOUD_PROXY_COUNT", 0, minimum=0, maximum=10)
+AXES_CLIENT_IP_CALLABLE = "toppcloud_site.throttle.client_ip"
 
 if not DEBUG:
     SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)

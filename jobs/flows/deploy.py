@@ -1,7 +1,10 @@
 """Deploy and rollback on one node, as a person would do them by hand.
 
-Deploy: take the app's lock; install its data services (and make its
-writable static directories); upload the release next to the previous one;
+Deploy: take the app's lock; reconcile the node for the app (stop what an
+interrupted deploy left running, the front door as the records say);
+install its data services (and make its writable static directories);
+make the app's own system user and give its directories their owners;
+upload the release next to the previous one;
 publish its static files to the group's CDN origin, if it has one; build or
 reuse its virtualenv; write its environment (the config as it is now);
 start it on a fresh port beside the live one; wait until it answers; ask
@@ -12,7 +15,7 @@ schedules; stop the old release; prune old releases.
 A failure before activation stops the new release; the old one never stops
 serving. A failure of the database updates also restores the checkpoint.
 
-Rollback: the same from "install its data services", for a release still
+Rollback: the same from "reconcile", for a release still
 on the node's disk: no upload, no database updates. It too gets the config
 as it is now.
 """
@@ -27,14 +30,14 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import cron, data, environment, execution, fan_out, frontdoor
+from jobs import cron, data, environment, execution, fan_out, frontdoor, reconcile
 from jobs.context import FlowFailed, WaitForChildren
 from jobs.flows import flow
 from jobs.models import AppLock, Job, LiveRelease
 from jobs.redact import register_secret
 from jobs.releases import artifact_path
 from jobs.states import TERMINAL
-from nodeops import archive, publish, release as node_release
+from nodeops import archive, node_users, publish, release as node_release
 from nodeops.frontdoor import FrontDoorError
 from nodeops.layout import NodeLayout
 from toppcloud_site.records.models import App, Backup, Node, Release
@@ -54,6 +57,7 @@ def deploy(ctx, app, release, node):
         environment.check_required_config(app, release)
     except environment.ConfigMissing as exc:
         raise FlowFailed(f"{exc}; nothing was changed on {node.name}") from None
+    reconcile_app(ctx, app, node)
     live = LiveRelease.objects.filter(app=app, node=node, host=ini["location_host"], path=ini["location_path"]).first()
     previous = live.release if live else None
     if previous == release:
@@ -62,7 +66,8 @@ def deploy(ctx, app, release, node):
     with ctx.step("services") as s:
         service_env, s.changed = data.ensure_services(ctx, app, node, ini.get("services", []),
                                                       ini.get("writable_static_files", []))
-    with unpacked(release) as src:
+    user = ensure_app_user(ctx, t, layout, app)
+    with unpacked(ctx, release) as src:
         with ctx.step("upload") as s:
             link_dest = node_release_dir(layout, app, previous) if previous else None
             release_dir = node_release.upload(t, ctx.emit, layout, app.name, release.name, src, previous=link_dest)
@@ -70,8 +75,8 @@ def deploy(ctx, app, release, node):
         publish_static(ctx, app, release, src, ini)
     with ctx.step("venv") as s:
         venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name, release_dir, ini["requirements"])
-    env_file = write_environment(ctx, t, layout, app, release, node, venv, service_env)
-    port, answer = start_release(ctx, t, layout, app, release, ini, venv, env_file)
+    env_file = write_environment(ctx, t, layout, app, release, node, venv, service_env, user)
+    port, answer = start_release(ctx, t, layout, app, release, ini, venv, env_file, user)
     with stopped_if_not_live(ctx, t, layout, app, release):
         with ctx.step("health"):
             check_health(ctx, answer, ini, release, previous)
@@ -108,16 +113,18 @@ def rollback(ctx, app, node, release=None):
         environment.check_required_config(app, target)
     except environment.ConfigMissing as exc:
         raise FlowFailed(f"{exc}; nothing was changed on {node.name}") from None
+    reconcile_app(ctx, app, node)
     with ctx.step("services") as s:
         service_env, s.changed = data.ensure_services(ctx, app, node, ini.get("services", []),
                                                       ini.get("writable_static_files", []))
+    user = ensure_app_user(ctx, t, layout, app)
     with ctx.step("venv") as s:
         venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name,
                                                    node_release_dir(layout, app, target), ini["requirements"])
     # The config as it is now, not as it was when the release was first live: a secret
     # rotated since stays rotated.
-    env_file = write_environment(ctx, t, layout, app, target, node, venv, service_env)
-    port, answer = start_release(ctx, t, layout, app, target, ini, venv, env_file)
+    env_file = write_environment(ctx, t, layout, app, target, node, venv, service_env, user)
+    port, answer = start_release(ctx, t, layout, app, target, ini, venv, env_file, user)
     with stopped_if_not_live(ctx, t, layout, app, target):
         with ctx.step("health"):
             check_health(ctx, answer, ini, target, live.release)
@@ -211,10 +218,22 @@ def reverted_on_failure(ctx, app, node, checkpoint):
                          f"update left is kept in {failed.name})") from exc
 
 
+def reconcile_app(ctx, app, node):
+    """Before changing the app on the node: undo what an interrupted deploy or rollback of it left there."""
+    with ctx.step("reconcile") as s:
+        done = reconcile.reconcile(ctx, node, apps=[app])
+        s.data.update(stopped=[p["program"] for p in done["stopped"]], front_door_changed=done["front_door_changed"])
+        s.changed = bool(done["stopped"] or done["front_door_changed"] or done["removed_unpack_dirs"])
+
+
 @contextmanager
-def unpacked(release):
-    """The release's archive unpacked into a temporary directory on this machine (checked, never trusted)."""
-    tmp = tempfile.mkdtemp(prefix=f"toppcloud-{release.app.name}-")
+def unpacked(ctx, release):
+    """The release's archive unpacked into a temporary directory on this machine (checked, never trusted).
+
+    Its name carries the job's id: a killed job leaves it behind, and the
+    next reconcile on this machine removes it once the job has ended.
+    """
+    tmp = tempfile.mkdtemp(prefix=reconcile.unpack_prefix(release.app.name, ctx.job_id))
     try:
         dest = os.path.join(tmp, "app")
         archive.unpack(artifact_path(release), dest, sha256=release.artifact_sha256)
@@ -245,12 +264,25 @@ def s3_settings():
             "aws_secret_access_key": settings.TOPPCLOUD_S3_SECRET_ACCESS_KEY}
 
 
-def write_environment(ctx, t, layout, app, release, node, venv, service_env):
+def ensure_app_user(ctx, t, layout, app):
+    """The app's own system user on the node, its directories owned as nodeops/node_users.py says
+    (a node from before app users is moved over here); the user's name (None: ssh user not root)."""
+    with ctx.step("app user") as s:
+        try:
+            result = node_users.ensure_app_user(t, ctx.emit, layout, app.name)
+        except node_users.UserError as exc:
+            raise FlowFailed(f"{exc}; nothing was started") from None
+        s.changed = bool(result["changed"])
+        s.data.update(result)
+    return result["user"]
+
+
+def write_environment(ctx, t, layout, app, release, node, venv, service_env, user):
     """The release's environment, from the config as it is now, in its env file on the node; its path."""
     with ctx.step("env") as s:
         s.data.update(config_used(app, release))
         return node_release.write_env(t, layout, app.name, release.name, environment.release_environment(
-            app, release, node, layout, venv, service_env))
+            app, release, node, layout, venv, service_env), user=user)
 
 
 def config_used(app, release):
@@ -259,10 +291,11 @@ def config_used(app, release):
             "config_keys": sorted(environment.config_records(app))}
 
 
-def start_release(ctx, t, layout, app, release, ini, venv, env_file):
+def start_release(ctx, t, layout, app, release, ini, venv, env_file, user):
     with ctx.step("start") as s:
         port = node_release.start(t, ctx.emit, layout, app.name, release.name, runner=ini["runner"], venv=venv,
-                                  processes=ini["processes"], threads=ini["threads"], env_file=env_file)
+                                  processes=ini["processes"], threads=ini["threads"], env_file=env_file,
+                                  user=user)
         s.data["port"] = port
     with ctx.step("wait until it answers") as s:
         # Asking the health URL itself: its first answer is the health check's too.

@@ -1,7 +1,8 @@
-"""Node flows: set a host up, check it answers."""
+"""Node flows: set a host up, check it answers, reconcile it with the records."""
 
 from django.utils import timezone
 
+from jobs import reconcile
 from jobs.flows import flow
 from nodeops import ping, setup
 from toppcloud_site.records.models import Node
@@ -14,8 +15,25 @@ def setup_node(ctx, node):
         ctx.transport(node), root=node.root, address=node.address, http_port=node.http_port, emit=ctx.emit,
     )
     Node.objects.filter(pk=node.pk).update(facts=facts, set_up_at=timezone.now())
+    ctx.emit("plan", steps=[*setup.STEPS, "reconcile"])  # one step more than the node's own setup announced
+    with ctx.step("reconcile") as s:
+        done = reconcile.reconcile(ctx, node)
+        s.data["stopped"] = [p["program"] for p in done["stopped"]]
     changed = "changed" if facts.get("changed") else "already as wanted"
     return f"node {node.name} set up ({changed}); nginx answers on {node.address}:{node.http_port}", facts
+
+
+@flow("reconcile_node", queue="nodeops")
+def reconcile_node(ctx, node):
+    """Every few minutes (beat: toppcloud-reconcile-nodes): stop what interrupted jobs left running on the
+    node, and make its front door what the records say (jobs/reconcile.py)."""
+    node = Node.objects.get(name=node)
+    with ctx.step("reconcile") as s:
+        done = reconcile.reconcile(ctx, node)
+        s.data["stopped"] = [p["program"] for p in done["stopped"]]
+    said = ", ".join(f"{p['app']} {p['release']}" for p in done["stopped"]) or "nothing"
+    door = "; front door re-rendered from the records" if done["front_door_changed"] else ""
+    return f"node {node.name} reconciled: stopped {said}{door}", done
 
 
 @flow("ping_node", queue="nodeops")

@@ -1,5 +1,6 @@
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -311,10 +312,13 @@ class LocationAdmin(admin.ModelAdmin):
         _front_door_after_edit(self, request, app_ids)
 
 
+DOWNLOAD_BACKUP = "records.download_backup"
+
+
 @admin.register(Backup)
 class BackupAdmin(admin.ModelAdmin):
     """Backups are made and removed by jobs (backup, checkpoints, retention); here they are read,
-    downloaded, and restored."""
+    downloaded (with records.download_backup, audited), and restored."""
 
     list_display = ["name", "app", "kind", "services_list", "release", "size", "job_link", "download", "created_at"]
     list_filter = ["kind", "app"]
@@ -337,17 +341,36 @@ class BackupAdmin(admin.ModelAdmin):
         return [path("<int:pk>/download/", self.admin_site.admin_view(self.download_view),
                      name="records_backup_download")] + super().get_urls()
 
+    @staticmethod
+    def can_download(request):
+        return request.user.has_perm(DOWNLOAD_BACKUP)
+
+    def get_list_display(self, request):
+        shown = super().get_list_display(request)
+        return shown if self.can_download(request) else [f for f in shown if f != "download"]
+
+    def get_readonly_fields(self, request, obj=None):
+        shown = super().get_readonly_fields(request, obj)
+        return shown if self.can_download(request) else [f for f in shown if f != "download"]
+
     def download_view(self, request, pk):
+        """The archive's bytes, to a user with records.download_backup; each download is an audit entry."""
         from jobs.data import archive_path
+        from toppcloud_site.records import audit
 
         backup = Backup.objects.select_related("app").filter(pk=pk).first()
         if backup is None or not self.has_view_permission(request, backup):
             raise Http404("no such backup")
+        if not self.can_download(request):
+            raise PermissionDenied(f"downloading {backup.name} needs the permission {DOWNLOAD_BACKUP}")
         archive = archive_path(backup)
         if not archive.exists():
             raise Http404(f"the archive of {backup.name} is missing")
-        return FileResponse(open(archive, "rb"), as_attachment=True, filename=f"{backup.name}.tar",
-                            content_type="application/x-tar")
+        response = FileResponse(open(archive, "rb"), as_attachment=True, filename=f"{backup.name}.tar",
+                                content_type="application/x-tar")
+        audit.record("download", backup, app=backup.app.name, size=archive.stat().st_size,
+                     manifest_sha256=backup.manifest_sha256)
+        return response
 
     @admin.display(description="archive")
     def download(self, obj):

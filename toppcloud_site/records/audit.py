@@ -5,19 +5,34 @@ Model signals write an AuditEntry (who, when, what changed: old and new
 values, secrets masked). Who is the actor of the surrounding `acting_as()`:
 the admin's middleware sets the signed-in user, management commands the OS
 user (or --as); anything else is `system`.
+
+The entries form one hash chain in id order, keyed like the job events
+(toppcloud_site/logchain.py): an entry edited or taken out of the middle
+breaks it, and the seals (jobs/seal.py) pin its end, so a cut-off tail shows
+too. `manage.py jobs verify` checks both. Writers take one lock for the
+chain, held until their transaction ends: audited changes are few.
 """
 
 import contextvars
+import json
 from contextlib import contextmanager
+from datetime import timezone as dt_timezone
 
 from django.core.exceptions import ObjectDoesNotExist
+from django.db import connection, transaction
 from django.db.models.signals import post_delete, post_save, pre_save
+from django.utils import timezone
+
+from toppcloud_site.logchain import GENESIS, canonical_json, keyed_hash
 
 MASK = "********"
 # Fields whose values an audit entry never shows (a change still shows as changed).
 SECRET_FIELDS = {"secret_value", "password", "shared_secret", "previous_shared_secret", "private_key"}
 # Bookkeeping, not a change anyone made.
 SKIPPED_FIELDS = {"created_at", "updated_at", "facts", "set_up_at"}
+
+# pg_advisory_xact_lock key of the audit chain ("audi"); SQLite's IMMEDIATE transactions serialize writers anyway.
+CHAIN_LOCK = 0x61756469
 
 _actor = contextvars.ContextVar("toppcloud_audit_actor", default="system")
 
@@ -80,8 +95,27 @@ def record(action, instance, **changes):
     """One audit entry about `instance` by the current actor (also for what is not a change: a reveal)."""
     from toppcloud_site.records.models import AuditEntry
 
-    AuditEntry.objects.create(actor=current_actor(), action=action, model=instance._meta.model_name,
-                              object_id=str(instance.pk), object_repr=_repr(instance), changes=changes)
+    # Normalised through JSON first, so the stored value is exactly what the hash covers.
+    entry = AuditEntry(at=timezone.now(), actor=current_actor(), action=action, model=instance._meta.model_name,
+                       object_id=str(instance.pk), object_repr=_repr(instance),
+                       changes=json.loads(canonical_json(changes)))
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CHAIN_LOCK])
+        entry.prev_hash = AuditEntry.objects.order_by("-id").values_list("hash", flat=True).first() or GENESIS
+        entry.hash = entry_hash(entry.prev_hash, entry)
+        entry.save(force_insert=True)
+    return entry
+
+
+def entry_hash(prev_hash, entry):
+    """The entry's keyed hash on the chain (anything with AuditEntry's fields: migrations pass historical rows)."""
+    return keyed_hash(prev_hash, {
+        "at": entry.at.astimezone(dt_timezone.utc).isoformat(timespec="microseconds"),
+        "actor": entry.actor, "action": entry.action, "model": entry.model, "object_id": entry.object_id,
+        "object_repr": entry.object_repr, "changes": entry.changes,
+    })
 
 
 def _repr(instance):

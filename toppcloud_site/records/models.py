@@ -7,6 +7,7 @@ node operations refuse the same inputs with the same words.
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.db import models
+from django.utils import timezone
 
 from nodeops import publish, validate
 from toppcloud_site.records.secrets import EncryptedTextField
@@ -276,6 +277,8 @@ class Backup(models.Model):
             # Retention: the newest backups of an app, per kind.
             models.Index(fields=["app", "kind", "-created_at"], name="records_backup_app_kind_idx"),
         ]
+        # An archive is all of an app's data: viewing the list does not hand it out.
+        permissions = [("download_backup", "Can download backup archives (all of an app's data)")]
 
     def __str__(self):
         return self.name
@@ -392,13 +395,16 @@ class CronEntry(models.Model):
 class AuditEntry(models.Model):
     """Who changed which record when, old and new values (secrets masked); written by records/audit.py."""
 
-    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    at = models.DateTimeField(default=timezone.now, db_index=True)  # set before hashing (audit.record)
     actor = models.CharField(max_length=200)
     action = models.CharField(max_length=16)  # create, update, delete, reveal
     model = models.CharField(max_length=64)
     object_id = models.CharField(max_length=64)
     object_repr = models.CharField(max_length=200)
     changes = models.JSONField(default=dict)
+    # One keyed hash chain over the whole table in id order (audit.py; `jobs verify` checks it, and the seals its end).
+    prev_hash = models.CharField(max_length=64, default="")
+    hash = models.CharField(max_length=64, default="")
 
     class Meta:
         ordering = ["-at", "-id"]

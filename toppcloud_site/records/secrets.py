@@ -28,14 +28,14 @@ def generate_key():
     return Fernet.generate_key().decode()
 
 
-def _key_file():
-    """The key in VAR_DIR/secret.key, made whole or not at all (web, worker and beat may start at once)."""
-    path = os.path.join(settings.VAR_DIR, "secret.key")
+def key_file(name, make):
+    """The key in VAR_DIR/<name>, made by make() whole or not at all (web, worker and beat may start at once)."""
+    path = os.path.join(settings.VAR_DIR, name)
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".secret.key.")  # 0600
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{name}.")  # 0600
         with os.fdopen(fd, "w") as f:
-            f.write(generate_key() + "\n")
+            f.write(make() + "\n")
         try:
             os.link(tmp, path)  # fails if another process made it first: theirs is the key
         except FileExistsError:
@@ -43,7 +43,11 @@ def _key_file():
         finally:
             os.unlink(tmp)
     with open(path) as f:
-        return [f.read().strip()]
+        return f.read().strip()
+
+
+def _key_file():
+    return [key_file("secret.key", generate_key)]
 
 
 @functools.cache

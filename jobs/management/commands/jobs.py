@@ -1,4 +1,4 @@
-"""manage.py jobs list|show|follow|verify"""
+"""manage.py jobs list|show|follow|verify|seal"""
 
 import json
 import sys
@@ -9,7 +9,7 @@ from jobs.admin import format_duration
 from jobs.follow import describe, exit_code, follow
 from jobs.models import Job
 from jobs.states import TERMINAL
-from jobs.verify import orphan_events, verify_all
+from jobs.verify import orphan_events, read_seals, verify_all, verify_audit
 
 
 def job_dict(job):
@@ -40,7 +40,9 @@ class Command(BaseCommand):
         fol.add_argument("job_id", type=int)
         fol.add_argument("--json", dest="as_json", action="store_true")
         fol.add_argument("--timeout", type=float, help="give up waiting after this many seconds (exit 2)")
-        sub.add_parser("verify", help="replay every job: hash chains and projections; exit 1 on any mismatch")
+        sub.add_parser("verify", help="replay every job, check the keyed hash chains of jobs and the audit log and "
+                                      "hold them against the seals; exit 1 on any mismatch")
+        sub.add_parser("seal", help="seal the log now: every job head and the audit head changed since the last seal")
 
     def handle(self, *args, action, **opts):
         return getattr(self, "do_" + action)(**opts)
@@ -94,19 +96,40 @@ class Command(BaseCommand):
         sys.exit(exit_code(job))
 
     def do_verify(self, **_):
+        seals = read_seals()
+        for problem in seals.problems:
+            self.stderr.write(f"seals: {problem}")
         checked = bad = 0
-        for job, problems in verify_all():
+        for job_id, problems in verify_all(seals):
             checked += 1
             if problems:
                 bad += 1
                 for problem in problems:
-                    self.stderr.write(f"job {job.pk}: {problem}")
+                    self.stderr.write(f"job {job_id}: {problem}")
         orphans = orphan_events()
         if orphans:
             self.stderr.write(f"events of jobs that do not exist: {', '.join(map(str, orphans))}")
-        self.stdout.write(f"verified {checked} jobs: {checked - bad} intact, {bad} with problems")
-        if bad or orphans:
+        audit_problems, audited = verify_audit(seals)
+        for problem in audit_problems:
+            self.stderr.write(problem)
+        self.stdout.write(f"verified {checked} jobs: {checked - bad} intact, {bad} with problems; "
+                          f"{audited} audit entries: {'intact' if not audit_problems else 'with problems'}; "
+                          f"{seals.count} seals{': intact' if not seals.problems else ', with problems'}")
+        if bad or orphans or audit_problems or seals.problems:
             sys.exit(1)
+
+    def do_seal(self, **_):
+        from jobs.seal import SealError, seal
+
+        try:
+            made = seal()
+        except SealError as exc:
+            raise CommandError(str(exc)) from None
+        if made is None:
+            self.stdout.write("nothing changed since the last seal")
+        else:
+            audit = f", audit entry {made.audit[0]}" if made.audit else ""
+            self.stdout.write(f"seal {made.number}: {len(made.jobs)} job heads{audit}")
 
 
 def _dumps(value):
