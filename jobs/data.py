@@ -143,7 +143,8 @@ class DataPlace:
         return sorted({s.node.name for s in (self.pg, self.files, self.writable) if s})
 
     def specs_by_node(self, services):
-        """{node: {"postgresql": spec, "files": spec}} for these services, as the node program takes them."""
+        """{node: {"postgresql": spec, "files": spec, "gate": path}} for these services, as the node
+        program takes them; gate: where the app's requests on that node wait during the swap."""
         found = {}
         if "postgresql" in services:
             found.setdefault(self.pg.node, {})["postgresql"] = _pg_spec(self.pg)
@@ -151,6 +152,8 @@ class DataPlace:
             found.setdefault(self.files.node, {})["files"] = self.files.settings
         if "writable" in services:
             found.setdefault(self.writable.node, {})["writable"] = self.writable.settings
+        for node, specs in found.items():
+            specs["gate"] = NodeLayout(node.root).request_gate(self.app.name)
         return found
 
     def release(self):

@@ -78,6 +78,10 @@ class NodeLayout:
     def writable_dir(self, app):
         return os.path.join(self.app_dir(app), "writable")
 
+    def request_gate(self, app):
+        """The file a restore holds the app's requests with (nodeops/node_data.py _requests_held)."""
+        return os.path.join(self.app_dir(app), "requests.gate")
+
     def app_logs(self, app):
         return os.path.join(self.logs, validate_name(app, "app"))
 

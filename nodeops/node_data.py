@@ -32,6 +32,7 @@ bytes but for the manifest's created_at, and a changed row is a changed line.
 """
 
 import ctypes
+import fcntl
 import glob
 import hashlib
 import json
@@ -47,6 +48,8 @@ import sys
 import tarfile
 import tempfile
 import threading
+import time
+from contextlib import contextmanager
 
 FORMAT = "toppcloud-backup/1"
 SQL, FILES, WRITABLE, MANIFEST = "postgresql.sql", "files.tar", "writable.tar", "manifest.json"
@@ -788,11 +791,15 @@ def _drop_db(pg, db):
     pg.run("postgres", f"DROP DATABASE IF EXISTS {_ident(db)} WITH (FORCE);\n")
 
 
-def _swap_db(pg, db):
+def _prepare_swap_db(pg, db):
+    """What _swap_db needs done first, before the app's requests are held: whether db exists yet."""
+    _drop_db(pg, db + OLD)
+    return pg.exists(db)
+
+
+def _swap_db(pg, db, had):
     """Make db+STAGING the app's database in one transaction; the old one is dropped after."""
     old, staged = db + OLD, db + STAGING
-    _drop_db(pg, old)
-    had = pg.exists(db)
     sql = ["BEGIN;"]
     if had:
         # Connections of the app end here; it reconnects to the new database.
@@ -1059,8 +1066,8 @@ def cmd_restore(spec, stdin, stdout):
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    _swap(pg, pg_spec, files_spec, writable_spec)
-    return {"swapped": sorted(staged), "staged": staged}
+    held = _swap(pg, pg_spec, files_spec, writable_spec, spec.get("gate"))
+    return {"swapped": sorted(staged), "staged": staged, "held": held}
 
 
 def _fresh_db(pg, db, role):
@@ -1084,15 +1091,83 @@ def _staging_role(pg, db, role):
     pg.run("postgres", f"GRANT {_ident(db)} TO {_ident(role)};\n")
 
 
-def _swap(pg, pg_spec, files_spec, writable_spec=None):
+def _swap(pg, pg_spec, files_spec, writable_spec=None, gate=None):
+    """Swap the staged data in while the app's requests on this node are held; how long they were."""
     # From here on, finish: a hang-up or a dying control plane must not leave half a swap.
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
-    if pg:
-        _swap_db(pg, pg_spec["dbname"])
-    for what in (files_spec, writable_spec):
-        if what:
-            _swap_dir(what["dir"])
+    had = _prepare_swap_db(pg, pg_spec["dbname"]) if pg else None
+    with _requests_held(gate) as held:  # as short as can be: one psql, then renames
+        if pg:
+            _swap_db(pg, pg_spec["dbname"], had)
+        for what in (files_spec, writable_spec):
+            if what:
+                _swap_dir(what["dir"])
+    return held
+
+
+# --- holding the app's requests during a swap ------------------------------------------
+#
+# The request gate is one file per app (<root>/apps/<app>/requests.gate) that
+# the gunicorn hooks of every release of the app read (node_exec.RequestGate):
+# while it holds a deadline, new requests wait before they reach the app; each
+# request in flight holds a shared flock on it. So the swap writes the deadline,
+# takes the exclusive lock (= no request in flight any more), swaps, and
+# empties the file: the held requests go on, and each thread sees the file's
+# new mtime and drops its persistent database connections (which the swap
+# terminated) before the app runs. No request ever sees a terminated
+# connection or the moment the database has no name.
+
+HOLD_SECONDS = 30  # a request waits at most this long (node_exec.HOLD_MAX_SECONDS), whatever is left behind
+DRAIN_SECONDS = 20  # how long requests in flight get to finish before the swap goes ahead anyway
+
+
+def _open_gate(path):
+    # Root writes this file in a directory the app may be able to write to: never through a
+    # symlink, and never a file with other names (a hard link to someone else's file).
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise DataError(f"cannot open the request gate {path}: {exc.strerror}; remove it and restore again") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise DataError(f"{path} is not a plain file of its own; remove it and restore again")
+    return fd
+
+
+@contextmanager
+def _requests_held(path):
+    """While inside, the app's requests on this node wait (bounded) and none is in flight.
+
+    Yields {"seconds": ...} filled in on the way out (None when there is no gate:
+    no app directory here, e.g. a database node).
+    """
+    if not path or not os.path.isdir(os.path.dirname(path)):
+        yield None
+        return
+    fd = _open_gate(path)
+    held = {}
+    start = time.monotonic()
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{time.time() + HOLD_SECONDS:.3f}\n".encode())
+        deadline = start + DRAIN_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:  # a request that does not end: it will see the swap
+                    held["undrained"] = True
+                    break
+                time.sleep(0.005)
+        held["drained_seconds"] = round(time.monotonic() - start, 3)
+        yield held
+    finally:
+        os.ftruncate(fd, 0)  # the gate opens; its new mtime makes each thread reconnect
+        os.close(fd)  # and the exclusive lock goes with it
+        held["seconds"] = round(time.monotonic() - start, 3)
 
 
 def cmd_clear(spec):
@@ -1111,9 +1186,9 @@ def cmd_clear(spec):
         os.mkdir(writable_spec["dir"] + STAGING, 0o755)
         _make_writable_names(writable_spec["dir"] + STAGING, writable_spec.get("names", []))
         _own_like(writable_spec["dir"] + STAGING, writable_spec["dir"])
-    _swap(pg, pg_spec, files_spec, writable_spec)
+    held = _swap(pg, pg_spec, files_spec, writable_spec, spec.get("gate"))
     return {"cleared": [s for s, v in (("postgresql", pg_spec), ("files", files_spec), ("writable", writable_spec))
-                        if v]}
+                        if v], "held": held}
 
 
 def _run(argv, **kw):

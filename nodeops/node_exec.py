@@ -70,6 +70,7 @@ command's own output never goes to stderr.
 
 import argparse
 import ctypes
+import fcntl
 import json
 import os
 import select
@@ -77,6 +78,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -240,6 +242,92 @@ def reload_environment(path):
     for key in [k for k in os.environ if k not in env and k not in GUNICORN_OWN]:
         del os.environ[key]
     os.environ.update(env)
+
+
+# --- holding requests while the app's data are swapped -----------------------
+
+HOLD_MAX_SECONDS = 30.0  # never hold a request longer, whatever a swap left behind
+HOLD_POLL_SECONDS = 0.005
+
+
+class RequestGate:
+    """gunicorn's pre_request/post_request for one app: hold requests while a restore swaps its data.
+
+    The gate file (<root>/apps/<app>/requests.gate) is written by the swap
+    (nodeops/node_data.py _requests_held): while it holds a deadline, a new
+    request waits here (at most until that deadline, and HOLD_MAX_SECONDS);
+    each request in flight holds a shared flock on it, so the swap's
+    exclusive lock means "none in flight". After a swap the file's mtime is
+    new: the thread then closes its Django database connections (the swap
+    terminated them) before the app runs, so a persistent connection
+    (CONN_MAX_AGE) never meets a terminated backend. Each thread has its own
+    descriptor (flock locks belong to an open file). Anything that goes wrong
+    here lets the request through: the gate must never fail a request itself.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.local = threading.local()
+        try:  # made at start (root can), so no request is ever in flight untracked; else the first swap makes it
+            os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+        except OSError:
+            pass
+
+    def _fd(self):
+        fd = getattr(self.local, "fd", None)
+        if fd is None:
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                return None
+            self.local.fd, self.local.seen = fd, None
+        return fd
+
+    def _held_until(self, fd):
+        if os.fstat(fd).st_size == 0:
+            return 0.0
+        try:
+            return float(os.pread(fd, 64, 0).decode().strip() or 0)
+        except ValueError:
+            return 0.0
+
+    def pre_request(self, worker, req):
+        try:
+            fd = self._fd()
+            if fd is None:
+                return
+            give_up = time.monotonic() + HOLD_MAX_SECONDS
+            while time.time() < self._held_until(fd) and time.monotonic() < give_up:
+                time.sleep(HOLD_POLL_SECONDS)
+            while time.monotonic() < give_up:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    self.local.locked = True
+                    break
+                except BlockingIOError:  # a swap got its lock first: wait for it too
+                    time.sleep(HOLD_POLL_SECONDS)
+            mtime = os.fstat(fd).st_mtime_ns
+            if mtime != self.local.seen:
+                # None: this thread's first look; it may have connected before the gate existed.
+                self.local.seen = mtime
+                close_django_connections()
+        except Exception as e:
+            say("request gate %s: %r; the request goes on" % (self.path, e))
+
+    def post_request(self, worker, req, environ, resp):
+        if getattr(self.local, "locked", False):
+            self.local.locked = False
+            try:
+                fcntl.flock(self.local.fd, fcntl.LOCK_UN)
+            except OSError:
+                pass
+
+
+def close_django_connections():
+    """Close this thread's Django database connections, if the app is a Django app (else nothing)."""
+    db = sys.modules.get("django.db")
+    if db is not None:
+        db.connections.close_all()
 
 
 def become(name):

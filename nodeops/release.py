@@ -232,9 +232,10 @@ def write_env(t, layout, app, release, env: dict, *, user=None) -> str:
     the release: web, cron, tasks' requests, commands.
     """
     path = env_file(layout, app, release)
+    config = runtime.gunicorn_config(layout, path, layout.request_gate(app))
     files = {path: (0o600, render_env(env).encode(), validate_user(user)),
              # Read by the app's gunicorn; it holds only paths.
-             gunicorn_conf(layout, app, release): (0o644, runtime.gunicorn_config(layout, path).encode()),
+             gunicorn_conf(layout, app, release): (0o644, config.encode()),
              **runtime.runtime_files(layout)}
     t.put_files(files, dirs=[(layout.env_dir(app), 0o750 if user else 0o700), (layout.bin, 0o755)])
     return path
@@ -515,8 +516,9 @@ def apply_env(t, emit, layout, app, release, env: dict, *, runner, timeout=60) -
         raise ValueError(f"runner {runner!r} is invalid: it must be module:callable, like app:application")
     path = env_file(layout, app, release)
     new = path + ".new"
+    config = runtime.gunicorn_config(layout, path, layout.request_gate(app))
     t.put_files({new: (0o600, render_env(env).encode()),
-                 gunicorn_conf(layout, app, release): (0o644, runtime.gunicorn_config(layout, path).encode()),
+                 gunicorn_conf(layout, app, release): (0o644, config.encode()),
                  **runtime.runtime_files(layout)}, dirs=[(layout.env_dir(app), 0o700), (layout.bin, 0o755)])
     return _apply(t, emit, layout, app, release, new, runner, timeout)
 

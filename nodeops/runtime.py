@@ -53,17 +53,23 @@ def runtime_files(layout):
     }
 
 
-def gunicorn_config(layout, env_file):
+def gunicorn_config(layout, env_file, gate):
     """The text of a release's gunicorn config file (gunicorn --config).
 
     gunicorn runs it at start and again on every HUP: it makes the master's
     environment the env file's as the file is then, so applying new config
-    is "rewrite the env file, send HUP" (nodeops.release.apply_env).
+    is "rewrite the env file, send HUP" (nodeops.release.apply_env). Its
+    pre_request/post_request hooks are the app's request gate (`gate`,
+    node_exec.RequestGate): requests wait while a restore swaps the data.
     """
     return (
         "# Managed by toppcloud: gunicorn reads this at start and on HUP (config apply).\n"
         "import runpy\n"
-        f"runpy.run_path({layout.exec_script!r}, run_name='toppcloud_exec')['reload_environment']({env_file!r})\n"
+        f"_exec = runpy.run_path({layout.exec_script!r}, run_name='toppcloud_exec')\n"
+        f"_exec['reload_environment']({env_file!r})\n"
+        "# Requests wait here while a restore or a revert swaps the app's data in (nodeops/node_data.py).\n"
+        f"_gate = _exec['RequestGate']({gate!r})\n"
+        "pre_request, post_request = _gate.pre_request, _gate.post_request\n"
     )
 
 

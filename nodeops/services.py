@@ -183,17 +183,19 @@ def _send(stream, line):
         pass  # the program already ended: its error says why
 
 
-def restore(t, emit, archive_path, *, postgresql=None, password=None, files=None, writable=None, tmp=None) -> dict:
+def restore(t, emit, archive_path, *, postgresql=None, password=None, files=None, writable=None, tmp=None,
+            gate=None) -> dict:
     """Restore an archive (already verified here) into the node's services named by the specs;
     the database is loaded as the app's role, logged in with `password`.
 
     The archive goes to the node whole first (its members into a temporary
     directory under `tmp`, each hashed on arrival); the node stages
     everything beside the live data; only then does this side tell it to swap. If this
-    process dies before that, the node drops what it staged.
+    process dies before that, the node drops what it staged. The app's requests on
+    the node wait at its request `gate` (NodeLayout.request_gate) while the swap happens.
     """
     spec = {"size": os.path.getsize(archive_path), "postgresql": postgresql, "files": files, "writable": writable,
-            "tmp": tmp}
+            "tmp": tmp, "gate": gate}
     line = _password_line(password if postgresql else None)
     stream = t.open(_argv("restore", spec))
 
@@ -228,11 +230,11 @@ def restore(t, emit, archive_path, *, postgresql=None, password=None, files=None
     if r.rc != 0 or not staged:
         raise DataError(r.stderr.strip()[-1500:] or f"node_data restore exited {r.rc}")
     result = json.loads(out.decode().strip().splitlines()[-1])
-    emit("restore.swapped", services=result["swapped"])
+    emit("restore.swapped", services=result["swapped"], held=result["held"])
     return result
 
 
-def clear(t, emit, *, postgresql=None, files=None, writable=None) -> dict:
+def clear(t, emit, *, postgresql=None, files=None, writable=None, gate=None) -> dict:
     """Replace the app's database, files directory and writable static directories with empty ones
-    (each swapped in at once)."""
-    return _call(t, emit, "clear", {"postgresql": postgresql, "files": files, "writable": writable})
+    (each swapped in at once, the app's requests held at its `gate` meanwhile, as for a restore)."""
+    return _call(t, emit, "clear", {"postgresql": postgresql, "files": files, "writable": writable, "gate": gate})
