@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python bench/cron.py
 	$(BIN)/python bench/config_apply.py
 	$(BIN)/python bench/static.py
+	$(BIN)/python bench/restore_load.py
 
 check: install
 	$(BIN)/python manage.py check
