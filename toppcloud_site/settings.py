@@ -235,6 +235,8 @@ AXES_FAILURE_LIMIT = env_int("TOPPCLOUD_LOGIN_FAILURE_LIMIT", 5, minimum=1, maxi
 AXES_COOLOFF_TIME = timedelta(seconds=env_float("TOPPCLOUD_LOGIN_COOLOFF_SECONDS", 900.0, minimum=1.0))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+# No "AXES: BEGIN" banner on every process start (management commands print only their own output).
+AXES_VERBOSE = False
 # Proxies of the operator's own in front of the web server (each appends to X-Forwarded-For); 0: none, the
 # client's address is the socket's and X-Forwarded-For is ignored (toppcloud_site/throttle.py).
 TOPPCLOUD_PROXY_COUNT = env_int("TOPPCLOUD_PROXY_COUNT", 0, minimum=0, maximum=10)
