@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run stop-node test bench check clean
+.PHONY: install run stop-node test test-kills bench check clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ stop-node:
 # The suite runs on PostgreSQL + RabbitMQ (tests/settings.py has the defaults).
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Every step of a deploy killed (pool process, whole worker), then one more deploy: about 6 minutes.
+test-kills: install
+	$(BIN)/python -m pytest -m kills tests/test_reconcile.py $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python bench/jobs_throughput.py

@@ -875,6 +875,8 @@ def cmd_pg_ensure(spec):
              env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
         changed.append("installed postgresql")
         versions = _pg_versions()
+    for v in versions:
+        _drop_leftover_conf(f"/etc/postgresql/{v}/{cluster}")
     existing = [v for v in versions if os.path.isdir(f"/etc/postgresql/{v}/{cluster}")]
     version = existing[0] if existing else versions[-1]
     conf_dir = f"/etc/postgresql/{version}/{cluster}"
@@ -911,6 +913,21 @@ def cmd_pg_ensure(spec):
     elif hba_changed:
         _run(["pg_ctlcluster", version, cluster, "reload"])
     return {"version": version, "changed": changed}
+
+
+def _drop_leftover_conf(conf_dir):
+    """pg_dropcluster leaves a directory holding only our conf.d file: that is no cluster, remove it.
+
+    Anything else without a postgresql.conf is not ours to touch: say so.
+    """
+    if not os.path.isdir(conf_dir) or os.path.exists(os.path.join(conf_dir, "postgresql.conf")):
+        return
+    ours = [os.path.join(conf_dir, "conf.d"), os.path.join(conf_dir, "conf.d", "toppcloud.conf")]
+    found = [os.path.join(top, name) for top, dirs, files in os.walk(conf_dir) for name in dirs + files]
+    if not set(found) <= set(ours):
+        raise DataError(f"{conf_dir} exists without a postgresql.conf (a cluster dropped by hand?): "
+                        "remove it or restore the cluster's configuration")
+    shutil.rmtree(conf_dir)
 
 
 def _pg_versions():

@@ -12,6 +12,7 @@ import grp
 import os
 import pwd
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -94,13 +95,46 @@ def drop_pg_cluster(name):
     for conf_dir in glob.glob(f"/etc/postgresql/*/{name}"):
         version = conf_dir.split("/")[3]
         subprocess.run(["pg_dropcluster", "--stop", version, name], capture_output=True, timeout=120)
+        shutil.rmtree(conf_dir, ignore_errors=True)  # pg_dropcluster leaves toppcloud's conf.d file
+
+
+_session_lock = None
+
+
+def hold_session_lock():
+    """Hold a lock named by this process's pid for its lifetime: clusters named tc-<pid>-... are in use.
+
+    A lock, not a look at /proc: test runs of other sessions may see other pid namespaces.
+    """
+    global _session_lock
+    if _session_lock is None:
+        os.makedirs(LOCK_DIR, exist_ok=True)
+        _session_lock = os.open(os.path.join(LOCK_DIR, f"session-{os.getpid()}"), os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(_session_lock, fcntl.LOCK_EX)
+
+
+def _session_alive(pid):
+    if pid == os.getpid():
+        return True
+    path = os.path.join(LOCK_DIR, f"session-{pid}")
+    if not os.path.exists(path):
+        return _pid_alive(pid)  # a run from before session locks
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    os.unlink(path)
+    return False
 
 
 def drop_stale_pg_clusters():
-    """Clusters of test runs whose process is gone (their names carry its pid)."""
+    """Clusters of test runs that are gone (their names carry the run's pid)."""
     for conf_dir in glob.glob("/etc/postgresql/*/tc-*-*"):
         m = re.fullmatch(r"tc-(\d+)-.*", os.path.basename(conf_dir))
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not _session_alive(int(m.group(1))):
             drop_pg_cluster(os.path.basename(conf_dir))
 
 
@@ -318,6 +352,7 @@ class TestHost:
 
 def start_hosts(n, base_dir, authorized_pubkey, first=2, ssh_port=2222, http_port=8080):
     """Start `n` test hosts on 127.0.0.<first>, ... skipping addresses in use."""
+    hold_session_lock()
     drop_stale_pg_clusters()
     drop_app_users()
     hosts = []

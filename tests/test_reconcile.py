@@ -182,13 +182,19 @@ def check_reconciled(job, step, name, left, victim):
     assert stopped <= left  # a stop the killed job was doing may have finished on the node meanwhile
     if step in ("start", "wait until it answers", "health", "update_fetch", "activate"):
         assert f"app-{name}-{victim}" in stopped  # started, never live: the stray
-    if step == "cron":  # live already; the old release was not stopped yet
-        assert stopped == left and len(left) == 1
+    if step == "cron":  # live already: what is left is the old release (unless the killed job's own stop got it)
+        assert len(left) == 1
     if step == "activate":
         assert job.events.get(kind="node.reconciled").data["front_door_changed"] is True
 
 
-@pytest.mark.parametrize("step", STEPS)
+# One kill point of each kind runs in `make test`: before anything starts (upload), a stray being started
+# (start), nginx ahead of the records (activate), the old release left running (cron). Every step runs in
+# `make test-kills`, a step of its own in .ci/run (about 13 three-deploy cases).
+QUICK = {"upload", "start", "activate", "cron"}
+
+
+@pytest.mark.parametrize("step", [s if s in QUICK else pytest.param(s, marks=pytest.mark.kills) for s in STEPS])
 def test_it_leaves_one_program_and_nginx_serving_what_status_says(chain, step, worker):
     host, node, name = chain.host, chain.node, chain.name
     _, first_victim = killed_deploy(chain, step, "pool process", worker)
