@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, configure, start_worker, stop_worker  # noqa: E402
+from bench.common import ROOT, configure, ready_node, run_job, start_worker, stop_worker  # noqa: E402
 
 ROWS = 1_000_000
 ROUNDS = 5
@@ -42,19 +42,8 @@ def timed(fn):
 
 def job_seconds(kind, params):
     """A job's own record of its duration, queued to finished (no polling delay in it)."""
-    done = job(kind, params)
+    done = run_job(kind, params)
     return (done.finished_at - done.queued_at).total_seconds(), done
-
-
-def job(kind, params):
-    from jobs import dispatch
-    from tests.helpers import wait_for_job
-
-    done = wait_for_job(dispatch.submit(kind, target=f"app:{params['app']}", params=params,
-                                        actor_kind="system", actor="bench").pk, timeout=600)
-    if done.status != "succeeded":
-        sys.exit(f"{kind} failed: {done.error}")
-    return done
 
 
 def main():
@@ -62,27 +51,20 @@ def main():
     from django.conf import settings
 
     from jobs.management.commands.ssh_key import ensure_key
-    from jobs.nodes import submit_node_job
     from jobs.releases import pack_release
-    from tests.helpers import wait_for_job
     from tests.hosts import start_hosts, stop_hosts
-    from toppcloud_site.records.models import Node, Service
+    from toppcloud_site.records.models import Service
 
     base = tempfile.mkdtemp(prefix="tc-bench-", dir="/tmp")
     os.chmod(base, 0o755)
     [host] = start_hosts(1, base, ensure_key(settings.TOPPCLOUD_SSH_KEY_FILE))
     worker = start_worker(Path(base) / "worker.log", "jobs,nodeops,cron", concurrency=2)
     try:
-        node = Node.objects.create(name=host.name, address=host.address, ssh_port=host.ssh_port, root=host.root,
-                                   http_port=host.http_port, host_key=host.host_key, pg_cluster=host.pg_cluster,
-                                   pg_port=host.pg_port)
-        if wait_for_job(submit_node_job("setup_node", node, actor_kind="system", actor="bench").pk,
-                        180).status != "succeeded":
-            sys.exit("node setup failed")
+        node = ready_node(host)
         app = Path(base) / "notes"
         shutil.copytree(ROOT / "fixtures" / "apps" / "notes", app)
         release, _ = pack_release(app)
-        job("deploy", {"app": "notes", "release": release.name, "node": node.name})
+        run_job("deploy", {"app": "notes", "release": release.name, "node": node.name})
         pg = Service.objects.get(app__name="notes", kind="postgresql").settings
         bin_dir = f"/usr/lib/postgresql/{pg['version']}/bin"
 

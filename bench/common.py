@@ -94,11 +94,24 @@ def ready_node(host):
     from toppcloud_site.records.models import Node
 
     node = Node.objects.create(name=host.name, address=host.address, ssh_port=host.ssh_port, root=host.root,
-                               http_port=host.http_port, host_key=host.host_key)
+                               http_port=host.http_port, host_key=host.host_key, pg_cluster=host.pg_cluster,
+                               pg_port=host.pg_port)
     job = wait_for_job(submit_node_job("setup_node", node, actor_kind="system", actor="bench").pk, 180)
     if job.status != "succeeded":
         sys.exit(f"setup failed: {job.error}")
     return node
+
+
+def run_job(kind, params, timeout=600):
+    """Submit a job for params["app"] and wait for it; the run ends if it does not succeed."""
+    from jobs import dispatch
+    from tests.helpers import wait_for_job
+
+    done = wait_for_job(dispatch.submit(kind, target=f"app:{params['app']}", params=params,
+                                        actor_kind="system", actor="bench").pk, timeout=timeout)
+    if done.status != "succeeded":
+        sys.exit(f"{kind} failed: {done.error}")
+    return done
 
 
 def deploy_dir(app_dir, node):

@@ -25,21 +25,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, configure, start_worker, stop_worker  # noqa: E402
+from bench.common import ROOT, configure, ready_node, run_job, start_worker, stop_worker  # noqa: E402
 
 ROUNDS = 5
 BASELINE_SECONDS = 8
-
-
-def job(kind, params):
-    from jobs import dispatch
-    from tests.helpers import wait_for_job
-
-    done = wait_for_job(dispatch.submit(kind, target=f"app:{params['app']}", params=params,
-                                        actor_kind="system", actor="bench").pk, timeout=900)
-    if done.status != "succeeded":
-        sys.exit(f"{kind} failed: {done.error}")
-    return done
 
 
 def main():
@@ -47,29 +36,21 @@ def main():
     from django.conf import settings
 
     from jobs.management.commands.ssh_key import ensure_key
-    from jobs.nodes import submit_node_job
     from jobs.releases import pack_release
-    from tests.helpers import wait_for_job
     from tests.hosts import start_hosts, stop_hosts
     from tests.test_restore_under_load import PageLoad
-    from toppcloud_site.records.models import Node
 
     base = tempfile.mkdtemp(prefix="tc-bench-", dir="/tmp")
     os.chmod(base, 0o755)
     [host] = start_hosts(1, base, ensure_key(settings.TOPPCLOUD_SSH_KEY_FILE))
     worker = start_worker(Path(base) / "worker.log", "jobs,nodeops,cron", concurrency=2)
     try:
-        node = Node.objects.create(name=host.name, address=host.address, ssh_port=host.ssh_port, root=host.root,
-                                   http_port=host.http_port, host_key=host.host_key, pg_cluster=host.pg_cluster,
-                                   pg_port=host.pg_port)
-        if wait_for_job(submit_node_job("setup_node", node, actor_kind="system", actor="bench").pk,
-                        180).status != "succeeded":
-            sys.exit("node setup failed")
+        node = ready_node(host)
         app = Path(base) / "djsite"
         shutil.copytree(ROOT / "fixtures" / "apps" / "djsite", app)
         release, _ = pack_release(app)
-        job("deploy", {"app": "djsite", "release": release.name, "node": node.name})
-        backup = job("backup", {"app": "djsite"}).result["backup"]
+        run_job("deploy", {"app": "djsite", "release": release.name, "node": node.name}, timeout=900)
+        backup = run_job("backup", {"app": "djsite"}, timeout=900).result["backup"]
 
         def load():
             return PageLoad(host, "djsite.test", "/page/home", ["welcome\n"])
@@ -79,7 +60,7 @@ def main():
         held = []
         with load() as restores:
             for _ in range(ROUNDS):
-                done = job("restore", {"app": "djsite", "backup": backup, "checkpoint": False})
+                done = run_job("restore", {"app": "djsite", "backup": backup, "checkpoint": False}, timeout=900)
                 held.append(done.events.get(kind="restore.swapped").data["held"])
     finally:
         stop_worker(worker)
