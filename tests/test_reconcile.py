@@ -182,8 +182,8 @@ def check_reconciled(job, step, name, left, victim):
     assert stopped <= left  # a stop the killed job was doing may have finished on the node meanwhile
     if step in ("start", "wait until it answers", "health", "update_fetch", "activate"):
         assert f"app-{name}-{victim}" in stopped  # started, never live: the stray
-    if step == "cron":  # live already: what is left is the old release (unless the killed job's own stop got it)
-        assert len(left) == 1
+    # At cron (a step of milliseconds) the kill may land during the killed job's own "stop old release",
+    # which can still finish on the node after it: what is left there is asserted after the next deploy.
     if step == "activate":
         assert job.events.get(kind="node.reconciled").data["front_door_changed"] is True
 
