@@ -156,7 +156,8 @@ def drop_app_users(root=None):
                 continue
         elif not user_root.startswith(tmp) or os.path.exists(user_root):
             continue
-        subprocess.run(["userdel", user.pw_name], capture_output=True, timeout=60)
+        # -f: a process of the app that outlived its supervisord (it is ours to end) must not keep the user.
+        subprocess.run(["userdel", "-f", user.pw_name], capture_output=True, timeout=60)
         try:
             grp.getgrnam(user.pw_name)
         except KeyError:
