@@ -23,9 +23,19 @@ def pytest_sessionstart(session):
         _rabbitmqctl("set_permissions", "-p", TEST_VHOST, "guest", ".*", ".*", ".*")
 
 
-def pytest_sessionfinish(session):
+def pytest_sessionfinish(session, exitstatus):
     if settings.CELERY_BROKER_URL.endswith("/" + TEST_VHOST):
         _rabbitmqctl("delete_vhost", TEST_VHOST)
+    # What this run made for itself (tests/settings.py): the ssh control sockets' directory, and the
+    # var directory unless tests failed (its worker logs say why; the path is printed).
+    if settings.TOPPCLOUD_SSH_CONTROL_DIR == f"/tmp/tc-test-{os.getpid()}":
+        shutil.rmtree(settings.TOPPCLOUD_SSH_CONTROL_DIR, ignore_errors=True)
+    var = Path(settings.VAR_DIR)
+    if var.name.startswith(f"toppcloud-test-{os.getpid()}-"):
+        if exitstatus == 0:
+            shutil.rmtree(var, ignore_errors=True)
+        else:
+            print(f"\nworker logs and the run's files: {var}")
 
 
 @pytest.fixture(scope="session")

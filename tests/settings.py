@@ -15,7 +15,9 @@ TEST_VHOST = f"toppcloud-test-{os.getpid()}"
 os.environ.setdefault("CELERY_BROKER_URL", f"amqp://guest:guest@127.0.0.1:5672/{TEST_VHOST}")
 os.environ.setdefault("SECRET_KEY", "test-secret-key-only-for-the-test-suite-0123456789")
 os.environ.setdefault("TOPPCLOUD_LOG_KEY", "test-log-key-only-for-the-test-suite-0123456789")
-os.environ.setdefault("TOPPCLOUD_VAR_DIR", tempfile.mkdtemp(prefix="toppcloud-test-"))
+# Made once, by the test run (its worker processes are given it): tests/conftest.py removes it at the end.
+if "TOPPCLOUD_VAR_DIR" not in os.environ:
+    os.environ["TOPPCLOUD_VAR_DIR"] = tempfile.mkdtemp(prefix=f"toppcloud-test-{os.getpid()}-")
 os.environ.setdefault("TOPPCLOUD_SSH_CONTROL_DIR", f"/tmp/tc-test-{os.getpid()}")
 # The control plane's web server for tests that need it over HTTP (tests/conftest.py: control_web):
 # apps on the test hosts queue tasks there.
