@@ -303,7 +303,11 @@ def test_flower_shows_cron_runs_and_tasks_with_their_job_ids(chores, tmp_path):
 
     from jobs import dispatch
 
-    port = int(settings.TOPPCLOUD_API_URL.rsplit(":", 1)[1]) + 1
+    import socket
+
+    with socket.socket() as s:  # a port free now (the API's port + 1 could be any connection's local port)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     auth = base64.b64encode(b"admin:flower-test").decode()
 
     def listed():
