@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.core.management import call_command
-from django.db import connection, transaction
+from django.db import connection
 
 from jobs import events, reducer
 from jobs.models import PROJECTED_FIELDS, Job, JobEvent, LogSeal
 from jobs.states import Kind
+from tests.test_jobs_verify import finished_job, verify
 from toppcloud_site.logchain import plain_hash
 from toppcloud_site.records.models import AuditEntry, ServerGroup
 
@@ -40,20 +41,6 @@ def seal_file(tmp_path, settings):
     return path
 
 
-def finished_job():
-    with transaction.atomic():
-        job = events.new_job("noop", target="t", params={}, actor_kind="user", actor="alice")
-    events.record(job.pk, Kind.STARTED, "worker:w", attempt=1, worker="w", hostname="h", pid=1)
-    events.record(job.pk, Kind.SUCCEEDED, "worker:w", summary="done")
-    return job
-
-
-def verify(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        call_command("jobs", "verify")
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out + out.err
 
 
 def seal(capsys):
