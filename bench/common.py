@@ -104,7 +104,7 @@ def ready_node(host):
 
 def run_job(kind, params, timeout=600):
     """Submit a job for params["app"] and wait for it; the run ends if it does not succeed."""
-    from jobs import dispatch
+    from jobs.engine import dispatch
     from tests.helpers import wait_for_job
 
     done = wait_for_job(dispatch.submit(kind, target=f"app:{params['app']}", params=params,

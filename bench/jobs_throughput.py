@@ -54,7 +54,7 @@ def raw_latency(samples, marker):
 
 
 def job_throughput(n):
-    from jobs import dispatch
+    from jobs.engine import dispatch
     from jobs.models import Job
 
     start = time.perf_counter()
@@ -70,7 +70,7 @@ def job_throughput(n):
 
 
 def job_latency(samples):
-    from jobs import dispatch
+    from jobs.engine import dispatch
     from jobs.models import JobEvent
 
     result = []

@@ -11,7 +11,7 @@ from django_celery_beat.models import ClockedSchedule, CrontabSchedule, Interval
 
 from jobs import beat
 from jobs.models import DeadLetter, Job
-from jobs.states import TERMINAL
+from jobs.engine.states import TERMINAL
 
 
 def format_duration(delta):

@@ -26,10 +26,10 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 
-from jobs import dispatch
+from jobs.engine import dispatch
 from jobs.environment import task_token_matches
 from jobs.models import Job, TaskKey
-from jobs.states import ActorKind
+from jobs.engine.states import ActorKind
 from toppcloud_site.records.models import App
 
 FIELDS = {"path", "payload", "countdown", "eta", "idempotency_key", "max_attempts", "timeout"}

@@ -7,8 +7,8 @@ import sys
 from django.core.management.base import CommandError
 
 from jobs import nodes
-from jobs.follow import exit_code, follow
-from jobs.states import ActorKind
+from jobs.engine.follow import exit_code, follow
+from jobs.engine.states import ActorKind
 
 
 def add_follow_arguments(parser):
@@ -49,7 +49,7 @@ def follow_job(command, job, *, no_wait, as_json, exit=True):
 
 def app_job(command, kind, app_name, **opts):
     """Start a job about an app (params {"app": name}), refusing an unknown app before anything is queued."""
-    from jobs import dispatch
+    from jobs.engine import dispatch
     from toppcloud_site.records.models import App
 
     if not App.objects.filter(name=app_name).exists():

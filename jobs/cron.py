@@ -13,7 +13,7 @@ from celery.schedules import crontab
 from django.db import transaction
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
-from jobs import dispatch
+from jobs.engine import dispatch
 from toppcloud_site.records.models import App, CronEntry
 
 TASK = "jobs.submit_cron"

@@ -15,9 +15,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from jobs.context import FlowFailed
+from jobs.engine.context import FlowFailed
 from jobs.models import LiveRelease
-from jobs.redact import register_secret
+from jobs.engine.redact import register_secret
 from nodeops import appini, node_data, services as node_services
 from nodeops.layout import NodeLayout
 from nodeops.node_data import FILES, SQL, WRITABLE, ArchiveWriter, DataError

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils.crypto import salted_hmac
 
-from jobs.redact import register_secret
+from jobs.engine.redact import register_secret
 from nodeops import frontdoor, services as node_services
 from toppcloud_site.records.models import App, ConfigValue, ServerGroup
 

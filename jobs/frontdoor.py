@@ -10,9 +10,9 @@ deploy's release.activated event is recorded under the same lock.
 
 from django.db import transaction
 
-from jobs import dispatch
+from jobs.engine import dispatch
 from jobs.models import LiveRelease
-from jobs.states import Kind
+from jobs.engine.states import Kind
 from nodeops import frontdoor
 from nodeops.layout import NodeLayout
 from toppcloud_site.records.models import Certificate, Location, Node

@@ -1,15 +1,15 @@
 """Jobs: an append-only event log per job, and the Job row as its projection.
 
-Only jobs/events.py writes JobEvent rows and the projected Job fields; the
+Only jobs/engine/events.py writes JobEvent rows and the projected Job fields; the
 database refuses UPDATE and DELETE on events (migration 0002).
 """
 
 from django.db import models
 from django.db.models import Q
 
-from jobs.states import ActorKind, Status
+from jobs.engine.states import ActorKind, Status
 
-# Fields of Job that are rebuilt from events (jobs/reducer.py); `jobs verify`
+# Fields of Job that are rebuilt from events (jobs/engine/reducer.py); `jobs verify`
 # compares exactly these.
 PROJECTED_FIELDS = (
     "kind", "target", "params", "actor_kind", "actor", "parent_id", "status",
@@ -79,7 +79,7 @@ class JobEvent(models.Model):
     # An event is (job, seq): the primary key is the order of the log, so each
     # insert maintains one index, and readers page by it.
     pk = models.CompositePrimaryKey("job", "seq")
-    # No foreign key in the database: jobs/triggers.py says why and what guards instead.
+    # No foreign key in the database: jobs/engine/triggers.py says why and what guards instead.
     job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="events", db_index=False,
                             db_constraint=False)
     seq = models.PositiveIntegerField()
@@ -123,7 +123,7 @@ class WorkerHeartbeat(models.Model):
 
 
 class LiveRelease(models.Model):
-    """What is live where: a projection of release.activated events (jobs/events.py writes it)."""
+    """What is live where: a projection of release.activated events (jobs/engine/events.py writes it)."""
 
     app = models.ForeignKey("records.App", on_delete=models.PROTECT, related_name="live")
     node = models.ForeignKey("records.Node", on_delete=models.PROTECT, related_name="live")
@@ -181,7 +181,7 @@ class DeadLetter(Job):
 
 
 class LogSeal(models.Model):
-    """A seal of the whole log, written by jobs/seal.py alone (append-only, as events are).
+    """A seal of the whole log, written by jobs/engine/seal.py alone (append-only, as events are).
 
     Seal n names the heads that changed since seal n-1 (each job's (id, last
     seq, hash at it); the audit log's last (id, hash)), and is chained to n-1

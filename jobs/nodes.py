@@ -2,7 +2,7 @@
 
 from django.core.exceptions import ValidationError
 
-from jobs import dispatch
+from jobs.engine import dispatch
 from toppcloud_site.records.models import Node
 
 

@@ -34,7 +34,7 @@ from django.db import transaction
 
 from jobs import frontdoor
 from jobs.models import AppLock, Job, LiveRelease
-from jobs.states import TERMINAL, ActorKind, Kind
+from jobs.engine.states import TERMINAL, ActorKind, Kind
 from nodeops import reconcile as node_reconcile
 from nodeops.frontdoor import FrontDoorError
 from nodeops.layout import NodeLayout

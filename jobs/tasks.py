@@ -3,7 +3,7 @@
 from celery import shared_task
 from django.db import DatabaseError, close_old_connections
 
-from jobs import dispatch, runner
+from jobs.engine import dispatch, runner
 
 
 @shared_task(name="jobs.run", bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -33,8 +33,8 @@ def reconcile_nodes():
 
 @shared_task(name="jobs.seal", acks_late=True)
 def seal():
-    """Seal the log: every job head and the audit head that changed since the last seal (jobs/seal.py)."""
-    from jobs import seal as sealing
+    """Seal the log: every job head and the audit head that changed since the last seal (jobs/engine/seal.py)."""
+    from jobs.engine import seal as sealing
 
     made = sealing.seal()
     return made and made.number
@@ -47,7 +47,7 @@ def submit_backup(self, app):
 
     from jobs import beat
     from jobs.data import SCHEDULE_TASK
-    from jobs.states import ActorKind
+    from jobs.engine.states import ActorKind
 
     schedule = PeriodicTask.objects.filter(name=f"backup {app}", task=SCHEDULE_TASK).first()
     try:
@@ -67,7 +67,7 @@ def submit_cron(self, app, entry):
     from django.utils import timezone
 
     from jobs import beat, cron
-    from jobs.states import ActorKind
+    from jobs.engine.states import ActorKind
 
     try:
         _, record = cron.check_entry(app, entry)

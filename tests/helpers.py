@@ -4,7 +4,7 @@ import secrets
 import time
 
 from jobs.models import Job
-from jobs.states import TERMINAL
+from jobs.engine.states import TERMINAL
 
 # A secret config value every app deployed in a test session gets (conftest's canary_secret);
 # tests/test_redaction.py checks, last, that it is nowhere a secret must not be.

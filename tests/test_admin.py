@@ -4,9 +4,9 @@ import pytest
 from django.db import transaction
 from django.urls import reverse
 
-from jobs import events
+from jobs.engine import events
 from jobs.models import Job
-from jobs.states import Kind
+from jobs.engine.states import Kind
 from toppcloud_site.records.models import Node
 
 pytestmark = pytest.mark.django_db

@@ -10,7 +10,7 @@ import pytest
 from django.db import connection, transaction
 from django.db.utils import DatabaseError
 
-from jobs import events
+from jobs.engine import events
 from jobs.models import JobEvent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ def test_it_writes_verifies_and_refuses_changes_on_sqlite(tmp_path):
            "CELERY_BROKER_URL": "filesystem://", "TOPPCLOUD_VAR_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
     manage = [sys.executable, str(ROOT / "manage.py")]
     subprocess.run(manage + ["migrate", "-v0"], env=env, check=True, cwd=ROOT)
-    subprocess.run(manage + ["shell", "-c", "from django.db import transaction; from jobs import events\n"
+    subprocess.run(manage + ["shell", "-c", "from django.db import transaction; from jobs.engine import events\n"
                              "with transaction.atomic(): job = events.new_job('noop', target='t', params={}, "
                              "actor_kind='user', actor='alice')\n"
                              "events.record(job.pk, 'job.started', 'w', attempt=1, worker='w', hostname='h', pid=1)\n"

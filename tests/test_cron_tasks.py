@@ -183,7 +183,7 @@ def test_run_stops_a_stalled_command_and_its_children_at_the_timeout(chores):
 
 
 def test_a_command_whose_worker_dies_is_stopped_on_the_node(chores, worker):
-    from jobs import dispatch
+    from jobs.engine import dispatch
 
     pids_file = os.path.join(chores["files"], "sleepy.pids")
     if os.path.exists(pids_file):
@@ -301,7 +301,7 @@ def test_beat_runs_an_every_minute_entry_at_the_minute_boundary(chores, tmp_path
 def test_flower_shows_cron_runs_and_tasks_with_their_job_ids(chores, tmp_path):
     import base64
 
-    from jobs import dispatch
+    from jobs.engine import dispatch
 
     import socket
 
@@ -364,7 +364,7 @@ def test_a_task_that_fails_twice_succeeds_on_its_third_attempt(chores):
     assert [r["delay"] for r in retries] == [0.2, 0.4]  # TOPPCLOUD_TASK_RETRY_DELAY, doubled
     assert event_kinds(job).count("job.started") == 3 and job.attempt == 3
     # The projection (run_after included) is what replaying the events gives.
-    from jobs.verify import verify_job
+    from jobs.engine.verify import verify_job
 
     assert verify_job(job, list(job.events.order_by("seq"))) == []
 

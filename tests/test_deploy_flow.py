@@ -146,7 +146,7 @@ def test_a_failing_release_leaves_the_old_one_serving(worker, test_hosts, ready_
 
 
 def test_two_deploys_of_one_app_never_interleave(worker, test_hosts, ready_nodes, tmp_path):
-    from jobs import dispatch
+    from jobs.engine import dispatch
     from jobs.releases import pack_release
 
     node = ready_nodes[0]

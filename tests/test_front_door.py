@@ -486,7 +486,7 @@ def test_a_static_origin_must_be_a_plain_destination_and_comes_with_its_url(live
 
 def test_two_apps_deployed_to_one_node_at_once_are_both_served(test_hosts, ready_nodes, tmp_path):
     """Each render reads what is live under the node's row lock: the second push includes the first app."""
-    from jobs import dispatch
+    from jobs.engine import dispatch
     from jobs.releases import pack_release
 
     host, node = test_hosts[1], ready_nodes[1]

@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from jobs import dispatch
+from jobs.engine import dispatch
 from jobs.models import Job, WorkerHeartbeat
 from jobs.tasks import run_job
 from tests.helpers import event_kinds, wait_for_job, wait_until
@@ -144,7 +144,7 @@ def test_it_ends_a_job_whose_worker_lost_its_database_mid_job(worker):
 def test_the_sweeper_judges_a_worker_on_another_host_by_its_heartbeat(settings):
     from django.db import transaction
 
-    from jobs import events
+    from jobs.engine import events
 
     with transaction.atomic():
         job = events.new_job("noop", target="t", params={}, actor_kind="user", actor="tester")
@@ -163,7 +163,7 @@ def test_the_sweeper_judges_a_worker_on_another_host_by_its_heartbeat(settings):
 
 def test_a_stale_write_outside_any_transaction_is_redone_on_the_current_job(live_db):
     """As in a worker: no surrounding transaction, so the write is one statement that the database refuses."""
-    from jobs import events
+    from jobs.engine import events
 
     job = events.new_job("noop", target="t", params={}, actor_kind="user", actor="tester")
     events.record(job.pk, "job.started", "worker:w", attempt=1, worker="w", hostname="h", pid=1)

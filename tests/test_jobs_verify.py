@@ -4,9 +4,9 @@ import pytest
 from django.core.management import call_command
 from django.db import connection, transaction
 
-from jobs import events
-from jobs import triggers
-from jobs.states import Kind
+from jobs.engine import events
+from jobs.engine import triggers
+from jobs.engine.states import Kind
 
 pytestmark = pytest.mark.django_db
 

@@ -20,9 +20,9 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
 
-from jobs import events, reducer
+from jobs.engine import events, reducer
 from jobs.models import PROJECTED_FIELDS, Job, JobEvent, LogSeal
-from jobs.states import Kind
+from jobs.engine.states import Kind
 from tests.test_jobs_verify import finished_job, verify
 from toppcloud_site.logchain import plain_hash
 from toppcloud_site.records.models import AuditEntry, ServerGroup
@@ -229,7 +229,7 @@ def test_it_cuts_over_from_plain_sha256_without_reporting_old_jobs_and_refuses_a
     def run(*argv):
         return subprocess.run(manage + list(argv), env=env, cwd=ROOT, capture_output=True, text=True)
 
-    old_code = ("from django.db import connection, transaction; from jobs import events; "
+    old_code = ("from django.db import connection, transaction; from jobs.engine import events; "
                 "from toppcloud_site import logchain\n"
                 "events.keyed_hash = logchain.plain_hash\n"  # what events were hashed with before the key
                 "with transaction.atomic(): job = events.new_job('noop', target='t', params={}, "

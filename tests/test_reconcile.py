@@ -23,9 +23,9 @@ import pytest
 from django.core.management import call_command
 from django.db import transaction
 
-from jobs import dispatch
+from jobs.engine import dispatch
 from jobs.models import Job
-from jobs.states import TERMINAL
+from jobs.engine.states import TERMINAL
 from tests.helpers import wait_for_job, wait_until
 from tests.test_deploy_flow import app_copy, deploy, get
 
@@ -225,7 +225,7 @@ def test_it_leaves_one_program_and_nginx_serving_what_status_says(chain, step, w
 
 
 def test_it_queues_one_reconcile_job_per_set_up_node_every_interval(ready_nodes, monkeypatch, settings):
-    from jobs import events
+    from jobs.engine import events
     from jobs.tasks import reconcile_nodes
 
     entry = settings.CELERY_BEAT_SCHEDULE["toppcloud-reconcile-nodes"]

@@ -8,10 +8,10 @@ import os
 import pytest
 from django.db import transaction
 
-from jobs import events, reducer
-from jobs.events import GENESIS, canonical_json
+from jobs.engine import events, reducer
+from jobs.engine.events import GENESIS, canonical_json
 from jobs.models import PROJECTED_FIELDS, Job, JobEvent
-from jobs.states import Kind, Status
+from jobs.engine.states import Kind, Status
 
 pytestmark = pytest.mark.django_db
 

@@ -24,7 +24,7 @@ from django.db import connection
 from django.test import Client, RequestFactory
 from django.urls import reverse
 
-from jobs import dispatch
+from jobs.engine import dispatch
 from jobs.models import Job
 from tests import workers
 from tests.helpers import CANARY, wait_until

@@ -10,7 +10,7 @@ from django.db import connection
 from django.urls import reverse
 
 from jobs.environment import ConfigMissing, check_required_config, config_values, release_environment
-from jobs.redact import redact_text
+from jobs.engine.redact import redact_text
 from nodeops.appini import AppIniError, parse_app_ini_text
 from nodeops.layout import NodeLayout
 from toppcloud_site.records.models import App, ConfigValue, Node, Release, Service

@@ -76,7 +76,7 @@ def check_settings(app_configs=None, **kwargs):
 
 
 def _log_key_errors():
-    """The key of the log's hash chains (jobs/seal.py) must come from outside the database in production."""
+    """The key of the log's hash chains (jobs/engine/seal.py) must come from outside the database in production."""
     key = settings.TOPPCLOUD_LOG_KEY
     if not key and _is_postgresql() and not settings.DEBUG:
         return [Error(

@@ -7,7 +7,7 @@ chain that verifies. Unset (the embedded default, DEBUG): a key made in
 $TOPPCLOUD_VAR_DIR/log.key; production must set it (check toppcloud.E020).
 
 Events written before the key existed carry plain sha256 hashes; which ones
-may do so is fixed once, by the cut-over seal (jobs/seal.py), so a new event
+may do so is fixed once, by the cut-over seal (jobs/engine/seal.py), so a new event
 cannot be "downgraded" to plain sha256.
 """
 

@@ -157,7 +157,7 @@ JOBS_MAX_ATTEMPTS = env_int("JOBS_MAX_ATTEMPTS", 3, minimum=1, maximum=20)
 JOBS_OUTPUT_CAP_EVENT = env_int("JOBS_OUTPUT_CAP_EVENT", 64 * 1024, minimum=1024)
 JOBS_OUTPUT_CAP_JOB = env_int("JOBS_OUTPUT_CAP_JOB", 1024 * 1024, minimum=1024)
 
-# --- the tamper-evident log (jobs/seal.py) ----------------------------------
+# --- the tamper-evident log (jobs/engine/seal.py) ----------------------------------
 # The key of the event and audit hash chains, kept out of the database (at least 32 characters;
 # required with PostgreSQL and DEBUG off: check toppcloud.E020). Unset: a key made in
 # $TOPPCLOUD_VAR_DIR/log.key, fine for the embedded default only.

@@ -19,7 +19,7 @@ job fails naming it, after trying the others.
 """
 
 from jobs import data, environment, execution
-from jobs.context import FlowFailed
+from jobs.engine.context import FlowFailed
 from jobs.flows import flow
 from jobs.flows.deploy import config_used, take_app_lock
 from nodeops import release as node_release

@@ -13,11 +13,11 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from jobs import cron, execution
-from jobs.context import FlowFailed
+from jobs.engine.context import FlowFailed
 from jobs.environment import mask_app_secrets
 from jobs.flows import flow
 from jobs.models import Job, RunLock
-from jobs.states import TERMINAL
+from jobs.engine.states import TERMINAL
 from nodeops import release as node_release
 from nodeops.layout import NodeLayout
 from nodeops.transport import TransportError

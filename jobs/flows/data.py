@@ -11,7 +11,7 @@ database and an empty files directory.
 """
 
 from jobs import data
-from jobs.context import FlowFailed
+from jobs.engine.context import FlowFailed
 from jobs.flows import flow
 from jobs.flows.deploy import take_app_lock
 from nodeops.layout import NodeLayout

@@ -14,7 +14,7 @@ had; the job fails naming it, after trying the others.
 """
 
 from jobs import execution, frontdoor
-from jobs.context import FlowFailed
+from jobs.engine.context import FlowFailed
 from jobs.flows import flow
 from jobs.flows.deploy import take_app_lock
 from nodeops.frontdoor import FrontDoorError

@@ -7,7 +7,7 @@ job's result.
 """
 
 from jobs import execution
-from jobs.context import FlowFailed
+from jobs.engine.context import FlowFailed
 from jobs.flows import flow
 from nodeops.layout import NodeLayout
 from toppcloud_site.records.models import App

@@ -13,7 +13,7 @@ import json
 from django.conf import settings
 
 from jobs import execution
-from jobs.context import FlowFailed, RetryLater
+from jobs.engine.context import FlowFailed, RetryLater
 from jobs.environment import mask_app_secrets
 from jobs.flows import flow
 from nodeops import release as node_release
@@ -68,8 +68,8 @@ def backoff(attempt):
 
 def retry_dead_letter(job, *, actor):
     """A new task job with a dead letter's request (its idempotency key still names the first job)."""
-    from jobs import dispatch
-    from jobs.states import ActorKind
+    from jobs.engine import dispatch
+    from jobs.engine.states import ActorKind
 
     params = {k: v for k, v in job.params.items() if k != "idempotency_key"}
     params["retry_of"] = job.pk

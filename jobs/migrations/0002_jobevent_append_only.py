@@ -7,7 +7,7 @@ audited prune command; nothing in toppcloud edits events.
 
 from django.db import migrations
 
-from jobs.triggers import INSTALL, REMOVE
+from jobs.engine.triggers import INSTALL, REMOVE
 from toppcloud_site.vendor_sql import run_per_vendor
 
 

@@ -1,4 +1,4 @@
-"""Seals of the whole log (jobs/seal.py), and the cut-over from plain sha256 to the keyed hash.
+"""Seals of the whole log (jobs/engine/seal.py), and the cut-over from plain sha256 to the keyed hash.
 
 Seal 1, written here with legacy=True, names every job that exists now and
 its head: those events were hashed with plain sha256 before TOPPCLOUD_LOG_KEY
@@ -9,12 +9,12 @@ event must carry the keyed hash. The seal is written to the seal file too.
 
 from django.db import migrations, models
 
-from jobs.triggers import SEAL_INSTALL, SEAL_REMOVE
+from jobs.engine.triggers import SEAL_INSTALL, SEAL_REMOVE
 from toppcloud_site.vendor_sql import run_per_vendor
 
 
 def cut_over(apps, schema_editor):
-    from jobs.seal import seal
+    from jobs.engine.seal import seal
 
     seal(legacy=True, models=(apps.get_model("jobs", "LogSeal"), apps.get_model("jobs", "SealedHead"),
                               apps.get_model("records", "AuditEntry")))

@@ -23,7 +23,7 @@ def _started(modeladmin, request, verb, started):
 def _front_door_after_edit(modeladmin, request, app_ids):
     """Edited locations take effect now: a front_door job for the nodes serving these apps."""
     from jobs import frontdoor
-    from jobs.states import ActorKind
+    from jobs.engine.states import ActorKind
 
     job = frontdoor.after_edit(app_ids, actor_kind=ActorKind.USER, actor=request.user.get_username())
     if job is None:
@@ -42,8 +42,8 @@ class ServerGroupAdmin(admin.ModelAdmin):
     @admin.action(description="Rotate the shared secret (TOPPCLOUD_GROUP_SECRET) and apply it to the group's apps",
                   permissions=["change"])
     def rotate_shared_secret(self, request, queryset):
-        from jobs import dispatch
-        from jobs.states import ActorKind
+        from jobs.engine import dispatch
+        from jobs.engine.states import ActorKind
 
         _started(self, request, "Rotation", [
             (dispatch.submit("rotate_group_secret", target=f"group:{group.name}", params={"group": group.name},
@@ -79,7 +79,7 @@ class NodeAdmin(admin.ModelAdmin):
 
     def _start(self, request, queryset, kind, verb):
         from jobs.nodes import InvalidNode, submit_node_job
-        from jobs.states import ActorKind
+        from jobs.engine.states import ActorKind
 
         started = []
         for node in queryset:
@@ -104,7 +104,7 @@ class NodeAdmin(admin.ModelAdmin):
     @admin.action(description="Render the front door (nginx) from the records now", permissions=["change"])
     def render_front_door(self, request, queryset):
         from jobs import frontdoor
-        from jobs.states import ActorKind
+        from jobs.engine.states import ActorKind
 
         nodes = list(queryset.order_by("name"))
         job = frontdoor.submit(nodes, actor_kind=ActorKind.USER, actor=request.user.get_username())
@@ -193,8 +193,8 @@ class AppAdmin(admin.ModelAdmin):
         self._each_app(request, queryset, "enable", "Enable")
 
     def _each_app(self, request, queryset, kind, verb):
-        from jobs import dispatch
-        from jobs.states import ActorKind
+        from jobs.engine import dispatch
+        from jobs.engine.states import ActorKind
 
         _started(self, request, verb, [
             (dispatch.submit(kind, target=f"app:{app.name}", params={"app": app.name}, actor_kind=ActorKind.USER,
@@ -202,8 +202,8 @@ class AppAdmin(admin.ModelAdmin):
 
     @admin.action(description="Apply config now (running releases get it, no restart)", permissions=["change"])
     def apply_config(self, request, queryset):
-        from jobs import dispatch
-        from jobs.states import ActorKind
+        from jobs.engine import dispatch
+        from jobs.engine.states import ActorKind
 
         names = sorted(queryset.values_list("name", flat=True))
         job = dispatch.submit("apply_config", target=f"app:{names[0]}" if len(names) == 1 else "apps",
@@ -212,8 +212,9 @@ class AppAdmin(admin.ModelAdmin):
 
     @admin.action(description="Back up data now (database and files)", permissions=["view"])
     def back_up(self, request, queryset):
-        from jobs import data, dispatch
-        from jobs.states import ActorKind
+        from jobs import data
+        from jobs.engine import dispatch
+        from jobs.engine.states import ActorKind
 
         started = []
         for app in queryset:
@@ -235,7 +236,7 @@ class AppAdmin(admin.ModelAdmin):
                   permissions=["change"])
     def roll_back(self, request, queryset):
         from jobs.nodes import InvalidNode, submit_node_job
-        from jobs.states import ActorKind
+        from jobs.engine.states import ActorKind
 
         started = []
         for app in queryset:
@@ -279,7 +280,7 @@ class ReleaseAdmin(admin.ModelAdmin):
         from django.template.response import TemplateResponse
 
         from jobs.nodes import InvalidNode, submit_node_job
-        from jobs.states import ActorKind
+        from jobs.engine.states import ActorKind
 
         if "node" not in request.POST:
             return TemplateResponse(request, "admin/records/release/deploy.html", {
@@ -414,8 +415,9 @@ class BackupAdmin(admin.ModelAdmin):
     @admin.action(description="Restore into its app (the data it replaces are kept as a checkpoint)",
                   permissions=["view"])
     def restore_into_its_app(self, request, queryset):
-        from jobs import data, dispatch
-        from jobs.states import ActorKind
+        from jobs import data
+        from jobs.engine import dispatch
+        from jobs.engine.states import ActorKind
 
         if not request.user.has_perm("records.change_app"):
             self.message_user(request, "restoring replaces an app's data: it needs permission to change apps",
@@ -551,7 +553,7 @@ class CronEntryAdmin(admin.ModelAdmin):
     @admin.action(description="Run now (skipped if it is running already)", permissions=["view"])
     def run_now(self, request, queryset):
         from jobs import cron
-        from jobs.states import ActorKind
+        from jobs.engine.states import ActorKind
 
         if not request.user.has_perm("records.change_app"):
             self.message_user(request, "running a cron entry runs app code: it needs permission to change apps",

@@ -8,7 +8,7 @@ user (or --as); anything else is `system`.
 
 The entries form one hash chain in id order, keyed like the job events
 (toppcloud_site/logchain.py): an entry edited or taken out of the middle
-breaks it, and the seals (jobs/seal.py) pin its end, so a cut-off tail shows
+breaks it, and the seals (jobs/engine/seal.py) pin its end, so a cut-off tail shows
 too. `manage.py jobs verify` checks both. Writers take one lock for the
 chain, held until their transaction ends: audited changes are few.
 """

@@ -5,9 +5,10 @@ import shutil
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import data, dispatch, nodes
+from jobs import data, nodes
+from jobs.engine import dispatch
 from jobs.cli import add_follow_arguments, follow_job
-from jobs.states import ActorKind
+from jobs.engine.states import ActorKind
 
 
 class Command(BaseCommand):

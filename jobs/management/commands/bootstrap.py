@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand
 
 from jobs.management.commands.ssh_key import ensure_key
 from jobs.nodes import submit_node_job
-from jobs.states import ActorKind
+from jobs.engine.states import ActorKind
 from toppcloud_site.records.models import Node
 
 

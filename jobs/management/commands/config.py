@@ -22,11 +22,11 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from jobs import dispatch
+from jobs.engine import dispatch
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.environment import config_records
 from jobs.nodes import validation_message
-from jobs.states import ActorKind
+from jobs.engine.states import ActorKind
 from toppcloud_site.records import audit
 from nodeops import validate
 from toppcloud_site.records.models import App, ConfigValue, ServerGroup, validate_config_key

@@ -4,12 +4,12 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import dispatch
+from jobs.engine import dispatch
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.environment import ConfigMissing, check_required_config
 from jobs.nodes import InvalidNode, check_node, get_node, submit_node_job
 from jobs.releases import ReleaseRefused, pack_release
-from jobs.states import ActorKind
+from jobs.engine.states import ActorKind
 from nodeops.appini import AppIniError
 from nodeops.archive import ArchiveError
 from toppcloud_site.records import audit

@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 from jobs import frontdoor
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.nodes import InvalidNode, check_node, get_node
-from jobs.states import ActorKind
+from jobs.engine.states import ActorKind
 from toppcloud_site.records.models import Node
 
 

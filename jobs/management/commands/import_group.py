@@ -15,7 +15,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from jobs import frontdoor
-from jobs.states import ActorKind
+from jobs.engine.states import ActorKind
 from toppcloud_site.records import audit, documents
 
 

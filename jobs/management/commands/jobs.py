@@ -6,10 +6,10 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from jobs.admin import format_duration
-from jobs.follow import describe, exit_code, follow
+from jobs.engine.follow import describe, exit_code, follow
 from jobs.models import Job
-from jobs.states import TERMINAL
-from jobs.verify import orphan_events, read_seals, verify_all, verify_audit
+from jobs.engine.states import TERMINAL
+from jobs.engine.verify import orphan_events, read_seals, verify_all, verify_audit
 
 
 def job_dict(job):
@@ -119,7 +119,7 @@ class Command(BaseCommand):
             sys.exit(1)
 
     def do_seal(self, **_):
-        from jobs.seal import SealError, seal
+        from jobs.engine.seal import SealError, seal
 
         try:
             made = seal()

@@ -8,11 +8,12 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import dispatch, execution
+from jobs import execution
+from jobs.engine import dispatch
 from jobs.cli import add_follow_arguments, follow_job
-from jobs.context import FlowFailed
+from jobs.engine.context import FlowFailed
 from jobs.flows.logs import LOG_FILES
-from jobs.states import ActorKind
+from jobs.engine.states import ActorKind
 from toppcloud_site.records.models import App
 
 MAX_LINES = 10000

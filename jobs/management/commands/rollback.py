@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.nodes import InvalidNode, get_node, submit_node_job
-from jobs.states import ActorKind
+from jobs.engine.states import ActorKind
 from toppcloud_site.records.models import App
 
 

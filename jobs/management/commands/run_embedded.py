@@ -16,10 +16,10 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs.follow import follow
+from jobs.engine.follow import follow
 from jobs.management.commands.bootstrap import admin_password
 from jobs.nodes import submit_node_job
-from jobs.states import ActorKind, Status
+from jobs.engine.states import ActorKind, Status
 from toppcloud_site.records.models import Node
 
 

@@ -22,7 +22,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from jobs import frontdoor
 from jobs.nodes import validation_message
-from jobs.states import ActorKind
+from jobs.engine.states import ActorKind
 from toppcloud_site.records import audit, tls
 from toppcloud_site.records.models import Certificate
 

@@ -6,7 +6,7 @@ can always be rebuilt from its events (`manage.py jobs verify`).
 
 from django.utils.dateparse import parse_datetime
 
-from jobs.states import TERMINAL, TRANSITIONS, Kind
+from jobs.engine.states import TERMINAL, TRANSITIONS, Kind
 
 OUTPUT_KEYS = ("stdout", "stderr", "text", "output", "traceback", "body")
 

@@ -5,7 +5,7 @@ projection, then one guarded write UPDATEs the Job row only if it is still
 at the event before this one (its last seq and hash), and INSERTs the event,
 keyed (job, seq). A writer working from a stale read therefore cannot fork
 the chain: its write is refused. `seq` is gapless per job and each event's
-hash, keyed with TOPPCLOUD_LOG_KEY, chains it to the previous one; jobs/seal.py
+hash, keyed with TOPPCLOUD_LOG_KEY, chains it to the previous one; jobs/engine/seal.py
 seals every job's head at intervals, so deleted and cut-off jobs show too.
 
 Who writes how:
@@ -33,11 +33,11 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from jobs import reducer
+from jobs.engine import reducer
 from jobs.models import PROJECTED_FIELDS, Job, JobEvent
-from jobs.reducer import OUTPUT_KEYS
-from jobs.redact import redact
-from jobs.states import Kind, Status
+from jobs.engine.reducer import OUTPUT_KEYS
+from jobs.engine.redact import redact
+from jobs.engine.states import Kind, Status
 from toppcloud_site.logchain import GENESIS, canonical_json, keyed_hash, plain_hash  # noqa: F401 (GENESIS: re-exported)
 CUT_MARK = "\n… [cut: {n} more bytes]"
 CAP_REACHED = "[not stored: this job's output cap of {cap} bytes is reached]"

@@ -13,10 +13,10 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from jobs import events, fan_out, runner
+from jobs.engine import events, fan_out, runner
 from jobs.flows import FLOWS
 from jobs.models import Job, WorkerHeartbeat
-from jobs.states import Kind, Status
+from jobs.engine.states import Kind, Status
 
 log = logging.getLogger(__name__)
 SWEEPER = "system:sweeper"

@@ -9,9 +9,9 @@ calls it too, so a parent is never left waiting by a crash in between.
 
 from django.db import transaction
 
-from jobs import dispatch, events
+from jobs.engine import dispatch, events
 from jobs.models import Job
-from jobs.states import TERMINAL, ActorKind, Kind, Status
+from jobs.engine.states import TERMINAL, ActorKind, Kind, Status
 
 
 def start_children(parent_job, plan, max_parallel):

@@ -6,7 +6,7 @@ import time
 from django.db import close_old_connections
 
 from jobs.models import Job, JobEvent
-from jobs.states import TERMINAL, Kind, Status
+from jobs.engine.states import TERMINAL, Kind, Status
 
 
 def describe(event):

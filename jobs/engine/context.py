@@ -2,8 +2,8 @@
 
 from django.conf import settings
 
-from jobs import events
-from jobs.states import TRANSITIONS
+from jobs.engine import events
+from jobs.engine.states import TRANSITIONS
 from nodeops import steps, transport
 
 

@@ -22,11 +22,11 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from jobs import events, fan_out
-from jobs.context import FlowFailed, JobContext, RetryLater, WaitForChildren
+from jobs.engine import events, fan_out
+from jobs.engine.context import FlowFailed, JobContext, RetryLater, WaitForChildren
 from jobs.flows import FLOWS
 from jobs.models import WorkerHeartbeat
-from jobs.states import Kind, Status
+from jobs.engine.states import Kind, Status
 from nodeops.node_data import DataError
 from nodeops.release import ReleaseError
 from nodeops.setup import SetupError
@@ -140,7 +140,7 @@ def _pid_alive(pid):
 
 def _retry_later(ctx, exc):
     """Queue the job again for its next attempt, due after exc.delay seconds (its message waits that long)."""
-    from jobs import dispatch
+    from jobs.engine import dispatch
 
     run_after = timezone.now() + timedelta(seconds=exc.delay)
     job = _finish(ctx, Kind.RETRYING, reason=exc.reason, delay=round(exc.delay, 3), run_after=run_after.isoformat())

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from jobs import reducer
-from jobs.events import GENESIS, event_hash
+from jobs.engine import reducer
+from jobs.engine.events import GENESIS, event_hash
 from jobs.models import PROJECTED_FIELDS, Job, JobEvent, LogSeal
-from jobs.seal import row_fields, seal_mac
+from jobs.engine.seal import row_fields, seal_mac
 from toppcloud_site.records.audit import entry_hash
 from toppcloud_site.records.models import AuditEntry
 

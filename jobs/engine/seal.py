@@ -1,12 +1,12 @@
 """Seals of the whole log, so a deleted job or a job cut short shows.
 
-Each event's keyed hash (jobs/events.py) catches an edit, but not a job
+Each event's keyed hash (jobs/engine/events.py) catches an edit, but not a job
 removed whole, nor its last events cut off with the row rebuilt to match.
 A seal pins the heads: seal n holds every job head that changed since seal
 n-1 (job id, last seq, the hash at that seq) and the audit log's last entry
 (id, hash), chained to seal n-1 by a MAC under TOPPCLOUD_LOG_KEY. Each seal
 is a LogSeal row and a line of TOPPCLOUD_LOG_SEAL_FILE, an append-only file
-outside the database. `jobs verify` (jobs/verify.py) checks that the file
+outside the database. `jobs verify` (jobs/engine/verify.py) checks that the file
 and the rows agree, and that every sealed job still exists with at least
 that seq and the same hash there.
 
