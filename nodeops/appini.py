@@ -53,6 +53,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
+from nodeops.errors import NodeOpError
 from nodeops.validate import (ENV_KEY_RE, RUNNER_RE, reserved_env_name, validate_location, validate_location_host,
                               validate_name)
 
@@ -120,7 +121,7 @@ _CRON_PART_RE = re.compile(r"(?:(\*)|([0-9]+|[A-Za-z]+)(?:-([0-9]+|[A-Za-z]+))?)
 _CRON_FIELDISH_RE = re.compile(r"[0-9A-Za-z*?#,/-]+")
 
 
-class AppIniError(ValueError):
+class AppIniError(NodeOpError, ValueError):
     def __init__(self, message, *, path, line=None, key=None):
         super().__init__(message)
         self.path = path

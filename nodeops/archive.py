@@ -18,13 +18,15 @@ import tarfile
 import tempfile
 import zlib
 
+from .errors import NodeOpError
+
 SKIP_NAMES = frozenset({".git", "__pycache__", ".DS_Store"})
 SKIP_SUFFIXES = (".pyc",)
 
 _FILE_MODE, _EXEC_MODE, _DIR_MODE, _LINK_MODE = 0o644, 0o755, 0o755, 0o777
 
 
-class ArchiveError(ValueError):
+class ArchiveError(NodeOpError, ValueError):
     pass
 
 

@@ -28,6 +28,7 @@ import hashlib
 import os
 import re
 
+from .errors import NodeOpError
 from .setup import HEALTH_PATH
 from .appini import WRITABLE_NAME_RE
 from .release import validate_release
@@ -49,7 +50,7 @@ MAINTENANCE_PAGE = ("<!doctype html><html><head><meta charset=utf-8><title>Down 
                     "</p></body></html>")
 
 
-class FrontDoorError(Exception):
+class FrontDoorError(NodeOpError):
     """The front door could not be changed; the live config is as it was (the message says why)."""
 
 

@@ -19,6 +19,7 @@ import shlex
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
+from .errors import NodeOpError
 from .release import validate_release
 from .validate import validate_name
 
@@ -28,7 +29,7 @@ _DEST_RE = re.compile(r"(/[A-Za-z0-9._/-]*|rsync://[A-Za-z0-9.-]+(:[0-9]+)?/[A-Z
                       r"|([a-z_][a-z0-9_-]*@)?[A-Za-z0-9.-]+:/[A-Za-z0-9._/-]*)")
 
 
-class PublishError(Exception):
+class PublishError(NodeOpError):
     pass
 
 

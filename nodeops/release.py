@@ -19,6 +19,7 @@ import os
 import re
 import shlex
 
+from .errors import NodeOpError
 from . import runtime
 from .node_users import app_user
 from .steps import run_logged
@@ -44,7 +45,7 @@ _SAFE_PATH_RE = re.compile(r"/[A-Za-z0-9._/-]*")
 _HTTP_PATH_RE = re.compile(r"/[\x21-\x7e]*")
 
 
-class ReleaseError(Exception):
+class ReleaseError(NodeOpError):
     """A release cannot be made to run; the message says why, for the job's summary."""
 
 

@@ -18,8 +18,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import NodeOpError
 
-class ExecError(Exception):
+
+class ExecError(NodeOpError):
     """No report from toppcloud-exec (it could not start at all), or no end of the command in time.
 
     A command that could not start (no such program: 127) is reported as an

@@ -9,6 +9,7 @@ import json
 import os
 import shlex
 
+from .errors import NodeOpError
 from . import node_users, runtime
 from .layout import NodeLayout
 from .steps import run_logged, step
@@ -72,7 +73,7 @@ sys.exit(f"GET {url} failed after {tries} attempts: {last}")
 """
 
 
-class SetupError(Exception):
+class SetupError(NodeOpError):
     pass
 
 

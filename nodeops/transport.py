@@ -17,6 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from .errors import NodeOpError
 from .validate import validate_address, validate_host_key, validate_port
 
 
@@ -29,7 +30,7 @@ class CommandResult:
     seconds: float
 
 
-class TransportError(Exception):
+class TransportError(NodeOpError):
     """The host cannot be reached or we cannot log in."""
 
 
@@ -37,7 +38,7 @@ class HostKeyMismatch(TransportError):
     """The host presented a key other than the pinned one."""
 
 
-class CommandFailed(Exception):
+class CommandFailed(NodeOpError):
     def __init__(self, result, where=""):
         self.result = result
         tail = "\n".join(result.stderr.strip().splitlines()[-10:])
