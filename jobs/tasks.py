@@ -3,7 +3,7 @@
 from celery import shared_task
 from django.db import DatabaseError, close_old_connections
 
-from jobs.engine import dispatch, runner
+from jobs.engine import dispatch, runner, sweeper
 
 
 @shared_task(name="jobs.run", bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -20,7 +20,7 @@ def run_job(self, job_id, queued_hash=None):
 
 @shared_task(name="jobs.sweep", acks_late=True)
 def sweep():
-    return dispatch.sweep()
+    return sweeper.sweep()
 
 
 @shared_task(name="jobs.reconcile_nodes", acks_late=True)

@@ -75,7 +75,7 @@ def test_it_points_the_apps_at_the_bundled_postgresql_and_rabbitmq():
 
 
 def test_it_runs_workers_on_every_queue_the_settings_declare_cron_on_its_own():
-    from jobs.flows import FLOWS
+    from jobs.engine.registry import KINDS
     from toppcloud_site.celery import app
 
     queues = {}
@@ -85,7 +85,7 @@ def test_it_runs_workers_on_every_queue_the_settings_declare_cron_on_its_own():
         assert "-E" in argv, name  # task events for Flower
         queues[name] = set(option(argv, "-Q").split(","))
     assert queues == {"worker": {q.name for q in app.conf.task_queues} - {"cron"}, "cron-worker": {"cron"}}
-    assert FLOWS["cron_run"].queue == "cron" and app.amqp.router.route({}, "jobs.submit_cron")["queue"].name == "cron"
+    assert KINDS["cron_run"].queue == "cron" and app.amqp.router.route({}, "jobs.submit_cron")["queue"].name == "cron"
     node = option(command("cron-worker"), "-n").split("@")[0]
     assert f"-d {node}@$$HOSTNAME" in " ".join(SERVICES["cron-worker"]["healthcheck"]["test"])
 

@@ -183,7 +183,7 @@ def test_run_stops_a_stalled_command_and_its_children_at_the_timeout(chores):
 
 
 def test_a_command_whose_worker_dies_is_stopped_on_the_node(chores, worker):
-    from jobs.engine import dispatch
+    from jobs.engine import sweeper
 
     pids_file = os.path.join(chores["files"], "sleepy.pids")
     if os.path.exists(pids_file):
@@ -195,7 +195,7 @@ def test_a_command_whose_worker_dies_is_stopped_on_the_node(chores, worker):
     worker.kill_group()  # the worker and its ssh client die; the node sees the session end
     try:
         wait_until(lambda: all(gone(int(p)) for p in pids), timeout=15, what=f"pids {pids} stopped on the node")
-        wait_until(lambda: job.pk in dispatch.sweep()["lost"], timeout=15, what="the sweeper to end the job")
+        wait_until(lambda: job.pk in sweeper.sweep()["lost"], timeout=15, what="the sweeper to end the job")
     finally:
         worker.start()
     assert Job.objects.get(pk=job.pk).status == "lost"

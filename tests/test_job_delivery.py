@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from jobs.engine import dispatch
+from jobs.engine import dispatch, sweeper
 from jobs.models import Job, WorkerHeartbeat
 from jobs.tasks import run_job
 from tests.helpers import event_kinds, wait_for_job, wait_until
@@ -51,8 +51,8 @@ def test_it_resends_a_job_whose_message_was_lost(worker, monkeypatch):
     monkeypatch.undo()
     time.sleep(0.5)
     assert Job.objects.get(pk=job.pk).status == "queued"
-    assert job.pk not in dispatch.sweep()["resent"]  # not yet: it may just be waiting in the queue
-    result = dispatch.sweep(now=timezone.now() + timedelta(seconds=5))
+    assert job.pk not in sweeper.sweep()["resent"]  # not yet: it may just be waiting in the queue
+    result = sweeper.sweep(now=timezone.now() + timedelta(seconds=5))
     assert job.pk in result["resent"]
     job = wait_for_job(job.pk)
     assert job.status == "succeeded" and job.resends == 1
@@ -69,7 +69,7 @@ def test_a_job_due_later_starts_then_and_no_early_message_starts_it(worker):
     wait_until(lambda: job.events.filter(kind="job.delivery_ignored").exists(), what="the early message ignored")
     assert job.events.get(kind="job.delivery_ignored").data["reason"] == f"not due until {due.isoformat()}"
     # The sweeper does not call a message late before its job is due (JOBS_RESEND_AFTER is 2 s here).
-    assert job.pk not in dispatch.sweep(now=due - timedelta(seconds=0.5))["resent"]
+    assert job.pk not in sweeper.sweep(now=due - timedelta(seconds=0.5))["resent"]
     job = wait_for_job(job.pk, timeout=30)
     assert job.status == "succeeded" and job.started_at >= due
     assert event_kinds(job) == ["job.queued", "job.delivery_ignored", "job.started", "noop.ran", "job.succeeded"]
@@ -81,9 +81,9 @@ def test_a_job_due_in_hours_is_parked_and_sent_by_the_sweeper_once_near(live_db,
     due = timezone.now() + timedelta(hours=3)
     job = dispatch.submit("noop", target="parked", actor_kind="user", actor="tester", run_after=due)
     assert sent == []  # a worker would hold it unacknowledged for 3 hours: RabbitMQ's consumer_timeout is 30 min
-    assert job.pk not in dispatch.sweep()["sent"]
-    assert job.pk not in dispatch.sweep(now=due - dispatch.PARK_AFTER - timedelta(seconds=5))["sent"]
-    assert job.pk in dispatch.sweep(now=due - dispatch.PARK_AFTER + timedelta(seconds=5))["sent"]
+    assert job.pk not in sweeper.sweep()["sent"]
+    assert job.pk not in sweeper.sweep(now=due - dispatch.PARK_AFTER - timedelta(seconds=5))["sent"]
+    assert job.pk in sweeper.sweep(now=due - dispatch.PARK_AFTER + timedelta(seconds=5))["sent"]
     assert sent == [((job.pk, "noop", None), {"run_after": due, "target": "parked"})]
     job = Job.objects.get(pk=job.pk)
     assert (job.status, job.resends) == ("queued", 0) and event_kinds(job) == ["job.queued", "job.sent"]
@@ -107,10 +107,10 @@ def test_it_retries_a_job_whose_worker_process_was_killed(worker):
 def test_it_marks_lost_a_job_whose_whole_worker_vanished(worker):
     job = submit_noop(mark=True, seconds=30)
     started = wait_until(lambda: job.events.filter(kind="job.started").first(), what="job start")
-    assert dispatch.sweep()["lost"] == []  # alive and well
+    assert sweeper.sweep()["lost"] == []  # alive and well
     worker.kill_group()  # main process and pool children, no goodbye
     try:
-        wait_until(lambda: dispatch.sweep()["lost"] == [job.pk], timeout=10, what="sweeper to mark it lost")
+        wait_until(lambda: sweeper.sweep()["lost"] == [job.pk], timeout=10, what="sweeper to mark it lost")
         job = Job.objects.get(pk=job.pk)
         assert job.status == "lost" and job.finished_at is not None
         lost = job.events.get(kind="job.lost")
@@ -132,7 +132,7 @@ def test_it_ends_a_job_whose_worker_lost_its_database_mid_job(worker):
         cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                        "WHERE datname = current_database() AND pid <> pg_backend_pid()")
     # The worker cannot record the end; its process lives on and its heartbeat shows it gave the job up.
-    wait_until(lambda: job.pk in dispatch.sweep()["lost"], timeout=30, what="sweeper to end the job")
+    wait_until(lambda: job.pk in sweeper.sweep()["lost"], timeout=30, what="sweeper to end the job")
     job = Job.objects.get(pk=job.pk)
     assert job.status == "lost"
     assert job.events.get(kind="job.lost").data["reason"].endswith("is alive but gave attempt 1 up without "
@@ -153,8 +153,8 @@ def test_the_sweeper_judges_a_worker_on_another_host_by_its_heartbeat(settings):
     now = timezone.now()
     beat = WorkerHeartbeat.objects.create(hostname="elsewhere", pid=4242, worker="far@elsewhere", started_at=now,
                                           seen_at=now, job_id=job.pk)
-    assert dispatch.sweep(now=now + timedelta(seconds=settings.JOBS_LEASE_SECONDS - 1))["lost"] == []
-    assert dispatch.sweep(now=now + timedelta(seconds=settings.JOBS_LEASE_SECONDS + 2))["lost"] == [job.pk]
+    assert sweeper.sweep(now=now + timedelta(seconds=settings.JOBS_LEASE_SECONDS - 1))["lost"] == []
+    assert sweeper.sweep(now=now + timedelta(seconds=settings.JOBS_LEASE_SECONDS + 2))["lost"] == [job.pk]
     reason = Job.objects.get(pk=job.pk).events.get(kind="job.lost").data["reason"]
     assert reason == (f"worker process 4242 on elsewhere vanished: no heartbeat for "
                       f"{settings.JOBS_LEASE_SECONDS + 2:.0f}s during attempt 1")

@@ -23,7 +23,7 @@ import pytest
 from django.core.management import call_command
 from django.db import transaction
 
-from jobs.engine import dispatch
+from jobs.engine import dispatch, sweeper
 from jobs.models import Job
 from jobs.engine.states import TERMINAL
 from tests.helpers import wait_for_job, wait_until
@@ -159,7 +159,7 @@ def killed_deploy(chain, step, how, worker):
     else:  # the pool process running it dies (OOM killer, segfault)
         pid = job.events.get(kind="job.started").data["pid"]
         kill_at(job, step, chain.host, lambda: os.kill(pid, signal.SIGKILL))
-    ended = wait_until(lambda: dispatch.sweep() and Job.objects.get(pk=job.pk).status in TERMINAL
+    ended = wait_until(lambda: sweeper.sweep() and Job.objects.get(pk=job.pk).status in TERMINAL
                        and Job.objects.get(pk=job.pk), timeout=60, what=f"job {job.pk} to end")
     assert ended.status == "lost", (ended.status, ended.error)
     served, live = served_release(chain.host, chain.name), status_release(chain.name)

@@ -79,22 +79,23 @@ def append(job, kind, actor, data=None):
     """
     event = _event(job, kind, actor, data)
     _write(event, job, _project(job, event))
-    if kind == Kind.RELEASE_ACTIVATED:
-        _project_live(event)
+    for project in _PROJECTIONS.get(kind, ()):
+        project(event)
     return event
 
 
-def _project_live(event):
-    """What is live where: the release.activated event's (app, node, host, path) now serves its release."""
-    from jobs.models import LiveRelease
-    from toppcloud_site.records.models import App, Node, Release
+# Projections outside the job row (kind -> functions of the event), registered by the domain side at start
+# (jobs/apps.py imports jobs/projections.py): written in the same transaction as the event.
+_PROJECTIONS = {}
 
-    d = event.data
-    app = App.objects.get(name=d["app"])
-    LiveRelease.objects.update_or_create(
-        app=app, node=Node.objects.get(name=d["node"]), host=d["host"], path=d["path"],
-        defaults={"release": Release.objects.get(app=app, name=d["release"]), "port": d["port"],
-                  "job_id": event.job_id, "activated_at": event.at})
+
+def projection(kind):
+    """Decorator: call fn(event) for every appended event of this kind, in the event's transaction."""
+    def register(fn):
+        _PROJECTIONS.setdefault(kind, []).append(fn)
+        return fn
+
+    return register
 
 
 def record(job_id, kind, actor, **data):

@@ -19,24 +19,22 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from jobs.engine import events, fan_out
+from jobs.engine import dispatch, events, fan_out, registry
 from jobs.engine.context import FlowFailed, JobContext, RetryLater, WaitForChildren
-from jobs.flows import FLOWS
-from jobs.models import WorkerHeartbeat
 from jobs.engine.states import Kind, Status
-from nodeops.node_data import DataError
-from nodeops.release import ReleaseError
-from nodeops.setup import SetupError
-from nodeops.transport import CommandFailed, TransportError
+from jobs.models import WorkerHeartbeat
+from nodeops.errors import NodeOpError
+from nodeops.node_data import DataError  # runs on hosts too, so it cannot derive from NodeOpError yet
 
 log = logging.getLogger(__name__)
 # A message this early for a job's run_after is early, not clock jitter.
 EARLY = timedelta(seconds=1)
-# Failures that explain themselves: recorded without a traceback.
-EXPLAINED = (FlowFailed, TransportError, CommandFailed, SetupError, ReleaseError, DataError)
+# Failures that explain themselves: recorded as the job's error, one line, without a traceback.
+EXPLAINED = (FlowFailed, NodeOpError, DataError)
 
 
 def run(job_id, worker, queued_hash=None):
@@ -54,11 +52,13 @@ def _run(job_id, worker, queued_hash):
             return None
         ctx = JobContext(job, worker)
         try:
-            outcome = FLOWS[job.kind].run(ctx, **job.params)
+            outcome = registry.entry(job.kind).run(ctx, **job.params)
         except RetryLater as exc:
             return _retry_later(ctx, exc)
         except EXPLAINED as exc:
             return _finish(ctx, Kind.FAILED, error=str(exc))
+        except ObjectDoesNotExist as exc:  # a record named in the job's params is gone: say which
+            return _finish(ctx, Kind.FAILED, error=missing_record(exc, job.params))
         except Exception as exc:
             return _finish(ctx, Kind.FAILED, error=f"{type(exc).__name__}: {exc}",
                            traceback=traceback.format_exc())
@@ -66,6 +66,16 @@ def _run(job_id, worker, queued_hash):
             return _finish(ctx, Kind.WAITING, summary=outcome.summary)
         summary, result = outcome if isinstance(outcome, tuple) else (outcome, None)
         return _finish(ctx, Kind.SUCCEEDED, summary=summary or "", result=result)
+
+
+def missing_record(exc, params):
+    """One line for a flow that looked up a record that does not exist: `no app named 'shop'`."""
+    model = type(exc).__qualname__.removesuffix(".DoesNotExist")
+    key = model.lower()
+    if model != type(exc).__qualname__ and key in params:
+        value = params[key]
+        return f"no {key} named {value!r}" if isinstance(value, str) else f"no {key} with id {value!r}"
+    return f"a record this job needs does not exist: {exc}"
 
 
 def claim(job_id, worker, queued_hash=None):
@@ -84,7 +94,7 @@ def claim(job_id, worker, queued_hash=None):
                 events.append(job, Kind.DELIVERY_IGNORED, actor,
                               {"reason": f"already running on {job.worker} (attempt {job.attempt})"})
                 return None
-            if job.attempt >= attempts_allowed(job) or not FLOWS[job.kind].retry_when_worker_lost:
+            if job.attempt >= attempts_allowed(job) or not registry.entry(job.kind).retry_when_worker_lost:
                 events.append(job, Kind.LOST, actor, {"reason": why + "; no attempt left"})
                 return None
             events.append(job, Kind.RETRYING, actor, {"reason": why})
@@ -140,8 +150,6 @@ def _pid_alive(pid):
 
 def _retry_later(ctx, exc):
     """Queue the job again for its next attempt, due after exc.delay seconds (its message waits that long)."""
-    from jobs.engine import dispatch
-
     run_after = timezone.now() + timedelta(seconds=exc.delay)
     job = _finish(ctx, Kind.RETRYING, reason=exc.reason, delay=round(exc.delay, 3), run_after=run_after.isoformat())
     if job.status == Status.QUEUED and not dispatch.parked(job):  # else the sweeper sends it when near

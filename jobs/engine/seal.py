@@ -34,6 +34,7 @@ import logging
 import os
 from contextlib import contextmanager
 
+from django.apps import apps
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -74,9 +75,9 @@ def seal(legacy=False, models=None):
     models: (LogSeal, SealedHead, AuditEntry), historical models when a migration calls this.
     """
     if models is None:
-        from jobs.models import LogSeal, SealedHead
-        from toppcloud_site.records.models import AuditEntry
-        models = (LogSeal, SealedHead, AuditEntry)
+        # The audit log is sealed with the jobs; named by label, so the engine imports no record model.
+        models = (apps.get_model("jobs", "LogSeal"), apps.get_model("jobs", "SealedHead"),
+                  apps.get_model("records", "AuditEntry"))
     LogSeal, SealedHead, AuditEntry = models
     with _seal_file() as fd:
         _catch_up(fd, LogSeal)

@@ -6,7 +6,8 @@
    event), the projection rebuilt from the events, and the sealed head: the
    event at the seq the seals name must exist with the hash they hold.
 3. Jobs the seals name that no longer exist; events whose job does not.
-4. The audit log: one keyed chain in id order, and its sealed end present.
+4. The audit log: one keyed chain in id order, and its sealed end present
+   (toppcloud_site/records/audit.py verify_chain, given the sealed end from here).
 """
 
 import json
@@ -19,8 +20,6 @@ from jobs.engine import reducer
 from jobs.engine.events import GENESIS, event_hash
 from jobs.models import PROJECTED_FIELDS, Job, JobEvent, LogSeal
 from jobs.engine.seal import row_fields, seal_mac
-from toppcloud_site.records.audit import entry_hash
-from toppcloud_site.records.models import AuditEntry
 
 
 @dataclass
@@ -165,27 +164,3 @@ def verify_all(seals=None, batch=500):
     for job_id in sorted(seals.jobs.keys() - seen):
         seq, _, number = seals.jobs[job_id]
         yield job_id, [f"seal {number} holds it at event {seq}, but the job does not exist: deleted"]
-
-
-def verify_audit(seals=None):
-    """Problems of the audit log's chain and its sealed end; and how many entries were checked."""
-    seals = seals or Seals()
-    problems, prev, prev_id, count, sealed_seen = [], GENESIS, None, 0, False
-    for entry in AuditEntry.objects.order_by("id").iterator(chunk_size=2000):
-        count += 1
-        if entry.prev_hash != prev:
-            before = f"entry {prev_id}'s hash" if prev_id else "the start of the log"
-            problems.append(f"audit entry {entry.pk}: prev_hash does not match {before} "
-                            "(an entry between them was deleted, or one was edited)")
-        if entry_hash(entry.prev_hash, entry) != entry.hash:
-            problems.append(f"audit entry {entry.pk} ({entry.action} {entry.model} {entry.object_repr!r}): "
-                            "content does not match its hash (edited?)")
-        if seals.audit and entry.pk == seals.audit[0]:
-            sealed_seen = True
-            if entry.hash != seals.audit[1]:
-                problems.append(f"audit entry {entry.pk}: its hash is not the one seal {seals.audit[2]} holds (rewritten)")
-        prev, prev_id = entry.hash, entry.pk
-    if seals.audit and not sealed_seen:
-        problems.append(f"audit entry {seals.audit[0]}, sealed by seal {seals.audit[2]}, is missing "
-                        "(deleted, or the log's end was cut off)")
-    return problems, count

@@ -20,7 +20,6 @@ job fails naming it, after trying the others.
 
 from jobs import data, environment, execution
 from jobs.engine.context import FlowFailed
-from jobs.flows import flow
 from jobs.flows.deploy import config_used, take_app_lock
 from nodeops import release as node_release
 from nodeops.layout import NodeLayout
@@ -28,12 +27,10 @@ from toppcloud_site.records import audit
 from toppcloud_site.records.models import App, ServerGroup
 
 
-@flow("apply_config", queue="nodeops", retry_when_worker_lost=False)
 def apply_config(ctx, apps):
     return apply_to_apps(ctx, [App.objects.get(name=name) for name in apps])
 
 
-@flow("rotate_group_secret", queue="nodeops", retry_when_worker_lost=False)
 def rotate_group_secret(ctx, group):
     group = ServerGroup.objects.get(name=group)
     with ctx.step("rotate"), audit.acting_as(f"{ctx.job.actor_kind}:{ctx.job.actor}"):

@@ -15,7 +15,6 @@ from django.utils.dateparse import parse_datetime
 from jobs import cron, execution
 from jobs.engine.context import FlowFailed
 from jobs.environment import mask_app_secrets
-from jobs.flows import flow
 from jobs.models import Job, RunLock
 from jobs.engine.states import TERMINAL
 from nodeops import release as node_release
@@ -24,7 +23,6 @@ from nodeops.transport import TransportError
 from toppcloud_site.records.models import App
 
 
-@flow("cron_run", queue="cron", retry_when_worker_lost=False)
 def cron_run(ctx, app, entry, scheduled_for=None):
     app = App.objects.get(name=app)
     mask_app_secrets(app)  # output and answers may print them

@@ -12,13 +12,11 @@ database and an empty files directory.
 
 from jobs import data
 from jobs.engine.context import FlowFailed
-from jobs.flows import flow
 from jobs.flows.deploy import take_app_lock
 from nodeops.layout import NodeLayout
 from toppcloud_site.records.models import App, Backup, Node
 
 
-@flow("backup", queue="nodeops")
 def backup(ctx, app, node=None, copy_to=None):
     app = App.objects.get(name=app)
     take_app_lock(ctx, app)  # no deploy (and no migration) while the data are read
@@ -42,7 +40,6 @@ def backup(ctx, app, node=None, copy_to=None):
             {"backup": made.name, "size": made.size, "manifest_sha256": made.manifest_sha256})
 
 
-@flow("restore", queue="nodeops", retry_when_worker_lost=False)
 def restore(ctx, backup, app, node=None, checkpoint=True):
     source = Backup.objects.select_related("app").get(name=backup)
     app = App.objects.get(name=app)
@@ -62,7 +59,6 @@ def restore(ctx, backup, app, node=None, checkpoint=True):
             f"{', '.join(place.nodes())}){before}", {"backup": source.name, "checkpoint": kept and kept.name})
 
 
-@flow("clear", queue="nodeops", retry_when_worker_lost=False)
 def clear(ctx, app, node=None):
     app = App.objects.get(name=app)
     take_app_lock(ctx, app)

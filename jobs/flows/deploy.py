@@ -33,7 +33,6 @@ from django.utils import timezone
 from jobs import cron, data, environment, execution, frontdoor, reconcile
 from jobs.engine import fan_out
 from jobs.engine.context import FlowFailed, WaitForChildren
-from jobs.flows import flow
 from jobs.models import AppLock, Job, LiveRelease
 from jobs.engine.redact import register_secret
 from jobs.releases import artifact_path
@@ -47,7 +46,6 @@ from toppcloud_site.records.models import App, Backup, Node, Release
 UPDATE_FETCH_TIMEOUT = 3600
 
 
-@flow("deploy", queue="nodeops", retry_when_worker_lost=False)
 def deploy(ctx, app, release, node):
     app, node = App.objects.get(name=app), Node.objects.get(name=node)
     release = Release.objects.get(app=app, name=release)
@@ -99,7 +97,6 @@ def deploy(ctx, app, release, node):
             {"release": release.name, "previous": previous.name if previous else None, "port": port})
 
 
-@flow("rollback", queue="nodeops", retry_when_worker_lost=False)
 def rollback(ctx, app, node, release=None):
     """Make a previous release, still on the node's disk, live again: no upload, no venv build."""
     app, node = App.objects.get(name=app), Node.objects.get(name=node)
@@ -161,7 +158,6 @@ def take_app_lock(ctx, app):
     ctx.emit("lock.taken", app=app.name)
 
 
-@flow("deploy_many", queue="jobs", retry_when_worker_lost=False)
 def deploy_many(ctx, app, release, children, max_parallel):
     """One child deploy job per node, max_parallel at a time, all under this job's lock of the app."""
     take_app_lock(ctx, App.objects.get(name=app))

@@ -15,7 +15,6 @@ had; the job fails naming it, after trying the others.
 
 from jobs import execution, frontdoor
 from jobs.engine.context import FlowFailed
-from jobs.flows import flow
 from jobs.flows.deploy import take_app_lock
 from nodeops.frontdoor import FrontDoorError
 from nodeops.transport import TransportError
@@ -23,12 +22,10 @@ from toppcloud_site.records import audit
 from toppcloud_site.records.models import App, Node
 
 
-@flow("disable", queue="nodeops")
 def disable(ctx, app):
     return set_maintenance(ctx, App.objects.get(name=app), True)
 
 
-@flow("enable", queue="nodeops")
 def enable(ctx, app):
     return set_maintenance(ctx, App.objects.get(name=app), False)
 
@@ -46,7 +43,6 @@ def set_maintenance(ctx, app, on):
     return f"{app.name} is {said}{where}", {"app": app.name, "maintenance": on, "nodes": [n.name for n in nodes]}
 
 
-@flow("front_door", queue="nodeops")
 def update_front_door(ctx, nodes):
     nodes = [Node.objects.get(name=name) for name in nodes]
     changed = update_nodes(ctx, nodes)

@@ -8,14 +8,12 @@ app's secrets (its config secrets, database password, task token) show as
 """
 
 from jobs import environment, execution
-from jobs.flows import flow
 from nodeops.layout import NodeLayout
 from toppcloud_site.records.models import App
 
 LOG_FILES = ("error", "access", "app", "cron")  # logs/<app>/<name>.log on a node
 
 
-@flow("logs", queue="nodeops")
 def logs(ctx, app, lines, files, node=None):
     app = App.objects.get(name=app)
     environment.mask_app_secrets(app)  # before anything of the logs reaches an event

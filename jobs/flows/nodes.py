@@ -3,12 +3,10 @@
 from django.utils import timezone
 
 from jobs import reconcile
-from jobs.flows import flow
 from nodeops import ping, setup
 from toppcloud_site.records.models import Node
 
 
-@flow("setup_node", queue="nodeops")
 def setup_node(ctx, node):
     node = Node.objects.get(name=node)
     facts = setup.setup_node(
@@ -23,7 +21,6 @@ def setup_node(ctx, node):
     return f"node {node.name} set up ({changed}); nginx answers on {node.address}:{node.http_port}", facts
 
 
-@flow("reconcile_node", queue="nodeops")
 def reconcile_node(ctx, node):
     """Every few minutes (beat: toppcloud-reconcile-nodes): stop what interrupted jobs left running on the
     node, and make its front door what the records say (jobs/reconcile.py)."""
@@ -36,7 +33,6 @@ def reconcile_node(ctx, node):
     return f"node {node.name} reconciled: stopped {said}{door}", done
 
 
-@flow("ping_node", queue="nodeops")
 def ping_node(ctx, node):
     node = Node.objects.get(name=node)
     result = ping.ping(ctx.transport(node), emit=ctx.emit)

@@ -2,10 +2,8 @@
 
 import time
 
-from jobs.flows import flow
 
 
-@flow("noop", queue="jobs")
 def noop(ctx, seconds=0.0, mark=False):
     if mark:
         # One event per execution, so a test can count how often it ran.

@@ -8,12 +8,10 @@ job's result.
 
 from jobs import execution
 from jobs.engine.context import FlowFailed
-from jobs.flows import flow
 from nodeops.layout import NodeLayout
 from toppcloud_site.records.models import App
 
 
-@flow("run", queue="nodeops", retry_when_worker_lost=False)
 def run(ctx, app, argv, timeout, node=None):
     app = App.objects.get(name=app)
     live = execution.pick_place(app, node)

@@ -15,13 +15,11 @@ from django.conf import settings
 from jobs import execution
 from jobs.engine.context import FlowFailed, RetryLater
 from jobs.environment import mask_app_secrets
-from jobs.flows import flow
 from nodeops import release as node_release
 from nodeops.transport import CommandFailed, TransportError
 from toppcloud_site.records.models import App
 
 
-@flow("task", queue="nodeops")
 def task(ctx, app, path, payload, max_attempts, timeout, idempotency_key=None, retry_of=None):
     app = App.objects.get(name=app)
     mask_app_secrets(app)  # an answer may echo them

@@ -144,3 +144,31 @@ class ActorMiddleware:
         actor = f"user:{user.get_username()}" if user is not None and user.is_authenticated else "web"
         with acting_as(actor):
             return self.get_response(request)
+
+
+def verify_chain(sealed=None):
+    """Problems of the audit log's chain and its sealed end; and how many entries were checked.
+
+    sealed: (entry id, hash, seal number) of the last sealed entry (jobs/engine/verify.py read_seals), or None.
+    """
+    from toppcloud_site.records.models import AuditEntry
+
+    problems, prev, prev_id, count, sealed_seen = [], GENESIS, None, 0, False
+    for entry in AuditEntry.objects.order_by("id").iterator(chunk_size=2000):
+        count += 1
+        if entry.prev_hash != prev:
+            before = f"entry {prev_id}'s hash" if prev_id else "the start of the log"
+            problems.append(f"audit entry {entry.pk}: prev_hash does not match {before} "
+                            "(an entry between them was deleted, or one was edited)")
+        if entry_hash(entry.prev_hash, entry) != entry.hash:
+            problems.append(f"audit entry {entry.pk} ({entry.action} {entry.model} {entry.object_repr!r}): "
+                            "content does not match its hash (edited?)")
+        if sealed and entry.pk == sealed[0]:
+            sealed_seen = True
+            if entry.hash != sealed[1]:
+                problems.append(f"audit entry {entry.pk}: its hash is not the one seal {sealed[2]} holds (rewritten)")
+        prev, prev_id = entry.hash, entry.pk
+    if sealed and not sealed_seen:
+        problems.append(f"audit entry {sealed[0]}, sealed by seal {sealed[2]}, is missing "
+                        "(deleted, or the log's end was cut off)")
+    return problems, count

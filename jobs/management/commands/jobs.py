@@ -9,7 +9,8 @@ from jobs.admin import format_duration
 from jobs.engine.follow import describe, exit_code, follow
 from jobs.models import Job
 from jobs.engine.states import TERMINAL
-from jobs.engine.verify import orphan_events, read_seals, verify_all, verify_audit
+from jobs.engine.verify import orphan_events, read_seals, verify_all
+from toppcloud_site.records import audit
 
 
 def job_dict(job):
@@ -109,7 +110,7 @@ class Command(BaseCommand):
         orphans = orphan_events()
         if orphans:
             self.stderr.write(f"events of jobs that do not exist: {', '.join(map(str, orphans))}")
-        audit_problems, audited = verify_audit(seals)
+        audit_problems, audited = audit.verify_chain(seals.audit)
         for problem in audit_problems:
             self.stderr.write(problem)
         self.stdout.write(f"verified {checked} jobs: {checked - bad} intact, {bad} with problems; "
