@@ -18,7 +18,7 @@ put back and reloaded again if the health URL fails after the reload. The
 job fails naming it, after trying the others.
 """
 
-from jobs import data, environment, execution
+from jobs.steps import data, environment, execution
 from jobs.engine.context import FlowFailed
 from jobs.flows import flow
 from jobs.flows.deploy import config_used, take_app_lock

@@ -12,9 +12,9 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from jobs import cron, execution
+from jobs.steps import cron, execution
 from jobs.engine.context import FlowFailed
-from jobs.environment import mask_app_secrets
+from jobs.steps.environment import mask_app_secrets
 from jobs.flows import flow
 from jobs.models import Job, RunLock
 from jobs.engine.states import TERMINAL

@@ -10,7 +10,7 @@ Clear: take the lock; keep the data as a checkpoint; swap in an empty
 database and an empty files directory.
 """
 
-from jobs import data
+from jobs.steps import data
 from jobs.engine.context import FlowFailed
 from jobs.flows import flow
 from jobs.flows.deploy import take_app_lock

@@ -30,13 +30,13 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import cron, data, environment, execution, frontdoor, reconcile
+from jobs.steps import cron, data, environment, execution, frontdoor, reconcile
 from jobs.engine import fan_out
 from jobs.engine.context import FlowFailed, WaitForChildren
 from jobs.flows import flow
 from jobs.models import AppLock, Job, LiveRelease
 from jobs.engine.redact import register_secret
-from jobs.releases import artifact_path
+from jobs.steps.releases import artifact_path
 from jobs.engine.states import TERMINAL
 from nodeops import archive, node_users, publish, release as node_release
 from nodeops.frontdoor import FrontDoorError

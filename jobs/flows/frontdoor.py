@@ -13,7 +13,7 @@ A node that cannot be reached or refuses the render keeps the config it
 had; the job fails naming it, after trying the others.
 """
 
-from jobs import execution, frontdoor
+from jobs.steps import execution, frontdoor
 from jobs.engine.context import FlowFailed
 from jobs.flows import flow
 from jobs.flows.deploy import take_app_lock

@@ -7,7 +7,7 @@ app's secrets (its config secrets, database password, task token) show as
 ********, whatever the app wrote into its logs.
 """
 
-from jobs import environment, execution
+from jobs.steps import environment, execution
 from jobs.flows import flow
 from nodeops.layout import NodeLayout
 from toppcloud_site.records.models import App

@@ -2,7 +2,7 @@
 
 from django.utils import timezone
 
-from jobs import reconcile
+from jobs.steps import reconcile
 from jobs.flows import flow
 from nodeops import ping, setup
 from toppcloud_site.records.models import Node
@@ -26,7 +26,7 @@ def setup_node(ctx, node):
 @flow("reconcile_node", queue="nodeops")
 def reconcile_node(ctx, node):
     """Every few minutes (beat: toppcloud-reconcile-nodes): stop what interrupted jobs left running on the
-    node, and make its front door what the records say (jobs/reconcile.py)."""
+    node, and make its front door what the records say (jobs/steps/reconcile.py)."""
     node = Node.objects.get(name=node)
     with ctx.step("reconcile") as s:
         done = reconcile.reconcile(ctx, node)

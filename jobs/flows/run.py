@@ -6,7 +6,7 @@ as it comes; stop it and its children at the timeout; its exit code is the
 job's result.
 """
 
-from jobs import execution
+from jobs.steps import execution
 from jobs.engine.context import FlowFailed
 from jobs.flows import flow
 from nodeops.layout import NodeLayout

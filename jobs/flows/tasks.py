@@ -12,9 +12,9 @@ import json
 
 from django.conf import settings
 
-from jobs import execution
+from jobs.steps import execution
 from jobs.engine.context import FlowFailed, RetryLater
-from jobs.environment import mask_app_secrets
+from jobs.steps.environment import mask_app_secrets
 from jobs.flows import flow
 from nodeops import release as node_release
 from nodeops.transport import CommandFailed, TransportError

@@ -32,7 +32,7 @@ import tempfile
 
 from django.db import transaction
 
-from jobs import frontdoor
+from jobs.steps import frontdoor
 from jobs.models import AppLock, Job, LiveRelease
 from jobs.engine.states import TERMINAL, ActorKind, Kind
 from nodeops import reconcile as node_reconcile

@@ -366,7 +366,7 @@ def schedule_backups(app, cron):
 
     from django_celery_beat.models import PeriodicTask
 
-    from jobs.cron import crontab_schedule
+    from jobs.steps.cron import crontab_schedule
 
     name = f"backup {app.name}"
     if not cron:
