@@ -12,18 +12,17 @@ import json
 
 from django.conf import settings
 
-from jobs.steps import execution
 from jobs.engine.context import FlowFailed, RetryLater
-from jobs.steps.environment import mask_app_secrets
 from jobs.flows import flow
+from jobs.steps import execution, records
+from jobs.steps.environment import mask_app_secrets
 from nodeops import release as node_release
 from nodeops.transport import CommandFailed, TransportError
-from toppcloud_site.records.models import App
 
 
 @flow("task", queue="nodeops")
 def task(ctx, app, path, payload, max_attempts, timeout, idempotency_key=None, retry_of=None):
-    app = App.objects.get(name=app)
+    app = records.app(app)
     mask_app_secrets(app)  # an answer may echo them
     attempt = ctx.attempt
     places = execution.live_places(app)
