@@ -76,7 +76,7 @@ def apply_on_node(ctx, app, live):
     node, release = live.node, live.release
     ini = release.app_ini
     t, layout = ctx.transport(node), NodeLayout(node.root)
-    environment.require_config(app, release, None)
+    environment.require_config(app, release)
     with ctx.step(f"apply {app.name} on {node.name}") as s:
         service_env, _ = data.ensure_services(ctx, app, node, ini.get("services", []))
         venv, _ = node_release.ensure_venv(t, ctx.emit, layout, app.name,

@@ -41,7 +41,7 @@ def deploy(ctx, app, release, node):
     ini = release.app_ini
     t, layout = ctx.transport(node), NodeLayout(node.root)
     locks.take_app(ctx, app)  # before reading what is live: nobody else changes it while we hold it
-    environment.require_config(app, release, f"nothing was changed on {node.name}")
+    environment.require_config(app, release, note=f"nothing was changed on {node.name}")
     with ctx.step("reconcile") as s:
         reconcile.reconcile_app(ctx, app, node, s)
     live = LiveRelease.objects.filter(app=app, node=node, host=ini["location_host"], path=ini["location_path"]).first()
@@ -124,7 +124,7 @@ def rollback(ctx, app, node, release=None):
     target = releases.rollback_target(app, live.release, release)
     ini = target.app_ini
     t, layout = ctx.transport(node), NodeLayout(node.root)
-    environment.require_config(app, target, f"nothing was changed on {node.name}")
+    environment.require_config(app, target, note=f"nothing was changed on {node.name}")
     with ctx.step("reconcile") as s:
         reconcile.reconcile_app(ctx, app, node, s)
     with ctx.step("services") as s:

@@ -11,12 +11,14 @@ def app_locks_to_keys(apps, schema_editor):
 
 
 def keys_to_app_locks(apps, schema_editor):
-    AppLock, Lock, App = apps.get_model("jobs", "AppLock"), apps.get_model("jobs", "Lock"), apps.get_model("records", "App")
+    AppLock, Lock = apps.get_model("jobs", "AppLock"), apps.get_model("jobs", "Lock")
+    App = apps.get_model("records", "App")
     names = dict(App.objects.values_list("name", "pk"))
     for lock in Lock.objects.filter(key__startswith="app:"):
         app_id = names.get(lock.key[len("app:"):])
         if app_id is not None:
-            AppLock.objects.update_or_create(app_id=app_id, defaults={"job_id": lock.job_id, "taken_at": lock.taken_at})
+            AppLock.objects.update_or_create(app_id=app_id,
+                                             defaults={"job_id": lock.job_id, "taken_at": lock.taken_at})
     Lock.objects.filter(key__startswith="app:").delete()
 
 

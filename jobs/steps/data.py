@@ -1,6 +1,6 @@
 """Apps' data as the control plane sees it: where each service lives, and the backup archives.
 
-The flows (jobs/flows/data.py, and deploy's checkpoint) are built from
+The flows (jobs/flows/data.py, and jobs/steps/checkpoints.py) are built from
 these steps; nodeops.services does the work on the nodes. See docs/data.md.
 """
 

@@ -190,12 +190,12 @@ def config_used(app, release):
     return {"config_version": config_version(app, release), "config_keys": sorted(config_records(app))}
 
 
-def require_config(app, release, unchanged):
-    """FlowFailed if the release's config.required is not set (`unchanged`: what the message adds)."""
+def require_config(app, release, note=""):
+    """FlowFailed if the release's config.required is not set (`note`: what the message adds)."""
     try:
         check_required_config(app, release)
     except ConfigMissing as exc:
-        raise FlowFailed(f"{exc}; {unchanged}" if unchanged else str(exc)) from None
+        raise FlowFailed(f"{exc}; {note}" if note else str(exc)) from None
 
 
 def write_env_file(t, layout, app, release, node, venv, service_env, user):

@@ -92,7 +92,7 @@ def reconcile(ctx, node, apps=None):
 
 
 def clear_unpack_dirs():
-    """Remove this machine's unpack directories (deploy's unpacked()) of jobs no longer running; their names."""
+    """Remove this machine's unpack directories (releases.unpacked()) of jobs no longer running; their names."""
     base = tempfile.gettempdir()
     found = {}
     for entry in os.listdir(base):
