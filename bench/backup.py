@@ -51,7 +51,7 @@ def main():
     from django.conf import settings
 
     from jobs.management.commands.ssh_key import ensure_key
-    from jobs.releases import pack_release
+    from jobs.steps.releases import pack_release
     from tests.hosts import start_hosts, stop_hosts
     from toppcloud_site.records.models import Service
 

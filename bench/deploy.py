@@ -42,7 +42,7 @@ def app_dir(base, name, version, big=False):
 def deploy(app, nodes, max_parallel=None):
     """Pack and deploy as `manage.py deploy` does; seconds until the job ended, and the job."""
     from jobs.engine import dispatch
-    from jobs.releases import pack_release
+    from jobs.steps.releases import pack_release
     from tests.helpers import wait_for_job
 
     start = time.perf_counter()

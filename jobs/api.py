@@ -27,7 +27,7 @@ from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 
 from jobs.engine import dispatch
-from jobs.environment import task_token_matches
+from jobs.steps.environment import task_token_matches
 from jobs.models import Job, TaskKey
 from jobs.engine.states import ActorKind
 from toppcloud_site.records.models import App

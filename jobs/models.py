@@ -144,16 +144,13 @@ class LiveRelease(models.Model):
         return f"{self.release} live on {self.node} at {self.host}{self.path}"
 
 
-class AppLock(models.Model):
-    """The job deploying (or rolling back) an app; free when that job has ended."""
+class Lock(models.Model):
+    """One job at a time holds a key (jobs/steps/locks.py takes it); free again once that job has ended.
 
-    app = models.OneToOneField("records.App", on_delete=models.CASCADE, primary_key=True, related_name="lock")
-    job = models.ForeignKey(Job, null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False)
-    taken_at = models.DateTimeField(null=True)
-
-
-class RunLock(models.Model):
-    """One run at a time of something (a cron entry: `cron:APP:ENTRY`); free when its job has ended."""
+    Keys: `app:APP` (a deploy, rollback, data job, config apply or
+    maintenance change of the app), `cron:APP:ENTRY` (one run of a cron
+    entry at a time).
+    """
 
     key = models.CharField(max_length=200, primary_key=True)
     job = models.ForeignKey(Job, null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False)

@@ -26,7 +26,7 @@ def sweep():
 @shared_task(name="jobs.reconcile_nodes", acks_late=True)
 def reconcile_nodes():
     """Beat's toppcloud-reconcile-nodes: a reconcile_node job per node (the jobs touch the hosts, not this)."""
-    from jobs import reconcile
+    from jobs.steps import reconcile
 
     return reconcile.submit_periodic()
 
@@ -46,7 +46,7 @@ def submit_backup(self, app):
     from django_celery_beat.models import PeriodicTask
 
     from jobs import beat
-    from jobs.data import SCHEDULE_TASK
+    from jobs.steps.data import SCHEDULE_TASK
     from jobs.engine.states import ActorKind
 
     schedule = PeriodicTask.objects.filter(name=f"backup {app}", task=SCHEDULE_TASK).first()
@@ -66,7 +66,8 @@ def submit_cron(self, app, entry):
     entry is one the app's live release defines and its own schedule sent this."""
     from django.utils import timezone
 
-    from jobs import beat, cron
+    from jobs import beat
+    from jobs.steps import cron
     from jobs.engine.states import ActorKind
 
     try:

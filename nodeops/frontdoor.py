@@ -38,7 +38,7 @@ from .validate import DEFAULT_HOST, validate_location, validate_name, validate_p
 
 PYTHON = "/usr/bin/python3"
 SITE = "toppcloud.conf"  # the one file in run/nginx/sites/ (older per-app files are removed on push)
-# A release id as jobs/releases.py makes them: only these are versioned static URLs, so a
+# A release id as jobs/steps/releases.py makes them: only these are versioned static URLs, so a
 # directory under static/ with any other name is still served by the older pattern.
 RELEASE_ID_RE = r"[0-9]{14}-[0-9a-f]{8}"
 STATIC_MAX_AGE = 31536000

@@ -212,7 +212,7 @@ _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 RUNNER_RE = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}")
 # An environment variable name (config keys, env file keys).
 ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
-# Names the platform sets in every release's environment (jobs/environment.py): config may not use them.
+# Names the platform sets in every release's environment (jobs/steps/environment.py): config may not use them.
 RESERVED_ENV_PREFIXES = ("TOPPCLOUD_", "CONFIG_")
 RESERVED_ENV_NAMES = frozenset({"PATH", "HOME", "LANG", "VIRTUAL_ENV", "PYTHONUNBUFFERED", "PYTHONPATH",
                                 "DATABASE_URL", "STATIC_URL"})

@@ -101,7 +101,7 @@ def stored_backup():
     import hashlib
     import io
 
-    from jobs.data import archive_path
+    from jobs.steps.data import archive_path
     from nodeops.node_data import ArchiveWriter, manifest_bytes
     from toppcloud_site.records.models import App, Backup, Service
 
@@ -125,7 +125,7 @@ def stored_backup():
 
 
 def test_backups_are_listed_and_downloadable_by_staff_only(admin_client, client, stored_backup):
-    from jobs.data import archive_path
+    from jobs.steps.data import archive_path
 
     page = admin_client.get(reverse("admin:records_backup_changelist")).content.decode()
     assert stored_backup.name in page and "postgresql" in page
@@ -166,7 +166,7 @@ def test_it_refuses_a_backup_download_without_download_backup_even_to_view_and_c
 def test_it_hands_the_archive_to_a_user_with_download_backup_and_audits_it(stored_backup):
     from django.utils import timezone
 
-    from jobs.data import archive_path
+    from jobs.steps.data import archive_path
     from toppcloud_site.records.models import AuditEntry
 
     url = reverse("admin:records_backup_download", args=[stored_backup.pk])
@@ -211,7 +211,7 @@ def test_the_backup_and_restore_actions_queue_jobs_and_pages_never_show_the_pass
 
 def test_cron_entries_are_listed_with_their_beat_schedule_and_run_now_queues_a_run(
         admin_client, admin_user, django_capture_on_commit_callbacks):
-    from jobs import cron
+    from jobs.steps import cron
     from toppcloud_site.records.models import App, CronEntry, Release
 
     app = App.objects.create(name="cronapp")

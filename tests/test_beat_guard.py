@@ -12,7 +12,7 @@ from django.urls import reverse
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 from django_celery_beat.schedulers import ModelEntry
 
-from jobs import cron
+from jobs.steps import cron
 from jobs.models import Job
 from tests.helpers import wait_until
 from toppcloud_site.records.models import App, AuditEntry, CronEntry, Release

@@ -16,8 +16,8 @@ from django.core.management import call_command
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from jobs import environment
-from jobs.environment import task_token
+from jobs.steps import environment
+from jobs.steps.environment import task_token
 from jobs.models import Job, JobEvent, TaskKey
 from tests import workers
 from tests.helpers import event_kinds, wait_for_job, wait_until

@@ -16,7 +16,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from jobs import data
+from jobs.steps import data
 from jobs.models import Job
 from tests.helpers import event_kinds, wait_for_job, wait_until
 from tests.test_deploy_flow import app_copy, deploy, get

@@ -147,7 +147,7 @@ def test_a_failing_release_leaves_the_old_one_serving(worker, test_hosts, ready_
 
 def test_two_deploys_of_one_app_never_interleave(worker, test_hosts, ready_nodes, tmp_path):
     from jobs.engine import dispatch
-    from jobs.releases import pack_release
+    from jobs.steps.releases import pack_release
 
     node = ready_nodes[0]
     name = f"twice{os.getpid() % 10000}"
@@ -232,7 +232,7 @@ def test_a_group_deploy_runs_one_child_per_node_under_one_parent(worker, test_ho
         assert "hello version 7" in get(host, f"{name}.test")[1]
 
     # The same directory again is the same release (stored once), already live: nothing to do.
-    from jobs.releases import pack_release
+    from jobs.steps.releases import pack_release
     assert pack_release(app_dir)[0].name == children[0].params["release"]
 
     call_command("status", name)

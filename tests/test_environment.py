@@ -4,7 +4,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection
 
-from jobs.environment import config_values, release_environment, task_token, task_token_matches
+from jobs.steps.environment import config_values, release_environment, task_token, task_token_matches
 from jobs.engine.redact import redact_text
 from nodeops.layout import NodeLayout
 from toppcloud_site.records.models import App, ConfigValue, Node, Release, ServerGroup

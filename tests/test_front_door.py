@@ -194,7 +194,7 @@ def test_a_location_another_app_has_is_refused_and_records_refuse_bad_hosts(live
     tag = os.getpid() % 10000
     first = pathy(tmp_path, name=f"own{tag}", location=f"dup{tag}.test/x")
     second = pathy(tmp_path, name=f"thief{tag}", location=f"dup{tag}.test/x")
-    from jobs.releases import ReleaseRefused, pack_release
+    from jobs.steps.releases import ReleaseRefused, pack_release
 
     pack_release(first)
     with pytest.raises(ReleaseRefused, match=f"location dup{tag}.test/x/ belongs to app own{tag}"):
@@ -362,7 +362,7 @@ def app_form_adding_a_location(response, host):
 
 def deploy_published(app_dir, node, group):
     """Deploy app_dir as an app of group; its static files were published before it went live. (release, job)"""
-    from jobs.releases import pack_release
+    from jobs.steps.releases import pack_release
 
     release, _ = pack_release(app_dir)
     App.objects.filter(name=release.app.name).update(group=group)
@@ -487,7 +487,7 @@ def test_a_static_origin_must_be_a_plain_destination_and_comes_with_its_url(live
 def test_two_apps_deployed_to_one_node_at_once_are_both_served(test_hosts, ready_nodes, tmp_path):
     """Each render reads what is live under the node's row lock: the second push includes the first app."""
     from jobs.engine import dispatch
-    from jobs.releases import pack_release
+    from jobs.steps.releases import pack_release
 
     host, node = test_hosts[1], ready_nodes[1]
     tag = os.getpid() % 10000

@@ -147,7 +147,7 @@ def leftovers(host, name):
 
 def killed_deploy(chain, step, how, worker):
     """A deploy of the next version whose worker dies at `step` (how: "pool process" or "whole worker")."""
-    from jobs.releases import pack_release
+    from jobs.steps.releases import pack_release
 
     release, _ = pack_release(chain.next_dir())
     job = dispatch.submit("deploy", target=f"app:{chain.name}", actor_kind="user", actor="tester",

@@ -12,7 +12,7 @@ import tarfile
 
 import pytest
 
-from jobs import data
+from jobs.steps import data
 from nodeops import node_data
 from tests.test_data_flow import add_note, all_rows, backup_now, members, notes, psql, run_command
 from tests.test_deploy_flow import app_copy, deploy

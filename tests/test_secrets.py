@@ -9,7 +9,7 @@ from django.core.management.base import CommandError
 from django.db import connection
 from django.urls import reverse
 
-from jobs.environment import ConfigMissing, check_required_config, config_values, release_environment
+from jobs.steps.environment import ConfigMissing, check_required_config, config_values, release_environment
 from jobs.engine.redact import redact_text
 from nodeops.appini import AppIniError, parse_app_ini_text
 from nodeops.layout import NodeLayout

@@ -15,7 +15,7 @@ import pytest
 
 from django.core.management import CommandError, call_command
 
-from jobs import data
+from jobs.steps import data
 from jobs.models import Job
 from nodeops import node_data
 from nodeops.node_data import ArchiveWriter, DataError
@@ -231,7 +231,7 @@ def test_ensure_makes_the_directories_once_and_refuses_a_file_in_the_way(tmp_pat
 
 @pytest.mark.django_db
 def test_the_environment_names_each_directory_and_old_releases_have_none():
-    from jobs.environment import release_environment
+    from jobs.steps.environment import release_environment
     from nodeops.layout import NodeLayout
     from toppcloud_site.records.models import Node, Release
 
@@ -249,7 +249,7 @@ def test_the_environment_names_each_directory_and_old_releases_have_none():
 
 
 def test_a_packed_release_keeps_the_names_without_the_slash(tmp_path):
-    from jobs.releases import ini_dict
+    from jobs.steps.releases import ini_dict
     from nodeops.appini import parse_app_ini_text
 
     ini = parse_app_ini_text("[production]\napp_name = a\nrunner = app:application\n"

@@ -168,7 +168,7 @@ TOPPCLOUD_LOG_SEAL_FILE = env_str("TOPPCLOUD_LOG_SEAL_FILE", str(VAR_DIR / "log.
 # Seconds between seals: a job created and deleted within one interval is the one thing not caught.
 TOPPCLOUD_LOG_SEAL_INTERVAL = env_float("TOPPCLOUD_LOG_SEAL_INTERVAL", 60.0, minimum=1.0)
 
-# Every this many seconds each node gets a reconcile_node job (jobs/reconcile.py): what interrupted
+# Every this many seconds each node gets a reconcile_node job (jobs/steps/reconcile.py): what interrupted
 # jobs left running is stopped, and the front door made what the records say.
 JOBS_RECONCILE_INTERVAL = env_float("JOBS_RECONCILE_INTERVAL", 600.0, minimum=60.0)
 

@@ -43,7 +43,7 @@ class Kind:
     COMMAND = "command"
     LOG = "log"
     RELEASE_ACTIVATED = "release.activated"  # also projected into LiveRelease
-    RECONCILED = "node.reconciled"  # what a reconcile found and stopped on a node (jobs/reconcile.py)
+    RECONCILED = "node.reconciled"  # what a reconcile found and stopped on a node (jobs/steps/reconcile.py)
 
 
 # event kind -> (statuses it may follow, status it leads to)

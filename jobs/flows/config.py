@@ -18,21 +18,32 @@ put back and reloaded again if the health URL fails after the reload. The
 job fails naming it, after trying the others.
 """
 
-from jobs import data, environment, execution
 from jobs.engine.context import FlowFailed
-from jobs.flows.deploy import config_used, take_app_lock
+from jobs.steps import data, environment, execution, locks, records
 from nodeops import release as node_release
 from nodeops.layout import NodeLayout
 from toppcloud_site.records import audit
-from toppcloud_site.records.models import App, ServerGroup
+from toppcloud_site.records.models import App
 
 
 def apply_config(ctx, apps):
-    return apply_to_apps(ctx, [App.objects.get(name=name) for name in apps])
+    """Give the apps' running releases the config as it is now.
+
+    For each app: lock.taken (its lock); on each node where it is live:
+    1. apply APP on NODE: its data services, the new environment beside the old one, checked, put in
+       place, gunicorn reloaded (HUP); config.applied
+    2. health APP on NODE: ask its health URL (a failure: the old environment put back)
+    """
+    return apply_to_apps(ctx, [records.app(name) for name in apps])
 
 
 def rotate_group_secret(ctx, group):
-    group = ServerGroup.objects.get(name=group)
+    """A new shared secret for a server group, then the config applied to every app of it.
+
+    1. rotate: a new TOPPCLOUD_GROUP_SECRET (the old one stays as TOPPCLOUD_GROUP_SECRET_PREVIOUS)
+    2. apply APP on NODE, health APP on NODE: as apply_config, for each app of the group
+    """
+    group = records.group(group)
     with ctx.step("rotate"), audit.acting_as(f"{ctx.job.actor_kind}:{ctx.job.actor}"):
         environment.rotate_group_secret(group)  # an audit entry, the values masked
     summary, result = apply_to_apps(ctx, list(App.objects.filter(group=group).order_by("name")))
@@ -42,7 +53,7 @@ def rotate_group_secret(ctx, group):
 def apply_to_apps(ctx, apps):
     applied, failed = {}, []
     for app in apps:
-        take_app_lock(ctx, app)  # no deploy or rollback of it meanwhile
+        locks.take_app(ctx, app)  # no deploy or rollback of it meanwhile
         for live in execution.live_places(app):
             try:
                 applied.setdefault(app.name, []).append(apply_on_node(ctx, app, live))
@@ -62,16 +73,13 @@ def apply_on_node(ctx, app, live):
     node, release = live.node, live.release
     ini = release.app_ini
     t, layout = ctx.transport(node), NodeLayout(node.root)
-    try:
-        environment.check_required_config(app, release)
-    except environment.ConfigMissing as exc:
-        raise FlowFailed(str(exc)) from None
+    environment.require_config(app, release)
     with ctx.step(f"apply {app.name} on {node.name}") as s:
         service_env, _ = data.ensure_services(ctx, app, node, ini.get("services", []))
         venv, _ = node_release.ensure_venv(t, ctx.emit, layout, app.name,
                                            node_release.release_dir(layout, app.name, release.name),
                                            ini["requirements"])
-        used = config_used(app, release)
+        used = environment.config_used(app, release)
         env = environment.release_environment(app, release, node, layout, venv, service_env)
         result = node_release.apply_env(t, ctx.emit, layout, app.name, release.name, env, runner=ini["runner"])
         s.data.update(used, **result)

@@ -8,25 +8,28 @@ its exit code or HTTP status. A run still going at the entry's timeout is
 stopped with every process it started.
 """
 
-from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from jobs import cron, execution
 from jobs.engine.context import FlowFailed
-from jobs.environment import mask_app_secrets
-from jobs.models import Job, RunLock
-from jobs.engine.states import TERMINAL
+from jobs.steps import cron, execution, locks, records
+from jobs.steps.environment import mask_app_secrets
 from nodeops import release as node_release
 from nodeops.layout import NodeLayout
 from nodeops.transport import TransportError
-from toppcloud_site.records.models import App
 
 
 def cron_run(ctx, app, entry, scheduled_for=None):
-    app = App.objects.get(name=app)
+    """One run of an app's cron entry (no step events: cron.* events say what it did).
+
+    1. the entry's lock (else cron.skipped: a run of it is still going)
+    2. cron.started: on the first node where the app is live, the entry as its live release has it
+    3. cron.finished: its script run through the release's environment, or its path asked of the
+       release (the next node if one cannot be reached)
+    """
+    app = records.app(app)
     mask_app_secrets(app)  # output and answers may print them
-    running = take_run_lock(ctx, f"cron:{app.name}:{entry}")
+    running = locks.take(ctx, locks.cron_key(app.name, entry))
     if running is not None:
         ctx.emit("cron.skipped", entry=entry, running_job=running.pk,
                  reason=f"run {running.pk} of {entry} is still going (started {running.started_at:%H:%M:%S})")
@@ -44,18 +47,6 @@ def cron_run(ctx, app, entry, scheduled_for=None):
             if live is places[-1]:
                 raise
             ctx.emit("cron.node_unreachable", node=live.node.name, error=str(exc))
-
-
-def take_run_lock(ctx, key):
-    """The job already running this (it stays running), or None once this job holds the lock."""
-    with transaction.atomic():
-        lock, _ = RunLock.objects.select_for_update().get_or_create(key=key)
-        holder = Job.objects.filter(pk=lock.job_id).first() if lock.job_id else None
-        if holder is not None and holder.pk != ctx.job_id and holder.status not in TERMINAL:
-            return holder
-        lock.job_id, lock.taken_at = ctx.job_id, timezone.now()
-        lock.save()
-    return None
 
 
 def run_entry(ctx, app, live, spec, scheduled_for):

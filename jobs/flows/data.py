@@ -1,35 +1,30 @@
-"""Backup, restore and clear of an app's data, as a person would do them by hand.
+"""Backup, restore and clear of an app's data, as a person would do them by hand (jobs/steps/data.py)."""
 
-Backup: take the app's lock; dump its database and its files directory from
-their nodes into one archive here; record it; keep the newest keep_backups;
-copy it to another node if asked.
-Restore: take the lock; check every checksum of the archive; keep the data
-it replaces as a checkpoint; on each node, stage the archive beside the
-live data and swap it in at once.
-Clear: take the lock; keep the data as a checkpoint; swap in an empty
-database and an empty files directory.
-"""
-
-from jobs import data
-from jobs.engine.context import FlowFailed
-from jobs.flows.deploy import take_app_lock
+from jobs.steps import data, locks, records
 from nodeops.layout import NodeLayout
-from toppcloud_site.records.models import App, Backup, Node
+from toppcloud_site.records.models import Backup
 
 
 def backup(ctx, app, node=None, copy_to=None):
-    app = App.objects.get(name=app)
-    take_app_lock(ctx, app)  # no deploy (and no migration) while the data are read
-    place = data.DataPlace(app, _node(node))
+    """Back an app's data up into one archive here.
+
+    1. lock.taken: the app's lock (no deploy, and no migration, while the data are read)
+    2. dump: its database and its files directory from their nodes into one archive; record it
+    3. retention: keep the newest keep_backups
+    4. copy: to another node, if asked
+    """
+    app = records.app(app)
+    node, target = records.node(node) if node else None, records.node(copy_to) if copy_to else None
+    locks.take_app(ctx, app)
+    place = data.DataPlace(app, node)
     with ctx.step("dump") as s:
         made = data.take_backup(ctx, place, Backup.Kind.BACKUP)
         s.data.update(backup=made.name, size=made.size)
     with ctx.step("retention") as s:
         s.data["removed"] = data.prune_backups(ctx, app, Backup.Kind.BACKUP, data.keep_backups(app))
     copied = ""
-    if copy_to:
+    if target:
         with ctx.step("copy") as s:
-            target = Node.objects.get(name=copy_to)
             dest = f"{NodeLayout(target.root).app_backups(app.name)}/{made.name}.tar"
             ctx.transport(target).send_file(str(data.archive_path(made)), dest)
             made.uploaded_to = f"{target.name}:{dest}"
@@ -41,12 +36,19 @@ def backup(ctx, app, node=None, copy_to=None):
 
 
 def restore(ctx, backup, app, node=None, checkpoint=True):
-    source = Backup.objects.select_related("app").get(name=backup)
-    app = App.objects.get(name=app)
-    take_app_lock(ctx, app)
+    """Put an app's data back as a backup has them.
+
+    1. lock.taken: the app's lock
+    2. verify: every checksum of the archive
+    3. checkpoint: keep the data it replaces (unless asked not to)
+    4. restore: on each node, stage the archive beside the live data and swap it in at once
+    """
+    source, app = records.backup(backup), records.app(app)
+    node = records.node(node) if node else None
+    locks.take_app(ctx, app)
     with ctx.step("verify"):
         manifest = data.verify_backup(ctx, source)
-    place = data.DataPlace(app, _node(node))
+    place = data.DataPlace(app, node)
     kept = None
     if checkpoint:
         with ctx.step("checkpoint") as s:
@@ -60,9 +62,16 @@ def restore(ctx, backup, app, node=None, checkpoint=True):
 
 
 def clear(ctx, app, node=None):
-    app = App.objects.get(name=app)
-    take_app_lock(ctx, app)
-    place = data.DataPlace(app, _node(node))
+    """Empty an app's data.
+
+    1. lock.taken: the app's lock
+    2. checkpoint: keep the data as they are
+    3. clear: swap in an empty database and an empty files directory
+    """
+    app = records.app(app)
+    node = records.node(node) if node else None
+    locks.take_app(ctx, app)
+    place = data.DataPlace(app, node)
     with ctx.step("checkpoint") as s:
         kept = data.take_backup(ctx, place, Backup.Kind.CHECKPOINT, label="before-clear")
         s.data["backup"] = kept.name
@@ -70,12 +79,3 @@ def clear(ctx, app, node=None):
         data.clear_data(ctx, place)
     return (f"{app.name} data cleared ({', '.join(place.services)} on {', '.join(place.nodes())}); "
             f"what was there is in {kept.name}", {"checkpoint": kept.name})
-
-
-def _node(name):
-    if name is None:
-        return None
-    try:
-        return Node.objects.get(name=name)
-    except Node.DoesNotExist:
-        raise FlowFailed(f"there is no node {name!r}") from None

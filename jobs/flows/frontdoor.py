@@ -13,25 +13,35 @@ A node that cannot be reached or refuses the render keeps the config it
 had; the job fails naming it, after trying the others.
 """
 
-from jobs import execution, frontdoor
 from jobs.engine.context import FlowFailed
-from jobs.flows.deploy import take_app_lock
+from jobs.steps import execution, frontdoor, locks, records
 from nodeops.frontdoor import FrontDoorError
 from nodeops.transport import TransportError
 from toppcloud_site.records import audit
-from toppcloud_site.records.models import App, Node
 
 
 def disable(ctx, app):
-    return set_maintenance(ctx, App.objects.get(name=app), True)
+    """Put an app in maintenance: its locations answer 503.
+
+    1. lock.taken: the app's lock
+    2. maintenance on: the app's record (an audit entry, as the job's actor)
+    3. front door of NODE: on each node where it is live, rendered from the records, nginx -t, reload
+    """
+    return set_maintenance(ctx, records.app(app), True)
 
 
 def enable(ctx, app):
-    return set_maintenance(ctx, App.objects.get(name=app), False)
+    """Take an app out of maintenance.
+
+    1. lock.taken: the app's lock
+    2. maintenance off: the app's record (an audit entry, as the job's actor)
+    3. front door of NODE: on each node where it is live, rendered from the records, nginx -t, reload
+    """
+    return set_maintenance(ctx, records.app(app), False)
 
 
 def set_maintenance(ctx, app, on):
-    take_app_lock(ctx, app)
+    locks.take_app(ctx, app)
     with ctx.step("maintenance on" if on else "maintenance off"), audit.acting_as(f"{ctx.job.actor_kind}:{ctx.job.actor}"):
         if app.maintenance != on:
             app.maintenance = on
@@ -44,7 +54,11 @@ def set_maintenance(ctx, app, on):
 
 
 def update_front_door(ctx, nodes):
-    nodes = [Node.objects.get(name=name) for name in nodes]
+    """Render the front door of nodes from the records as they are now (locations, certificates).
+
+    1. front door of NODE: for each node, rendered, pushed (nginx -t, reload)
+    """
+    nodes = [records.node(name) for name in nodes]
     changed = update_nodes(ctx, nodes)
     return (f"front door of {', '.join(n.name for n in nodes)} is as the records say "
             f"({len(changed)} changed)", {"changed": changed})

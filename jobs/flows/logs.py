@@ -7,15 +7,14 @@ app's secrets (its config secrets, database password, task token) show as
 ********, whatever the app wrote into its logs.
 """
 
-from jobs import environment, execution
+from jobs.steps import environment, execution, records
 from nodeops.layout import NodeLayout
-from toppcloud_site.records.models import App
 
 LOG_FILES = ("error", "access", "app", "cron")  # logs/<app>/<name>.log on a node
 
 
 def logs(ctx, app, lines, files, node=None):
-    app = App.objects.get(name=app)
+    app = records.app(app)
     environment.mask_app_secrets(app)  # before anything of the logs reaches an event
     places = [execution.pick_place(app, node)] if node else execution.live_places(app)
     if not places:

@@ -2,13 +2,19 @@
 
 from django.utils import timezone
 
-from jobs import reconcile
+from jobs.steps import reconcile, records
 from nodeops import ping, setup
 from toppcloud_site.records.models import Node
 
 
 def setup_node(ctx, node):
-    node = Node.objects.get(name=node)
+    """Set a host up as a node, then reconcile it with the records.
+
+    1-8. facts, packages, layout, config, validate, start, app users, verify: nodeops/setup.py's own
+       steps (setup.STEPS), on the host
+    9. reconcile: stop what interrupted jobs left running, the front door as the records say
+    """
+    node = records.node(node)
     facts = setup.setup_node(
         ctx.transport(node), root=node.root, address=node.address, http_port=node.http_port, emit=ctx.emit,
     )
@@ -23,8 +29,11 @@ def setup_node(ctx, node):
 
 def reconcile_node(ctx, node):
     """Every few minutes (beat: toppcloud-reconcile-nodes): stop what interrupted jobs left running on the
-    node, and make its front door what the records say (jobs/reconcile.py)."""
-    node = Node.objects.get(name=node)
+    node, and make its front door what the records say (jobs/steps/reconcile.py).
+
+    1. reconcile
+    """
+    node = records.node(node)
     with ctx.step("reconcile") as s:
         done = reconcile.reconcile(ctx, node)
         s.data["stopped"] = [p["program"] for p in done["stopped"]]
@@ -34,6 +43,7 @@ def reconcile_node(ctx, node):
 
 
 def ping_node(ctx, node):
-    node = Node.objects.get(name=node)
+    """Check a node answers: its round trip and load (no steps)."""
+    node = records.node(node)
     result = ping.ping(ctx.transport(node), emit=ctx.emit)
     return f"node {node.name} answered in {result['round_trip_seconds'] * 1000:.0f} ms, load {result['load1']}", result

@@ -6,14 +6,13 @@ as it comes; stop it and its children at the timeout; its exit code is the
 job's result.
 """
 
-from jobs import execution
 from jobs.engine.context import FlowFailed
+from jobs.steps import execution, records
 from nodeops.layout import NodeLayout
-from toppcloud_site.records.models import App
 
 
 def run(ctx, app, argv, timeout, node=None):
-    app = App.objects.get(name=app)
+    app = records.app(app)
     live = execution.pick_place(app, node)
     t, layout = ctx.transport(live.node), NodeLayout(live.node.root)
     ctx.emit("run.started", node=live.node.name, release=live.release.name, argv=argv, timeout=timeout)

@@ -12,16 +12,15 @@ import json
 
 from django.conf import settings
 
-from jobs import execution
 from jobs.engine.context import FlowFailed, RetryLater
-from jobs.environment import mask_app_secrets
+from jobs.steps import execution, records
+from jobs.steps.environment import mask_app_secrets
 from nodeops import release as node_release
 from nodeops.transport import CommandFailed, TransportError
-from toppcloud_site.records.models import App
 
 
 def task(ctx, app, path, payload, max_attempts, timeout, idempotency_key=None, retry_of=None):
-    app = App.objects.get(name=app)
+    app = records.app(app)
     mask_app_secrets(app)  # an answer may echo them
     attempt = ctx.attempt
     places = execution.live_places(app)

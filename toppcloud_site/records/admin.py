@@ -22,7 +22,7 @@ def _started(modeladmin, request, verb, started):
 
 def _front_door_after_edit(modeladmin, request, app_ids):
     """Edited locations take effect now: a front_door job for the nodes serving these apps."""
-    from jobs import frontdoor
+    from jobs.steps import frontdoor
     from jobs.engine.states import ActorKind
 
     job = frontdoor.after_edit(app_ids, actor_kind=ActorKind.USER, actor=request.user.get_username())
@@ -103,7 +103,7 @@ class NodeAdmin(admin.ModelAdmin):
 
     @admin.action(description="Render the front door (nginx) from the records now", permissions=["change"])
     def render_front_door(self, request, queryset):
-        from jobs import frontdoor
+        from jobs.steps import frontdoor
         from jobs.engine.states import ActorKind
 
         nodes = list(queryset.order_by("name"))
@@ -212,7 +212,7 @@ class AppAdmin(admin.ModelAdmin):
 
     @admin.action(description="Back up data now (database and files)", permissions=["view"])
     def back_up(self, request, queryset):
-        from jobs import data
+        from jobs.steps import data
         from jobs.engine import dispatch
         from jobs.engine.states import ActorKind
 
@@ -380,7 +380,7 @@ class BackupAdmin(admin.ModelAdmin):
 
     def download_view(self, request, pk):
         """The archive's bytes, to a user with records.download_backup; each download is an audit entry."""
-        from jobs.data import archive_path
+        from jobs.steps.data import archive_path
         from toppcloud_site.records import audit
 
         backup = Backup.objects.select_related("app").filter(pk=pk).first()
@@ -415,7 +415,7 @@ class BackupAdmin(admin.ModelAdmin):
     @admin.action(description="Restore into its app (the data it replaces are kept as a checkpoint)",
                   permissions=["view"])
     def restore_into_its_app(self, request, queryset):
-        from jobs import data
+        from jobs.steps import data
         from jobs.engine import dispatch
         from jobs.engine.states import ActorKind
 
@@ -552,7 +552,7 @@ class CronEntryAdmin(admin.ModelAdmin):
 
     @admin.action(description="Run now (skipped if it is running already)", permissions=["view"])
     def run_now(self, request, queryset):
-        from jobs import cron
+        from jobs.steps import cron
         from jobs.engine.states import ActorKind
 
         if not request.user.has_perm("records.change_app"):

@@ -395,7 +395,7 @@ class ConfigValue(models.Model):
 class CronEntry(models.Model):
     """An app.ini [cron] entry of the app's live release, and its django-celery-beat schedule.
 
-    Written by deploys and rollbacks (jobs/cron.py); each run is a cron_run job.
+    Written by deploys and rollbacks (jobs/steps/cron.py); each run is a cron_run job.
     """
 
     app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="cron_entries")

@@ -24,7 +24,7 @@ from django.db import transaction
 
 from jobs.engine import dispatch
 from jobs.cli import add_follow_arguments, follow_job
-from jobs.environment import config_records
+from jobs.steps.environment import config_records
 from jobs.nodes import validation_message
 from jobs.engine.states import ActorKind
 from toppcloud_site.records import audit

@@ -4,7 +4,7 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import cron
+from jobs.steps import cron
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.models import Job
 from jobs.engine.states import ActorKind

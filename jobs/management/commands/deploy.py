@@ -6,9 +6,9 @@ from django.core.management.base import BaseCommand, CommandError
 
 from jobs.engine import dispatch
 from jobs.cli import add_follow_arguments, follow_job
-from jobs.environment import ConfigMissing, check_required_config
+from jobs.steps.environment import ConfigMissing, check_required_config
 from jobs.nodes import InvalidNode, check_node, get_node, submit_node_job
-from jobs.releases import ReleaseRefused, pack_release
+from jobs.steps.releases import ReleaseRefused, pack_release
 from jobs.engine.states import ActorKind
 from nodeops.appini import AppIniError
 from nodeops.archive import ArchiveError

@@ -4,7 +4,7 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import frontdoor
+from jobs.steps import frontdoor
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.nodes import InvalidNode, check_node, get_node
 from jobs.engine.states import ActorKind

@@ -14,7 +14,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import frontdoor
+from jobs.steps import frontdoor
 from jobs.engine.states import ActorKind
 from toppcloud_site.records import audit, documents
 

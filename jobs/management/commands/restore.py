@@ -4,7 +4,8 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import data, nodes
+from jobs import nodes
+from jobs.steps import data
 from jobs.engine import dispatch
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.engine.states import ActorKind

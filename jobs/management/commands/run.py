@@ -11,7 +11,7 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import execution
+from jobs.steps import execution
 from jobs.engine import dispatch
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.engine.context import FlowFailed

@@ -20,7 +20,7 @@ import sys
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import frontdoor
+from jobs.steps import frontdoor
 from jobs.nodes import validation_message
 from jobs.engine.states import ActorKind
 from toppcloud_site.records import audit, tls

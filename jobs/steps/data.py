@@ -1,6 +1,6 @@
 """Apps' data as the control plane sees it: where each service lives, and the backup archives.
 
-The flows (jobs/flows/data.py, and deploy's checkpoint) are built from
+The flows (jobs/flows/data.py, and jobs/steps/checkpoints.py) are built from
 these steps; nodeops.services does the work on the nodes. See docs/data.md.
 """
 
@@ -366,7 +366,7 @@ def schedule_backups(app, cron):
 
     from django_celery_beat.models import PeriodicTask
 
-    from jobs.cron import crontab_schedule
+    from jobs.steps.cron import crontab_schedule
 
     name = f"backup {app.name}"
     if not cron:

@@ -11,6 +11,7 @@ deploy's release.activated event is recorded under the same lock.
 from django.db import transaction
 
 from jobs.engine import dispatch
+from jobs.engine.context import FlowFailed
 from jobs.models import LiveRelease
 from jobs.engine.states import Kind
 from nodeops import frontdoor
@@ -124,3 +125,11 @@ def submit(nodes, *, actor_kind, actor):
     names = sorted(n.name for n in nodes)
     return dispatch.submit("front_door", target=f"node:{names[0]}" if len(names) == 1 else "nodes",
                            params={"nodes": names}, actor_kind=actor_kind, actor=actor)
+
+
+def activate(ctx, app, node, release, port, ini):
+    """Point the app's locations on the node at the release (nginx -t, graceful reload); release.activated."""
+    try:
+        update(ctx, node, activating=(app, release, port, ini["location_host"], ini["location_path"]))
+    except frontdoor.FrontDoorError as exc:
+        raise FlowFailed(str(exc)) from None

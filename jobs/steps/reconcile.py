@@ -6,7 +6,7 @@ nginx pointing at a release whose release.activated was never committed,
 its unpacked archive in this machine's temporary directory. reconcile()
 puts that right, and records what it did (a node.reconciled event):
 
-1. Lock the app locks (AppLock rows) of the apps it looks at: a deploy or
+1. Lock the app locks (jobs/steps/locks.py) of the apps it looks at: a deploy or
    rollback of one of them waits until this is done instead of starting a
    release under its feet. An app whose lock a running job holds (other
    than this job or its parent) is skipped: that job may be starting a
@@ -32,8 +32,8 @@ import tempfile
 
 from django.db import transaction
 
-from jobs import frontdoor
-from jobs.models import AppLock, Job, LiveRelease
+from jobs.models import Job, LiveRelease
+from jobs.steps import frontdoor, locks
 from jobs.engine.states import TERMINAL, ActorKind, Kind
 from nodeops import reconcile as node_reconcile
 from nodeops.frontdoor import FrontDoorError
@@ -58,14 +58,12 @@ def reconcile(ctx, node, apps=None):
     apps = sorted(apps if apps is not None else App.objects.all(), key=lambda a: a.pk)
     result = {"node": node.name, "front_door_changed": False, "stopped": [], "skipped": {}}
     with transaction.atomic():
-        AppLock.objects.bulk_create([AppLock(app=a) for a in apps], ignore_conflicts=True)
-        locks = {lock.app_id: lock for lock in
-                 AppLock.objects.select_for_update().filter(app__in=apps).order_by("app_id")}
-        holders = {j.pk: j for j in Job.objects.filter(pk__in=[l.job_id for l in locks.values() if l.job_id])}
+        held = locks.lock_apps(apps)
+        holders = {j.pk: j for j in Job.objects.filter(pk__in=[job_id for job_id in held.values() if job_id])}
         mine = {ctx.job_id, ctx.parent_id}
         wanted = {}
         for app in apps:
-            holder = holders.get(locks[app.pk].job_id)
+            holder = holders.get(held[app.pk])
             if holder is not None and holder.pk not in mine and holder.status not in TERMINAL:
                 result["skipped"][app.name] = f"job {holder.pk} ({holder.kind}) is changing it"
                 continue
@@ -94,7 +92,7 @@ def reconcile(ctx, node, apps=None):
 
 
 def clear_unpack_dirs():
-    """Remove this machine's unpack directories (deploy's unpacked()) of jobs no longer running; their names."""
+    """Remove this machine's unpack directories (releases.unpacked()) of jobs no longer running; their names."""
     base = tempfile.gettempdir()
     found = {}
     for entry in os.listdir(base):
@@ -123,3 +121,11 @@ def submit_periodic():
         except InvalidNode as exc:  # one bad node record must not keep the others from being reconciled
             log.warning("reconcile: %s", exc)
     return jobs
+
+
+def reconcile_app(ctx, app, node, step):
+    """Before changing the app on the node: undo what an interrupted deploy or rollback of it left there
+    (what it stopped is recorded in `step`)."""
+    done = reconcile(ctx, node, apps=[app])
+    step.data.update(stopped=[p["program"] for p in done["stopped"]], front_door_changed=done["front_door_changed"])
+    step.changed = bool(done["stopped"] or done["front_door_changed"] or done["removed_unpack_dirs"])

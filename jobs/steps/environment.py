@@ -15,8 +15,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils.crypto import salted_hmac
 
+from jobs.engine.context import FlowFailed
 from jobs.engine.redact import register_secret
-from nodeops import frontdoor, services as node_services
+from nodeops import frontdoor, release as node_release, services as node_services
 from toppcloud_site.records.models import App, ConfigValue, ServerGroup
 
 _TOKEN_SALT = "toppcloud.task-token"
@@ -182,3 +183,22 @@ def static_url(app, release):
     if group is not None and group.static_publish_url:
         return f"{group.static_publish_url.rstrip('/')}/{app.name}/{release.name}/"
     return frontdoor.static_url(release.app_ini.get("location_path") or "/", release.name)
+
+
+def config_used(app, release):
+    """Which config a release was given: its version (equal versions, equal values) and keys."""
+    return {"config_version": config_version(app, release), "config_keys": sorted(config_records(app))}
+
+
+def require_config(app, release, note=""):
+    """FlowFailed if the release's config.required is not set (`note`: what the message adds)."""
+    try:
+        check_required_config(app, release)
+    except ConfigMissing as exc:
+        raise FlowFailed(f"{exc}; {note}" if note else str(exc)) from None
+
+
+def write_env_file(t, layout, app, release, node, venv, service_env, user):
+    """The release's environment, from the config as it is now, in its env file on the node; its path."""
+    return node_release.write_env(t, layout, app.name, release.name, release_environment(
+        app, release, node, layout, venv, service_env), user=user)

@@ -9,7 +9,7 @@ the admin show it live), capped at JOBS_OUTPUT_CAP_JOB per job.
 from django.conf import settings
 
 from jobs.engine.context import FlowFailed
-from jobs.environment import mask_app_secrets
+from jobs.steps.environment import mask_app_secrets
 from jobs.models import LiveRelease
 from nodeops import release as node_release
 from nodeops import runtime
