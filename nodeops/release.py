@@ -205,7 +205,7 @@ def write_env(t, layout, app, release, env: dict, *, user=None) -> str:
 
     One round trip. Not logged: the values are secrets. They travel on
     stdin, never in argv. The file is valid POSIX sh (values shell-quoted),
-    and toppcloud-exec (nodeops/node_exec.py) loads it for every process of
+    and toppcloud-exec (nodeops/hostside/node_exec.py) loads it for every process of
     the release: web, cron, tasks' requests, commands.
     """
     path = env_file(layout, app, release)
