@@ -296,7 +296,8 @@ def push(t, emit, layout, text, certificates=()) -> bool:
         files.update(cert.files(layout))
     if files:  # never logged: the keys travel on stdin
         t.put_files(files, dirs=[(layout.tls_dir, 0o700)])
-    argv = [PYTHON, "-I", "-c", hostside.source("frontdoor_push"), layout.nginx_conf, layout.nginx_sites, SITE, layout.tmp,
+    argv = [PYTHON, "-I", "-c", hostside.source("frontdoor_push"),
+            layout.nginx_conf, layout.nginx_sites, SITE, layout.tmp,
             layout.nginx_error_log, layout.tls_dir, layout.nginx_pid, *sorted(files)]
     try:
         r = run_logged(t, emit, argv, step="front door", input=text.encode(), timeout=60)

@@ -142,7 +142,8 @@ def ensure_venv(t, emit, layout, app, release_dir, requirements="requirements.tx
         if requirements.startswith("/") or norm.startswith("..") or "\0" in requirements:
             raise ReleaseError(f"requirements {requirements!r} is invalid: it must be a path inside the app")
         requirements = norm
-    argv = [PYTHON, "-I", "-c", hostside.source("release_venv_key"), release_dir, requirements or "", layout.venvs_dir(app),
+    argv = [PYTHON, "-I", "-c", hostside.source("release_venv_key"),
+            release_dir, requirements or "", layout.venvs_dir(app),
             GUNICORN, VENV_MARKER]
     try:
         found = json.loads(run_logged(t, emit, argv, step="venv").stdout)
@@ -310,7 +311,8 @@ def start(t, emit, layout, app, release, *, port=None, runner, venv, processes, 
     name = program_name(app, release)
     text = render_program(layout, app, release, port=_PORT_TOKEN, runner=runner, venv=venv,
                           processes=processes, threads=threads, env_file=env_file, user=user)
-    r = run_logged(t, emit, [PYTHON, "-I", "-c", hostside.source("release_start"), layout.supervisor_sock, program_conf(layout, app, release),
+    r = run_logged(t, emit, [PYTHON, "-I", "-c", hostside.source("release_start"),
+                             layout.supervisor_sock, program_conf(layout, app, release),
                              name, layout.app_logs(app), _PORT_TOKEN, str(port)],
                    step="start", input=text.encode(), check=False, timeout=60)
     if r.rc != 0:
@@ -355,7 +357,8 @@ def revert_env(t, emit, layout, app, release, *, runner, timeout=60) -> dict:
 
 def _apply(t, emit, layout, app, release, new, runner, timeout):
     path = env_file(layout, app, release)
-    r = run_logged(t, emit, [PYTHON, "-I", "-c", hostside.source("release_apply"), layout.supervisor_sock, program_name(app, release),
+    r = run_logged(t, emit, [PYTHON, "-I", "-c", hostside.source("release_apply"),
+                             layout.supervisor_sock, program_name(app, release),
                              layout.exec_script, release_dir(layout, app, release), new, path, runner,
                              str(timeout), program_conf(layout, app, release), app_user(app)],
                    step="apply env", check=False, timeout=timeout + 180)
@@ -384,7 +387,8 @@ def _request(t, port, path, host, wait, timeout, *, method="GET", headers=None, 
         if not re.fullmatch(r"[A-Za-z0-9_-]+", key) or not re.fullmatch(r"[\x20-\x7e]*", str(value)):
             raise ValueError(f"header {key!r} is invalid")
     url = f"http://127.0.0.1:{port}{path}"
-    r = t.run([PYTHON, "-I", "-c", hostside.source("release_http_request"), method, url, host or "", str(wait), f"{request_timeout:g}",
+    r = t.run([PYTHON, "-I", "-c", hostside.source("release_http_request"),
+               method, url, host or "", str(wait), f"{request_timeout:g}",
                json.dumps(headers)], input=body if method != "GET" else None, timeout=timeout)
     return json.loads(r.stdout)
 

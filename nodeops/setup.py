@@ -109,7 +109,8 @@ def setup_node(t, *, root, address, http_port, emit):
         host = f"[{address}]" if ":" in address else address
         url = f"http://{host}:{http_port}{HEALTH_PATH}"
         try:
-            run_logged(t, emit, [bins["python3"], "-I", "-c", hostside.source("setup_health"), url, "40"], step="verify")
+            run_logged(t, emit, [bins["python3"], "-I", "-c", hostside.source("setup_health"),
+                                 url, "40"], step="verify")
         except CommandFailed as exc:
             log = t.run(["tail", "-n", "5", layout.nginx_error_log], check=False).stdout.strip()
             raise SetupError(f"{exc}\nnginx error log:\n{log}" if log else str(exc)) from None
@@ -230,7 +231,8 @@ def start_services(t, emit, layout, bins, facts, nginx_changed):
         else:
             # supervisord daemonizes, so the ssh session returns at once.
             run_logged(t, emit, [bins["supervisord"], "-c", layout.supervisor_conf], step="start")
-        run_logged(t, emit, [bins["python3"], "-I", "-c", hostside.source("setup_wait_sock"), layout.supervisor_sock], step="start")
+        run_logged(t, emit, [bins["python3"], "-I", "-c", hostside.source("setup_wait_sock"),
+                             layout.supervisor_sock], step="start")
         return True
 
     reread = run_logged(t, emit, ctl + ["reread"], step="start")
