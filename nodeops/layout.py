@@ -15,7 +15,7 @@ class NodeLayout:
         self.run = j(root, "run")
         self.tmp = j(root, "tmp")
         self.bin = j(root, "bin")
-        self.exec_script = j(self.bin, "toppcloud-exec")  # nodeops/node_exec.py
+        self.exec_script = j(self.bin, "toppcloud-exec")  # nodeops/hostside/node_exec.py
         self.gunicorn_logging = j(self.bin, "gunicorn-logging.json")
 
         self.nginx_dir = j(self.run, "nginx")

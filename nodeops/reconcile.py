@@ -16,63 +16,14 @@ release b-r1 of app `a`; names of no known app are reported, not touched.
 
 import json
 
-from .release import PYTHON, _RPC_LINES, ReleaseError, validate_release
+from . import hostside
+from .release import PYTHON, ReleaseError, validate_release
 from .steps import run_logged
 from .transport import CommandFailed
 from .validate import validate_name
 
 # Each stop waits for gunicorn's graceful shutdown (stopwaitsecs = 30): room for several.
 TIMEOUT = 600
-
-_RECONCILE_PY = r"""
-import json, os, sys, xmlrpc.client
-sock_path, programs = sys.argv[1:3]
-wanted = json.loads(sys.argv[3])  # app -> releases to keep running (the apps to reconcile)
-known = sorted(json.loads(sys.argv[4]), key=len, reverse=True)  # every app name, longest first
-""" + "\n".join(_RPC_LINES) + r"""
-def owner(name):
-    for app in known:
-        if name.startswith(f"app-{app}-") and len(name) > len(app) + 5:
-            return app, name[len(app) + 5:]
-    return None, None
-groups = {p["group"]: p["statename"] for p in rpc.getAllProcessInfo()}
-files = {}
-for entry in os.listdir(programs):
-    for suffix in (".conf", ".conf.tmp"):
-        if entry.endswith(suffix):
-            files.setdefault(entry[:-len(suffix)], []).append(os.path.join(programs, entry))
-stopped, kept, unknown = [], [], []
-for name in sorted(set(groups) | set(files)):
-    if not name.startswith("app-"):
-        continue  # toppcloud's own programs (nginx)
-    app, release = owner(name)
-    if app is None:
-        unknown.append(name)
-        continue
-    if app not in wanted:
-        continue  # not ours to judge now (a job of that app is running)
-    if release in wanted[app]:
-        kept.append(name)
-        continue
-    state = groups.get(name, "NO PROCESS")
-    if name in groups:
-        try:
-            # TERM and wait (at most stopwaitsecs): requests in flight, if any, are finished.
-            rpc.stopProcess(f"{name}:{name}", True)
-        except xmlrpc.client.Fault as exc:
-            if "NOT_RUNNING" not in exc.faultString and "BAD_NAME" not in exc.faultString:
-                sys.exit(f"supervisord could not stop {name}: {exc.faultString}")
-        try:
-            rpc.removeProcessGroup(name)
-        except xmlrpc.client.Fault as exc:
-            if "BAD_NAME" not in exc.faultString:
-                sys.exit(f"supervisord could not forget {name}: {exc.faultString}")
-    for path in files.get(name, []):
-        os.remove(path)
-    stopped.append({"app": app, "release": release, "program": name, "state": state,
-                    "files": sorted(os.path.basename(p) for p in files.get(name, []))})
-print(json.dumps({"stopped": stopped, "kept": kept, "unknown": unknown}))
-"""
 
 
 class ReconcileError(ReleaseError):
@@ -90,7 +41,7 @@ def reconcile_programs(t, emit, layout, keep: dict, known_apps) -> dict:
     keep = {validate_name(app, "app"): sorted({validate_release(r) for r in releases})
             for app, releases in keep.items()}
     known = sorted({validate_name(app, "app") for app in known_apps} | set(keep))
-    argv = [PYTHON, "-I", "-c", _RECONCILE_PY, layout.supervisor_sock, layout.supervisor_programs,
+    argv = [PYTHON, "-I", "-c", hostside.source("reconcile"), layout.supervisor_sock, layout.supervisor_programs,
             json.dumps(keep, sort_keys=True), json.dumps(known)]
     try:
         r = run_logged(t, emit, argv, step="reconcile", timeout=TIMEOUT)

@@ -19,6 +19,7 @@ import os
 import re
 import shlex
 
+from . import hostside
 from .errors import NodeOpError
 from . import runtime
 from .node_users import app_user
@@ -132,31 +133,6 @@ def upload(t, emit, layout, app, release, src_dir, previous=None) -> str:
 
 # --- virtualenv ---------------------------------------------------------------
 
-# One round trip decides whether the venv can be reused: the key is computed
-# where the venv lives (the node's python3 and the requirements file there).
-_VENV_KEY_PY = r"""
-import hashlib, json, os, sys
-release_dir, req, venvs, pin, marker = sys.argv[1:6]
-data = b""
-path = None
-if req:
-    path = os.path.join(release_dir, req)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        sys.exit(f"the requirements file {req} is not in the release")
-key = hashlib.sha256(f"{sys.version}\n{pin}\n".encode() + data).hexdigest()[:16]
-venv = os.path.join(venvs, key)
-# The release says which venv it uses, so prune can remove venvs no release uses.
-with open(os.path.join(release_dir, ".toppcloud-venv"), "w") as f:
-    f.write(venv)
-# pip ignores blank lines and '#' comments; with nothing else, skip -r.
-needed = any(l.strip() and not l.strip().startswith("#") for l in data.decode("utf-8", "replace").splitlines())
-print(json.dumps({"venv": venv, "complete": os.path.exists(os.path.join(venv, marker)),
-                  "requirements": path if needed else None}))
-"""
-
 
 def ensure_venv(t, emit, layout, app, release_dir, requirements="requirements.txt") -> tuple[str, bool]:
     """The venv for the release's requirements: (path, built). Reused when complete."""
@@ -166,7 +142,8 @@ def ensure_venv(t, emit, layout, app, release_dir, requirements="requirements.tx
         if requirements.startswith("/") or norm.startswith("..") or "\0" in requirements:
             raise ReleaseError(f"requirements {requirements!r} is invalid: it must be a path inside the app")
         requirements = norm
-    argv = [PYTHON, "-I", "-c", _VENV_KEY_PY, release_dir, requirements or "", layout.venvs_dir(app),
+    argv = [PYTHON, "-I", "-c", hostside.source("release_venv_key"),
+            release_dir, requirements or "", layout.venvs_dir(app),
             GUNICORN, VENV_MARKER]
     try:
         found = json.loads(run_logged(t, emit, argv, step="venv").stdout)
@@ -229,7 +206,7 @@ def write_env(t, layout, app, release, env: dict, *, user=None) -> str:
 
     One round trip. Not logged: the values are secrets. They travel on
     stdin, never in argv. The file is valid POSIX sh (values shell-quoted),
-    and toppcloud-exec (nodeops/node_exec.py) loads it for every process of
+    and toppcloud-exec (nodeops/hostside/node_exec.py) loads it for every process of
     the release: web, cron, tasks' requests, commands.
     """
     path = env_file(layout, app, release)
@@ -244,18 +221,11 @@ def write_env(t, layout, app, release, env: dict, *, user=None) -> str:
 
 # --- running a release ----------------------------------------------------------
 
-_FREE_PORT_PY = r"""
-import socket, sys
-with socket.socket() as s:
-    s.bind((sys.argv[1], 0))
-    print(s.getsockname()[1])
-"""
-
 
 def free_port(t, address="127.0.0.1") -> int:
     """A TCP port nothing listens on right now (the kernel's pick)."""
     address = validate_address(address)
-    return int(t.run([PYTHON, "-I", "-c", _FREE_PORT_PY, address]).stdout.strip())
+    return int(t.run([PYTHON, "-I", "-c", hostside.source("release_free_port"), address]).stdout.strip())
 
 
 def validate_user(value):
@@ -322,49 +292,6 @@ stderr_logfile_backups = 3
 """
 
 
-# supervisord's XML-RPC over its unix socket, for the programs below (sock_path is theirs).
-_RPC_LINES = [
-    "import http.client, socket",
-    "class _Connection(http.client.HTTPConnection):",
-    "    def connect(self):",
-    "        self.sock = socket.socket(socket.AF_UNIX)",
-    "        self.sock.connect(sock_path)",
-    "class _Transport(xmlrpc.client.Transport):",
-    "    def make_connection(self, host):",
-    "        return _Connection('localhost')",
-    "rpc = xmlrpc.client.ServerProxy('http://localhost/RPC2', transport=_Transport()).supervisor",
-]
-
-# Starting a release is one program on the node: it picks a free port,
-# writes the supervisor program with it, and adds only that program through
-# supervisord's XML-RPC (what `supervisorctl update <name>` does), where the
-# separate steps took four ssh round trips and a supervisorctl start-up.
-_START_PY = r"""
-import os, socket, sys, xmlrpc.client
-sock_path, conf, name, logs, token, port = sys.argv[1:7]
-if port == "0":
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-os.makedirs(logs, exist_ok=True)
-with open(conf + ".tmp", "w") as f:
-    f.write(sys.stdin.read().replace(token, port))
-os.replace(conf + ".tmp", conf)
-""" + "\n".join(_RPC_LINES) + r"""
-[added, changed, _removed] = rpc.reloadConfig()[0]
-try:
-    if name in changed:  # the program was there with another port or command: replace it
-        rpc.stopProcess(f"{name}:{name}", True)
-        rpc.removeProcessGroup(name)
-    if name in added or name in changed:
-        rpc.addProcessGroup(name)  # autostart
-    else:  # there already, unchanged (it had died, or a rollback to a release still running)
-        rpc.startProcess(f"{name}:{name}", True)
-except xmlrpc.client.Fault as exc:
-    if "ALREADY_STARTED" not in exc.faultString:
-        sys.exit(f"supervisord could not start {name}: {exc.faultString}")
-print(port)
-"""
 
 _PORT_TOKEN = "@@TOPPCLOUD_PORT@@"
 
@@ -384,7 +311,8 @@ def start(t, emit, layout, app, release, *, port=None, runner, venv, processes, 
     name = program_name(app, release)
     text = render_program(layout, app, release, port=_PORT_TOKEN, runner=runner, venv=venv,
                           processes=processes, threads=threads, env_file=env_file, user=user)
-    r = run_logged(t, emit, [PYTHON, "-I", "-c", _START_PY, layout.supervisor_sock, program_conf(layout, app, release),
+    r = run_logged(t, emit, [PYTHON, "-I", "-c", hostside.source("release_start"),
+                             layout.supervisor_sock, program_conf(layout, app, release),
                              name, layout.app_logs(app), _PORT_TOKEN, str(port)],
                    step="start", input=text.encode(), check=False, timeout=60)
     if r.rc != 0:
@@ -394,115 +322,13 @@ def start(t, emit, layout, app, release, *, port=None, runner, venv, processes, 
     return int(r.stdout.strip())
 
 
-# One program on the node does what `supervisorctl stop`, `rm` and
-# `supervisorctl update` did in three ssh round trips and two supervisorctl
-# starts: it speaks supervisord's XML-RPC on its unix socket.
-_STOP_PY = r"""
-import os, sys, xmlrpc.client
-sock_path, name, conf = sys.argv[1:4]
-""" + "\n".join(_RPC_LINES) + r"""
-try:
-    # TERM, then wait until gunicorn has finished its requests in flight (at most stopwaitsecs).
-    rpc.stopProcess(f"{name}:{name}", True)
-except xmlrpc.client.Fault as exc:
-    if "BAD_NAME" not in exc.faultString:  # no such group: it was stopped before
-        sys.exit(f"supervisord could not stop {name}: {exc.faultString}")
-try:
-    rpc.removeProcessGroup(name)
-except xmlrpc.client.Fault as exc:
-    if "BAD_NAME" not in exc.faultString:
-        sys.exit(f"supervisord could not forget {name}: {exc.faultString}")
-if os.path.exists(conf):
-    os.remove(conf)
-"""
-
-
 def stop(t, emit, layout, app, release) -> None:
     """Stop the release gracefully and forget its program. Stopping a stopped release is fine."""
     name = program_name(app, release)
-    r = run_logged(t, emit, [PYTHON, "-I", "-c", _STOP_PY, layout.supervisor_sock, name,
+    r = run_logged(t, emit, [PYTHON, "-I", "-c", hostside.source("release_stop"), layout.supervisor_sock, name,
                              program_conf(layout, app, release)], step="stop", check=False, timeout=60)
     if r.rc != 0:
         raise ReleaseError(r.stderr.strip() or f"could not stop {name}")
-
-
-# Applying new config to a running release is one program on the node:
-# load the app with the new env file in a separate process (a config that
-# breaks the app must not reach gunicorn: its new workers would fail to boot
-# and the master would stop), then put the file in place and send gunicorn
-# HUP, which starts new workers (their environment from the new file, see
-# runtime.gunicorn_config) and stops the old ones gracefully, the listening
-# socket never closing. It waits until none of the old workers is left.
-_APPLY_PY = r"""
-import json, os, subprocess, sys, time, xmlrpc.client
-sock_path, name, exec_script, release_dir, new, env, runner, timeout, program_conf, user = sys.argv[1:11]
-# The new file gets the owner of the one it replaces (the app's user): its gunicorn reads it on HUP.
-owner = os.stat(env) if os.path.exists(env) else None
-if owner:
-    os.chown(new, owner.st_uid, owner.st_gid)
-if os.path.exists(program_conf) and "--config" not in open(program_conf).read():
-    os.remove(new)
-    sys.exit(f"{name} was started by an older toppcloud, whose gunicorn does not reload its environment: "
-             "deploy the app once, then config apply works")
-CHECK = ("import importlib, sys; m, _, a = sys.argv[1].partition(':'); "
-         "app = getattr(importlib.import_module(m), a); callable(app) or sys.exit(f'{sys.argv[1]} is not callable')")
-try:
-    check = subprocess.run([sys.executable, "-I", exec_script, "--user", user, "--chdir", release_dir, new, "--",
-                            "python", "-c", CHECK, runner], stdin=subprocess.DEVNULL, capture_output=True,
-                           text=True, errors="replace", timeout=120)
-    failed = check.returncode != 0 and (check.stdout + check.stderr).strip().splitlines()[-5:]
-except subprocess.TimeoutExpired:
-    failed = ["loading it took more than 120 s"]
-if failed:
-    os.remove(new)
-    sys.exit(f"the app does not load with the new environment, which was not applied: {' / '.join(failed)}")
-if new != env + ".previous" and os.path.exists(env):  # kept, to put back if the release fails after the reload
-    with open(env, "rb") as f, open(os.open(env + ".previous.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
-                                    "wb") as out:
-        out.write(f.read())
-        if owner:
-            os.fchown(out.fileno(), owner.st_uid, owner.st_gid)
-    os.replace(env + ".previous.tmp", env + ".previous")
-os.replace(new, env)
-""" + "\n".join(_RPC_LINES) + r"""
-def workers(pid):
-    found = set()
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[1] == str(pid) and fields[0] != "Z":
-            found.add(int(entry))
-    return found
-def state():
-    try:
-        return rpc.getProcessInfo(f"{name}:{name}")
-    except xmlrpc.client.Fault as exc:  # not under supervisord: the file is all there is to change
-        return {"statename": "NOT RUNNING" if "BAD_NAME" in exc.faultString else exc.faultString}
-# A release started a moment ago is STARTING until supervisord's startsecs have passed; gunicorn may
-# not handle HUP yet (its default action ends the process): wait until it is RUNNING.
-info, deadline = state(), time.monotonic() + 30
-while info["statename"] == "STARTING" and time.monotonic() < deadline:
-    time.sleep(0.1)
-    info = state()
-if info["statename"] != "RUNNING":
-    print(json.dumps({"reloaded": False, "state": info["statename"]}))
-    sys.exit(0)
-master, started = info["pid"], time.monotonic()
-old = workers(master)
-rpc.signalProcess(f"{name}:{name}", "HUP")
-while True:
-    now = workers(master)
-    if now and not now & old:
-        break
-    if time.monotonic() - started > float(timeout):
-        sys.exit(f"gunicorn of {name} still has {len(now & old)} old workers {float(timeout):g} s after HUP")
-    time.sleep(0.05)
-print(json.dumps({"reloaded": True, "master": master, "old_workers": sorted(old), "new_workers": sorted(now),
-                  "reload_seconds": round(time.monotonic() - started, 3)}))
-"""
 
 
 def apply_env(t, emit, layout, app, release, env: dict, *, runner, timeout=60) -> dict:
@@ -531,7 +357,8 @@ def revert_env(t, emit, layout, app, release, *, runner, timeout=60) -> dict:
 
 def _apply(t, emit, layout, app, release, new, runner, timeout):
     path = env_file(layout, app, release)
-    r = run_logged(t, emit, [PYTHON, "-I", "-c", _APPLY_PY, layout.supervisor_sock, program_name(app, release),
+    r = run_logged(t, emit, [PYTHON, "-I", "-c", hostside.source("release_apply"),
+                             layout.supervisor_sock, program_name(app, release),
                              layout.exec_script, release_dir(layout, app, release), new, path, runner,
                              str(timeout), program_conf(layout, app, release), app_user(app)],
                    step="apply env", check=False, timeout=timeout + 180)
@@ -548,45 +375,6 @@ def _tail(t, path, lines=10):
 
 # --- internal requests ----------------------------------------------------------
 
-# Asks one URL on the node, ignoring proxies and not following redirects (a
-# health check answered with a redirect to a login page is not healthy).
-# Polls until an HTTP answer arrives when given wait > 0. The request's
-# method and headers arrive as argv, its body on stdin.
-_HTTP_REQUEST_PY = r"""
-import json, socket, sys, time, urllib.error, urllib.request
-method, url, host, wait, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
-headers = json.loads(sys.argv[6])
-body = sys.stdin.buffer.read() if method != "GET" else None
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kw):
-        return None
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirect)
-if host:
-    headers["Host"] = host
-req = urllib.request.Request(url, data=body, headers=headers, method=method)
-deadline = time.monotonic() + wait
-started = time.monotonic()
-while True:
-    try:
-        try:
-            with opener.open(req, timeout=timeout) as r:
-                status, body = r.status, r.read(4000)
-        except urllib.error.HTTPError as e:
-            status, body = e.code, e.read(4000)
-        print(json.dumps({"status": status, "body": body.decode("utf-8", "replace")[:2000],
-                          "seconds": round(time.monotonic() - started, 3)}))
-        break
-    except Exception as exc:
-        exc = getattr(exc, "reason", exc)  # URLError wraps the socket error
-        timed_out = isinstance(exc, (socket.timeout, TimeoutError))
-        error = f"no answer within {timeout:g} s" if timed_out else f"{type(exc).__name__}: {exc}"
-        if (timed_out and not wait) or time.monotonic() >= deadline:
-            print(json.dumps({"error": error, "timed_out": timed_out,
-                              "seconds": round(time.monotonic() - started, 3)}))
-            break
-        time.sleep(0.1)
-"""
-
 
 def _request(t, port, path, host, wait, timeout, *, method="GET", headers=None, body=b"", request_timeout=10):
     port = validate_port(port, "port")
@@ -599,7 +387,8 @@ def _request(t, port, path, host, wait, timeout, *, method="GET", headers=None, 
         if not re.fullmatch(r"[A-Za-z0-9_-]+", key) or not re.fullmatch(r"[\x20-\x7e]*", str(value)):
             raise ValueError(f"header {key!r} is invalid")
     url = f"http://127.0.0.1:{port}{path}"
-    r = t.run([PYTHON, "-I", "-c", _HTTP_REQUEST_PY, method, url, host or "", str(wait), f"{request_timeout:g}",
+    r = t.run([PYTHON, "-I", "-c", hostside.source("release_http_request"),
+               method, url, host or "", str(wait), f"{request_timeout:g}",
                json.dumps(headers)], input=body if method != "GET" else None, timeout=timeout)
     return json.loads(r.stdout)
 
@@ -650,40 +439,6 @@ def wait_until_answers(t, port, path="/", timeout=30, *, log_file=None, host=Non
 
 # --- cleanup -------------------------------------------------------------------------
 
-_PRUNE_PY = r"""
-import json, os, shutil, sys
-releases, env_dir, programs, prefix, venvs = sys.argv[1:6]
-keep = set(json.loads(sys.argv[6]))
-removed, running = [], []
-for name in sorted(os.listdir(releases)) if os.path.isdir(releases) else []:
-    if name in keep:
-        continue
-    if os.path.exists(os.path.join(programs, prefix + name + ".conf")):
-        running.append(name)  # never pull the code out from under a running release
-        continue
-    shutil.rmtree(os.path.join(releases, name))
-    # Its env file, gunicorn config (and gunicorn's compiled copy of it), kept previous env.
-    for where in (env_dir, os.path.join(env_dir, "__pycache__")):
-        for entry in os.listdir(where) if os.path.isdir(where) else []:
-            if entry.split(".", 1)[0] == name:
-                os.unlink(os.path.join(where, entry))
-    removed.append(name)
-# Venvs that no remaining release uses (each release names its venv in .toppcloud-venv).
-used = set()
-for name in os.listdir(releases) if os.path.isdir(releases) else []:
-    try:
-        with open(os.path.join(releases, name, ".toppcloud-venv")) as f:
-            used.add(f.read().strip())
-    except FileNotFoundError:
-        pass
-removed_venvs = []
-for key in sorted(os.listdir(venvs)) if os.path.isdir(venvs) else []:
-    if os.path.join(venvs, key) not in used:
-        shutil.rmtree(os.path.join(venvs, key))
-        removed_venvs.append(key)
-print(json.dumps({"removed": removed, "running": running, "removed_venvs": removed_venvs}))
-"""
-
 
 def prune(t, emit, layout, app, keep: list[str]) -> list[str]:
     """Remove release dirs (and their env and gunicorn config files) not in `keep`, then venvs no remaining release uses; return the removed ids.
@@ -692,7 +447,7 @@ def prune(t, emit, layout, app, keep: list[str]) -> list[str]:
     """
     keep = [validate_release(k) for k in keep]
     prefix = f"app-{validate_name(app, 'app')}-"  # + release = program_name(app, release)
-    argv = [PYTHON, "-I", "-c", _PRUNE_PY, layout.releases_dir(app), layout.env_dir(app),
+    argv = [PYTHON, "-I", "-c", hostside.source("release_prune"), layout.releases_dir(app), layout.env_dir(app),
             layout.supervisor_programs, prefix, layout.venvs_dir(app), json.dumps(keep)]
     result = json.loads(run_logged(t, emit, argv, step="prune").stdout)
     if result["removed_venvs"]:

@@ -2,7 +2,7 @@
 
 Everything an app runs on a node (the web process under supervisord, cron
 scripts, `manage.py run` commands, `script:` database updates) starts
-through `<root>/bin/toppcloud-exec` (nodeops/node_exec.py) with the
+through `<root>/bin/toppcloud-exec` (nodeops/hostside/node_exec.py) with the
 release's env file, so each sees exactly the same environment. Web
 processes also get the logging configuration below: stderr, wsgi.errors and
 Python logging all land in logs/<app>/error.log.
@@ -16,8 +16,8 @@ import os
 import select
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
+from . import hostside
 from .errors import NodeOpError
 
 
@@ -30,7 +30,7 @@ class ExecError(NodeOpError):
 
 
 PYTHON = "/usr/bin/python3"  # the node's system python (see nodeops/release.py)
-EXEC_SOURCE = (Path(__file__).with_name("node_exec.py")).read_text(encoding="utf-8")
+EXEC_SOURCE = hostside.source("node_exec")
 REPORT_PREFIX = "toppcloud-exec: {"
 
 # gunicorn's --log-config-json. The root logger (an app's `logging` calls)

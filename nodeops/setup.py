@@ -9,6 +9,7 @@ import json
 import os
 import shlex
 
+from . import hostside
 from .errors import NodeOpError
 from . import node_users, runtime
 from .layout import NodeLayout
@@ -31,46 +32,6 @@ REQUIRED = {
 # Constant script; the names to look up arrive as positional parameters.
 # sbin dirs are appended because non-root logins often lack them in PATH.
 _WHICH_SH = 'PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"; for n do p=$(command -v "$n") && echo "$n=$p"; done; exit 0'
-
-_ENSURE_DIRS_PY = r"""
-import json, os, stat, sys
-changed = []
-for path, mode in json.loads(sys.argv[1]):
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        os.mkdir(path, mode)
-        os.chmod(path, mode)  # mkdir's mode is filtered by the umask
-        changed.append(path)
-        continue
-    if not stat.S_ISDIR(st.st_mode):
-        sys.exit(f"{path} exists and is not a directory")
-    if st.st_mode & 0o7777 != mode:
-        os.chmod(path, mode)
-        changed.append(path)
-print(json.dumps(changed))
-"""
-
-_HEALTH_PY = r"""
-import sys, time, urllib.request
-url, tries = sys.argv[1], int(sys.argv[2])
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # ignore http_proxy
-last = "no attempt"
-for attempt in range(tries):
-    if attempt:
-        time.sleep(0.25)
-    try:
-        with opener.open(url, timeout=3) as r:
-            body = r.read().decode("utf-8", "replace")
-            if r.status == 200 and body == "ok\n":
-                print("ok")
-                sys.exit(0)
-            last = f"HTTP {r.status}: {body[:200]!r}"
-    except Exception as exc:
-        last = f"{type(exc).__name__}: {exc}"
-sys.exit(f"GET {url} failed after {tries} attempts: {last}")
-"""
 
 
 class SetupError(NodeOpError):
@@ -100,7 +61,7 @@ def setup_node(t, *, root, address, http_port, emit):
         changed.append(s.changed)
 
     with step(emit, "layout") as s:
-        argv = [bins["python3"], "-I", "-c", _ENSURE_DIRS_PY, json.dumps(layout.directories())]
+        argv = [bins["python3"], "-I", "-c", hostside.source("setup_ensure_dirs"), json.dumps(layout.directories())]
         created = json.loads(run_logged(t, emit, argv, step="layout").stdout)
         s.changed = bool(created)
         s.data["paths"] = created
@@ -148,7 +109,8 @@ def setup_node(t, *, root, address, http_port, emit):
         host = f"[{address}]" if ":" in address else address
         url = f"http://{host}:{http_port}{HEALTH_PATH}"
         try:
-            run_logged(t, emit, [bins["python3"], "-I", "-c", _HEALTH_PY, url, "40"], step="verify")
+            run_logged(t, emit, [bins["python3"], "-I", "-c", hostside.source("setup_health"),
+                                 url, "40"], step="verify")
         except CommandFailed as exc:
             log = t.run(["tail", "-n", "5", layout.nginx_error_log], check=False).stdout.strip()
             raise SetupError(f"{exc}\nnginx error log:\n{log}" if log else str(exc)) from None
@@ -269,7 +231,8 @@ def start_services(t, emit, layout, bins, facts, nginx_changed):
         else:
             # supervisord daemonizes, so the ssh session returns at once.
             run_logged(t, emit, [bins["supervisord"], "-c", layout.supervisor_conf], step="start")
-        run_logged(t, emit, [bins["python3"], "-I", "-c", _WAIT_SOCK_PY, layout.supervisor_sock], step="start")
+        run_logged(t, emit, [bins["python3"], "-I", "-c", hostside.source("setup_wait_sock"),
+                             layout.supervisor_sock], step="start")
         return True
 
     reread = run_logged(t, emit, ctl + ["reread"], step="start")
@@ -285,20 +248,6 @@ def start_services(t, emit, layout, bins, facts, nginx_changed):
         run_logged(t, emit, ctl + ["signal", "HUP", NGINX_PROGRAM], step="start")
         changed = True
     return changed
-
-
-_WAIT_SOCK_PY = r"""
-import os, socket, sys, time
-path = sys.argv[1]
-for _ in range(100):
-    try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.connect(path)
-            sys.exit(0)
-    except OSError:
-        time.sleep(0.1)
-sys.exit(f"supervisord did not open {path} within 10 seconds")
-"""
 
 
 def unit_name(layout):

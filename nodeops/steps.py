@@ -7,6 +7,7 @@ JobEvent (capping and redacting output there, not here).
 import time
 from contextlib import contextmanager
 
+from . import hostside
 from .transport import CommandFailed
 
 
@@ -48,5 +49,5 @@ def run_logged(t, emit, argv, step=None, **kw):
 
 
 def _emit_command(emit, step, r):
-    emit("command", step=step, argv=list(r.argv), rc=r.rc, stdout=r.stdout, stderr=r.stderr,
+    emit("command", step=step, argv=hostside.label(r.argv), rc=r.rc, stdout=r.stdout, stderr=r.stderr,
          seconds=round(r.seconds, 3))

@@ -17,6 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from . import hostside
 from .errors import NodeOpError
 from .validate import validate_address, validate_host_key, validate_port
 
@@ -44,7 +45,7 @@ class CommandFailed(NodeOpError):
         tail = "\n".join(result.stderr.strip().splitlines()[-10:])
         on = f" on {where}" if where else ""
         super().__init__(
-            f"command {shlex.join(result.argv)!r}{on} failed with exit code "
+            f"command {shlex.join(hostside.label(result.argv))!r}{on} failed with exit code "
             f"{result.rc}" + (f": {tail}" if tail else "")
         )
 
@@ -54,7 +55,7 @@ class CommandTimeout(CommandFailed):
         self.result = result
         on = f" on {where}" if where else ""
         Exception.__init__(
-            self, f"command {shlex.join(result.argv)!r}{on} timed out after {timeout} seconds"
+            self, f"command {shlex.join(hostside.label(result.argv))!r}{on} timed out after {timeout} seconds"
         )
 
 
@@ -63,55 +64,6 @@ def fingerprint(host_key: str) -> str:
     blob = base64.b64decode(validate_host_key(host_key).split()[1])
     digest = base64.b64encode(hashlib.sha256(blob).digest()).decode()
     return "SHA256:" + digest.rstrip("=")
-
-
-# Writes files atomically (each to a temp file in its directory, then
-# rename), each only if its bytes, mode or owner differ, after making missing
-# directories with their modes. A JSON line (directories; each file's path,
-# mode and size) arrives on stdin, then the files' bytes one after another:
-# contents (secrets in env files) never reach argv. Prints the changed paths.
-_PUT_FILES_PY = r"""
-import json, os, pwd, sys, tempfile
-spec = json.loads(sys.stdin.buffer.readline())
-for path, mode in spec["dirs"]:
-    if not os.path.isdir(path):
-        os.makedirs(path, exist_ok=True)
-        os.chmod(path, int(mode, 8))  # makedirs' mode is filtered by the umask
-changed = []
-for path, mode, size, owner in spec["files"]:
-    data, mode = sys.stdin.buffer.read(size), int(mode, 8)
-    if len(data) != size:
-        sys.exit(f"{path}: {size} bytes were to come, {len(data)} came")
-    ids = None
-    if owner:
-        try:
-            pw = pwd.getpwnam(owner)
-        except KeyError:
-            sys.exit(f"{path}: its owner {owner} is not a user on this node")
-        ids = (pw.pw_uid, pw.pw_gid)
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if f.read() == data and st.st_mode & 0o7777 == mode and (ids is None or (st.st_uid, st.st_gid) == ids):
-                continue
-    except FileNotFoundError:
-        pass
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix="." + os.path.basename(path) + ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        if ids:
-            os.chown(tmp, *ids)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    changed.append(path)
-print(json.dumps(changed))
-"""
 
 
 class Transport:
@@ -143,7 +95,7 @@ class Transport:
                              "files": [[p, "%o" % f[0], len(f[1]), f[2] if len(f) > 2 else None]
                                        for p, f in files.items()]})
         body = b"".join(f[1] for f in files.values())
-        result = self.run(["python3", "-I", "-c", _PUT_FILES_PY], input=header.encode() + b"\n" + body)
+        result = self.run(["python3", "-I", "-c", hostside.source("put_files")], input=header.encode() + b"\n" + body)
         return json.loads(result.stdout)
 
     def open(self, argv: list[str]) -> "Stream":

@@ -1,4 +1,4 @@
-"""nodeops/node_exec.py (toppcloud-exec) run as a real program by the system python.
+"""nodeops/hostside/node_exec.py (toppcloud-exec) run as a real program by the system python.
 
 No database, no hosts: each test writes an env file the way
 nodeops.release.render_env does, runs `/usr/bin/python3 -I node_exec.py`
@@ -24,7 +24,7 @@ import pytest
 
 from nodeops.release import render_env
 
-SCRIPT = Path(__file__).resolve().parent.parent / "nodeops" / "node_exec.py"
+SCRIPT = Path(__file__).resolve().parent.parent / "nodeops" / "hostside" / "node_exec.py"
 PYTHON = "/usr/bin/python3"  # the node's system python
 SYSTEM_PATH = "/usr/bin:/bin"
 REPORT_PREFIX = "toppcloud-exec: {"

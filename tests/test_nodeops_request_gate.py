@@ -15,7 +15,7 @@ import pytest
 
 from nodeops import node_data
 
-EXEC = runpy.run_path(str(Path(__file__).resolve().parent.parent / "nodeops" / "node_exec.py"),
+EXEC = runpy.run_path(str(Path(__file__).resolve().parent.parent / "nodeops" / "hostside" / "node_exec.py"),
                       run_name="toppcloud_exec")
 
 

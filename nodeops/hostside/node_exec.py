@@ -104,7 +104,7 @@ VALUE_OPTIONS = ("--user", "--chdir", "--timeout", "--kill-grace", "--log", "--l
 SUPERVISE_OPTIONS = ("--timeout", "--log", "--watch-stdin")
 
 
-class SetupError(Exception):
+class ExecError(Exception):
     """The command cannot run: a message for stderr and an exit status."""
 
     def __init__(self, message, status):
@@ -125,7 +125,7 @@ def say(message):
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):
-        raise SetupError("%s (see %s --help)" % (message, PROG), EXIT_USAGE)
+        raise ExecError("%s (see %s --help)" % (message, PROG), EXIT_USAGE)
 
 
 def positive_seconds(text):
@@ -215,12 +215,12 @@ def read_env(path):
             text = f.read()
         variables = parse_env(text)
     except OSError as e:
-        raise SetupError("cannot read env file %s: %s" % (path, e.strerror or e), EXIT_USAGE)
+        raise ExecError("cannot read env file %s: %s" % (path, e.strerror or e), EXIT_USAGE)
     except (UnicodeDecodeError, ValueError) as e:
-        raise SetupError("cannot parse env file %s: %s" % (path, e), EXIT_USAGE)
+        raise ExecError("cannot parse env file %s: %s" % (path, e), EXIT_USAGE)
     for key, value in variables.items():
         if not key or "\0" in key or "\0" in value:
-            raise SetupError("env file %s sets an invalid variable %r" % (path, key), EXIT_USAGE)
+            raise ExecError("env file %s sets an invalid variable %r" % (path, key), EXIT_USAGE)
     env = dict(BASE_ENV)
     env.update(variables)
     return env
@@ -339,23 +339,23 @@ def become(name):
     try:
         pw = pwd.getpwnam(name)
     except KeyError:
-        raise SetupError("user %s does not exist on this node: deploy the app (or run setup_node) to make it"
+        raise ExecError("user %s does not exist on this node: deploy the app (or run setup_node) to make it"
                          % name, EXIT_USAGE)
     if pw.pw_uid == 0:
-        raise SetupError("user %s is root: app code never runs as root" % name, EXIT_USAGE)
+        raise ExecError("user %s is root: app code never runs as root" % name, EXIT_USAGE)
     try:
         os.initgroups(name, pw.pw_gid)
         os.setgid(pw.pw_gid)
         os.setuid(pw.pw_uid)
     except OSError as e:
-        raise SetupError("cannot become user %s: %s" % (name, e.strerror or e), EXIT_USAGE)
+        raise ExecError("cannot become user %s: %s" % (name, e.strerror or e), EXIT_USAGE)
 
 
 def change_dir(path):
     try:
         os.chdir(path)
     except OSError as e:
-        raise SetupError("cannot change to directory %s: %s" % (path, e.strerror or e), EXIT_USAGE)
+        raise ExecError("cannot change to directory %s: %s" % (path, e.strerror or e), EXIT_USAGE)
 
 
 def find_program(name, env):
@@ -374,14 +374,14 @@ def find_program(name, env):
                 return path
             denied = denied or path
     if denied:
-        raise SetupError("cannot execute %s: permission denied" % denied, EXIT_CANNOT_EXECUTE)
-    raise SetupError("program %s not found%s" % (name, where), EXIT_NOT_FOUND)
+        raise ExecError("cannot execute %s: permission denied" % denied, EXIT_CANNOT_EXECUTE)
+    raise ExecError("program %s not found%s" % (name, where), EXIT_NOT_FOUND)
 
 
 def start_failure(name, e):
-    """A SetupError for an OSError from exec: 127 for a missing file (or interpreter), else 126."""
+    """A ExecError for an OSError from exec: 127 for a missing file (or interpreter), else 126."""
     status = EXIT_NOT_FOUND if isinstance(e, FileNotFoundError) else EXIT_CANNOT_EXECUTE
-    return SetupError("cannot execute %s: %s" % (name, e.strerror or e), status)
+    return ExecError("cannot execute %s: %s" % (name, e.strerror or e), status)
 
 
 def restore_signals():
@@ -496,7 +496,7 @@ class Supervisor:
             except FileExistsError:
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         except OSError as e:
-            raise SetupError("cannot open log %s: %s" % (path, e.strerror or e), EXIT_USAGE)
+            raise ExecError("cannot open log %s: %s" % (path, e.strerror or e), EXIT_USAGE)
         self.log = fd
         label = self.args.label or shlex.join(self.args.command)
         label = label.replace("\r", " ").replace("\n", " ")
@@ -629,7 +629,7 @@ class Supervisor:
     # The run ---------------------------------------------------------------
 
     def setup(self):
-        """Everything before the command starts; SetupError if it cannot."""
+        """Everything before the command starts; ExecError if it cannot."""
         if self.args.user:
             become(self.args.user)  # first: the log and the env file are opened as the app
         if self.args.log is not None:
@@ -718,7 +718,7 @@ class Supervisor:
             signal.signal(signum, self.on_signal)
         try:
             self.setup()
-        except SetupError as e:
+        except ExecError as e:
             self.notice(str(e))
             return self.finish(e.status, e.status, None)
         try:
@@ -781,7 +781,7 @@ def main(argv):
     open_standard_fds()
     try:
         args = parse_args(argv)
-    except SetupError as e:
+    except ExecError as e:
         say(str(e))
         if wants_supervise(argv):
             write_report({"rc": e.status, "signal": None, "timed_out": False, "caller_gone": False,
@@ -791,7 +791,7 @@ def main(argv):
         return Supervisor(args).run()
     try:
         run_exec(args)
-    except SetupError as e:
+    except ExecError as e:
         say(str(e))
         return e.status
     return EXIT_USAGE  # not reached: run_exec returns only by raising
