@@ -89,14 +89,14 @@ def stop_worker(proc):
 
 def ready_node(host):
     """A Node record for a test host, set up by a real setup_node job (the run ends if that fails)."""
-    from jobs.nodes import submit_node_job
+    from jobs import actions
     from tests.helpers import wait_for_job
     from toppcloud_site.records.models import Node
 
     node = Node.objects.create(name=host.name, address=host.address, ssh_port=host.ssh_port, root=host.root,
                                http_port=host.http_port, host_key=host.host_key, pg_cluster=host.pg_cluster,
                                pg_port=host.pg_port)
-    job = wait_for_job(submit_node_job("setup_node", node, actor_kind="system", actor="bench").pk, 180)
+    job = wait_for_job(actions.setup_node(node, actor_kind="system", actor="bench").pk, 180)
     if job.status != "succeeded":
         sys.exit(f"setup failed: {job.error}")
     return node
@@ -104,11 +104,10 @@ def ready_node(host):
 
 def run_job(kind, params, timeout=600):
     """Submit a job for params["app"] and wait for it; the run ends if it does not succeed."""
-    from jobs.engine import dispatch
+    from jobs import actions
     from tests.helpers import wait_for_job
 
-    done = wait_for_job(dispatch.submit(kind, target=f"app:{params['app']}", params=params,
-                                        actor_kind="system", actor="bench").pk, timeout=timeout)
+    done = wait_for_job(actions.bench(kind, params).pk, timeout=timeout)
     if done.status != "succeeded":
         sys.exit(f"{kind} failed: {done.error}")
     return done

@@ -41,22 +41,14 @@ def app_dir(base, name, version, big=False):
 
 def deploy(app, nodes, max_parallel=None):
     """Pack and deploy as `manage.py deploy` does; seconds until the job ended, and the job."""
-    from jobs.engine import dispatch
+    from jobs import actions
     from jobs.steps.releases import pack_release
     from tests.helpers import wait_for_job
 
     start = time.perf_counter()
     release, _ = pack_release(app)
-    plans = [{"kind": "deploy", "target": f"app:{release.app.name}@{n.name}",
-              "params": {"app": release.app.name, "release": release.name, "node": n.name}} for n in nodes]
-    if len(nodes) == 1:
-        job = dispatch.submit("deploy", target=plans[0]["target"], params=plans[0]["params"],
-                              actor_kind="system", actor="bench")
-    else:
-        job = dispatch.submit("deploy_many", target=f"app:{release.app.name}@{len(nodes)} nodes",
-                              actor_kind="system", actor="bench",
-                              params={"app": release.app.name, "release": release.name, "children": plans,
-                                      "max_parallel": max_parallel or len(nodes)})
+    job = actions.deploy_to(release.app.name, release.name, nodes, max_parallel=max_parallel or len(nodes),
+                            actor_kind="system", actor="bench")
     job = wait_for_job(job.pk, timeout=600)
     if job.status != "succeeded":
         sys.exit(f"deploy failed: {job.error}")
@@ -75,7 +67,7 @@ def main():
     from django.conf import settings
 
     from jobs.management.commands.ssh_key import ensure_key
-    from jobs.nodes import submit_node_job
+    from jobs import actions
     from tests.helpers import wait_for_job
     from tests.hosts import start_hosts, stop_hosts
     from toppcloud_site.records.models import Node
@@ -89,7 +81,7 @@ def main():
         for h in hosts:
             node = Node.objects.create(name=h.name, address=h.address, ssh_port=h.ssh_port, root=h.root,
                                        http_port=h.http_port, host_key=h.host_key)
-            job = wait_for_job(submit_node_job("setup_node", node, actor_kind="system", actor="bench").pk, 180)
+            job = wait_for_job(actions.setup_node(node, actor_kind="system", actor="bench").pk, 180)
             if job.status != "succeeded":
                 sys.exit(f"setup of {node.name} failed: {job.error}")
             nodes.append(node)

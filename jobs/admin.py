@@ -9,7 +9,7 @@ from django_celery_beat.admin import (ClockedScheduleAdmin, CrontabScheduleAdmin
                                       PeriodicTaskAdmin, PeriodicTaskForm, SolarScheduleAdmin)
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 
-from jobs import beat
+from jobs import beat, records_admin  # noqa: F401 (registers the records' job-starting pages)
 from jobs.models import DeadLetter, Job
 from jobs.engine.states import TERMINAL
 

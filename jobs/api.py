@@ -26,7 +26,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 
-from jobs.engine import dispatch
+from jobs import actions
 from jobs.steps.environment import task_token_matches
 from jobs.models import Job, TaskKey
 from jobs.engine.states import ActorKind
@@ -157,9 +157,8 @@ def queue(app, task):
             return _same_request(existing.job, params), False
     try:
         with transaction.atomic():
-            job = dispatch.submit("task", target=f"task:{app.name}{task['path'].split('?')[0]}"[:200],
-                                  params=params, actor_kind=ActorKind.API, actor=f"task token of {app.name}",
-                                  run_after=task["run_after"])
+            job = actions.task(app.name, params, run_after=task["run_after"], actor_kind=ActorKind.API,
+                               actor=f"task token of {app.name}")
             if task["key"] is not None:
                 TaskKey.objects.create(app=app, key=task["key"], job=job)
     except IntegrityError:  # the same key at the same moment: the other request's job won

@@ -6,9 +6,10 @@ import sys
 
 from django.core.management.base import CommandError
 
-from jobs import nodes
+from jobs import actions, nodes
 from jobs.engine.follow import exit_code, follow
 from jobs.engine.states import ActorKind
+from toppcloud_site.records.models import App
 
 
 def add_follow_arguments(parser):
@@ -22,7 +23,7 @@ def node_job(command, kind, node_name, **opts):
     actor = opts.pop("actor", None) or getpass.getuser()
     try:
         node = nodes.get_node(node_name)
-        job = nodes.submit_node_job(kind, node, actor_kind=ActorKind.USER, actor=actor)
+        job = actions.node_job(kind, node, actor_kind=ActorKind.USER, actor=actor)
     except nodes.InvalidNode as exc:
         raise CommandError(str(exc)) from None
     follow_job(command, job, no_wait=opts["no_wait"], as_json=opts["as_json"])
@@ -49,11 +50,7 @@ def follow_job(command, job, *, no_wait, as_json, exit=True):
 
 def app_job(command, kind, app_name, **opts):
     """Start a job about an app (params {"app": name}), refusing an unknown app before anything is queued."""
-    from jobs.engine import dispatch
-    from toppcloud_site.records.models import App
-
     if not App.objects.filter(name=app_name).exists():
         raise CommandError(f"there is no app {app_name!r}")
-    job = dispatch.submit(kind, target=f"app:{app_name}", params={"app": app_name}, actor_kind=ActorKind.USER,
-                          actor=opts.pop("actor", None) or getpass.getuser())
+    job = actions.app_job(kind, app_name, actor_kind=ActorKind.USER, actor=opts.pop("actor", None) or getpass.getuser())
     follow_job(command, job, no_wait=opts["no_wait"], as_json=opts["as_json"])

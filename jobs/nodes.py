@@ -1,8 +1,7 @@
-"""Starting node jobs: a bad node record is refused before any job exists."""
+"""Node records checked before any job about them exists (jobs.actions calls these)."""
 
 from django.core.exceptions import ValidationError
 
-from jobs.engine import dispatch
 from toppcloud_site.records.models import Node
 
 
@@ -32,9 +31,3 @@ def check_node(node):
         raise InvalidNode(f"node {node.name!r} is not valid, no job was started: "
                           f"{validation_message(exc)}") from None
 
-
-def submit_node_job(kind, node, *, actor_kind, actor, params=None, target=None):
-    """Validate the node record, then queue a job that acts on it."""
-    check_node(node)
-    return dispatch.submit(kind, target=target or f"node:{node.name}", params=params or {"node": node.name},
-                           actor_kind=actor_kind, actor=actor)

@@ -3,7 +3,8 @@
 from celery import shared_task
 from django.db import DatabaseError, close_old_connections
 
-from jobs.engine import dispatch, runner, sweeper
+from jobs import actions
+from jobs.engine import runner, sweeper
 
 
 @shared_task(name="jobs.run", bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -55,8 +56,7 @@ def submit_backup(self, app):
     except beat.NotOurs as exc:
         beat.refused(self.request, self.name, {"app": app}, str(exc))
         return None
-    job = dispatch.submit("backup", target=f"app:{app}", params={"app": app}, actor_kind=ActorKind.SCHEDULE,
-                          actor=f"backup {app}")
+    job = actions.backup(app, actor_kind=ActorKind.SCHEDULE, actor=f"backup {app}")
     return job.pk
 
 
@@ -73,8 +73,8 @@ def submit_cron(self, app, entry):
     try:
         _, record = cron.check_entry(app, entry)
         beat.check_origin(self.request, record.periodic_task)
-        job = cron.submit_run(app, entry, actor_kind=ActorKind.SCHEDULE, actor=cron.task_name(app, entry),
-                              scheduled_at=timezone.now())
+        job = actions.cron_run(app, entry, actor_kind=ActorKind.SCHEDULE, actor=cron.task_name(app, entry),
+                               scheduled_at=timezone.now())
     except (cron.CronRefused, beat.NotOurs) as exc:  # e.g. the entry went away after beat read its schedule
         beat.refused(self.request, self.name, {"app": app, "entry": entry}, str(exc))
         return None

@@ -132,11 +132,11 @@ def nodes(test_hosts, live_db):
 @pytest.fixture(scope="session")
 def ready_nodes(nodes, worker):
     """The test hosts set up by real setup_node jobs (once a session), ready for deploys."""
-    from jobs.nodes import submit_node_job
+    from jobs import actions
     from tests.helpers import wait_for_job
 
     for node in nodes:
-        job = wait_for_job(submit_node_job("setup_node", node, actor_kind="system", actor="tests").pk, timeout=120)
+        job = wait_for_job(actions.setup_node(node, actor_kind="system", actor="tests").pk, timeout=120)
         assert job.status == "succeeded", job.error
     return nodes
 

@@ -14,7 +14,7 @@ from jobs.models import JobEvent, LiveRelease
 from nodeops.layout import NodeLayout
 from nodeops.node_users import app_user
 from nodeops.release import env_file, program_conf, program_name, release_dir
-from jobs.nodes import submit_node_job
+from jobs import actions
 from tests.helpers import wait_for_job, wait_until
 from tests.test_data_flow import backup_now, request, run_command
 from tests.test_deploy_flow import Load, app_copy, deploy, get
@@ -167,7 +167,7 @@ def test_it_moves_an_app_from_before_app_users_over_by_setup_node_and_deploy_wit
     with Load([host], f"{name}.test") as load, Load([host], f"{name}.test", path="/static/style.css",
                                                     expect="") as static:
         # setup_node makes the user and moves the files over; the running program stays as it is.
-        setup = wait_for_job(submit_node_job("setup_node", node, actor_kind="system", actor="tests").pk,
+        setup = wait_for_job(actions.setup_node(node, actor_kind="system", actor="tests").pk,
                              timeout=120)
         assert setup.status == "succeeded", setup.error
         user = pwd.getpwnam(app_user(name))

@@ -65,9 +65,7 @@ def backoff(attempt):
 
 def retry_dead_letter(job, *, actor):
     """A new task job with a dead letter's request (its idempotency key still names the first job)."""
-    from jobs.engine import dispatch
+    from jobs import actions
     from jobs.engine.states import ActorKind
 
-    params = {k: v for k, v in job.params.items() if k != "idempotency_key"}
-    params["retry_of"] = job.pk
-    return dispatch.submit("task", target=job.target, params=params, actor_kind=ActorKind.USER, actor=actor)
+    return actions.retry_task(job, actor_kind=ActorKind.USER, actor=actor)

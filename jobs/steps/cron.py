@@ -13,7 +13,6 @@ from celery.schedules import crontab
 from django.db import transaction
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
-from jobs.engine import dispatch
 from toppcloud_site.records.models import App, CronEntry
 
 TASK = "jobs.submit_cron"
@@ -100,18 +99,6 @@ def check_entry(app_name, entry_name):
         known = ", ".join(CronEntry.objects.filter(app=app).values_list("name", flat=True)) or "none"
         raise CronRefused(f"{app_name} has no cron entry {entry_name!r} in its live release (entries: {known})")
     return app, entry
-
-
-def submit_run(app_name, entry_name, *, actor_kind, actor, scheduled_at=None):
-    """Queue a cron_run job of the entry; scheduled_at: when beat sent it (the run's delay is measured
-    from the minute it belongs to)."""
-    _, entry = check_entry(app_name, entry_name)
-    params = {"app": app_name, "entry": entry_name}
-    scheduled_for = scheduled_minute(entry, scheduled_at) if scheduled_at is not None else None
-    if scheduled_for is not None:
-        params["scheduled_for"] = scheduled_for.isoformat()
-    return dispatch.submit("cron_run", target=f"cron:{app_name}:{entry_name}", params=params,
-                           actor_kind=actor_kind, actor=actor)
 
 
 def scheduled_minute(record, now):

@@ -42,7 +42,7 @@ def database_node(app, node):
 def ensure_services(ctx, app, node, wanted, writable=()):
     """Install the app's data services for a release on `node`, and make its writable static
     directories (app.ini writable_static_files; their $CONFIG_WRITABLE_* come from
-    jobs.environment); return (the services' env, changed)."""
+    jobs.steps.environment); return (the services' env, changed)."""
     env, changed = {}, False
     if "postgresql" in wanted:
         db_node = database_node(app, node)

@@ -10,7 +10,6 @@ deploy's release.activated event is recorded under the same lock.
 
 from django.db import transaction
 
-from jobs.engine import dispatch
 from jobs.engine.context import FlowFailed
 from jobs.models import LiveRelease
 from jobs.engine.states import Kind
@@ -111,20 +110,6 @@ def nodes_serving(host):
 
     apps = {loc.app_id for loc in Location.objects.only("app_id", "host") if covers(host, loc.host)}
     return list(Node.objects.filter(live__app_id__in=apps).distinct().order_by("name"))
-
-
-def after_edit(app_ids, *, actor_kind, actor):
-    """Locations of these apps were edited (admin, a group document): queue one front_door job for the
-    nodes where any of them is live; None when none is (the app's first deploy renders them)."""
-    nodes = list(Node.objects.filter(live__app_id__in=app_ids).distinct().order_by("name"))
-    return submit(nodes, actor_kind=actor_kind, actor=actor) if nodes else None
-
-
-def submit(nodes, *, actor_kind, actor):
-    """Queue one front_door job rendering these nodes from the records."""
-    names = sorted(n.name for n in nodes)
-    return dispatch.submit("front_door", target=f"node:{names[0]}" if len(names) == 1 else "nodes",
-                           params={"nodes": names}, actor_kind=actor_kind, actor=actor)
 
 
 def activate(ctx, app, node, release, port, ini):

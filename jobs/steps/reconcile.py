@@ -109,7 +109,8 @@ def clear_unpack_dirs():
 
 def submit_periodic():
     """One reconcile_node job for each node that is set up, unless one for it is queued or running already."""
-    from jobs.nodes import InvalidNode, submit_node_job
+    from jobs import actions
+    from jobs.nodes import InvalidNode
 
     busy = set(Job.objects.filter(kind="reconcile_node").exclude(status__in=TERMINAL).values_list("target", flat=True))
     jobs = []
@@ -117,7 +118,7 @@ def submit_periodic():
         if f"node:{node.name}" in busy:
             continue
         try:
-            jobs.append(submit_node_job("reconcile_node", node, actor_kind=ActorKind.SCHEDULE, actor=SCHEDULE).pk)
+            jobs.append(actions.reconcile_node(node, actor_kind=ActorKind.SCHEDULE, actor=SCHEDULE).pk)
         except InvalidNode as exc:  # one bad node record must not keep the others from being reconciled
             log.warning("reconcile: %s", exc)
     return jobs

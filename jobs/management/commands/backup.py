@@ -5,9 +5,8 @@ import shutil
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import nodes
+from jobs import actions, nodes
 from jobs.steps import data
-from jobs.engine import dispatch
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.engine.states import ActorKind
 
@@ -40,9 +39,8 @@ class Command(BaseCommand):
                 raise data.DataRefused("--output needs the backup to finish: leave out --no-wait")
         except (data.DataRefused, nodes.InvalidNode) as exc:
             raise CommandError(f"no backup was started: {exc}") from None
-        params = {"app": app, **({"node": node} if node else {}), **({"copy_to": copy_to} if copy_to else {})}
-        job = dispatch.submit("backup", target=f"app:{app}", params=params, actor_kind=ActorKind.USER,
-                              actor=opts.get("actor") or getpass.getuser())
+        job = actions.backup(app, node=node, copy_to=copy_to, actor_kind=ActorKind.USER,
+                             actor=opts.get("actor") or getpass.getuser())
         job = follow_job(self, job, no_wait=opts["no_wait"], as_json=opts["as_json"], exit=not output)
         if job.status != "succeeded":
             raise SystemExit(1)

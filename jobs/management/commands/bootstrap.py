@@ -11,7 +11,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
 from jobs.management.commands.ssh_key import ensure_key
-from jobs.nodes import submit_node_job
+from jobs import actions
 from jobs.engine.states import ActorKind
 from toppcloud_site.records.models import Node
 
@@ -47,5 +47,5 @@ class Command(BaseCommand):
         })
         self.stdout.write(f"admin user: admin  password: {password}")
         if not no_setup:
-            job = submit_node_job("setup_node", node, actor_kind=ActorKind.SYSTEM, actor="bootstrap")
+            job = actions.setup_node(node, actor_kind=ActorKind.SYSTEM, actor="bootstrap")
             self.stdout.write(f"setup of node local queued as job {job.pk}")

@@ -4,9 +4,8 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import nodes
+from jobs import actions, nodes
 from jobs.steps import data
-from jobs.engine import dispatch
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.engine.states import ActorKind
 
@@ -31,6 +30,5 @@ class Command(BaseCommand):
         if not yes_delete_data:
             raise CommandError(f"nothing was cleared: this deletes every row and file of {app} (a checkpoint "
                                "backup is kept); run again with --yes-delete-data to confirm")
-        job = dispatch.submit("clear", target=f"app:{app}", params={"app": app, **({"node": node} if node else {})},
-                              actor_kind=ActorKind.USER, actor=opts.get("actor") or getpass.getuser())
+        job = actions.clear(app, node=node, actor_kind=ActorKind.USER, actor=opts.get("actor") or getpass.getuser())
         follow_job(self, job, no_wait=opts["no_wait"], as_json=opts["as_json"])

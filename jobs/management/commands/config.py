@@ -22,7 +22,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from jobs.engine import dispatch
+from jobs import actions
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.steps.environment import config_records
 from jobs.nodes import validation_message
@@ -71,15 +71,13 @@ class Command(BaseCommand):
             apps, target = _names(App.objects.all()), "global"
         if not apps:
             raise CommandError(f"there is no app at {_where(scope)} to apply config to")
-        self._follow(dispatch.submit("apply_config", target=target, params={"apps": apps},
-                                     **_actor(opts)), opts)
+        self._follow(actions.apply_config(apps, target=target, **_actor(opts)), opts)
 
     def do_rotate_secret(self, scope, **opts):
         if scope["scope"] != ConfigValue.Scope.GROUP:
             raise CommandError("rotate-secret rotates a server group's shared secret: say --group GROUP")
         group = scope["group"].name
-        self._follow(dispatch.submit("rotate_group_secret", target=f"group:{group}", params={"group": group},
-                                     **_actor(opts)), opts)
+        self._follow(actions.rotate_group_secret(group, **_actor(opts)), opts)
 
     def _follow(self, job, opts):
         follow_job(self, job, no_wait=opts["no_wait"], as_json=opts["as_json"])

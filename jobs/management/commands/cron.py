@@ -4,6 +4,7 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
+from jobs import actions
 from jobs.steps import cron
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.models import Job
@@ -27,8 +28,8 @@ class Command(BaseCommand):
         if action == "list":
             return self.list(opts.get("app"))
         try:
-            job = cron.submit_run(opts["app"], opts["entry"], actor_kind=ActorKind.USER,
-                                  actor=opts.get("actor") or getpass.getuser())
+            job = actions.cron_run(opts["app"], opts["entry"], actor_kind=ActorKind.USER,
+                                   actor=opts.get("actor") or getpass.getuser())
         except cron.CronRefused as exc:
             raise CommandError(f"nothing was run: {exc}") from None
         follow_job(self, job, no_wait=opts["no_wait"], as_json=opts["as_json"])

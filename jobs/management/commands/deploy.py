@@ -4,10 +4,10 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs.engine import dispatch
+from jobs import actions
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.steps.environment import ConfigMissing, check_required_config
-from jobs.nodes import InvalidNode, check_node, get_node, submit_node_job
+from jobs.nodes import InvalidNode, get_node
 from jobs.steps.releases import ReleaseRefused, pack_release
 from jobs.engine.states import ActorKind
 from nodeops.appini import AppIniError
@@ -47,19 +47,9 @@ class Command(BaseCommand):
         self.stdout.write(f"release {release.app.name} {release.name} ({release.size} bytes, "
                           f"sha256 {release.artifact_sha256[:12]})")
         actor = opts.get("actor") or getpass.getuser()
-        app = release.app.name
-        plans = [{"kind": "deploy", "target": f"app:{app}@{n.name}",
-                  "params": {"app": app, "release": release.name, "node": n.name}} for n in nodes]
         try:
-            if len(nodes) == 1:
-                job = submit_node_job("deploy", nodes[0], actor_kind=ActorKind.USER, actor=actor,
-                                      target=plans[0]["target"], params=plans[0]["params"])
-            else:
-                for n in nodes:
-                    check_node(n)  # each child would refuse it too, but only after the parent started
-                job = dispatch.submit("deploy_many", target=f"app:{app}@{len(nodes)} nodes", actor_kind=ActorKind.USER,
-                                      actor=actor, params={"app": app, "release": release.name, "children": plans,
-                                                           "max_parallel": max_parallel})
+            job = actions.deploy_to(release.app.name, release.name, nodes, max_parallel=max_parallel,
+                                    actor_kind=ActorKind.USER, actor=actor)
         except InvalidNode as exc:
             raise CommandError(f"nothing was deployed: {exc}") from None
         follow_job(self, job, no_wait=opts["no_wait"], as_json=opts["as_json"])

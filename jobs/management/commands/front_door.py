@@ -4,7 +4,7 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs.steps import frontdoor
+from jobs import actions
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.nodes import InvalidNode, check_node, get_node
 from jobs.engine.states import ActorKind
@@ -28,5 +28,5 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         if not found:
             raise CommandError("no app is live on any node: nothing to render")
-        job = frontdoor.submit(found, actor_kind=ActorKind.USER, actor=opts.pop("actor", None) or getpass.getuser())
+        job = actions.front_door(found, actor_kind=ActorKind.USER, actor=opts.pop("actor", None) or getpass.getuser())
         follow_job(self, job, no_wait=opts["no_wait"], as_json=opts["as_json"])

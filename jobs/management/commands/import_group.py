@@ -14,7 +14,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs.steps import frontdoor
+from jobs import actions
 from jobs.engine.states import ActorKind
 from toppcloud_site.records import audit, documents
 
@@ -51,7 +51,7 @@ class Command(BaseCommand):
             self.stdout.write(f"{len(changes)} changes; --dry-run: nothing was changed")
         else:
             self.stdout.write(f"{len(changes)} changes applied to group {doc['name']}")
-            job = frontdoor.after_edit(rerouted, actor_kind=ActorKind.USER, actor=actor) if rerouted else None
+            job = actions.front_door_after_edit(rerouted, actor_kind=ActorKind.USER, actor=actor) if rerouted else None
             if job is not None:
                 self.stdout.write(f"locations changed: front_door job {job.pk} renders {', '.join(job.params['nodes'])}")
         for name in missing:

@@ -8,8 +8,8 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
+from jobs import actions
 from jobs.steps import execution
-from jobs.engine import dispatch
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.engine.context import FlowFailed
 from jobs.flows.logs import LOG_FILES
@@ -42,7 +42,6 @@ class Command(BaseCommand):
         except FlowFailed as exc:
             raise CommandError(str(exc)) from None
         files = sorted(set(files or ["error", "app"]), key=LOG_FILES.index)
-        job = dispatch.submit("logs", target=f"app:{app}" + (f"@{node}" if node else ""), actor_kind=ActorKind.USER,
-                              params={"app": app, "lines": lines, "files": files, **({"node": node} if node else {})},
-                              actor=opts.get("actor") or getpass.getuser())
+        job = actions.logs(app, node=node, lines=lines, files=files, actor_kind=ActorKind.USER,
+                           actor=opts.get("actor") or getpass.getuser())
         follow_job(self, job, no_wait=opts["no_wait"], as_json=opts["as_json"])

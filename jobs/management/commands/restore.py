@@ -4,9 +4,8 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import nodes
+from jobs import actions, nodes
 from jobs.steps import data
-from jobs.engine import dispatch
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.engine.states import ActorKind
 
@@ -35,8 +34,6 @@ class Command(BaseCommand):
                 source = data.find_backup(backup)
         except (data.DataRefused, nodes.InvalidNode) as exc:
             raise CommandError(f"nothing was restored: {exc}") from None
-        params = {"backup": source.name, "app": app, **({"node": node} if node else {}),
-                  **({"checkpoint": False} if no_checkpoint else {})}
-        job = dispatch.submit("restore", target=f"app:{app}", params=params, actor_kind=ActorKind.USER,
+        job = actions.restore(app, source.name, node=node, checkpoint=not no_checkpoint, actor_kind=ActorKind.USER,
                               actor=opts.get("actor") or getpass.getuser())
         follow_job(self, job, no_wait=opts["no_wait"], as_json=opts["as_json"])

@@ -1,9 +1,12 @@
 """manage.py rollback APP --node N [--release R]: make a previous release live again (seconds, no upload)."""
 
+import getpass
+
 from django.core.management.base import BaseCommand, CommandError
 
+from jobs import actions
 from jobs.cli import add_follow_arguments, follow_job
-from jobs.nodes import InvalidNode, get_node, submit_node_job
+from jobs.nodes import InvalidNode, get_node
 from jobs.engine.states import ActorKind
 from toppcloud_site.records.models import App
 
@@ -24,13 +27,9 @@ class Command(BaseCommand):
             node = get_node(node)
         except InvalidNode as exc:
             raise CommandError(str(exc)) from None
-        import getpass
-
-        params = {"app": app, "node": node.name, **({"release": release} if release else {})}
         try:
-            job = submit_node_job("rollback", node, actor_kind=ActorKind.USER,
-                                  actor=opts.get("actor") or getpass.getuser(), target=f"app:{app}@{node.name}",
-                                  params=params)
+            job = actions.rollback(app, node, release=release, actor_kind=ActorKind.USER,
+                                   actor=opts.get("actor") or getpass.getuser())
         except InvalidNode as exc:
             raise CommandError(str(exc)) from None
         follow_job(self, job, no_wait=opts["no_wait"], as_json=opts["as_json"])

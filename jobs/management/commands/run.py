@@ -11,8 +11,8 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
+from jobs import actions
 from jobs.steps import execution
-from jobs.engine import dispatch
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.engine.context import FlowFailed
 from jobs.models import JobEvent
@@ -67,9 +67,8 @@ class Command(BaseCommand):
             live = execution.pick_place(record, node)
         except (InvalidNode, FlowFailed) as exc:
             raise CommandError(f"nothing was run: {exc}") from None
-        params = {"app": app, "argv": argv, "timeout": timeout, "node": live.node.name}
-        job = dispatch.submit("run", target=f"app:{app}@{live.node.name}", params=params, actor_kind=ActorKind.USER,
-                              actor=opts.get("actor") or getpass.getuser())
+        job = actions.run(app, live.node, argv=argv, timeout=timeout, actor_kind=ActorKind.USER,
+                          actor=opts.get("actor") or getpass.getuser())
         job = follow_job(self, job, no_wait=opts["no_wait"], as_json=opts["as_json"], exit=False)
         if job is None:  # --no-wait
             return

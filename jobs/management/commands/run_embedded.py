@@ -18,7 +18,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from jobs.engine.follow import follow
 from jobs.management.commands.bootstrap import admin_password
-from jobs.nodes import submit_node_job
+from jobs import actions
 from jobs.engine.states import ActorKind, Status
 from toppcloud_site.records.models import Node
 
@@ -52,8 +52,8 @@ class Command(BaseCommand):
                 log = open(logs / f"{name}.log", "ab")
                 procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
                 self.stdout.write(f"started {name} (pid {procs[name].pid}), log {logs / (name + '.log')}")
-            job = submit_node_job("setup_node", Node.objects.get(name="local"),
-                                  actor_kind=ActorKind.SYSTEM, actor="run_embedded")
+            job = actions.setup_node(Node.objects.get(name="local"),
+                                     actor_kind=ActorKind.SYSTEM, actor="run_embedded")
             self.stdout.write(f"setting up node local: job {job.pk}")
             job = follow(job.pk, self.stdout, timeout=300)
             if job.status != Status.SUCCEEDED:

@@ -20,6 +20,7 @@ import sys
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from jobs import actions
 from jobs.steps import frontdoor
 from jobs.nodes import validation_message
 from jobs.engine.states import ActorKind
@@ -94,7 +95,7 @@ class Command(BaseCommand):
         if not nodes:
             self.stdout.write(f"no app with a location on {host} is live on any node: no front door to render")
             return
-        job = frontdoor.submit(nodes, actor_kind=ActorKind.USER, actor=getpass.getuser())
+        job = actions.front_door(nodes, actor_kind=ActorKind.USER, actor=getpass.getuser())
         self.stdout.write(f"job {job.pk} renders the front door of {', '.join(n.name for n in nodes)} "
                           f"(`manage.py jobs follow {job.pk}`)")
 
