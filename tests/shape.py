@@ -245,7 +245,7 @@ def submit_calls(root, packages=SUBMIT_SCOPE):
                     isinstance(f, ast.Attribute) and f.attr == "submit" and ast.unparse(f.value) in modules):
                 text = _statement(source, node).split("(")[0] + "(...)"
                 found.append(Call(rel, node.lineno, module, text))
-    return found
+    return sorted(found, key=lambda c: (c.path, c.line))
 
 
 # --- programs sent to hosts as text -------------------------------------------------------------
@@ -294,7 +294,7 @@ def counts(root):
     local = function_imports(root)
     return {
         "files in import circles": sum(len(c) for c in circle),
-        "import circles": [c for c in circle],
+        "import circles": circle,
         "submit call sites": len(submit_calls(root)),
         "imports inside functions": sum(len(v) for v in local.values()),
         "of them importing modules of ours": sum(ours(i.target) for v in local.values() for i in v),
@@ -304,3 +304,98 @@ def counts(root):
         "lines of them": sum(n for *_, n in host_program_strings(root)),
         "-c programs (argv lists)": len(dash_c_programs(root)),
     }
+
+
+# --- the rules (docs/architecture.md): each returns its problems, one line each, naming file, line and import ---
+
+DOC = "docs/architecture.md"
+# What the engine may not know: flows, steps (and the domain modules that are steps until they move), actions, records.
+ENGINE_FORBIDDEN = ("jobs.flows", "jobs.steps", "jobs.actions", "jobs.data", "jobs.cron", "jobs.frontdoor",
+                    "jobs.environment", "jobs.execution", "jobs.releases", "jobs.reconcile",
+                    "toppcloud_site.records")
+# Who may call dispatch.submit: the actions, and the engine itself (fan-out submits its children).
+SUBMIT_ALLOWED = ("jobs.actions", "jobs.engine")
+
+
+def _under_any(name, prefixes):
+    return any(is_under(name, p) for p in prefixes)
+
+
+def nodeops_imports_nothing_of_ours(root):
+    return [f"{imp.where()}  -- nodeops imports {imp.target}: nodeops is plain Python and imports nothing of "
+            f"toppcloud_site or jobs; pass what it needs as arguments ({DOC})"
+            for imp in all_imports(root, ("nodeops",)) if _under_any(imp.target, ("jobs", "toppcloud_site"))]
+
+
+def records_import_no_jobs(root):
+    return [f"{imp.where()}  -- toppcloud_site.records imports {imp.target}: the records layer imports no jobs; "
+            f"put the code that needs jobs on the jobs side (jobs/admin.py, jobs/actions.py) ({DOC})"
+            for imp in all_imports(root, ("toppcloud_site",))
+            if is_under(imp.module, "toppcloud_site.records") and is_under(imp.target, "jobs")]
+
+
+def engine_knows_no_domain(root):
+    return [f"{imp.where()}  -- jobs.engine imports {imp.target}: the engine imports no flow, step, action or "
+            f"record model; name a flow in jobs/engine/registry.py, or move the code to jobs/steps/ ({DOC})"
+            for imp in all_imports(root, ("jobs",))
+            if is_under(imp.module, "jobs.engine") and _under_any(imp.target, ENGINE_FORBIDDEN)]
+
+
+def flows_import_no_flow(root):
+    return [f"{imp.where()}  -- {imp.module} imports {imp.target}: no flow imports another; what flows share "
+            f"goes in jobs/steps/ ({DOC})"
+            for imp in all_imports(root, ("jobs",))
+            if is_under(imp.module, "jobs.flows") and imp.module != "jobs.flows"
+            and is_under(imp.target, "jobs.flows") and imp.target not in ("jobs.flows", imp.module)]
+
+
+def submit_only_from_actions(root):
+    return [f"{call.where()}  -- {call.module} calls dispatch.submit: jobs/actions.py is its only caller; "
+            f"call (or add) the job kind's function there ({DOC})"
+            for call in submit_calls(root) if not _under_any(call.module, SUBMIT_ALLOWED)]
+
+
+def no_import_circle(root):
+    graph = import_graph(all_imports(root))
+    problems = []
+    for circle in cycles(graph):
+        members = set(circle)
+        edges = [imp.where() for m in circle for t, imp in sorted(graph[m].items()) if t in members]
+        problems.append(f"import circle of {len(circle)} modules ({' '.join(circle)}): its imports at module level: "
+                        + "; ".join(edges)
+                        + f"  -- point the arrows one way: move the shared part down a layer, or let the registry "
+                          f"name it by dotted path ({DOC})")
+    return problems
+
+
+def function_imports_grown(root, baseline, where="FUNCTION_IMPORTS_BASELINE in tests/test_shape.py"):
+    """Modules with more imports inside functions than baseline allows (a module without an entry: none)."""
+    problems = []
+    for module, imports in sorted(function_imports(root).items()):
+        allowed = baseline.get(module, 0)
+        if len(imports) > allowed:
+            problems.append(
+                f"{module} has {len(imports)} imports inside functions, {allowed} allowed: "
+                + "; ".join(imp.where() for imp in imports)
+                + f"  -- import at the top of the module; if one must stay in its function (an import circle "
+                  f"Django's app loading needs, an optional dependency), raise {module!r} to {len(imports)} "
+                  f"in {where} and say why in the commit")
+    return problems
+
+
+def function_imports_below(root, baseline, where="FUNCTION_IMPORTS_BASELINE in tests/test_shape.py"):
+    """Entries of baseline above today's count: lowered, so the count cannot grow back."""
+    counts = {m: len(v) for m, v in function_imports(root).items()}
+    return [f"{module} has {counts.get(module, 0)} imports inside functions, baseline {allowed}: lower {module!r} to "
+            f"{counts.get(module, 0)} in {where} (remove it at 0); `python tests/test_shape.py --baseline` prints them all"
+            for module, allowed in sorted(baseline.items()) if counts.get(module, 0) < allowed]
+
+
+RULES = {
+    "nodeops_imports_nothing_of_ours": nodeops_imports_nothing_of_ours,
+    "records_import_no_jobs": records_import_no_jobs,
+    "engine_knows_no_domain": engine_knows_no_domain,
+    "flows_import_no_flow": flows_import_no_flow,
+    "submit_only_from_actions": submit_only_from_actions,
+    "no_import_circle": no_import_circle,
+}
