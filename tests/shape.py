@@ -349,6 +349,13 @@ def flows_import_no_flow(root):
             and is_under(imp.target, "jobs.flows") and imp.target not in ("jobs.flows", imp.module)]
 
 
+def steps_import_no_flow(root):
+    return [f"{imp.where()}  -- {imp.module} imports {imp.target}: a step never imports a flow (flows are "
+            f"made of steps, not the other way) ({DOC})"
+            for imp in all_imports(root, ("jobs",))
+            if is_under(imp.module, "jobs.steps") and is_under(imp.target, "jobs.flows")]
+
+
 def submit_only_from_actions(root):
     return [f"{call.where()}  -- {call.module} calls dispatch.submit: jobs/actions.py is its only caller; "
             f"call (or add) the job kind's function there ({DOC})"
@@ -396,6 +403,7 @@ RULES = {
     "records_import_no_jobs": records_import_no_jobs,
     "engine_knows_no_domain": engine_knows_no_domain,
     "flows_import_no_flow": flows_import_no_flow,
+    "steps_import_no_flow": steps_import_no_flow,
     "submit_only_from_actions": submit_only_from_actions,
     "no_import_circle": no_import_circle,
 }

@@ -167,6 +167,11 @@ def test_it_catches_a_flow_importing_another(tmp_path):
     assert shape.flows_import_no_flow(root) == []
 
 
+def test_it_catches_a_step_importing_a_flow(tmp_path):
+    root = tree(tmp_path, {**CLEAN, "jobs/steps/locks.py": "def f():\n    from jobs.flows.deploy import deploy\n"})
+    only(shape.steps_import_no_flow(root), "jobs/steps/locks.py:2: from jobs.flows.deploy import deploy")
+
+
 def test_it_catches_submit_called_outside_the_actions(tmp_path):
     for path, source, named in [
         ("jobs/api.py", "from jobs.engine import dispatch\n\ndispatch.submit('task')\n", "jobs/api.py:3: dispatch.submit"),
