@@ -6,10 +6,17 @@ valid: InvalidNode; an unknown cron entry: CronRefused) and queues the job. Mana
 the task API, beat's tasks and the benches call these; none of them calls submit itself.
 """
 
-from jobs.steps import cron
+import logging
+
 from jobs.engine import dispatch
-from jobs.nodes import check_node
+from jobs.engine.states import TERMINAL, ActorKind
+from jobs.models import Job
+from jobs.nodes import InvalidNode, check_node
+from jobs.steps import cron
 from toppcloud_site.records.models import Node
+
+log = logging.getLogger(__name__)
+RECONCILE_SCHEDULE = "toppcloud-reconcile-nodes"  # beat's entry: the actor of the periodic reconciles
 
 
 def _with_node(params, node):
@@ -23,6 +30,21 @@ def node_job(kind, node, *, actor_kind, actor):
     check_node(node)
     return dispatch.submit(kind, target=f"node:{node.name}", params={"node": node.name},
                            actor_kind=actor_kind, actor=actor)
+
+
+def reconcile_nodes():
+    """Beat's periodic reconcile: one reconcile_node job for each node that is set up, unless one for it
+    is queued or running already. A bad node record is logged and skipped, the others still run."""
+    busy = set(Job.objects.filter(kind="reconcile_node").exclude(status__in=TERMINAL).values_list("target", flat=True))
+    jobs = []
+    for node in Node.objects.filter(set_up_at__isnull=False).order_by("name"):
+        if f"node:{node.name}" in busy:
+            continue
+        try:
+            jobs.append(reconcile_node(node, actor_kind=ActorKind.SCHEDULE, actor=RECONCILE_SCHEDULE).pk)
+        except InvalidNode as exc:
+            log.warning("reconcile: %s", exc)
+    return jobs
 
 
 def setup_node(node, *, actor_kind, actor):

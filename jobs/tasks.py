@@ -2,9 +2,14 @@
 
 from celery import shared_task
 from django.db import DatabaseError, close_old_connections
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
 
-from jobs import actions
-from jobs.engine import runner, sweeper
+from jobs import actions, beat
+from jobs.engine import runner, seal as sealing, sweeper
+from jobs.engine.states import ActorKind
+from jobs.steps import cron
+from jobs.steps.data import SCHEDULE_TASK
 
 
 @shared_task(name="jobs.run", bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -27,16 +32,12 @@ def sweep():
 @shared_task(name="jobs.reconcile_nodes", acks_late=True)
 def reconcile_nodes():
     """Beat's toppcloud-reconcile-nodes: a reconcile_node job per node (the jobs touch the hosts, not this)."""
-    from jobs.steps import reconcile
-
-    return reconcile.submit_periodic()
+    return actions.reconcile_nodes()
 
 
 @shared_task(name="jobs.seal", acks_late=True)
 def seal():
     """Seal the log: every job head and the audit head that changed since the last seal (jobs/engine/seal.py)."""
-    from jobs.engine import seal as sealing
-
     made = sealing.seal()
     return made and made.number
 
@@ -44,12 +45,6 @@ def seal():
 @shared_task(name="jobs.submit_backup", bind=True, acks_late=True)
 def submit_backup(self, app):
     """A scheduled backup (django-celery-beat entry `backup APP`): queue the backup job, if that entry sent it."""
-    from django_celery_beat.models import PeriodicTask
-
-    from jobs import beat
-    from jobs.steps.data import SCHEDULE_TASK
-    from jobs.engine.states import ActorKind
-
     schedule = PeriodicTask.objects.filter(name=f"backup {app}", task=SCHEDULE_TASK).first()
     try:
         beat.check_origin(self.request, schedule)
@@ -64,12 +59,6 @@ def submit_backup(self, app):
 def submit_cron(self, app, entry):
     """A scheduled cron run (django-celery-beat entry `cron APP ENTRY`): queue its cron_run job, if the
     entry is one the app's live release defines and its own schedule sent this."""
-    from django.utils import timezone
-
-    from jobs import beat
-    from jobs.steps import cron
-    from jobs.engine.states import ActorKind
-
     try:
         _, record = cron.check_entry(app, entry)
         beat.check_origin(self.request, record.periodic_task)

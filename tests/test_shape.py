@@ -19,41 +19,28 @@ from tests import shape  # noqa: E402
 # Rules this tree still breaks until the rest of issue 14 is merged (the branch that mends each in brackets).
 # Their tests are expected to fail (xfail, strict): once a rule holds, its test fails as XPASS until its
 # line here is removed. Empty after the merge.
-PENDING = {
-    "records_import_no_jobs": "records/admin.py's job actions move to the jobs side (i14-actions)",
-    "engine_knows_no_domain": "the registry names flows, events/seal/verify lose the records (i14-engine)",
-    "flows_import_no_flow": "take_app_lock and config_used move to jobs/steps/ (i14-steps)",
-    "submit_only_from_actions": "every caller goes through jobs/actions.py (i14-actions)",
-    "no_import_circle": "the registry, sweeper and send by task name (i14-engine), steps (i14-steps)",
-}
+PENDING = {}
 
 # Imports inside functions per module (migrations aside), at most: the count may fall, never grow.
 # A module not listed may have none. `python tests/test_shape.py --baseline` prints today's figures.
 FUNCTION_IMPORTS_BASELINE = {
     "jobs.admin": 3,
+    "jobs.apps": 1,
     "jobs.beat": 2,
-    "jobs.cli": 2,
-    "jobs.data": 4,
-    "jobs.engine.dispatch": 1,
-    "jobs.engine.events": 2,
     "jobs.engine.reducer": 1,
-    "jobs.engine.runner": 1,
-    "jobs.engine.seal": 2,
     "jobs.flows.tasks": 2,
-    "jobs.frontdoor": 1,
     "jobs.management.commands.jobs": 1,
-    "jobs.management.commands.rollback": 1,
     "jobs.models": 1,
-    "jobs.reconcile": 1,
-    "jobs.tasks": 9,
+    "jobs.steps.data": 4,
+    "jobs.steps.frontdoor": 1,
+    "nodeops.hostside.node_exec": 1,
+    "nodeops.hostside.node_users": 4,
     "nodeops.node_data": 3,  # pwd, fcntl: modules of the node's Python, imported where used
-    "nodeops.node_exec": 1,
-    "nodeops.node_users": 4,
     "nodeops.publish": 3,  # boto3: only a group that publishes static files to S3 needs it
     "toppcloud_site.logchain": 1,
-    "toppcloud_site.records.admin": 32,
+    "toppcloud_site.records.admin": 4,
     "toppcloud_site.records.apps": 3,
-    "toppcloud_site.records.audit": 1,
+    "toppcloud_site.records.audit": 2,
     "toppcloud_site.records.tls": 2,
 }
 

@@ -34,15 +34,14 @@ from django.db import transaction
 
 from jobs.models import Job, LiveRelease
 from jobs.steps import frontdoor, locks
-from jobs.engine.states import TERMINAL, ActorKind, Kind
+from jobs.engine.states import TERMINAL, Kind
 from nodeops import reconcile as node_reconcile
 from nodeops.frontdoor import FrontDoorError
 from nodeops.layout import NodeLayout
 from nodeops.transport import TransportError
-from toppcloud_site.records.models import App, Node
+from toppcloud_site.records.models import App
 
 log = logging.getLogger(__name__)
-SCHEDULE = "toppcloud-reconcile-nodes"
 # mkdtemp's random part is letters, digits and '_', so "-job<id>-" before it is unambiguous.
 _UNPACK_RE = re.compile(r"toppcloud-[a-z][a-z0-9-]*-job([0-9]+)-[a-z0-9_]+")
 
@@ -105,28 +104,3 @@ def clear_unpack_dirs():
     for entry in removed:
         shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
     return removed
-
-
-def submit_periodic():
-    """One reconcile_node job for each node that is set up, unless one for it is queued or running already."""
-    from jobs import actions
-    from jobs.nodes import InvalidNode
-
-    busy = set(Job.objects.filter(kind="reconcile_node").exclude(status__in=TERMINAL).values_list("target", flat=True))
-    jobs = []
-    for node in Node.objects.filter(set_up_at__isnull=False).order_by("name"):
-        if f"node:{node.name}" in busy:
-            continue
-        try:
-            jobs.append(actions.reconcile_node(node, actor_kind=ActorKind.SCHEDULE, actor=SCHEDULE).pk)
-        except InvalidNode as exc:  # one bad node record must not keep the others from being reconciled
-            log.warning("reconcile: %s", exc)
-    return jobs
-
-
-def reconcile_app(ctx, app, node, step):
-    """Before changing the app on the node: undo what an interrupted deploy or rollback of it left there
-    (what it stopped is recorded in `step`)."""
-    done = reconcile(ctx, node, apps=[app])
-    step.data.update(stopped=[p["program"] for p in done["stopped"]], front_door_changed=done["front_door_changed"])
-    step.changed = bool(done["stopped"] or done["front_door_changed"] or done["removed_unpack_dirs"])
