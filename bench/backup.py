@@ -103,7 +103,7 @@ def main():
             return time.perf_counter() - start
 
         from nodeops import services as node_services
-        from nodeops.node_data import ArchiveWriter
+        from nodeops.hostside.node_data import ArchiveWriter
         from nodeops.transport import LocalTransport
 
         spec = {k: pg[k] for k in ("version", "port", "dbname", "role")}

@@ -8,7 +8,7 @@ through the host's nginx, in the same run:
 
     baseline   for BASELINE_SECONDS, nothing else happening
     restores   while ROUNDS `restore` jobs (--no-checkpoint) run back to back; each swap holds
-               the app's requests at its request gate (nodeops/node_data.py _requests_held)
+               the app's requests at its request gate (nodeops/hostside/node_data.py _requests_held)
 
 and the table gives requests, failed requests, p50/p99/max latency, and how
 long the swaps held requests (the `held` of each restore.swapped event).

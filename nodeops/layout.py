@@ -79,7 +79,7 @@ class NodeLayout:
         return os.path.join(self.app_dir(app), "writable")
 
     def request_gate(self, app):
-        """The file a restore holds the app's requests with (nodeops/node_data.py _requests_held)."""
+        """The file a restore holds the app's requests with (nodeops/hostside/node_data.py _requests_held)."""
         return os.path.join(self.app_dir(app), "requests.gate")
 
     def app_logs(self, app):

@@ -69,7 +69,7 @@ def gunicorn_config(layout, env_file, gate):
         "import runpy\n"
         f"_exec = runpy.run_path({layout.exec_script!r}, run_name='toppcloud_exec')\n"
         f"_exec['reload_environment']({env_file!r})\n"
-        "# Requests wait here while a restore or a revert swaps the app's data in (nodeops/node_data.py).\n"
+        "# Requests wait here while a restore or a revert swaps the app's data in (nodeops/hostside/node_data.py).\n"
         f"_gate = _exec['RequestGate']({gate!r})\n"
         "pre_request, post_request = _gate.pre_request, _gate.post_request\n"
     )

@@ -23,9 +23,9 @@ import tempfile
 import threading
 from urllib.parse import quote
 
-from . import node_data
+from .hostside import node_data
 from .appini import WRITABLE_NAME_RE, writable_env_name
-from .node_data import FILES, SQL, WRITABLE, DataError
+from .hostside.node_data import FILES, SQL, WRITABLE, DataError
 from .release import PYTHON
 from .validate import validate_address, validate_name, validate_port
 

@@ -102,7 +102,7 @@ def stored_backup():
     import io
 
     from jobs.steps.data import archive_path
-    from nodeops.node_data import ArchiveWriter, manifest_bytes
+    from nodeops.hostside.node_data import ArchiveWriter, manifest_bytes
     from toppcloud_site.records.models import App, Backup, Service
 
     app = App.objects.create(name="adminnotes")

@@ -10,8 +10,9 @@ import tarfile
 
 import pytest
 
-from nodeops import node_data, services
-from nodeops.node_data import ArchiveWriter, DataError
+from nodeops import services
+from nodeops.hostside import node_data
+from nodeops.hostside.node_data import ArchiveWriter, DataError
 from nodeops.transport import LocalTransport
 from tests.nodeops_helpers import Events
 

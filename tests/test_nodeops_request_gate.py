@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeops import node_data
+from nodeops.hostside import node_data
 
 EXEC = runpy.run_path(str(Path(__file__).resolve().parent.parent / "nodeops" / "hostside" / "node_exec.py"),
                       run_name="toppcloud_exec")

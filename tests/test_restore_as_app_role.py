@@ -13,7 +13,7 @@ import tarfile
 import pytest
 
 from jobs.steps import data
-from nodeops import node_data
+from nodeops.hostside import node_data
 from tests.test_data_flow import add_note, all_rows, backup_now, members, notes, psql, run_command
 from tests.test_deploy_flow import app_copy, deploy
 from toppcloud_site.records.models import Service

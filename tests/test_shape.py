@@ -35,7 +35,7 @@ FUNCTION_IMPORTS_BASELINE = {
     "jobs.steps.frontdoor": 1,
     "nodeops.hostside.node_exec": 1,
     "nodeops.hostside.node_users": 4,
-    "nodeops.node_data": 3,  # pwd, fcntl: modules of the node's Python, imported where used
+    "nodeops.hostside.node_data": 3,  # pwd, fcntl: modules of the node's Python, imported where used
     "nodeops.publish": 3,  # boto3: only a group that publishes static files to S3 needs it
     "toppcloud_site.logchain": 1,
     "toppcloud_site.records.admin": 4,

@@ -17,8 +17,8 @@ from django.core.management import CommandError, call_command
 
 from jobs.steps import data
 from jobs.models import Job
-from nodeops import node_data
-from nodeops.node_data import ArchiveWriter, DataError
+from nodeops.hostside import node_data
+from nodeops.hostside.node_data import ArchiveWriter, DataError
 from tests.test_data_flow import backup_now, members, request, run_command
 from tests.test_deploy_flow import app_copy, deploy, get, rollback
 from tests.test_nodeops_data import files_tar

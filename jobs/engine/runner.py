@@ -28,7 +28,7 @@ from jobs.engine.context import FlowFailed, JobContext, RetryLater, WaitForChild
 from jobs.engine.states import Kind, Status
 from jobs.models import WorkerHeartbeat
 from nodeops.errors import NodeOpError
-from nodeops.node_data import DataError  # runs on hosts too, so it cannot derive from NodeOpError yet
+from nodeops.hostside.node_data import DataError  # a host program (stdlib only): it cannot derive from NodeOpError
 
 log = logging.getLogger(__name__)
 # A message this early for a job's run_after is early, not clock jitter.

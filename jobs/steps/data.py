@@ -18,9 +18,10 @@ from django.utils import timezone
 from jobs.engine.context import FlowFailed
 from jobs.models import LiveRelease
 from jobs.engine.redact import register_secret
-from nodeops import appini, node_data, services as node_services
+from nodeops import appini, services as node_services
+from nodeops.hostside import node_data
 from nodeops.layout import NodeLayout
-from nodeops.node_data import FILES, SQL, WRITABLE, ArchiveWriter, DataError
+from nodeops.hostside.node_data import FILES, SQL, WRITABLE, ArchiveWriter, DataError
 from toppcloud_site.records.models import Backup, Service
 
 

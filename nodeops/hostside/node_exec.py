@@ -254,7 +254,7 @@ class RequestGate:
     """gunicorn's pre_request/post_request for one app: hold requests while a restore swaps its data.
 
     The gate file (<root>/apps/<app>/requests.gate) is written by the swap
-    (nodeops/node_data.py _requests_held): while it holds a deadline, a new
+    (nodeops/hostside/node_data.py _requests_held): while it holds a deadline, a new
     request waits here (at most until that deadline, and HOLD_MAX_SECONDS);
     each request in flight holds a shared flock on it, so the swap's
     exclusive lock means "none in flight". After a swap the file's mtime is
