@@ -104,3 +104,11 @@ def clear_unpack_dirs():
     for entry in removed:
         shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
     return removed
+
+
+def reconcile_app(ctx, app, node, step):
+    """Before changing the app on the node: undo what an interrupted deploy or rollback of it left there
+    (what it stopped is recorded in `step`)."""
+    done = reconcile(ctx, node, apps=[app])
+    step.data.update(stopped=[p["program"] for p in done["stopped"]], front_door_changed=done["front_door_changed"])
+    step.changed = bool(done["stopped"] or done["front_door_changed"] or done["removed_unpack_dirs"])
