@@ -156,7 +156,9 @@ def drop_app_users(root=None):
                 continue
         elif not user_root.startswith(tmp) or os.path.exists(user_root):
             continue
-        # -f: a process of the app that outlived its supervisord (it is ours to end) must not keep the user.
+        # A process of the app that outlived its supervisord is ours to end (userdel -f alone leaves it running,
+        # holding a uid the next useradd may be given), and it must not keep the user.
+        subprocess.run(["pkill", "-KILL", "-u", str(user.pw_uid)], capture_output=True, timeout=60)
         subprocess.run(["userdel", "-f", user.pw_name], capture_output=True, timeout=60)
         try:
             grp.getgrnam(user.pw_name)
