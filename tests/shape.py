@@ -329,7 +329,7 @@ def nodeops_imports_nothing_of_ours(root):
 
 def records_import_no_jobs(root):
     return [f"{imp.where()}  -- toppcloud_site.records imports {imp.target}: the records layer imports no jobs; "
-            f"put the code that needs jobs on the jobs side (jobs/admin.py, jobs/actions.py) ({DOC})"
+            f"put the code that needs jobs on the jobs side (jobs/records_admin.py, jobs/actions.py) ({DOC})"
             for imp in all_imports(root, ("toppcloud_site",))
             if is_under(imp.module, "toppcloud_site.records") and is_under(imp.target, "jobs")]
 
