@@ -14,16 +14,16 @@ import time
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from jobs.engine.follow import follow
 from jobs.management.commands.bootstrap import admin_password
-from jobs import actions
+from jobs import actions, cli
 from jobs.engine.states import ActorKind, Status
 from toppcloud_site.records.models import Node
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = "Run worker, beat, Flower and web here; set up the local node; print the URLs."
 
     def add_arguments(self, parser):
