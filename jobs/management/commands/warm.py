@@ -37,6 +37,7 @@ TERMINAL_VARIABLES = frozenset({
     "PWD", "OLDPWD", "SHLVL", "_", "TERM", "COLUMNS", "LINES", "USER", "LOGNAME", "USERNAME", "MAIL", "PS1",
     "PS2", "SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY", "SSH_AUTH_SOCK", "TMUX", "TMUX_PANE", "STY", "WINDOW",
     "DISPLAY", "LS_COLORS", "COLORTERM", "TERM_PROGRAM", "TERM_PROGRAM_VERSION", "HISTFILE", "HISTSIZE",
+    "MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES", "MAKE_TERMOUT", "MAKE_TERMERR",  # `make run` started it
 })
 # Set by Django itself at start-up (TZ from settings.TIME_ZONE), whatever the command's environment says.
 SET_BY_DJANGO = ("TZ",)
