@@ -28,6 +28,7 @@ class Progress:
         self.last = self.started  # the first event comes after one interval: a quick operation emits none but the last
         self.lock = threading.Lock()  # add() may be called from a reading thread; events are emitted by tick()/finish()
         self.finished = False
+        self.rows = None  # a CopyRows, when the bytes are a database dump's: its rows go in each event
 
     def add(self, n, emit=True):
         """Count n more; emit an event if the last one is INTERVAL old (emit=False: count only, from a thread)."""
@@ -55,19 +56,61 @@ class Progress:
         data = {"what": self.what, "unit": self.unit, "done": self.done, "seconds": round(now - self.started, 3)}
         if self.total is not None:
             data["total"] = self.total
+        if self.rows is not None:
+            data["rows"] = self.rows.rows
         self.emit("progress", **data)
 
 
 class CountingReader:
-    """A file object's reads, counted into a Progress (what a stream into an archive passes through)."""
+    """A file object's reads, counted into a Progress (what a stream into an archive passes through);
+    with rows=CopyRows(), the rows of the SQL dump it carries too."""
 
-    def __init__(self, raw, progress):
-        self.raw, self.progress = raw, progress
+    def __init__(self, raw, progress, rows=None):
+        self.raw, self.progress, self.rows = raw, progress, rows
 
     def read(self, n=-1):
         data = self.raw.read(n)
+        if self.rows is not None:
+            self.rows.feed(data)
         self.progress.add(len(data))
         return data
+
+
+class CopyRows:
+    """The rows of a plain SQL dump as it streams past: the lines between `COPY ... FROM stdin;` and `\\.`.
+
+    Works on whole chunks with bytes.find and bytes.count (a million rows cost milliseconds); only an
+    incomplete last line is kept between chunks, so every position it looks at starts a line.
+    """
+
+    HEADER_END, END = b" FROM stdin;\n", b"\\.\n"
+
+    def __init__(self):
+        self.rows, self.in_copy, self.carry = 0, False, b""
+
+    def feed(self, chunk):
+        data, pos = self.carry + chunk, 0
+        while True:
+            if self.in_copy:
+                if data.startswith(self.END, pos):
+                    pos, self.in_copy = pos + len(self.END), False
+                    continue
+                end = data.find(b"\n" + self.END, pos)
+                if end != -1:
+                    self.rows += data.count(b"\n", pos, end + 1)
+                    pos, self.in_copy = end + 1 + len(self.END), False
+                    continue
+                last = data.rfind(b"\n", pos) + 1
+                self.rows += data.count(b"\n", pos, last)
+                self.carry = data[max(last, pos):]
+                return
+            header = data.find(self.HEADER_END, pos)
+            if header == -1:
+                self.carry = data[max(data.rfind(b"\n", pos) + 1, pos):]
+                return
+            line = data.rfind(b"\n", pos, header) + 1 if data.rfind(b"\n", pos, header) != -1 else pos
+            self.in_copy = data.startswith(b"COPY ", line)
+            pos = header + len(self.HEADER_END)
 
     def __getattr__(self, name):
         return getattr(self.raw, name)

@@ -150,7 +150,10 @@ def dump_into(emit, writer, dumps, password=None) -> dict:
             if i:
                 threads[i - 1].join()
                 spools[member].seek(0)
-            counted = progress.CountingReader(spools[member] if i else stream.stdout, bar)
+            if member == SQL:
+                bar.rows = progress.CopyRows()
+            counted = progress.CountingReader(spools[member] if i else stream.stdout, bar,
+                                              bar.rows if member == SQL else None)
             infos[member] = writer.add(member, counted)
             r = stream.finish(check=False)
             _emit_command(emit, _DUMP[member], spec, r)

@@ -22,12 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures" / "apps"
 
 
-def app_copy(tmp_path, name, *, extra=""):
-    """The hello fixture as app `name` (its own location), with extra app.ini lines."""
+def app_copy(tmp_path, name, *, extra="", fixture="hello"):
+    """A fixture app (hello) as app `name` (its own location), with extra app.ini lines."""
     dest = tmp_path / name
-    shutil.copytree(FIXTURES / "hello", dest)
-    ini = (dest / "app.ini").read_text().replace("app_name = hello", f"app_name = {name}")
-    ini = ini.replace("default_location = hello.test", f"default_location = {name}.test")
+    shutil.copytree(FIXTURES / fixture, dest)
+    ini = (dest / "app.ini").read_text().replace(f"app_name = {fixture}", f"app_name = {name}")
+    ini = ini.replace(f"default_location = {fixture}.test", f"default_location = {name}.test")
     (dest / "app.ini").write_text(ini + extra)
     return dest
 
@@ -196,7 +196,7 @@ def test_it_shows_packages_and_bytes_while_following(worker, ready_nodes, tmp_pa
     from jobs.models import JobEvent
 
     name = f"progress{os.getpid() % 10000}"
-    app_dir = app_copy(tmp_path, name, extra="service.files =\n")
+    app_dir = app_copy(tmp_path, name, fixture="notes")  # service.postgresql, service.files
     with open(app_dir / "requirements.txt", "a") as f:
         f.write(f"# {name} {time.time_ns()}: a venv of its own, built now\n")
     out = io.StringIO()  # not a terminal: plain lines
@@ -207,8 +207,13 @@ def test_it_shows_packages_and_bytes_while_following(worker, ready_nodes, tmp_pa
     assert exit_info.value.code == 0, deploy_job.error
     *_, venv = [e.data for e in JobEvent.objects.filter(job=deploy_job, kind="progress").order_by("seq")
                 if e.data["what"] == "venv"]
-    assert venv["unit"] == "packages" and venv["done"] >= 1  # gunicorn, at least
+    assert venv["unit"] == "packages" and venv["done"] >= 2  # gunicorn, psycopg2-binary
     assert re.search(rf"venv: {venv['done']} packages \[", out.getvalue()), out.getvalue()
+    insert = "import os, psycopg2; c = psycopg2.connect(os.environ['DATABASE_URL']); c.autocommit = True; " \
+             "c.cursor().execute(\"INSERT INTO notes (body) SELECT 'n' || g FROM generate_series(1, 1234) g\")"
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("run", name, "--", "python", "-c", insert, stdout=io.StringIO())
+    assert exit_info.value.code == 0
 
     out = io.StringIO()
     with pytest.raises(SystemExit) as exit_info:
@@ -219,7 +224,8 @@ def test_it_shows_packages_and_bytes_while_following(worker, ready_nodes, tmp_pa
     assert events and events[-1]["what"] == "backup" and events[-1]["unit"] == "bytes"
     assert events[-1]["done"] == sum(m["size"] for m in backup_job.events.filter(kind="backup.member")
                                      .values_list("data", flat=True))
-    assert re.search(r"backup: [\d.]+k?B \[", out.getvalue()), out.getvalue()
+    assert events[-1]["rows"] == 1234
+    assert re.search(r"backup: [\d.]+k?B \[.*\], 1,234 rows", out.getvalue()), out.getvalue()
 
     out = io.StringIO()
     with pytest.raises(SystemExit) as exit_info:
@@ -302,3 +308,19 @@ def test_it_passes_ctrl_c_to_the_command(warm):
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, (out, err)
     assert "queued by system:tests" in out
+
+
+def test_it_counts_the_rows_of_a_dump_however_it_is_cut():
+    from nodeops.progress import CopyRows
+
+    dump = (b"--\n-- toppcloud: rows, each table in primary-key order\n--\n"
+            b"CREATE TABLE t (a text); -- COPY x FROM stdin; in a comment is no table\n"
+            b"COPY public.notes (id, body) FROM stdin;\n1\tCOPY y FROM stdin;\n2\ta\\\\.\n3\t\\N\n\\.\n"
+            b"COPY public.empty (id) FROM stdin;\n\\.\n"
+            b"COPY public.more (id) FROM stdin;\n" + b"".join(b"%d\n" % i for i in range(100)) + b"\\.\n"
+            b"SELECT pg_catalog.setval('notes_id_seq', 3, true);\n--\n")
+    for size in (1, 2, 3, 5, 7, 64, len(dump)):
+        rows = CopyRows()
+        for start in range(0, len(dump), size):
+            rows.feed(dump[start:start + size])
+        assert rows.rows == 103, size

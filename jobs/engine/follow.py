@@ -87,6 +87,8 @@ def progress_line(data):
     line = tqdm.format_meter(data.get("done", 0), data.get("total") or None, data.get("seconds", 0.0), ncols=0,
                              prefix=data.get("what", "progress"), unit="B" if in_bytes else f" {unit}",
                              unit_scale=in_bytes, unit_divisor=1024 if in_bytes else 1000)
+    if data.get("rows") is not None:
+        line += f", {data['rows']:,} rows"
     return line + (f" ({data['text']})" if data.get("text") else "")
 
 
