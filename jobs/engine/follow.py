@@ -47,11 +47,11 @@ def follow(job_id, out, *, as_json=False, poll=POLL_MAX, timeout=None):
     last_seq, steps_done, planned = 0, 0, None
     deadline = None if timeout is None else time.monotonic() + timeout
     bar = _Bar(out, live=not as_json and _is_tty(out))
-    wait = POLL_MIN
-    job = Job.objects.get(pk=job_id)
-    ended = job.status in TERMINAL and job.last_seq == 0  # (a job has at least its job.queued)
+    wait, ended, checked = POLL_MIN, False, time.monotonic()
     while True:
-        close_old_connections()
+        if time.monotonic() - checked > 1.0:  # a connection that broke meanwhile is dropped, once a second
+            close_old_connections()           # (each call costs a round trip: conn_health_checks)
+            checked = time.monotonic()
         seen = last_seq
         for event in JobEvent.objects.filter(job_id=job_id, seq__gt=last_seq).order_by("seq"):
             last_seq = event.seq
