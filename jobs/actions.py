@@ -8,7 +8,7 @@ the task API, beat's tasks and the benches call these; none of them calls submit
 
 import logging
 
-from jobs.engine import dispatch
+from jobs.engine import dispatch, events
 from jobs.engine.states import TERMINAL, ActorKind
 from jobs.models import Job
 from jobs.nodes import InvalidNode, check_node
@@ -90,6 +90,16 @@ def deploy_to(app_name, release_name, nodes, *, max_parallel=4, actor_kind, acto
     if len(nodes) == 1:
         return deploy(app_name, release_name, nodes[0], actor_kind=actor_kind, actor=actor)
     return deploy_many(app_name, release_name, nodes, max_parallel=max_parallel, actor_kind=actor_kind, actor=actor)
+
+
+def refuse_deploy(app_dir, error, *, app_name="", nodes=(), actor_kind, actor):
+    """Record a deploy refused before any job was queued (bad app.ini or archive, config missing): a failed
+    deploy job that no worker runs, its error the refusal, so the attempt shows in the job list."""
+    names = sorted(n.name for n in nodes)
+    target = f"app:{app_name or '?'}" + (f"@{names[0]}" if len(names) == 1 else f"@{len(names)} nodes" if names else "")
+    params = {"app": app_name, "app_dir": str(app_dir), "nodes": names}
+    return events.refused_job("deploy", target=target, params=params, actor_kind=actor_kind, actor=actor,
+                              error=error)
 
 
 def rollback(app_name, node, *, release=None, actor_kind, actor):

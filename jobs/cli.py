@@ -4,12 +4,20 @@ import getpass
 import json
 import sys
 
-from django.core.management.base import CommandError
+from django.core.management.base import BaseCommand, CommandError
 
 from jobs import actions, nodes
 from jobs.engine.follow import exit_code, follow
 from jobs.engine.states import ActorKind
 from toppcloud_site.records.models import App
+
+
+class Command(BaseCommand):
+    """What toppcloud's management commands derive from: before they run, only toppcloud's own
+    configuration checks (toppcloud_site/checks.py); Django's full set, which imports every URL and
+    admin module, is for `manage.py check`, `migrate` and `runserver`."""
+
+    requires_system_checks = ["toppcloud"]
 
 
 def add_follow_arguments(parser):

@@ -21,7 +21,7 @@ import shlex
 
 from . import hostside
 from .errors import NodeOpError
-from . import runtime
+from . import progress, runtime
 from .node_users import app_user
 from .steps import run_logged
 from .transport import CommandFailed
@@ -162,7 +162,8 @@ def ensure_venv(t, emit, layout, app, release_dir, requirements="requirements.tx
                "--progress-bar", "off", GUNICORN]
         if found["requirements"]:
             pip += ["-r", found["requirements"]]
-        run_logged(t, emit, pip, step="venv", timeout=1800)
+        progress.run_counting(t, emit, pip, step="venv", timeout=1800, what="venv", unit="packages",
+                              counts=lambda line: line.startswith("Collecting "))
     except CommandFailed as exc:
         t.run(["rm", "-rf", venv], check=False)
         raise ReleaseError(f"requirements failed to install: {_pip_errors(exc.result)}") from None

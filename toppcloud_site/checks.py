@@ -18,7 +18,7 @@ def _is_postgresql():
     return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 
 
-@register()
+@register("toppcloud")  # the tag management commands run (jobs/cli.py: Command.requires_system_checks)
 def check_settings(app_configs=None, **kwargs):
     errors = []
     if settings.SECRET_KEY == settings.INSECURE_DEFAULT_SECRET_KEY and _is_postgresql():

@@ -9,6 +9,7 @@ def health(request):
     return HttpResponse("ok\n", content_type="text/plain")
 
 
+admin.autodiscover()  # settings use SimpleAdminConfig: the admin modules load with the URLs, not at start-up
 admin.site.site_header = "toppcloud"
 admin.site.site_title = "toppcloud"
 admin.site.index_title = "Apps, nodes and jobs"

@@ -12,7 +12,7 @@ Who writes how:
 - lock() + append(): under the job's row lock (select_for_update), for
   writers that must decide from the current state: a claim that is not a
   first delivery, the sweeper, record().
-- new_job(): a job and its job.queued event.
+- new_job(): a job and its job.queued event; refused_job(): one that ends there, failed.
 - start_as_queued(): job.started on the first delivery of a job still as
   new_job() left it, the usual case.
 - write_as_known(): the runner's own later writes (a flow's events, the end).
@@ -126,6 +126,16 @@ def new_job(kind, *, target, params, actor_kind, actor, parent_id=None, run_afte
     with connection.cursor() as cursor:
         cursor.execute(f"WITH job AS ({job_sql}) {event_sql}", job_params + event_params)
     job._state.adding = False
+    return job
+
+
+def refused_job(kind, *, target, params, actor_kind, actor, error):
+    """A job refused before it was dispatched (a bad app.ini, a missing config value): its job.queued and a
+    job.failed (refused: true) with the refusal, in one transaction. No message is sent and no worker runs
+    it; it is there so the attempt shows, in the job list and the log, with who asked."""
+    with transaction.atomic():
+        job = new_job(kind, target=target, params=params, actor_kind=actor_kind, actor=actor)
+        append(job, Kind.FAILED, f"{actor_kind}:{actor}", {"error": error, "refused": True})
     return job
 
 

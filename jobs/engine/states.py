@@ -42,6 +42,7 @@ class Kind:
     STEP_FINISHED = "step.finished"
     COMMAND = "command"
     LOG = "log"
+    PROGRESS = "progress"  # how far a long operation is: what, unit, done, total (if known), seconds
     RELEASE_ACTIVATED = "release.activated"  # also projected into LiveRelease
     RECONCILED = "node.reconciled"  # what a reconcile found and stopped on a node (jobs/steps/reconcile.py)
 

@@ -3,15 +3,15 @@
 import getpass
 import shutil
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from jobs import actions, nodes
+from jobs import actions, cli, nodes
 from jobs.steps import data
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.engine.states import ActorKind
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = ("Back up an app's data (database and files) into one portable archive stored here; "
             "or schedule that with --schedule.")
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
 
 from jobs.management.commands.ssh_key import ensure_key
-from jobs import actions
+from jobs import actions, cli
 from jobs.engine.states import ActorKind
 from toppcloud_site.records.models import Node
 
@@ -26,7 +25,7 @@ def admin_password(var_dir):
     return path.read_text().strip()
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = "Prepare the embedded default: admin user, SSH key, local node, setup job."
 
     def add_arguments(self, parser):

@@ -2,15 +2,15 @@
 
 import getpass
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from jobs import actions, nodes
+from jobs import actions, cli, nodes
 from jobs.steps import data
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.engine.states import ActorKind
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = ("Replace an app's database and files directory with empty ones. What was there is kept as "
             "a checkpoint backup first. Needs --yes-delete-data.")
 

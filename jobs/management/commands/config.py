@@ -19,10 +19,10 @@ import getpass
 import sys
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import transaction
 
-from jobs import actions
+from jobs import actions, cli
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.steps.environment import config_records
 from jobs.nodes import validation_message
@@ -32,7 +32,7 @@ from nodeops import validate
 from toppcloud_site.records.models import App, ConfigValue, ServerGroup, validate_config_key
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = "Get, set, unset and list config values (environment variables of apps) at app, group or global scope."
 
     def add_arguments(self, parser):
@@ -145,7 +145,8 @@ def _scope(app, group, is_global):
     if app:
         record = App.objects.filter(name=app).first() if _is_name(app) else None
         if record is None:
-            raise CommandError(f"there is no app {app!r}")
+            hint = f": create it first with `manage.py app create {app}` (a deploy creates it too)" if _is_name(app) else ""
+            raise CommandError(f"there is no app {app!r}{hint}")
         return {"scope": ConfigValue.Scope.APP, "app": record, "group": None}
     if group:
         record = ServerGroup.objects.filter(name=group).first() if _is_name(group) else None

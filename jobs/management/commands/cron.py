@@ -2,9 +2,9 @@
 
 import getpass
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from jobs import actions
+from jobs import actions, cli
 from jobs.steps import cron
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.models import Job
@@ -12,7 +12,7 @@ from jobs.engine.states import ActorKind
 from toppcloud_site.records.models import CronEntry
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = "List apps' cron entries (from their live releases' app.ini), or run one now as a cron_run job."
 
     def add_arguments(self, parser):

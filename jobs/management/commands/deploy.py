@@ -1,22 +1,24 @@
 """manage.py deploy APP_DIR (--node N ... | --group G): pack the app directory and deploy it, following live."""
 
 import getpass
+import os
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from jobs import actions
+from jobs import actions, cli
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.steps.environment import ConfigMissing, check_required_config
 from jobs.nodes import InvalidNode, get_node
 from jobs.steps.releases import ReleaseRefused, pack_release
 from jobs.engine.states import ActorKind
+from nodeops import appini
 from nodeops.appini import AppIniError
 from nodeops.archive import ArchiveError
 from toppcloud_site.records import audit
 from toppcloud_site.records.models import Node
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = "Deploy an app directory (with its app.ini) to nodes, with zero downtime."
 
     def add_arguments(self, parser):
@@ -27,6 +29,7 @@ class Command(BaseCommand):
         add_follow_arguments(parser)
 
     def handle(self, app_dir, node, group, max_parallel, **opts):
+        actor = opts.get("actor") or getpass.getuser()
         try:
             nodes = [get_node(name) for name in node]
             if group:
@@ -37,19 +40,32 @@ class Command(BaseCommand):
                 raise ReleaseRefused("say where: --node NODE (repeatable) or --group GROUP")
             if max_parallel < 1:
                 raise ReleaseRefused("--max-parallel must be 1 or more")
-            with audit.acting_as(f"user:{opts.get('actor') or getpass.getuser()}"):  # a new App record is audited
+        except (ReleaseRefused, InvalidNode) as exc:
+            raise CommandError(f"nothing was deployed: {exc}") from None
+        try:
+            with audit.acting_as(f"user:{actor}"):  # a new App record is audited
                 release, warnings = pack_release(app_dir)
             check_required_config(release.app, release)
-        except (AppIniError, ArchiveError, ReleaseRefused, InvalidNode, ConfigMissing) as exc:
-            raise CommandError(f"nothing was deployed: {exc}") from None
+        except (AppIniError, ArchiveError, ReleaseRefused, ConfigMissing) as exc:
+            # What the directory holds was refused: the attempt is recorded, as a failed job no worker runs.
+            job = actions.refuse_deploy(os.path.abspath(app_dir), str(exc), app_name=_app_name(app_dir),
+                                        nodes=nodes, actor_kind=ActorKind.USER, actor=actor)
+            raise CommandError(f"nothing was deployed: {exc} (recorded as job {job.pk})") from None
         for warning in warnings:
             self.stderr.write(f"warning: {warning}")
         self.stdout.write(f"release {release.app.name} {release.name} ({release.size} bytes, "
                           f"sha256 {release.artifact_sha256[:12]})")
-        actor = opts.get("actor") or getpass.getuser()
         try:
             job = actions.deploy_to(release.app.name, release.name, nodes, max_parallel=max_parallel,
                                     actor_kind=ActorKind.USER, actor=actor)
         except InvalidNode as exc:
             raise CommandError(f"nothing was deployed: {exc}") from None
         follow_job(self, job, no_wait=opts["no_wait"], as_json=opts["as_json"])
+
+
+def _app_name(app_dir):
+    """The app.ini's app_name, or "" when app.ini itself is what was refused."""
+    try:
+        return appini.parse_app_ini(os.path.join(app_dir, "app.ini")).app_name
+    except (AppIniError, OSError):
+        return ""

@@ -1,11 +1,11 @@
 """manage.py disable APP: Put an app in maintenance: its locations answer 503 with a short page; other apps keep serving."""
 
-from django.core.management.base import BaseCommand
 
+from jobs import cli
 from jobs.cli import add_follow_arguments, app_job
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = "Put an app in maintenance: its locations answer 503 with a short page; other apps keep serving."
 
     def add_arguments(self, parser):

@@ -1,11 +1,11 @@
 """manage.py enable APP: End an app's maintenance: its locations serve the app again."""
 
-from django.core.management.base import BaseCommand
 
+from jobs import cli
 from jobs.cli import add_follow_arguments, app_job
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = "End an app's maintenance: its locations serve the app again."
 
     def add_arguments(self, parser):

@@ -4,13 +4,14 @@ Nodes, the database node, apps, their locations and config; secrets by name
 only. The same records always give the same bytes. `import_group` reads it.
 """
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from jobs import cli
 from toppcloud_site.records.documents import export_group
 from toppcloud_site.records.models import ServerGroup
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = "Print a server group (nodes, apps, locations, config; secrets by name) as a TOML document."
 
     def add_arguments(self, parser):

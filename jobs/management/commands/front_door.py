@@ -2,16 +2,16 @@
 
 import getpass
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from jobs import actions
+from jobs import actions, cli
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.nodes import InvalidNode, check_node, get_node
 from jobs.engine.states import ActorKind
 from toppcloud_site.records.models import Node
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = ("Render the nginx front door of nodes (default: every node where an app is live) from the records "
             "and make it live: nginx -t first, a refused render changes nothing.")
 

@@ -12,14 +12,14 @@ each with `manage.py config set KEY --secret`.
 import getpass
 import sys
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from jobs import actions
+from jobs import actions, cli
 from jobs.engine.states import ActorKind
 from toppcloud_site.records import audit, documents
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = "Make a server group match a group document (from export_group): show the changes, apply them."
 
     def add_arguments(self, parser):

@@ -3,8 +3,9 @@
 import json
 import sys
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from jobs import cli
 from jobs.admin import format_duration
 from jobs.engine.follow import describe, exit_code, follow
 from jobs.models import Job
@@ -24,7 +25,7 @@ def job_dict(job):
     }
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = "List, show, follow and verify jobs."
 
     def add_arguments(self, parser):

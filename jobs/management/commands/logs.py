@@ -6,9 +6,9 @@ job; printed as they come. The app's secrets show as ********.
 
 import getpass
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from jobs import actions
+from jobs import actions, cli
 from jobs.steps import execution
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.engine.context import FlowFailed
@@ -19,7 +19,7 @@ from toppcloud_site.records.models import App
 MAX_LINES = 10000
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = "Print the last lines of an app's logs from the nodes where it is live (secrets masked)."
 
     def add_arguments(self, parser):

@@ -1,14 +1,15 @@
 """manage.py node add|list|pin-key: node records from the command line."""
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from jobs import cli
 from jobs.nodes import InvalidNode, get_node, validation_message
 from nodeops import transport
 from toppcloud_site.records.models import Node, ServerGroup
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = "Add, list and pin the host keys of nodes."
 
     def add_arguments(self, parser):

@@ -1,11 +1,11 @@
 """manage.py ping_node NODE: round trip, uptime and load of a host, as a job."""
 
-from django.core.management.base import BaseCommand
 
+from jobs import cli
 from jobs.cli import add_follow_arguments, node_job
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = "Check that a node answers: round trip, uptime, load."
 
     def add_arguments(self, parser):

@@ -2,15 +2,15 @@
 
 import getpass
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from jobs import actions, nodes
+from jobs import actions, cli, nodes
 from jobs.steps import data
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.engine.states import ActorKind
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = ("Restore a backup (its name, or an archive file) into an app: the same app, or another one "
             "(portable archives). Every checksum is verified before anything changes.")
 

@@ -2,16 +2,16 @@
 
 import getpass
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from jobs import actions
+from jobs import actions, cli
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.nodes import InvalidNode, get_node
 from jobs.engine.states import ActorKind
 from toppcloud_site.records.models import App
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = "Roll an app back on a node to the previous (or a named) release still on its disk."
 
     def add_arguments(self, parser):

@@ -9,9 +9,9 @@ code (124 if it was stopped at its timeout).
 import argparse
 import getpass
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from jobs import actions
+from jobs import actions, cli
 from jobs.steps import execution
 from jobs.cli import add_follow_arguments, follow_job
 from jobs.engine.context import FlowFailed
@@ -30,7 +30,7 @@ def _options(parser):
     add_follow_arguments(parser)
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = "Run a command in an app's live release on a node (its environment, its directory), as a job."
 
     def add_arguments(self, parser):

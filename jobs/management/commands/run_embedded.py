@@ -1,6 +1,7 @@
 """manage.py run_embedded: the whole of toppcloud on this machine (`make run`).
 
-Starts a Celery worker, beat, Flower and the web server (gunicorn), sets up
+Starts a Celery worker, beat, Flower, the web server (gunicorn) and a warm
+process for manage.py's commands (manage.py warm), sets up
 the local node through a real job, prints the URLs, and stops everything on
 Ctrl-C. With nothing configured this is the embedded default (SQLite and the
 filesystem broker under var/).
@@ -14,16 +15,16 @@ import time
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from jobs.engine.follow import follow
 from jobs.management.commands.bootstrap import admin_password
-from jobs import actions
+from jobs import actions, cli
 from jobs.engine.states import ActorKind, Status
 from toppcloud_site.records.models import Node
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = "Run worker, beat, Flower and web here; set up the local node; print the URLs."
 
     def add_arguments(self, parser):
@@ -45,6 +46,8 @@ class Command(BaseCommand):
             "flower": [py, "-m", "celery", "-A", "toppcloud_site", "flower", "--address=127.0.0.1",
                        f"--port={flower_port}", f"--basic-auth=admin:{password}"],
             "web": [py, "-m", "gunicorn", "toppcloud_site.wsgi", "-b", f"127.0.0.1:{web_port}", "-w", "2"],
+            # manage.py's commands fork from it: no start-up of their own (jobs/management/commands/warm.py)
+            "warm": [py, str(settings.BASE_DIR / "manage.py"), "warm"],
         }
         procs = {}
         try:

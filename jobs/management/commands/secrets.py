@@ -5,9 +5,10 @@ keeping the old one after it; restart; run `secrets rotate`, which
 re-encrypts every stored secret with the new key; then drop the old key.
 """
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import transaction
 
+from jobs import cli
 from toppcloud_site.records import secrets
 from toppcloud_site.records.models import Certificate, ConfigValue, ServerGroup, Service
 
@@ -16,7 +17,7 @@ STORED = [(ConfigValue, "secret_value"), (Service, "password"), (ServerGroup, "s
           (ServerGroup, "previous_shared_secret"), (Certificate, "private_key")]
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = "Print a new key for TOPPCLOUD_SECRET_KEYS, or re-encrypt every stored secret with the first key."
 
     def add_arguments(self, parser):

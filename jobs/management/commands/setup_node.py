@@ -1,11 +1,11 @@
 """manage.py setup_node NODE: set a host up (layout, nginx, supervisord) as a job."""
 
-from django.core.management.base import BaseCommand
 
+from jobs import cli
 from jobs.cli import add_follow_arguments, node_job
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = "Set up a node: its layout under the node root, toppcloud's nginx and supervisord."
 
     def add_arguments(self, parser):

@@ -2,13 +2,14 @@
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from jobs import cli
 from jobs.models import LiveRelease
 from toppcloud_site.records.models import App
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = "Show which release of an app is live on which node and location."
 
     def add_arguments(self, parser):

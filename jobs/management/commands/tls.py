@@ -18,9 +18,9 @@ import json
 import sys
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from jobs import actions
+from jobs import actions, cli
 from jobs.steps import frontdoor
 from jobs.nodes import validation_message
 from jobs.engine.states import ActorKind
@@ -28,7 +28,7 @@ from toppcloud_site.records import audit, tls
 from toppcloud_site.records.models import Certificate
 
 
-class Command(BaseCommand):
+class Command(cli.Command):
     help = "Add (or replace), list and remove the TLS certificates of hosts."
 
     def add_arguments(self, parser):
