@@ -1,7 +1,8 @@
 """Deploy and rollback on one node, as a person would do them by hand (each step: jobs/steps/).
 
 A failure before activation stops the new release; the old one never stops
-serving. A failure of the database updates also restores the checkpoint.
+serving. A failure of the database updates, or of the health check that follows
+them, also restores the checkpoint (docs/running.md: the order of a deploy).
 """
 
 from jobs.engine import fan_out
@@ -24,15 +25,16 @@ def deploy(ctx, app, release, node):
     7. venv: build or reuse its virtualenv
     8. env: its environment, from the config as it is now
     9. start: on a fresh port beside the live one
-    10. wait until it answers
-    11. health: ask its health URL (not live yet)
-    12. checkpoint: back its data up, if it has data services
-    13. update_fetch: its database updates (a failure: revert, the checkpoint put back)
+    10. wait until it answers: the process answers its health URL at all (any status)
+    11. checkpoint: back its data up, if it has data services
+    12. update_fetch: its database updates
+    13. health: ask its health URL (not live yet), against the updated schema
     14. activate: the node's front door with it live (nginx -t, reload), release.activated
     15. cron: its [cron] entries become the app's schedules
     16. stop old release
     17. prune: old releases
-    A failure from health to activate: stop new release.
+    A failure of update_fetch or health: revert (the checkpoint put back). A failure from wait to activate:
+    stop new release.
     """
     app, node = records.app(app), records.node(node)
     release = records.release(app, release)
@@ -70,8 +72,6 @@ def deploy(ctx, app, release, node):
     with ctx.step("wait until it answers") as s:
         answer = s.data["answer"] = releases.wait_until_answers(t, layout, app, port, ini)
     with releases.stopped_if_not_live(ctx, t, layout, app, release, step="stop new release"):
-        with ctx.step("health"):
-            releases.check_health(ctx, answer, ini, release, previous)
         checkpoint = None
         if checkpoints.wanted(ini):
             with ctx.step("checkpoint") as s:
@@ -80,6 +80,10 @@ def deploy(ctx, app, release, node):
         with checkpoints.reverted_on_failure(ctx, app, node, checkpoint, step="revert"):
             with ctx.step("update_fetch"):
                 releases.run_update_fetch(ctx, t, layout, app, release, port, ini)
+            with ctx.step("health"):
+                if ini["update_fetch"]:  # asked again: what goes live is checked against the updated schema
+                    answer = releases.ask_health(t, port, ini)
+                releases.check_health(ctx, answer, ini, release, previous)
         with ctx.step("activate"):
             frontdoor.activate(ctx, app, node, release, port, ini)
     with ctx.step("cron") as s:

@@ -174,6 +174,16 @@ def wait_until_answers(t, layout, app, port, ini):
                                            host=ini["location_host"])
 
 
+def ask_health(t, port, ini):
+    """The health URL's answer now (after the database updates); (status, body). No health_check: None."""
+    if not ini["health_check"]:
+        return None
+    try:
+        return node_release.http_get(t, port, ini["health_check"], timeout=30, host=ini["location_host"])
+    except node_release.ReleaseError as exc:
+        raise FlowFailed(f"health check {ini['health_check']}: {exc}") from None
+
+
 @contextmanager
 def stopped_if_not_live(ctx, t, layout, app, release, *, step):
     """A started release that fails before it is live is stopped again (in a step of that name); the live
