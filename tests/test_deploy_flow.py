@@ -261,3 +261,38 @@ def test_update_fetch_runs_in_the_release_and_a_failure_keeps_the_old_one(worker
     assert code == 1 and "migration 0042 failed" in job.error
     assert "hello version 1" in get(host, f"{name}.test")[1]
     assert "release.activated" not in event_kinds(job)
+
+
+def get_static(host, hostname, path):
+    conn = http.client.HTTPConnection(host.address, host.http_port, timeout=5)
+    try:
+        conn.request("GET", path, headers={"Host": hostname})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def test_static_files_are_served_with_the_time_they_reached_the_node_and_stay_hard_links(worker, test_hosts,
+                                                                                        ready_nodes, tmp_path):
+    from email.utils import parsedate_to_datetime
+
+    host, node = test_hosts[0], ready_nodes[0]
+    name = f"mtime{os.getpid() % 10000}"
+    started = time.time()
+    code, job = deploy(app_copy(tmp_path, "hello", name=name, version="1"), node)
+    assert code == 0, job.error
+    first = job.params["release"]
+    status, headers, body = get_static(host, f"{name}.test", f"/static/{first}/style.css")
+    assert status == 200 and body == (FIXTURES / "hello" / "static" / "style.css").read_bytes()
+    served = parsedate_to_datetime(headers["Last-Modified"]).timestamp()
+    assert started - 2 <= served <= time.time() + 1, headers["Last-Modified"]  # not Thu, 01 Jan 1970
+
+    code, job = deploy(app_copy(tmp_path, "hello", name=name, version="2"), node)
+    assert code == 0, job.error
+    second = job.params["release"]
+    releases = Path(host.root, "apps", name, "releases")
+    old, new = (releases / r / "static" / "style.css" for r in (first, second))
+    assert os.stat(old).st_ino == os.stat(new).st_ino  # unchanged: still a hard link, its first time kept
+    assert get_static(host, f"{name}.test", f"/static/{second}/style.css")[1]["Last-Modified"] == headers["Last-Modified"]
+    assert os.stat(releases / second / "VERSION").st_mtime >= served  # changed: the time it arrived
