@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shlex
+import tarfile
 
 from . import hostside
 from .errors import NodeOpError
@@ -177,6 +178,58 @@ def _pip_errors(result):
     lines = [l.strip() for l in (result.stdout + "\n" + result.stderr).splitlines() if l.strip()]
     errors = [l for l in lines if l.startswith("ERROR")]
     return " / ".join((errors or lines)[-5:]) or f"exit code {result.rc}"
+
+
+# --- build ----------------------------------------------------------------------
+
+
+def static_dir(layout, app, release, static):
+    """The release's static directory on the node (app.ini `static`, a relative path ending in '/')."""
+    if not isinstance(static, str) or not static.endswith("/"):
+        raise ValueError(f"static {static!r} is invalid: a relative directory ending in '/'")
+    return _safe_path(os.path.join(release_dir(layout, app, release), static.rstrip("/")), "static")
+
+
+def open_static(t, emit, layout, app, release, static, user) -> dict:
+    """The release's static directory becomes the app user's to write, for its build commands (made if
+    missing; files shared with other releases by hard links are copied first). {"files", "bytes"}."""
+    return _static(t, emit, "open", static_dir(layout, app, release, static), validate_user(user))
+
+
+def seal_static(t, emit, layout, app, release, static) -> dict:
+    """After the build: the static directory is the node's again, read-only to the app, readable by nginx;
+    a symlink or special file the build left there is a ReleaseError. {"files", "bytes"}."""
+    return _static(t, emit, "seal", static_dir(layout, app, release, static))
+
+
+def _static(t, emit, mode, path, *user):
+    r = run_logged(t, emit, [PYTHON, "-I", "-c", hostside.source("release_static"), mode, path, *user],
+                   step="build", check=False, timeout=600)
+    if r.rc != 0:
+        raise ReleaseError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"static {mode} failed")
+    return json.loads(r.stdout)
+
+
+def fetch_static(t, layout, app, release, static, dest) -> bool:
+    """Copy the release's static directory on the node (what nginx serves there, built or not) into `dest`
+    on this machine; False when the release has none. The node's files are not trusted: no member may
+    land outside `dest` nor be anything but a file or a directory."""
+    path = static_dir(layout, app, release, static)
+    if t.run(["test", "-d", path], check=False).rc != 0:
+        return False
+    stream = t.open(["tar", "-C", path, "-cf", "-", "."])
+    try:
+        with tarfile.open(fileobj=stream.stdout, mode="r|") as tar:
+            for member in tar:
+                if not (member.isfile() or member.isdir()):
+                    raise ReleaseError(f"the static directory of {release} holds {member.name}, "
+                                       "which is not a file or a directory")
+                tar.extract(member, dest, filter="data")
+    except BaseException:
+        stream.kill()
+        raise
+    stream.finish()
+    return True
 
 
 # --- environment --------------------------------------------------------------

@@ -296,3 +296,53 @@ def test_static_files_are_served_with_the_time_they_reached_the_node_and_stay_ha
     assert os.stat(old).st_ino == os.stat(new).st_ino  # unchanged: still a hard link, its first time kept
     assert get_static(host, f"{name}.test", f"/static/{second}/style.css")[1]["Last-Modified"] == headers["Last-Modified"]
     assert os.stat(releases / second / "VERSION").st_mtime >= served  # changed: the time it arrived
+
+
+def test_build_commands_write_the_static_files_that_are_served_and_published(worker, test_hosts, ready_nodes,
+                                                                            tmp_path):
+    from jobs.steps.releases import pack_release
+    from toppcloud_site.records.models import App, ServerGroup
+
+    host, node = test_hosts[0], ready_nodes[0]
+    name = f"build{os.getpid() % 10000}"
+    origin = tmp_path / "origin"
+    group = ServerGroup(name=f"buildgroup{os.getpid() % 10000}", static_publish=str(origin),
+                        static_publish_url=f"http://{name}.test/cdn/")
+    group.full_clean()
+    group.save()
+    good = app_copy(tmp_path, "hello", name=name, version="1")
+    with open(good / "app.ini", "a") as f:
+        f.write("build =\n"
+                "    python3 -c \"import os; open('static/built.css', 'w').write(os.environ['TOPPCLOUD_RELEASE'])\"\n"
+                "    script: python3 -c \"print('compiled 2 assets')\"\n")
+    release, _ = pack_release(good)
+    App.objects.filter(name=name).update(group=group)
+    code, job = deploy(good, node)
+    assert code == 0, job.error
+    steps = [e.data["step"] for e in job.events.filter(kind="step.started").order_by("seq")]
+    assert steps.index("env") < steps.index("build") < steps.index("static publish") < steps.index("start")
+    assert any("compiled 2 assets" in e.data["output"] for e in job.events.filter(kind="output"))
+    assert [e.data["rc"] for e in job.events.filter(kind="build.finished")] == [0, 0]
+    status, headers, body = get_static(host, f"{name}.test", f"/static/{release.name}/built.css")
+    assert (status, body) == (200, release.name.encode())
+    assert headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    built = Path(host.root, "apps", name, "releases", release.name, "static", "built.css")
+    assert (built.stat().st_uid, oct(built.stat().st_mode & 0o777)) == (0, "0o644")  # the app cannot change it now
+    assert (origin / name / release.name / "built.css").read_text() == release.name  # published as built
+    assert (origin / name / release.name / "style.css").exists()
+    App.objects.filter(name=name).update(group=None)
+
+    bad = app_copy(tmp_path, "hello", name=name, version="2")
+    with open(bad / "app.ini", "a") as f:
+        f.write("build =\n"
+                "    python3 -c \"open('static/style.css', 'w').write('overwritten')\"\n"
+                "    python3 -c \"import sys; print('compiling'); sys.exit(3)\"\n")
+    code, job = deploy(bad, node)
+    assert code == 1 and job.status == "failed"
+    assert "build 'python3 -c \"import sys; print(\\'compiling\\'); sys.exit(3)\"' exited 3" in job.error, job.error
+    assert f"the release was not started; {release.name} is still live" in job.error
+    assert "start" not in [e.data["step"] for e in job.events.filter(kind="step.started")]
+    assert "hello version 1" in get(host, f"{name}.test")[1]
+    # The build wrote its own copy: the live release's file, hard-linked before, is as it was.
+    assert get_static(host, f"{name}.test", f"/static/{release.name}/style.css")[2] == (
+        FIXTURES / "hello" / "static" / "style.css").read_bytes()

@@ -18,21 +18,24 @@ def deploy(ctx, app, release, node):
 
     1. lock.taken: the app's lock; refuse a release whose config.required is not set
     2. reconcile: stop what an interrupted deploy left running, the front door as the records say
-    3. services: install its data services, make its writable static directories
-    4. app user: the app's own system user, its directories its own
-    5. upload: the release next to the previous one (rsync --link-dest)
-    6. static publish: its static files to the group's CDN origin, if it has one
+    3. python: the interpreter app.ini's `python` asks for, found on the node or installed with uv
+       (no `python`: the node's python3, no step); none: refused, nothing was changed on the node
+    4. services: install its data services, make its writable static directories
+    5. app user: the app's own system user, its directories its own
+    6. upload: the release next to the previous one (rsync --link-dest)
     7. venv: build or reuse its virtualenv
     8. env: its environment, from the config as it is now
-    9. start: on a fresh port beside the live one
-    10. wait until it answers: the process answers its health URL at all (any status)
-    11. checkpoint: back its data up, if it has data services
-    12. update_fetch: its database updates
-    13. health: ask its health URL (not live yet), against the updated schema
-    14. activate: the node's front door with it live (nginx -t, reload), release.activated
-    15. cron: its [cron] entries become the app's schedules
-    16. stop old release
-    17. prune: old releases
+    9. build: app.ini's build commands, its static directory theirs to write (no build: no step)
+    10. static publish: its static files as built, to the group's CDN origin, if it has one
+    11. start: on a fresh port beside the live one
+    12. wait until it answers: the process answers its health URL at all (any status)
+    13. checkpoint: back its data up, if it has data services
+    14. update_fetch: its database updates
+    15. health: ask its health URL (not live yet), against the updated schema
+    16. activate: the node's front door with it live (nginx -t, reload), release.activated
+    17. cron: its [cron] entries become the app's schedules
+    18. stop old release
+    19. prune: old releases
     A failure of update_fetch or health: revert (the checkpoint put back). A failure from wait to activate:
     stop new release.
     """
@@ -59,14 +62,17 @@ def deploy(ctx, app, release, node):
             link_dest = releases.node_release_dir(layout, app, previous) if previous else None
             release_dir = node_release.upload(t, ctx.emit, layout, app.name, release.name, src, previous=link_dest)
             s.data["release_dir"] = release_dir
-        if releases.publishes_static(app, ini):
-            with ctx.step("static publish") as s:
-                s.data["published_to"] = releases.publish_static(ctx, app, release, src, ini)
     with ctx.step("venv") as s:
         venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name, release_dir, ini["requirements"])
     with ctx.step("env") as s:
         s.data.update(environment.config_used(app, release))
         env_file = environment.write_env_file(t, layout, app, release, node, venv, service_env, user)
+    if ini.get("build"):
+        with ctx.step("build") as s:
+            s.data["static"] = releases.run_build(ctx, t, layout, app, release, ini, user, previous)
+    if releases.publishes_static(app, ini):
+        with ctx.step("static publish") as s:
+            s.data["published_to"] = releases.publish_static(ctx, t, layout, app, release, ini)
     with ctx.step("start") as s:
         port = s.data["port"] = releases.start(ctx, t, layout, app, release, ini, venv, env_file, user)
     with ctx.step("wait until it answers") as s:
