@@ -137,9 +137,39 @@ def upload(t, emit, layout, app, release, src_dir, previous=None) -> str:
 # --- virtualenv ---------------------------------------------------------------
 
 
-def ensure_venv(t, emit, layout, app, release_dir, requirements="requirements.txt") -> tuple[str, bool]:
-    """The venv for the release's requirements: (path, built). Reused when complete."""
+def python_installs(layout):
+    """Where interpreters toppcloud installed (uv) live on the node."""
+    return os.path.join(layout.root, "python")
+
+
+def find_python(t, emit, layout, wanted, extra_dirs=()) -> dict:
+    """The interpreter for app.ini's `python = 3.N` on the node: {"python": path, "version": "3.N.M"}.
+
+    Searched in /usr/bin, /usr/local/bin, python_installs(layout), `extra_dirs`, PATH; none there and uv on
+    the node: uv installs it under the node root. None at all: ReleaseError naming the versions the node has
+    (nothing was changed on it then).
+    """
+    if not isinstance(wanted, str) or not re.fullmatch(r"3(\.(0|[1-9][0-9]?))?", wanted):
+        raise ValueError(f"python {wanted!r} is invalid: give a Python version as 3 or 3.N")
+    dirs = [_safe_path(d.rstrip("/") or "/", "python directory") for d in extra_dirs]
+    r = run_logged(t, emit, [PYTHON, "-I", "-c", hostside.source("release_python"), wanted, python_installs(layout),
+                             json.dumps(dirs)], step="python", check=False, timeout=1200)
+    if r.rc != 0:
+        raise ReleaseError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "finding python failed")
+    found = json.loads(r.stdout)
+    if "error" in found:
+        raise ReleaseError(found["error"])
+    _safe_path(found["python"], "python")
+    return found
+
+
+def ensure_venv(t, emit, layout, app, release_dir, requirements="requirements.txt", *,
+                python=None) -> tuple[str, bool]:
+    """The venv for the release's requirements: (path, built). Reused when complete.
+
+    `python`: find_python's answer, the interpreter it is built with (None: the node's python3)."""
     release_dir = _safe_path(release_dir, "release_dir")
+    interpreter = _safe_path(python["python"], "python") if python else PYTHON
     if requirements:
         norm = os.path.normpath(requirements)
         if requirements.startswith("/") or norm.startswith("..") or "\0" in requirements:
@@ -147,7 +177,7 @@ def ensure_venv(t, emit, layout, app, release_dir, requirements="requirements.tx
         requirements = norm
     argv = [PYTHON, "-I", "-c", hostside.source("release_venv_key"),
             release_dir, requirements or "", layout.venvs_dir(app),
-            GUNICORN, VENV_MARKER]
+            GUNICORN, VENV_MARKER, python["python"] if python else "", python["version"] if python else ""]
     try:
         found = json.loads(run_logged(t, emit, argv, step="venv").stdout)
     except CommandFailed as exc:
@@ -160,7 +190,7 @@ def ensure_venv(t, emit, layout, app, release_dir, requirements="requirements.tx
     # build that died half-way left behind; the marker is written last, so
     # only a complete venv is ever reused.
     try:
-        run_logged(t, emit, [PYTHON, "-m", "venv", "--clear", venv], step="venv", timeout=300)
+        run_logged(t, emit, [interpreter, "-m", "venv", "--clear", venv], step="venv", timeout=300)
         pip = [f"{venv}/bin/pip", "install", "--no-input", "--disable-pip-version-check",
                "--progress-bar", "off", GUNICORN]
         if found["requirements"]:

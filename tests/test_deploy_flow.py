@@ -12,6 +12,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from jobs.models import Job, LiveRelease
+from toppcloud_site.records.models import Release
 from tests.helpers import event_kinds
 
 pytestmark = [pytest.mark.hosts, pytest.mark.worker]
@@ -346,3 +347,52 @@ def test_build_commands_write_the_static_files_that_are_served_and_published(wor
     # The build wrote its own copy: the live release's file, hard-linked before, is as it was.
     assert get_static(host, f"{name}.test", f"/static/{release.name}/style.css")[2] == (
         FIXTURES / "hello" / "static" / "style.css").read_bytes()
+
+
+def with_python(app_dir, version):
+    with open(app_dir / "app.ini", "a") as f:
+        f.write(f"python = {version}\n")
+    return app_dir
+
+
+def test_python_in_app_ini_picks_the_interpreter_and_one_the_node_lacks_is_refused_before_anything_changes(
+        worker, test_hosts, ready_nodes, tmp_path):
+    from django.conf import settings
+
+    host, node = test_hosts[0], ready_nodes[0]
+    # tests/settings.py: this machine's two 3.12s, which /usr/bin lacks: pyenv's under /root, and one app users can run
+    root_only, standalone = settings.TOPPCLOUD_PYTHON_DIRS
+    name = f"py{os.getpid() % 10000}"
+    apps = Path(host.root, "apps")
+
+    # Asked for on a node that has none: refused before anything reaches it.
+    fresh = f"nopy{os.getpid() % 10000}"
+    code, job = deploy(with_python(app_copy(tmp_path, "hello", name=fresh), "3.99"), node)
+    assert code == 1 and job.status == "failed"
+    assert (f"app.ini asks for python = 3.99: no Python 3.99 on the node (it has: 3.11 (/usr/bin/python3.11), "
+            f"3.12 ({standalone}/python3.12); not runnable by an app's user: {root_only}/python3.12), and no uv to "
+            f"install it with; nothing was changed on {node.name}" == job.error), job.error
+    assert [e.data["step"] for e in job.events.filter(kind="step.started")] == ["reconcile", "python"]
+    assert not (apps / fresh).exists()
+
+    code, job = deploy(with_python(app_copy(tmp_path, "hello", name=name, version="1"), "3.11"), node)
+    assert code == 0, job.error
+    found = job.events.get(kind="step.finished", data__step="python").data
+    assert (found["python"], found["version"][:5]) == ("/usr/bin/python3.11", "3.11.")
+    version, executable = get(host, f"{name}.test", "/python")[1].splitlines()[:2]
+    assert version.startswith("3.11.") and executable.startswith(f"{apps}/{name}/venvs/")
+    venv_311 = Path(executable).parent.parent
+
+    code, job = deploy(with_python(app_copy(tmp_path, "hello", name=name, version="2"), "3.12"), node)
+    assert code == 0, job.error
+    found = job.events.get(kind="step.finished", data__step="python").data
+    assert found["python"] == f"{standalone}/python3.12" and found["version"].startswith("3.12.")
+    version, executable = get(host, f"{name}.test", "/python")[1].splitlines()[:2]
+    assert version.startswith(found["version"]) and Path(executable).parent.parent != venv_311  # a venv of its own
+    assert f"home = {standalone}\n" in (Path(executable).parent.parent / "pyvenv.cfg").read_text()
+
+    code, job = deploy(with_python(app_copy(tmp_path, "hello", name=name, version="3"), "3.99"), node)
+    assert code == 1 and "no Python 3.99 on the node" in job.error
+    assert sorted(p.name for p in (apps / name / "releases").iterdir()) == sorted(
+        r.name for r in Release.objects.filter(app__name=name, version__in=["1", "2"]))
+    assert "hello version 2" in get(host, f"{name}.test")[1]

@@ -52,6 +52,11 @@ def deploy(ctx, app, release, node):
     if previous == release:
         return f"{app.name} {release.name} is already live on {node.name}; nothing to do", {"release": release.name}
 
+    python = None
+    if ini.get("python"):
+        with ctx.step("python") as s:
+            python = releases.find_python(ctx, t, layout, ini, node)
+            s.data.update(python)
     with ctx.step("services") as s:
         service_env, s.changed = data.ensure_services(ctx, app, node, ini.get("services", []),
                                                       ini.get("writable_static_files", []))
@@ -63,7 +68,8 @@ def deploy(ctx, app, release, node):
             release_dir = node_release.upload(t, ctx.emit, layout, app.name, release.name, src, previous=link_dest)
             s.data["release_dir"] = release_dir
     with ctx.step("venv") as s:
-        venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name, release_dir, ini["requirements"])
+        venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name, release_dir, ini["requirements"],
+                                                   python=python)
     with ctx.step("env") as s:
         s.data.update(environment.config_used(app, release))
         env_file = environment.write_env_file(t, layout, app, release, node, venv, service_env, user)
@@ -111,16 +117,17 @@ def rollback(ctx, app, node, release=None):
 
     1. lock.taken: the app's lock; refuse a release whose config.required is not set
     2. reconcile
-    3. services
-    4. app user
-    5. venv: reuse its virtualenv (built again if it is gone)
-    6. env: its environment, from the config as it is now (a secret rotated since stays rotated)
-    7. start
-    8. wait until it answers
-    9. health
-    10. activate
-    11. cron
-    12. stop old release
+    3. python: the interpreter its app.ini asks for (none asked: no step)
+    4. services
+    5. app user
+    6. venv: reuse its virtualenv (built again if it is gone)
+    7. env: its environment, from the config as it is now (a secret rotated since stays rotated)
+    8. start
+    9. wait until it answers
+    10. health
+    11. activate
+    12. cron
+    13. stop old release
     A failure from health to activate: stop new release.
     """
     app, node = records.app(app), records.node(node)
@@ -134,6 +141,11 @@ def rollback(ctx, app, node, release=None):
     environment.require_config(app, target, note=f"nothing was changed on {node.name}")
     with ctx.step("reconcile") as s:
         reconcile.reconcile_app(ctx, app, node, s)
+    python = None
+    if ini.get("python"):
+        with ctx.step("python") as s:
+            python = releases.find_python(ctx, t, layout, ini, node)
+            s.data.update(python)
     with ctx.step("services") as s:
         service_env, s.changed = data.ensure_services(ctx, app, node, ini.get("services", []),
                                                       ini.get("writable_static_files", []))
@@ -141,7 +153,8 @@ def rollback(ctx, app, node, release=None):
         user = releases.ensure_app_user(ctx, t, layout, app, s)
     with ctx.step("venv") as s:
         venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name,
-                                                   releases.node_release_dir(layout, app, target), ini["requirements"])
+                                                   releases.node_release_dir(layout, app, target), ini["requirements"],
+                                                   python=python)
     with ctx.step("env") as s:
         s.data.update(environment.config_used(app, target))
         env_file = environment.write_env_file(t, layout, app, target, node, venv, service_env, user)

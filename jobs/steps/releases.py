@@ -186,6 +186,18 @@ def s3_settings():
             "aws_secret_access_key": settings.TOPPCLOUD_S3_SECRET_ACCESS_KEY}
 
 
+def find_python(ctx, t, layout, ini, node):
+    """The interpreter app.ini's `python` asks for, on the node (installed with uv if it can be); None:
+    the node's python3. Not there: FlowFailed naming what the node has; nothing was changed on it."""
+    if not ini.get("python"):
+        return None
+    try:
+        return node_release.find_python(t, ctx.emit, layout, ini["python"], settings.TOPPCLOUD_PYTHON_DIRS)
+    except node_release.ReleaseError as exc:
+        raise FlowFailed(f"app.ini asks for python = {ini['python']}: {exc}; nothing was changed on "
+                         f"{node.name}") from None
+
+
 def ensure_app_user(ctx, t, layout, app, step):
     """The app's own system user on the node, its directories owned as nodeops/node_users.py says
     (a node from before app users is moved over here); the user's name (None: ssh user not root)."""
