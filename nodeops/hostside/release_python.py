@@ -83,8 +83,9 @@ if found is None:
         print(json.dumps({"error": f"no Python {wanted} on the node (it has: {named}), and no uv to install "
                                    "it with", "have": versions}))
         sys.exit(0)
-    os.makedirs(installs, mode=0o755, exist_ok=True)
-    env = dict(os.environ, UV_PYTHON_INSTALL_DIR=installs)
+    # Under the node root, its executables too (not in the ssh user's ~/.local/bin).
+    existed = os.path.isdir(installs)
+    env = dict(os.environ, UV_PYTHON_INSTALL_DIR=installs, UV_PYTHON_BIN_DIR=os.path.join(installs, "bin"))
     try:
         r = subprocess.run([uv, "python", "install", wanted], capture_output=True, text=True, timeout=900,
                            stdin=subprocess.DEVNULL, env=env)
@@ -93,6 +94,8 @@ if found is None:
     except (OSError, subprocess.SubprocessError) as exc:
         failed = f"did not run: {exc}"
     found = None if failed else look()
+    if found is None and not existed:  # what uv made of it (a lock file) is not left behind
+        shutil.rmtree(installs, ignore_errors=True)
     if found is None:
         print(json.dumps({"error": f"no Python {wanted} on the node (it has: {named}); `uv python install "
                                    f"{wanted}` {failed or 'installed none that answers'}", "have": versions}))
