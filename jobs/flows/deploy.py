@@ -2,7 +2,7 @@
 
 A failure before activation stops the new release; the old one never stops
 serving. A failure of the database updates, or of the health check that follows
-them, also restores the checkpoint (docs/running.md: the order of a deploy).
+them, also restores the checkpoint (docs/running.md: A deploy, step by step).
 """
 
 from jobs.engine import fan_out
