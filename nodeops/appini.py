@@ -11,6 +11,8 @@ so it can be shown to the person deploying as is.
     health_check = /healthz
     update_fetch = /migrate
         script: python manage.py migrate --noinput
+    build = python manage.py collectstatic --noinput
+    python = 3.12
     processes = 2
     threads = 4
     service.postgresql =
@@ -20,6 +22,15 @@ so it can be shown to the person deploying as is.
 
 `service.NAME =` (no value) asks for a data service: `postgresql` (a
 database and role of the app's own) or `files` (a persistent directory).
+
+`build` lists commands (one a line, split into words as `script:` commands
+are, never by a shell; `script:` before one is allowed) run in the new
+release, as the app's user and with its environment, after its venv and
+before it starts: `collectstatic`, compiling assets. They may write only
+into the release's `static` directory, which is then what nginx serves.
+
+`python = 3.12` (or `3`) picks the interpreter the venv is built with, found
+on the node (or installed with uv); without it, the node's python3.
 
 `writable_static_files` names directories the app writes into and nginx
 serves publicly under the app's location (`/docs` -> `<location>docs/`),
@@ -61,8 +72,10 @@ SECTION = "production"
 CRON_SECTION = "cron"
 
 # The defaults of the optional keys are those of AppIni's fields.
-_OPTIONAL_KEYS = ("default_location", "health_check", "update_fetch", "requirements",
+_OPTIONAL_KEYS = ("default_location", "health_check", "update_fetch", "build", "python", "requirements",
                   "static", "processes", "threads", "keep_releases", "keep_backups", "writable_static_files")
+# Keys whose value may go on over indented lines, one entry a line.
+_MULTILINE_KEYS = ("update_fetch", "build")
 # The data services a node provides, in the order they are backed up.
 SERVICES = ("postgresql", "files")
 _REQUIRED_HINTS = {
@@ -159,6 +172,10 @@ class AppIni:
     default_location: str | None = None  # "host" or "host/path/", normalised
     health_check: str | None = None
     update_fetch: tuple[str, ...] = ()
+    # build = one command a line, run in the new release (its static directory writable) before it starts
+    build: tuple[str, ...] = ()
+    # python = 3.12: the interpreter the venv is built with (None: the node's python3)
+    python: str | None = None
     requirements: str = "requirements.txt"
     static: str = "static/"
     processes: int = 2
@@ -269,7 +286,7 @@ def parse_app_ini_text(text, path="app.ini"):
         def bad(why, line=line, key=key):
             return AppIniError(f"{path} line {line}: {why}", path=path, line=line, key=key)
 
-        if key != "update_fetch":
+        if key not in _MULTILINE_KEYS:
             if "\n" in raw:
                 raise bad(f"{key} must be on one line")
             if _CONTROL_RE.search(raw):
@@ -279,6 +296,8 @@ def parse_app_ini_text(text, path="app.ini"):
         try:
             if key == "update_fetch":
                 checked[key] = _check_update_fetch(lines[(SECTION, key)][1], path)
+            elif key == "build":
+                checked[key] = _check_build(lines[(SECTION, key)][1], path)
             else:
                 checked[key] = _CHECKS[key](key, raw)
         except _Bad as e:
@@ -421,6 +440,31 @@ def _check_update_fetch(value_lines, path):
     return tuple(entries)
 
 
+def _check_build(value_lines, path):
+    """Each non-empty line: a command (`script:` before it is allowed, as in update_fetch), split as
+    `script:` commands are; the commands, without the prefix."""
+    commands = []
+    for line, entry in value_lines:
+        if not entry:
+            continue
+        command = entry[len("script:"):].strip() if entry.startswith("script:") else entry
+        try:
+            _check_script("build", command, "python manage.py collectstatic --noinput")
+        except _Bad as e:
+            raise AppIniError(f"{path} line {line}: {e}", path=path, line=line, key="build") from None
+        commands.append(command)
+    return tuple(commands)
+
+
+_PYTHON_RE = re.compile(r"3(\.(0|[1-9][0-9]?))?")
+
+
+def _check_python(key, value):
+    if not _PYTHON_RE.fullmatch(value):
+        raise _Bad(f"{key} {value!r} is invalid: give a Python version as 3 or 3.N (e.g. {key} = 3.12)")
+    return value
+
+
 def _check_relative(key, value):
     def bad(why):
         return _Bad(f"{key} {value!r} is invalid: {why}")
@@ -498,6 +542,7 @@ _CHECKS = {
     "runner": _check_runner,
     "default_location": _check_location,
     "health_check": _check_url_path,
+    "python": _check_python,
     "requirements": _check_requirements,
     "static": _check_static,
     "processes": _check_int,

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shlex
+import tarfile
 
 from . import hostside
 from .errors import NodeOpError
@@ -128,15 +129,47 @@ def upload(t, emit, layout, app, release, src_dir, previous=None) -> str:
     sent = re.search(r"Total bytes sent: ([\d,]+)", r.stdout)
     if sent:
         emit("upload.stats", bytes_sent=int(sent.group(1).replace(",", "")))
+    if link_dest:  # files linked from a release uploaded with the archive's mtime 0 get a real time once
+        t.run(["find", dest, "-not", "-newermt", "@1", "-exec", "touch", "-c", "-h", "{}", "+"], check=False)
     return dest
 
 
 # --- virtualenv ---------------------------------------------------------------
 
 
-def ensure_venv(t, emit, layout, app, release_dir, requirements="requirements.txt") -> tuple[str, bool]:
-    """The venv for the release's requirements: (path, built). Reused when complete."""
+def python_installs(layout):
+    """Where interpreters toppcloud installed (uv) live on the node."""
+    return os.path.join(layout.root, "python")
+
+
+def find_python(t, emit, layout, wanted, extra_dirs=()) -> dict:
+    """The interpreter for app.ini's `python = 3.N` on the node: {"python": path, "version": "3.N.M"}.
+
+    Searched in /usr/bin, /usr/local/bin, python_installs(layout), `extra_dirs`, PATH; none there and uv on
+    the node: uv installs it under the node root. None at all: ReleaseError naming the versions the node has
+    (nothing was changed on it then).
+    """
+    if not isinstance(wanted, str) or not re.fullmatch(r"3(\.(0|[1-9][0-9]?))?", wanted):
+        raise ValueError(f"python {wanted!r} is invalid: give a Python version as 3 or 3.N")
+    dirs = [_safe_path(d.rstrip("/") or "/", "python directory") for d in extra_dirs]
+    r = run_logged(t, emit, [PYTHON, "-I", "-c", hostside.source("release_python"), wanted, python_installs(layout),
+                             json.dumps(dirs)], step="python", check=False, timeout=1200)
+    if r.rc != 0:
+        raise ReleaseError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "finding python failed")
+    found = json.loads(r.stdout)
+    if "error" in found:
+        raise ReleaseError(found["error"])
+    _safe_path(found["python"], "python")
+    return found
+
+
+def ensure_venv(t, emit, layout, app, release_dir, requirements="requirements.txt", *,
+                python=None) -> tuple[str, bool]:
+    """The venv for the release's requirements: (path, built). Reused when complete.
+
+    `python`: find_python's answer, the interpreter it is built with (None: the node's python3)."""
     release_dir = _safe_path(release_dir, "release_dir")
+    interpreter = _safe_path(python["python"], "python") if python else PYTHON
     if requirements:
         norm = os.path.normpath(requirements)
         if requirements.startswith("/") or norm.startswith("..") or "\0" in requirements:
@@ -144,7 +177,7 @@ def ensure_venv(t, emit, layout, app, release_dir, requirements="requirements.tx
         requirements = norm
     argv = [PYTHON, "-I", "-c", hostside.source("release_venv_key"),
             release_dir, requirements or "", layout.venvs_dir(app),
-            GUNICORN, VENV_MARKER]
+            GUNICORN, VENV_MARKER, python["python"] if python else "", python["version"] if python else ""]
     try:
         found = json.loads(run_logged(t, emit, argv, step="venv").stdout)
     except CommandFailed as exc:
@@ -157,7 +190,7 @@ def ensure_venv(t, emit, layout, app, release_dir, requirements="requirements.tx
     # build that died half-way left behind; the marker is written last, so
     # only a complete venv is ever reused.
     try:
-        run_logged(t, emit, [PYTHON, "-m", "venv", "--clear", venv], step="venv", timeout=300)
+        run_logged(t, emit, [interpreter, "-m", "venv", "--clear", venv], step="venv", timeout=300)
         pip = [f"{venv}/bin/pip", "install", "--no-input", "--disable-pip-version-check",
                "--progress-bar", "off", GUNICORN]
         if found["requirements"]:
@@ -176,6 +209,58 @@ def _pip_errors(result):
     lines = [l.strip() for l in (result.stdout + "\n" + result.stderr).splitlines() if l.strip()]
     errors = [l for l in lines if l.startswith("ERROR")]
     return " / ".join((errors or lines)[-5:]) or f"exit code {result.rc}"
+
+
+# --- build ----------------------------------------------------------------------
+
+
+def static_dir(layout, app, release, static):
+    """The release's static directory on the node (app.ini `static`, a relative path ending in '/')."""
+    if not isinstance(static, str) or not static.endswith("/"):
+        raise ValueError(f"static {static!r} is invalid: a relative directory ending in '/'")
+    return _safe_path(os.path.join(release_dir(layout, app, release), static.rstrip("/")), "static")
+
+
+def open_static(t, emit, layout, app, release, static, user) -> dict:
+    """The release's static directory becomes the app user's to write, for its build commands (made if
+    missing; files shared with other releases by hard links are copied first). {"files", "bytes"}."""
+    return _static(t, emit, "open", static_dir(layout, app, release, static), validate_user(user))
+
+
+def seal_static(t, emit, layout, app, release, static) -> dict:
+    """After the build: the static directory is the node's again, read-only to the app, readable by nginx;
+    a symlink or special file the build left there is a ReleaseError. {"files", "bytes"}."""
+    return _static(t, emit, "seal", static_dir(layout, app, release, static))
+
+
+def _static(t, emit, mode, path, *user):
+    r = run_logged(t, emit, [PYTHON, "-I", "-c", hostside.source("release_static"), mode, path, *user],
+                   step="build", check=False, timeout=600)
+    if r.rc != 0:
+        raise ReleaseError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"static {mode} failed")
+    return json.loads(r.stdout)
+
+
+def fetch_static(t, layout, app, release, static, dest) -> bool:
+    """Copy the release's static directory on the node (what nginx serves there, built or not) into `dest`
+    on this machine; False when the release has none. The node's files are not trusted: no member may
+    land outside `dest` nor be anything but a file or a directory."""
+    path = static_dir(layout, app, release, static)
+    if t.run(["test", "-d", path], check=False).rc != 0:
+        return False
+    stream = t.open(["tar", "-C", path, "-cf", "-", "."])
+    try:
+        with tarfile.open(fileobj=stream.stdout, mode="r|") as tar:
+            for member in tar:
+                if not (member.isfile() or member.isdir()):
+                    raise ReleaseError(f"the static directory of {release} holds {member.name}, "
+                                       "which is not a file or a directory")
+                tar.extract(member, dest, filter="data")
+    except BaseException:
+        stream.kill()
+        raise
+    stream.finish()
+    return True
 
 
 # --- environment --------------------------------------------------------------

@@ -219,7 +219,10 @@ def _rsync_argv(src_dir, dest, link_dest, delete, ssh_cmd=None):
     # --mkpath: the destination's missing parents are made, without an ssh round trip of their own.
     # --no-owner --no-group --chmod=go-w: the release belongs to the node's ssh user (root), whoever
     # owned the files on the control plane, and no app's user can write into it.
-    argv = ["rsync", "-a", "--no-owner", "--no-group", "--chmod=go-w", "--checksum", "--stats", "--mkpath"]
+    # --no-times: the archive's mtimes are all 0 (nginx would say Last-Modified 1970); a file written
+    # gets the time it reached the node, an unchanged one stays a hard link with its first time.
+    argv = ["rsync", "-a", "--no-times", "--no-owner", "--no-group", "--chmod=go-w", "--checksum", "--stats",
+            "--mkpath"]
     if delete:
         argv.append("--delete")
     if link_dest:

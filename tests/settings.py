@@ -4,6 +4,7 @@ Defaults only; the environment wins. The Celery worker processes the tests
 start get the same values (tests/conftest.py passes them on).
 """
 
+import glob
 import os
 import socket
 import tempfile
@@ -35,6 +36,11 @@ if "TOPPCLOUD_S3_ENDPOINT_URL" not in os.environ:
 os.environ.setdefault("TOPPCLOUD_S3_REGION", "us-east-1")
 os.environ.setdefault("TOPPCLOUD_S3_ACCESS_KEY_ID", "toppcloud-test")
 os.environ.setdefault("TOPPCLOUD_S3_SECRET_ACCESS_KEY", "s3-secret-of-the-test-suite-3f9a1c")
+# Interpreters the nodes' /usr/bin lacks, for apps that ask for `python = 3.12`: this machine's pyenv one
+# (under /root, so no app's user can run it) and the standalone build the Google Cloud SDK ships.
+os.environ.setdefault("TOPPCLOUD_PYTHON_DIRS", ":".join(
+    sorted(glob.glob("/root/.pyenv/versions/3.12.*/bin"))[-1:]
+    + glob.glob("/usr/lib/google-cloud-sdk/platform/bundledpythonunix/bin")))
 # Task retries a fraction of a second apart, so retry tests take seconds.
 os.environ.setdefault("TOPPCLOUD_TASK_RETRY_DELAY", "0.2")
 # Short enough that fault tests finish in seconds.

@@ -121,9 +121,10 @@ def test_it_installs_the_services_and_keeps_the_data_across_redeploys(notes_app,
     assert notes(host, name) == before
     assert get_file(host, name, "report.txt") == (200, b"quarterly numbers\n")
     kinds = event_kinds(job)
-    # The checkpoint comes after the health check, right before the database updates.
+    # The checkpoint comes right before the database updates; the health check after them, before activation.
     steps = [e.data["step"] for e in job.events.filter(kind="step.started").order_by("seq")]
-    assert steps.index("health") < steps.index("checkpoint") < steps.index("update_fetch") < steps.index("activate")
+    assert (steps.index("wait until it answers") < steps.index("checkpoint") < steps.index("update_fetch")
+            < steps.index("health") < steps.index("activate"))
     assert "backup.created" in kinds
     again = next(e.data for e in job.events.filter(kind="service.postgresql"))
     assert again["changed"] == []  # installed once; a redeploy finds it as wanted
@@ -164,6 +165,52 @@ def test_it_backs_up_the_same_data_to_the_same_bytes_and_a_changed_row_to_a_chan
     assert len(diff) == 2 and diff[0].startswith("- ") and diff[1].startswith("+ ")
     assert diff[0][2:].split("\t")[:2] == [diff[1][2:].split("\t")[0], "second note"]
     assert diff[1][2:].split("\t")[1] == "second note, edited"
+
+
+def set_ini(app_dir, key, value):
+    ini = (app_dir / "app.ini").read_text()
+    lines = [line for line in ini.splitlines() if not line.startswith(f"{key} =")]
+    (app_dir / "app.ini").write_text("\n".join(lines + [f"{key} = {value}"]) + "\n")
+
+
+def test_a_health_url_reading_what_update_fetch_makes_deploys_first_time(ready_nodes, test_hosts, tmp_path):
+    host, node = test_hosts[0], ready_nodes[0]
+    name = f"first{os.getpid() % 100000}"
+    app_dir = app_copy(tmp_path, "notes", name=name, version="1")
+    set_ini(app_dir, "health_check", "/notes")  # reads the table migrate.py creates: 500 until it ran
+    code, job = deploy(app_dir, node)
+    assert code == 0, job.error
+    steps = [e.data["step"] for e in job.events.filter(kind="step.started").order_by("seq")]
+    assert steps.index("update_fetch") < steps.index("health") < steps.index("activate")
+    health = job.events.get(kind="health").data
+    assert (health["path"], health["status"]) == ("/notes", 200)
+    # The early check saw the process answer before the table existed; health, after update_fetch, a 200.
+    assert job.events.get(kind="step.finished", data__step="wait until it answers").data["answer"][0] == 500
+    assert notes(host, name) == []
+
+
+def test_a_health_failure_after_update_fetch_puts_the_checkpoint_back(notes_app, ready_nodes, test_hosts, tmp_path):
+    name = notes_app[0]
+    host, node = test_hosts[0], ready_nodes[0]
+    before, live_version = notes(host, name), get(host, f"{name}.test")[1]
+    assert before
+    bad = app_copy(tmp_path, "notes", name=name, version="8")
+    with open(bad / "migrate.py", "a") as f:
+        f.write("conn = psycopg2.connect(os.environ['DATABASE_URL'])\n"
+                "with conn, conn.cursor() as cur:\n"
+                "    cur.execute(\"INSERT INTO notes (body) VALUES ('written by release 8')\")\n")
+    set_ini(bad, "health_check", "/no-such-page")  # answers (404) at once, unhealthy after the update too
+    code, job = deploy(bad, node)
+    assert code == 1 and job.status == "failed"
+    assert "health check /no-such-page" in job.error and "answered 404" in job.error
+    assert "the data were restored from checkpoint" in job.error
+    steps = [(e.data["step"], e.data["ok"]) for e in job.events.filter(kind="step.finished").order_by("seq")]
+    names = [s for s, _ in steps]
+    assert names[names.index("checkpoint"):] == ["checkpoint", "update_fetch", "health", "revert", "stop new release"]
+    assert dict(steps)["update_fetch"] is True and dict(steps)["health"] is False and dict(steps)["revert"] is True
+    assert "release.activated" not in event_kinds(job)
+    assert notes(host, name) == before  # the row release 8's update wrote is gone with the checkpoint put back
+    assert get(host, f"{name}.test")[1] == live_version
 
 
 def all_rows(node, name):

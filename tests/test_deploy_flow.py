@@ -12,6 +12,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from jobs.models import Job, LiveRelease
+from toppcloud_site.records.models import Release
 from tests.helpers import event_kinds
 
 pytestmark = [pytest.mark.hosts, pytest.mark.worker]
@@ -263,3 +264,137 @@ def test_update_fetch_runs_in_the_release_and_a_failure_keeps_the_old_one(worker
     assert code == 1 and "migration 0042 failed" in job.error
     assert "hello version 1" in get(host, f"{name}.test")[1]
     assert "release.activated" not in event_kinds(job)
+
+
+def get_static(host, hostname, path):
+    conn = http.client.HTTPConnection(host.address, host.http_port, timeout=5)
+    try:
+        conn.request("GET", path, headers={"Host": hostname})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def test_static_files_are_served_with_the_time_they_reached_the_node_and_stay_hard_links(worker, test_hosts,
+                                                                                        ready_nodes, tmp_path):
+    from email.utils import parsedate_to_datetime
+
+    host, node = test_hosts[0], ready_nodes[0]
+    name = f"mtime{os.getpid() % 10000}"
+    started = time.time()
+    code, job = deploy(app_copy(tmp_path, "hello", name=name, version="1"), node)
+    assert code == 0, job.error
+    first = job.params["release"]
+    status, headers, body = get_static(host, f"{name}.test", f"/static/{first}/style.css")
+    assert status == 200 and body == (FIXTURES / "hello" / "static" / "style.css").read_bytes()
+    served = parsedate_to_datetime(headers["Last-Modified"]).timestamp()
+    assert started - 2 <= served <= time.time() + 1, headers["Last-Modified"]  # not Thu, 01 Jan 1970
+
+    code, job = deploy(app_copy(tmp_path, "hello", name=name, version="2"), node)
+    assert code == 0, job.error
+    second = job.params["release"]
+    releases = Path(host.root, "apps", name, "releases")
+    old, new = (releases / r / "static" / "style.css" for r in (first, second))
+    assert os.stat(old).st_ino == os.stat(new).st_ino  # unchanged: still a hard link, its first time kept
+    assert get_static(host, f"{name}.test", f"/static/{second}/style.css")[1]["Last-Modified"] == headers["Last-Modified"]
+    assert os.stat(releases / second / "VERSION").st_mtime >= served  # changed: the time it arrived
+
+
+def test_build_commands_write_the_static_files_that_are_served_and_published(worker, test_hosts, ready_nodes,
+                                                                            tmp_path):
+    from jobs.steps.releases import pack_release
+    from toppcloud_site.records.models import App, ServerGroup
+
+    host, node = test_hosts[0], ready_nodes[0]
+    name = f"build{os.getpid() % 10000}"
+    origin = tmp_path / "origin"
+    group = ServerGroup(name=f"buildgroup{os.getpid() % 10000}", static_publish=str(origin),
+                        static_publish_url=f"http://{name}.test/cdn/")
+    group.full_clean()
+    group.save()
+    good = app_copy(tmp_path, "hello", name=name, version="1")
+    with open(good / "app.ini", "a") as f:
+        f.write("build =\n"
+                "    python3 -c \"import os; open('static/built.css', 'w').write(os.environ['TOPPCLOUD_RELEASE'])\"\n"
+                "    script: python3 -c \"print('compiled 2 assets')\"\n")
+    release, _ = pack_release(good)
+    App.objects.filter(name=name).update(group=group)
+    code, job = deploy(good, node)
+    assert code == 0, job.error
+    steps = [e.data["step"] for e in job.events.filter(kind="step.started").order_by("seq")]
+    assert steps.index("env") < steps.index("build") < steps.index("static publish") < steps.index("start")
+    assert any("compiled 2 assets" in e.data["output"] for e in job.events.filter(kind="output"))
+    assert [e.data["rc"] for e in job.events.filter(kind="build.finished")] == [0, 0]
+    status, headers, body = get_static(host, f"{name}.test", f"/static/{release.name}/built.css")
+    assert (status, body) == (200, release.name.encode())
+    assert headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    built = Path(host.root, "apps", name, "releases", release.name, "static", "built.css")
+    assert (built.stat().st_uid, oct(built.stat().st_mode & 0o777)) == (0, "0o644")  # the app cannot change it now
+    assert (origin / name / release.name / "built.css").read_text() == release.name  # published as built
+    assert (origin / name / release.name / "style.css").exists()
+    App.objects.filter(name=name).update(group=None)
+
+    bad = app_copy(tmp_path, "hello", name=name, version="2")
+    with open(bad / "app.ini", "a") as f:
+        f.write("build =\n"
+                "    python3 -c \"open('static/style.css', 'w').write('overwritten')\"\n"
+                "    python3 -c \"import sys; print('compiling'); sys.exit(3)\"\n")
+    code, job = deploy(bad, node)
+    assert code == 1 and job.status == "failed"
+    assert "build 'python3 -c \"import sys; print(\\'compiling\\'); sys.exit(3)\"' exited 3" in job.error, job.error
+    assert f"the release was not started; {release.name} is still live" in job.error
+    assert "start" not in [e.data["step"] for e in job.events.filter(kind="step.started")]
+    assert "hello version 1" in get(host, f"{name}.test")[1]
+    # The build wrote its own copy: the live release's file, hard-linked before, is as it was.
+    assert get_static(host, f"{name}.test", f"/static/{release.name}/style.css")[2] == (
+        FIXTURES / "hello" / "static" / "style.css").read_bytes()
+
+
+def with_python(app_dir, version):
+    with open(app_dir / "app.ini", "a") as f:
+        f.write(f"python = {version}\n")
+    return app_dir
+
+
+def test_python_in_app_ini_picks_the_interpreter_and_one_the_node_lacks_is_refused_before_anything_changes(
+        worker, test_hosts, ready_nodes, tmp_path):
+    from django.conf import settings
+
+    host, node = test_hosts[0], ready_nodes[0]
+    # tests/settings.py: this machine's two 3.12s, which /usr/bin lacks: pyenv's under /root, and one app users can run
+    root_only, standalone = settings.TOPPCLOUD_PYTHON_DIRS
+    name = f"py{os.getpid() % 10000}"
+    apps = Path(host.root, "apps")
+
+    # Asked for on a node that has none: refused before anything reaches it.
+    fresh = f"nopy{os.getpid() % 10000}"
+    code, job = deploy(with_python(app_copy(tmp_path, "hello", name=fresh), "3.99"), node)
+    assert code == 1 and job.status == "failed"
+    assert (f"app.ini asks for python = 3.99: no Python 3.99 on the node (it has: 3.11 (/usr/bin/python3.11), "
+            f"3.12 ({standalone}/python3.12); not runnable by an app's user: {root_only}/python3.12), and no uv to "
+            f"install it with; nothing was changed on {node.name}" == job.error), job.error
+    assert [e.data["step"] for e in job.events.filter(kind="step.started")] == ["reconcile", "python"]
+    assert not (apps / fresh).exists()
+
+    code, job = deploy(with_python(app_copy(tmp_path, "hello", name=name, version="1"), "3.11"), node)
+    assert code == 0, job.error
+    found = job.events.get(kind="step.finished", data__step="python").data
+    assert (found["python"], found["version"][:5]) == ("/usr/bin/python3.11", "3.11.")
+    version, executable = get(host, f"{name}.test", "/python")[1].splitlines()[:2]
+    assert version.startswith("3.11.") and executable.startswith(f"{apps}/{name}/venvs/")
+    venv_311 = Path(executable).parent.parent
+
+    code, job = deploy(with_python(app_copy(tmp_path, "hello", name=name, version="2"), "3.12"), node)
+    assert code == 0, job.error
+    found = job.events.get(kind="step.finished", data__step="python").data
+    assert found["python"] == f"{standalone}/python3.12" and found["version"].startswith("3.12.")
+    version, executable = get(host, f"{name}.test", "/python")[1].splitlines()[:2]
+    assert version.startswith(found["version"]) and Path(executable).parent.parent != venv_311  # a venv of its own
+    assert f"home = {standalone}\n" in (Path(executable).parent.parent / "pyvenv.cfg").read_text()
+
+    code, job = deploy(with_python(app_copy(tmp_path, "hello", name=name, version="3"), "3.99"), node)
+    assert code == 1 and "no Python 3.99 on the node" in job.error
+    assert sorted(p.name for p in (apps / name / "releases").iterdir()) == sorted(
+        r.name for r in Release.objects.filter(app__name=name, version__in=["1", "2"]))
+    assert "hello version 2" in get(host, f"{name}.test")[1]

@@ -200,6 +200,34 @@ def test_update_fetch_errors_name_the_line_of_the_entry():
         "(e.g. /healthz), without spaces, '..' or '://'")
 
 
+def test_build_is_commands_one_a_line_checked_as_script_commands_are():
+    ini = parse_app_ini_text(with_key("build = python manage.py collectstatic --noinput\n"
+                                      "    script: npm run 'build all'\n\n    /usr/local/bin/compile\nthreads = 3"))
+    assert ini.build == ("python manage.py collectstatic --noinput", "npm run 'build all'", "/usr/local/bin/compile")
+    assert ini.threads == 3 and parse_app_ini_text(with_key("threads = 3")).build == ()
+    assert str(error(with_key("build =\n    make\n    ./compile 'x"))) == (
+        "app.ini line 6: build command \"./compile 'x\" cannot be split into arguments: no closing quotation")
+    assert str(error(with_key("build = NODE_ENV=production npm run build"))) == (
+        "app.ini line 4: build command 'NODE_ENV=production npm run build' must start with a program "
+        "to run, not an option or VAR=value")
+    assert str(error(with_key("build = script:"))) == (
+        "app.ini line 4: build 'script:' needs a command after it (e.g. script: python manage.py collectstatic "
+        "--noinput)")
+
+
+@pytest.mark.parametrize("value, ok", [("3", True), ("3.12", True), ("3.9", True), ("3.0", True),
+                                       ("3.12.1", False), ("2.7", False), ("3.x", False), ("python3.12", False),
+                                       ("3.012", False), (">=3.12", False), ("3.", False)])
+def test_python_is_3_or_3_n(value, ok):
+    text = with_key(f"python = {value}")
+    if ok:
+        assert parse_app_ini_text(text).python == value
+    else:
+        assert str(error(text)) == (f"app.ini line 4: python {value!r} is invalid: give a Python version as 3 or "
+                                    "3.N (e.g. python = 3.12)")
+    assert parse_app_ini_text(with_key("threads = 3")).python is None
+
+
 def test_update_fetch_blank_lines_are_dropped():
     ini = parse_app_ini_text(with_key("update_fetch =\n    /one\n\n    script: bin/two --x 'a b'\nthreads = 3"))
     assert ini.update_fetch == ("/one", "script: bin/two --x 'a b'")

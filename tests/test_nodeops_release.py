@@ -360,3 +360,26 @@ def test_it_runs_the_program_as_the_apps_user():
     for bad in ("root\nuser = root", "tc hello", "Tc-hello", "x" * 33, ""):
         with pytest.raises(ValueError, match="user"):
             rel.render_program(NodeLayout("/srv/tc"), "hello", "r1", user=bad, **kw)
+
+
+def test_a_python_uv_cannot_install_is_refused_naming_what_the_node_has(tmp_path):
+    """uv on the node (the test venv's), asked for a Python it has no download of (and this machine has no
+    internet): refused with uv's own words and the versions the node has; nothing is left under the root."""
+    import sys
+
+    from nodeops.transport import LocalTransport
+
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "uv").symlink_to(os.path.join(os.path.dirname(sys.executable), "uv"))
+    (tmp_path / "root").mkdir()
+    layout = NodeLayout(str(tmp_path / "root"))
+    events = Events()
+    with pytest.raises(rel.ReleaseError) as refused:
+        rel.find_python(LocalTransport(), events, layout, "3.99", [str(tools)])
+    said = str(refused.value)
+    assert said.startswith("no Python 3.99 on the node (it has: 3.11 (/usr/bin/python3.11)"), said
+    assert "`uv python install 3.99` exited 2: error: No download found for request: cpython-3.99" in said, said
+    assert list((tmp_path / "root").iterdir()) == []
+    with pytest.raises(ValueError, match="python '3.12; rm -rf /' is invalid"):
+        rel.find_python(LocalTransport(), events, layout, "3.12; rm -rf /")

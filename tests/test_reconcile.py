@@ -32,8 +32,8 @@ from tests.test_deploy_flow import app_copy, deploy, get
 pytestmark = [pytest.mark.hosts, pytest.mark.worker]
 
 # Every step of a deploy of hello (no data services, no CDN, no update_fetch entries), in order.
-STEPS = ["reconcile", "services", "upload", "venv", "env", "start", "wait until it answers", "health",
-         "update_fetch", "activate", "cron", "stop old release", "prune"]
+STEPS = ["reconcile", "services", "upload", "venv", "env", "start", "wait until it answers", "update_fetch",
+         "health", "activate", "cron", "stop old release", "prune"]
 
 
 class Chain:

@@ -223,6 +223,13 @@ TOPPCLOUD_TASK_RETRY_MAX_DELAY = env_float("TOPPCLOUD_TASK_RETRY_MAX_DELAY", 360
 TOPPCLOUD_SSH_KEY_FILE = env_str("TOPPCLOUD_SSH_KEY_FILE", str(VAR_DIR / "ssh" / "id_ed25519"))
 # ControlMaster sockets; kept short because unix socket paths are limited.
 TOPPCLOUD_SSH_CONTROL_DIR = env_str("TOPPCLOUD_SSH_CONTROL_DIR", "/tmp/toppcloud-ssh")
+# Directories of interpreters an app's `python = 3.N` may use on the nodes, searched after /usr/bin,
+# /usr/local/bin and those toppcloud installed under the node root (':'-separated absolute paths).
+TOPPCLOUD_PYTHON_DIRS = [d for d in env_str("TOPPCLOUD_PYTHON_DIRS", "").split(":") if d]
+for _dir in TOPPCLOUD_PYTHON_DIRS:
+    if not re.fullmatch(r"/[A-Za-z0-9._/-]*", _dir) or ".." in _dir.split("/"):
+        raise ImproperlyConfigured(f"TOPPCLOUD_PYTHON_DIRS: {_dir!r} is not an absolute path of letters, digits, "
+                                   "'.', '_', '-' and '/'")
 TOPPCLOUD_SSH_CONNECT_TIMEOUT = env_int("TOPPCLOUD_SSH_CONNECT_TIMEOUT", 10, minimum=1, maximum=300)
 
 # --- Flower ---------------------------------------------------------------

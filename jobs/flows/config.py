@@ -19,7 +19,7 @@ job fails naming it, after trying the others.
 """
 
 from jobs.engine.context import FlowFailed
-from jobs.steps import data, environment, execution, locks, records
+from jobs.steps import data, environment, execution, locks, records, releases
 from nodeops import release as node_release
 from nodeops.layout import NodeLayout
 from toppcloud_site.records import audit
@@ -78,7 +78,7 @@ def apply_on_node(ctx, app, live):
         service_env, _ = data.ensure_services(ctx, app, node, ini.get("services", []))
         venv, _ = node_release.ensure_venv(t, ctx.emit, layout, app.name,
                                            node_release.release_dir(layout, app.name, release.name),
-                                           ini["requirements"])
+                                           ini["requirements"], python=releases.find_python(ctx, t, layout, ini, node))
         used = environment.config_used(app, release)
         env = environment.release_environment(app, release, node, layout, venv, service_env)
         result = node_release.apply_env(t, ctx.emit, layout, app.name, release.name, env, runner=ini["runner"])

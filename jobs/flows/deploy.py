@@ -1,7 +1,8 @@
 """Deploy and rollback on one node, as a person would do them by hand (each step: jobs/steps/).
 
 A failure before activation stops the new release; the old one never stops
-serving. A failure of the database updates also restores the checkpoint.
+serving. A failure of the database updates, or of the health check that follows
+them, also restores the checkpoint (docs/running.md: A deploy, step by step).
 """
 
 from jobs.engine import fan_out
@@ -17,22 +18,26 @@ def deploy(ctx, app, release, node):
 
     1. lock.taken: the app's lock; refuse a release whose config.required is not set
     2. reconcile: stop what an interrupted deploy left running, the front door as the records say
-    3. services: install its data services, make its writable static directories
-    4. app user: the app's own system user, its directories its own
-    5. upload: the release next to the previous one (rsync --link-dest)
-    6. static publish: its static files to the group's CDN origin, if it has one
+    3. python: the interpreter app.ini's `python` asks for, found on the node or installed with uv
+       (no `python`: the node's python3, no step); none: refused, nothing was changed on the node
+    4. services: install its data services, make its writable static directories
+    5. app user: the app's own system user, its directories its own
+    6. upload: the release next to the previous one (rsync --link-dest)
     7. venv: build or reuse its virtualenv
     8. env: its environment, from the config as it is now
-    9. start: on a fresh port beside the live one
-    10. wait until it answers
-    11. health: ask its health URL (not live yet)
-    12. checkpoint: back its data up, if it has data services
-    13. update_fetch: its database updates (a failure: revert, the checkpoint put back)
-    14. activate: the node's front door with it live (nginx -t, reload), release.activated
-    15. cron: its [cron] entries become the app's schedules
-    16. stop old release
-    17. prune: old releases
-    A failure from health to activate: stop new release.
+    9. build: app.ini's build commands, its static directory theirs to write (no build: no step)
+    10. static publish: its static files as built, to the group's CDN origin, if it has one
+    11. start: on a fresh port beside the live one
+    12. wait until it answers: the process answers its health URL at all (any status)
+    13. checkpoint: back its data up, if it has data services
+    14. update_fetch: its database updates
+    15. health: ask its health URL (not live yet), against the updated schema
+    16. activate: the node's front door with it live (nginx -t, reload), release.activated
+    17. cron: its [cron] entries become the app's schedules
+    18. stop old release
+    19. prune: old releases
+    A failure of update_fetch or health: revert (the checkpoint put back). A failure from wait to activate:
+    stop new release.
     """
     app, node = records.app(app), records.node(node)
     release = records.release(app, release)
@@ -47,6 +52,11 @@ def deploy(ctx, app, release, node):
     if previous == release:
         return f"{app.name} {release.name} is already live on {node.name}; nothing to do", {"release": release.name}
 
+    python = None
+    if ini.get("python"):
+        with ctx.step("python") as s:
+            python = releases.find_python(ctx, t, layout, ini, node)
+            s.data.update(python)
     with ctx.step("services") as s:
         service_env, s.changed = data.ensure_services(ctx, app, node, ini.get("services", []),
                                                       ini.get("writable_static_files", []))
@@ -57,21 +67,23 @@ def deploy(ctx, app, release, node):
             link_dest = releases.node_release_dir(layout, app, previous) if previous else None
             release_dir = node_release.upload(t, ctx.emit, layout, app.name, release.name, src, previous=link_dest)
             s.data["release_dir"] = release_dir
-        if releases.publishes_static(app, ini):
-            with ctx.step("static publish") as s:
-                s.data["published_to"] = releases.publish_static(ctx, app, release, src, ini)
     with ctx.step("venv") as s:
-        venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name, release_dir, ini["requirements"])
+        venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name, release_dir, ini["requirements"],
+                                                   python=python)
     with ctx.step("env") as s:
         s.data.update(environment.config_used(app, release))
         env_file = environment.write_env_file(t, layout, app, release, node, venv, service_env, user)
+    if ini.get("build"):
+        with ctx.step("build") as s:
+            s.data["static"] = releases.run_build(ctx, t, layout, app, release, ini, user, previous)
+    if releases.publishes_static(app, ini):
+        with ctx.step("static publish") as s:
+            s.data["published_to"] = releases.publish_static(ctx, t, layout, app, release, ini)
     with ctx.step("start") as s:
         port = s.data["port"] = releases.start(ctx, t, layout, app, release, ini, venv, env_file, user)
     with ctx.step("wait until it answers") as s:
         answer = s.data["answer"] = releases.wait_until_answers(t, layout, app, port, ini)
     with releases.stopped_if_not_live(ctx, t, layout, app, release, step="stop new release"):
-        with ctx.step("health"):
-            releases.check_health(ctx, answer, ini, release, previous)
         checkpoint = None
         if checkpoints.wanted(ini):
             with ctx.step("checkpoint") as s:
@@ -80,6 +92,10 @@ def deploy(ctx, app, release, node):
         with checkpoints.reverted_on_failure(ctx, app, node, checkpoint, step="revert"):
             with ctx.step("update_fetch"):
                 releases.run_update_fetch(ctx, t, layout, app, release, port, ini)
+            with ctx.step("health"):
+                if ini["update_fetch"]:  # asked again: what goes live is checked against the updated schema
+                    answer = releases.ask_health(t, port, ini)
+                releases.check_health(ctx, answer, ini, release, previous)
         with ctx.step("activate"):
             frontdoor.activate(ctx, app, node, release, port, ini)
     with ctx.step("cron") as s:
@@ -101,16 +117,17 @@ def rollback(ctx, app, node, release=None):
 
     1. lock.taken: the app's lock; refuse a release whose config.required is not set
     2. reconcile
-    3. services
-    4. app user
-    5. venv: reuse its virtualenv (built again if it is gone)
-    6. env: its environment, from the config as it is now (a secret rotated since stays rotated)
-    7. start
-    8. wait until it answers
-    9. health
-    10. activate
-    11. cron
-    12. stop old release
+    3. python: the interpreter its app.ini asks for (none asked: no step)
+    4. services
+    5. app user
+    6. venv: reuse its virtualenv (built again if it is gone)
+    7. env: its environment, from the config as it is now (a secret rotated since stays rotated)
+    8. start
+    9. wait until it answers
+    10. health
+    11. activate
+    12. cron
+    13. stop old release
     A failure from health to activate: stop new release.
     """
     app, node = records.app(app), records.node(node)
@@ -124,6 +141,11 @@ def rollback(ctx, app, node, release=None):
     environment.require_config(app, target, note=f"nothing was changed on {node.name}")
     with ctx.step("reconcile") as s:
         reconcile.reconcile_app(ctx, app, node, s)
+    python = None
+    if ini.get("python"):
+        with ctx.step("python") as s:
+            python = releases.find_python(ctx, t, layout, ini, node)
+            s.data.update(python)
     with ctx.step("services") as s:
         service_env, s.changed = data.ensure_services(ctx, app, node, ini.get("services", []),
                                                       ini.get("writable_static_files", []))
@@ -131,7 +153,8 @@ def rollback(ctx, app, node, release=None):
         user = releases.ensure_app_user(ctx, t, layout, app, s)
     with ctx.step("venv") as s:
         venv, s.changed = node_release.ensure_venv(t, ctx.emit, layout, app.name,
-                                                   releases.node_release_dir(layout, app, target), ini["requirements"])
+                                                   releases.node_release_dir(layout, app, target), ini["requirements"],
+                                                   python=python)
     with ctx.step("env") as s:
         s.data.update(environment.config_used(app, target))
         env_file = environment.write_env_file(t, layout, app, target, node, venv, service_env, user)

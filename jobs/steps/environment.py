@@ -160,6 +160,8 @@ def release_environment(app, release, node, layout, venv, service_env):
         "TOPPCLOUD_TASKS_URL": tasks_url(app),
         "TOPPCLOUD_TASK_TOKEN": token,
         "STATIC_URL": static_url(app, release),
+        # The host names the app is served at (its locations): Django's ALLOWED_HOSTS, for one.
+        "TOPPCLOUD_HOSTS": " ".join(dict.fromkeys(app.locations.values_list("host", flat=True))),
         "HOME": layout.home_dir(app.name),  # owned by the app's user (nodeops/node_users.py)
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",

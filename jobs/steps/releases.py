@@ -20,6 +20,8 @@ from toppcloud_site.records.models import App, Location, Release
 
 # A database update still running after this long is stopped (and the deploy fails, reverting the data).
 UPDATE_FETCH_TIMEOUT = 3600
+# Build commands (collectstatic, compiling assets) still running after this long are stopped.
+BUILD_TIMEOUT = 1800
 
 
 class ReleaseRefused(ValueError):
@@ -64,6 +66,8 @@ def ini_dict(ini):
         "app_name": ini.app_name, "runner": ini.runner, "default_location": ini.default_location,
         "location_host": ini.location_host, "location_path": ini.location_path,
         "health_check": ini.health_check, "update_fetch": list(ini.update_fetch),
+        # releases packed before these existed lack the keys (read them as [] and None)
+        "build": list(ini.build), "python": ini.python,
         "requirements": ini.requirements, "static": ini.static, "processes": ini.processes,
         "threads": ini.threads, "keep_releases": ini.keep_releases,
         "keep_backups": ini.keep_backups, "services": list(ini.services),
@@ -132,13 +136,46 @@ def publishes_static(app, ini):
     return bool(app.group is not None and app.group.static_publish and ini.get("static"))
 
 
-def publish_static(ctx, app, release, src, ini):
-    """The CDN origin gets the release's static files before the release can go live; where they went."""
+def publish_static(ctx, t, layout, app, release, ini):
+    """The CDN origin gets the release's static files before the release can go live: those on the node,
+    after its build (what nginx serves there too); where they went."""
+    tmp = tempfile.mkdtemp(prefix=reconcile.unpack_prefix(app.name, ctx.job_id))
     try:
-        return publish.publish(ctx.emit, os.path.join(src, ini["static"]), app.group.static_publish, app.name,
+        local = os.path.join(tmp, "static")
+        node_release.fetch_static(t, layout, app.name, release.name, ini["static"], local)
+        return publish.publish(ctx.emit, local, app.group.static_publish, app.name,
                                release.name, identity_file=settings.TOPPCLOUD_SSH_KEY_FILE, s3=s3_settings())
-    except publish.PublishError as exc:
+    except (publish.PublishError, node_release.ReleaseError) as exc:
         raise FlowFailed(f"{exc}; nothing went live") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_build(ctx, t, layout, app, release, ini, user, previous):
+    """app.ini's build commands, in the release's directory and environment, as the app's user, its static
+    directory theirs to write meanwhile (and the node's again after, whatever happened)."""
+    still = f"; {previous.name} is still live" if previous else "; nothing was live before"
+    static = ini.get("static")
+    if not static:
+        raise FlowFailed(f"app.ini has build commands but no static directory for them to write{still}")
+    try:
+        if user:
+            node_release.open_static(t, ctx.emit, layout, app.name, release.name, static, user)
+        try:
+            for command in ini["build"]:
+                argv = shlex.split(command)
+                ctx.emit("build", command=argv)
+                result = execution.run_in_release(ctx, t, layout, app.name, release.name, argv,
+                                                  timeout=BUILD_TIMEOUT)
+                ctx.emit("build.finished", command=argv, rc=result.rc, seconds=result.seconds,
+                         timed_out=result.timed_out, tail=result.tail)
+                if result.rc != 0 or result.timed_out or result.signal:
+                    raise FlowFailed(f"build {command!r} {result.describe()}; the release was not started{still}")
+        finally:
+            sealed = node_release.seal_static(t, ctx.emit, layout, app.name, release.name, static)
+    except node_release.ReleaseError as exc:
+        raise FlowFailed(f"build: {exc}; the release was not started{still}") from None
+    return sealed
 
 
 def s3_settings():
@@ -147,6 +184,18 @@ def s3_settings():
     return {"endpoint_url": settings.TOPPCLOUD_S3_ENDPOINT_URL, "region_name": settings.TOPPCLOUD_S3_REGION,
             "aws_access_key_id": settings.TOPPCLOUD_S3_ACCESS_KEY_ID,
             "aws_secret_access_key": settings.TOPPCLOUD_S3_SECRET_ACCESS_KEY}
+
+
+def find_python(ctx, t, layout, ini, node):
+    """The interpreter app.ini's `python` asks for, on the node (installed with uv if it can be); None:
+    the node's python3. Not there: FlowFailed naming what the node has; nothing was changed on it."""
+    if not ini.get("python"):
+        return None
+    try:
+        return node_release.find_python(t, ctx.emit, layout, ini["python"], settings.TOPPCLOUD_PYTHON_DIRS)
+    except node_release.ReleaseError as exc:
+        raise FlowFailed(f"app.ini asks for python = {ini['python']}: {exc}; nothing was changed on "
+                         f"{node.name}") from None
 
 
 def ensure_app_user(ctx, t, layout, app, step):
@@ -172,6 +221,16 @@ def wait_until_answers(t, layout, app, port, ini):
     return node_release.wait_until_answers(t, port, ini["health_check"] or "/", timeout=60,
                                            log_file=node_release.error_log(layout, app.name),
                                            host=ini["location_host"])
+
+
+def ask_health(t, port, ini):
+    """The health URL's answer now (after the database updates); (status, body). No health_check: None."""
+    if not ini["health_check"]:
+        return None
+    try:
+        return node_release.http_get(t, port, ini["health_check"], timeout=30, host=ini["location_host"])
+    except node_release.ReleaseError as exc:
+        raise FlowFailed(f"health check {ini['health_check']}: {exc}") from None
 
 
 @contextmanager

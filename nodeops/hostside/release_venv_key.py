@@ -1,7 +1,9 @@
 # One round trip decides whether the venv can be reused: the key is computed
-# where the venv lives (the node's python3 and the requirements file there).
+# where the venv lives (the interpreter and the requirements file there). The
+# interpreter is the node's python3 running this (no python given), or the one
+# app.ini's `python` found (its path and version are part of the key).
 import hashlib, json, os, sys
-release_dir, req, venvs, pin, marker = sys.argv[1:6]
+release_dir, req, venvs, pin, marker, python, version = sys.argv[1:8]
 data = b""
 path = None
 if req:
@@ -11,7 +13,8 @@ if req:
             data = f.read()
     except FileNotFoundError:
         sys.exit(f"the requirements file {req} is not in the release")
-key = hashlib.sha256(f"{sys.version}\n{pin}\n".encode() + data).hexdigest()[:16]
+interpreter = f"{python}\n{version}\n" if python else sys.version  # the node's python3: keys as before it
+key = hashlib.sha256(f"{interpreter}\n{pin}\n".encode() + data).hexdigest()[:16]
 venv = os.path.join(venvs, key)
 # The release says which venv it uses, so prune can remove venvs no release uses.
 with open(os.path.join(release_dir, ".toppcloud-venv"), "w") as f:
