@@ -14,12 +14,12 @@ import os
 import re
 import signal
 import subprocess
-import tempfile
 import time
 from io import StringIO
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.db import transaction
 
@@ -103,7 +103,7 @@ def served_release(host, name):
 
 
 def unpack_dirs(name):
-    return glob.glob(os.path.join(tempfile.gettempdir(), f"toppcloud-{name}-*"))
+    return glob.glob(os.path.join(settings.VAR_DIR, "unpack", f"toppcloud-{name}-*"))
 
 
 def site_names(host, release):
@@ -215,6 +215,9 @@ def test_it_leaves_one_program_and_nginx_serving_what_status_says(chain, step, w
     code, again = deploy(chain.next_dir(), node)
     assert code == 0, again.error
     live = status_release(name)
+    # Live once it answers; supervisord calls it RUNNING only after its startsecs (1 s) have passed.
+    wait_until(lambda: programs(host, name) != {f"app-{name}-{live}": "STARTING"}, timeout=10,
+               what="the live release's program past STARTING")
     assert programs(host, name) == {f"app-{name}-{live}": "RUNNING"}
     assert program_files(host, name) == {f"app-{name}-{live}"}
     assert sorted(gunicorn_masters(name).values()) == [f"app-{name}-{live}"]

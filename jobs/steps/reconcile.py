@@ -28,8 +28,8 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 
+from django.conf import settings
 from django.db import transaction
 
 from jobs.models import Job, LiveRelease
@@ -49,6 +49,14 @@ _UNPACK_RE = re.compile(r"toppcloud-[a-z][a-z0-9-]*-job([0-9]+)-[a-z0-9_]+")
 def unpack_prefix(app_name, job_id):
     """The name an unpack directory of this job starts with (clear_unpack_dirs() finds it by the job id)."""
     return f"toppcloud-{app_name}-job{job_id}-"
+
+
+def unpack_base():
+    """Where this installation unpacks releases: under its own var directory, so another control plane
+    on the machine (a second test run, a bench) never sees, nor removes, its unpack directories."""
+    base = os.path.join(settings.VAR_DIR, "unpack")
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    return base
 
 
 def reconcile(ctx, node, apps=None):
@@ -92,7 +100,7 @@ def reconcile(ctx, node, apps=None):
 
 def clear_unpack_dirs():
     """Remove this machine's unpack directories (releases.unpacked()) of jobs no longer running; their names."""
-    base = tempfile.gettempdir()
+    base = unpack_base()
     found = {}
     for entry in os.listdir(base):
         m = _UNPACK_RE.fullmatch(entry)

@@ -122,7 +122,7 @@ def unpacked(ctx, release):
     Its name carries the job's id: a killed job leaves it behind, and the
     next reconcile on this machine removes it once the job has ended.
     """
-    tmp = tempfile.mkdtemp(prefix=reconcile.unpack_prefix(release.app.name, ctx.job_id))
+    tmp = tempfile.mkdtemp(prefix=reconcile.unpack_prefix(release.app.name, ctx.job_id), dir=reconcile.unpack_base())
     try:
         dest = os.path.join(tmp, "app")
         archive.unpack(artifact_path(release), dest, sha256=release.artifact_sha256)
@@ -139,7 +139,7 @@ def publishes_static(app, ini):
 def publish_static(ctx, t, layout, app, release, ini):
     """The CDN origin gets the release's static files before the release can go live: those on the node,
     after its build (what nginx serves there too); where they went."""
-    tmp = tempfile.mkdtemp(prefix=reconcile.unpack_prefix(app.name, ctx.job_id))
+    tmp = tempfile.mkdtemp(prefix=reconcile.unpack_prefix(app.name, ctx.job_id), dir=reconcile.unpack_base())
     try:
         local = os.path.join(tmp, "static")
         node_release.fetch_static(t, layout, app.name, release.name, ini["static"], local)
