@@ -4,6 +4,7 @@ beat's sends and the cron_run jobs, on workers of their own so a long deploy nev
 import os
 
 from celery import Celery
+from celery.signals import beat_init
 from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "toppcloud_site.settings")
@@ -23,3 +24,12 @@ app.conf.task_routes = {"jobs.submit_cron": {"queue": "cron"}}
 # and retries when the database fails under it.
 app.conf.CELERY_DB_REUSE_MAX = 1000
 app.autodiscover_tasks()
+
+
+@beat_init.connect
+def _beat_sends_no_task_sent_events(sender, **kwargs):
+    """Beat's sends are housekeeping (the sweep, the seal, reconciles) and schedules (cron runs, backups):
+    no `task-sent` event for them, so Flower lists no sweep every JOBS_SWEEP_INTERVAL seconds. The jobs a
+    schedule starts are sent by the worker (dispatch) and show; a cron run's submit task shows once a
+    worker receives it. The housekeeping tasks send no worker events either (jobs/tasks.py)."""
+    sender.app.conf.task_send_sent_event = False
