@@ -21,34 +21,11 @@ from tests import workers
 from tests.helpers import event_kinds, wait_for_job, wait_until
 
 pytestmark = pytest.mark.worker
-AUTH = "admin:flower-truth"
 HOUSEKEEPING = {"jobs.sweep", "jobs.seal", "jobs.reconcile_nodes"}
 
 
 def submit_noop(target="flower", **params):
     return dispatch.submit("noop", target=target, params=params, actor_kind="user", actor="tester")
-
-
-@pytest.fixture
-def flower(worker, tmp_path):
-    """A real Flower process, its API once its event receiver listens (it sees only events after that)."""
-    port = workers.free_port()
-    process = workers.flower(tmp_path, port, AUTH).start()
-    api = workers.FlowerApi(port, AUTH)
-
-    def listens():
-        probe = submit_noop(target="flower-probe")
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:
-            if any(t["state"] == "SUCCESS" for t in api.of_job(probe.pk)):
-                return True
-            time.sleep(0.1)
-        return False
-    try:
-        wait_until(listens, timeout=30, what="Flower to list a probe job")
-        yield api
-    finally:
-        process.stop()
 
 
 def ended_in_flower(api, job, timeout=20):
