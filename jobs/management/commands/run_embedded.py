@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from django.conf import settings
 from django.core.management import call_command
@@ -28,6 +29,7 @@ from django.db import DatabaseError
 
 from jobs import actions
 from jobs.engine.follow import follow
+from jobs.engine.runner import _pid_alive as _alive  # a zombie counts as gone
 from jobs.engine.states import ActorKind, Status
 from jobs.management.commands.bootstrap import admin_password
 from nodeops.layout import NodeLayout
@@ -53,7 +55,7 @@ class Command(BaseCommand):
         if stop:
             return self.stop_everything()
         running = read_state()
-        if running and _alive(running["pid"]) and "run_embedded" in _cmdline(running["pid"]):
+        if running and _running(running["pid"], "run_embedded"):
             raise CommandError(f"toppcloud already runs here (pid {running['pid']}, {state_file()}): "
                                "`make stop` stops it")
         procs = {}
@@ -134,15 +136,15 @@ class Command(BaseCommand):
         if state is None:
             return stopped
         main = state["pid"]
-        if _alive(main) and "run_embedded" in _cmdline(main):
+        if _running(main, "run_embedded"):
             os.kill(main, signal.SIGTERM)
             _wait_gone(main, 60)
             stopped.append(f"run_embedded (pid {main})")
         for name, pid in state["processes"].items():  # left behind by a run_embedded that was killed
-            if _alive(pid) and OURS in _cmdline(pid):
+            if _running(pid, OURS):
                 _terminate_group(pid)
                 stopped.append(f"{name} (pid {pid})")
-        if _alive(main) and "run_embedded" in _cmdline(main):
+        if _running(main, "run_embedded"):
             raise CommandError(f"run_embedded (pid {main}) did not stop within 60 s")
         state_file().unlink(missing_ok=True)
         return stopped
@@ -162,14 +164,14 @@ class Command(BaseCommand):
             if active:
                 subprocess.run(["systemctl", "stop", unit], check=True)
                 stopped.append(f"the local node's systemd unit {unit}")
-        supervisord = _read_pid(layout.supervisor_pid)
-        if _alive(supervisord) and layout.supervisor_conf in _cmdline(supervisord):
+        supervisord = _pid_in(layout.supervisor_pid)
+        if _running(supervisord, layout.supervisor_conf):
             os.kill(supervisord, signal.SIGTERM)  # it stops its programs first: nginx (QUIT), apps, sampler
             if not _wait_gone(supervisord, 90):
                 raise CommandError(f"the local node's supervisord (pid {supervisord}) did not stop within 90 s")
             stopped.append(f"the local node's supervisord (pid {supervisord}) and what it ran")
-        nginx = _read_pid(layout.nginx_pid)
-        if _alive(nginx) and layout.nginx_conf in _cmdline(nginx):  # outlived its supervisord
+        nginx = _pid_in(layout.nginx_pid)
+        if _running(nginx, layout.nginx_conf):  # outlived its supervisord
             os.kill(nginx, signal.SIGQUIT)
             if not _wait_gone(nginx, 30):
                 os.kill(nginx, signal.SIGKILL)
@@ -228,31 +230,22 @@ def write_state(procs):
     staged.replace(path)
 
 
-def _read_pid(path):
+def _pid_in(path):
     try:
-        with open(path) as f:
-            return int(f.read().strip())
+        return int(Path(path).read_text().strip())
     except (OSError, ValueError):
         return None
 
 
-def _alive(pid):
-    """True if pid runs and is not a zombie."""
-    if not pid:
+def _running(pid, mark):
+    """True if pid is a live process (not a zombie) whose command line holds `mark`: ours, not a reused pid."""
+    if not pid or not _alive(pid):
         return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _cmdline(pid):
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
+            return mark.encode() in f.read().replace(b"\0", b" ")
     except OSError:
-        return ""
+        return False
 
 
 def _wait_gone(pid, timeout):
