@@ -24,10 +24,14 @@ FIXTURES = ROOT / "fixtures" / "apps"
 
 def embedded_env(var):
     """The embedded default (SQLite, the filesystem broker under var/): none of the test run's settings."""
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
+    keep = ("PATH", "HOME", "LANG", "LC_ALL")
     env = {k: v for k, v in os.environ.items() if k in keep}
+    # A temporary directory of its own: a reconcile removes the unpack directories in the temporary
+    # directory of every job its own database does not know as running (jobs/steps/reconcile.py), so
+    # with the shared /tmp it would remove those of the test run's deploys (and of any other run here).
+    (var / "tmp").mkdir()
     env.update({"DJANGO_SETTINGS_MODULE": "toppcloud_site.settings", "TOPPCLOUD_VAR_DIR": str(var),
-                "TOPPCLOUD_SSH_CONTROL_DIR": str(var / "ssh"), "PYTHONPATH": str(ROOT)})
+                "TOPPCLOUD_SSH_CONTROL_DIR": str(var / "ssh"), "PYTHONPATH": str(ROOT), "TMPDIR": str(var / "tmp")})
     return env
 
 
