@@ -98,7 +98,7 @@ def test_make_stop_stops_everything_make_run_started_and_is_idempotent():
         assert set(cluster_status(cluster).values()) == {"down"}
         assert all(port_free("127.0.0.1", port) for port in (web, flower, node_port, pg_port))
         assert not (var / "run_embedded.json").exists()
-        print(f"make stop took {took:.1f}s for {len(seen)} processes")
+        print(f"make stop took {took:.1f}s for {len(seen)} processes: {stop.stdout.strip()}")
 
         again = subprocess.run(["make", "-s", "stop"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert again.returncode == 0 and "nothing `make run` started is running" in again.stdout, again.stdout

@@ -113,10 +113,11 @@ class Command(BaseCommand):
         for proc in procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs.values():
+        for name, proc in procs.items():
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
+                self.stderr.write(f"{name} (pid {proc.pid}) did not stop within 20 s of SIGTERM: killed")
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
@@ -137,9 +138,11 @@ class Command(BaseCommand):
             return stopped
         main = state["pid"]
         if _running(main, "run_embedded"):
+            began = time.monotonic()
             os.kill(main, signal.SIGTERM)
             _wait_gone(main, 60)
-            stopped.append(f"run_embedded (pid {main})")
+            stopped.append(f"run_embedded (pid {main}) and its worker, beat, Flower and web "
+                           f"({time.monotonic() - began:.1f}s)")
         for name, pid in state["processes"].items():  # left behind by a run_embedded that was killed
             if _running(pid, OURS):
                 _terminate_group(pid)
@@ -166,10 +169,12 @@ class Command(BaseCommand):
                 stopped.append(f"the local node's systemd unit {unit}")
         supervisord = _pid_in(layout.supervisor_pid)
         if _running(supervisord, layout.supervisor_conf):
+            began = time.monotonic()
             os.kill(supervisord, signal.SIGTERM)  # it stops its programs first: nginx (QUIT), apps, sampler
             if not _wait_gone(supervisord, 90):
                 raise CommandError(f"the local node's supervisord (pid {supervisord}) did not stop within 90 s")
-            stopped.append(f"the local node's supervisord (pid {supervisord}) and what it ran")
+            stopped.append(f"the local node's supervisord (pid {supervisord}) and what it ran "
+                           f"({time.monotonic() - began:.1f}s)")
         nginx = _pid_in(layout.nginx_pid)
         if _running(nginx, layout.nginx_conf):  # outlived its supervisord
             os.kill(nginx, signal.SIGQUIT)
