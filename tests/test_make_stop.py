@@ -6,6 +6,7 @@ from another shell, must leave none of their processes, no running cluster and n
 `make stop` finds nothing to do.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -104,8 +105,11 @@ def test_make_stop_stops_everything_make_run_started_and_is_idempotent():
         assert again.returncode == 0 and "nothing `make run` started is running" in again.stdout, again.stdout
     finally:
         if run is not None and run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
+            seen |= _tree(run.pid)
+        try:  # its processes run in sessions of their own: killing run_embedded alone leaves them
+            seen |= _pids_of_groups(set(json.loads((var / "run_embedded.json").read_text())["processes"].values()))
+        except (OSError, ValueError, KeyError):
+            pass
         node = var / "node" / "run"
         for pidfile in (node / "supervisor/supervisord.pid", node / "nginx/nginx.pid"):  # a run that failed early
             pid = hosts._read_pid(str(pidfile))
@@ -114,6 +118,8 @@ def test_make_stop_stops_everything_make_run_started_and_is_idempotent():
         for pid in seen:
             if hosts._pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+        if run is not None:
+            run.wait()
         hosts.drop_pg_cluster(cluster)
         hosts.drop_app_users(str(var / "node"))
         shutil.rmtree(var, ignore_errors=True)
