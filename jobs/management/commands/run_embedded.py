@@ -36,8 +36,9 @@ from nodeops.layout import NodeLayout
 from nodeops.setup import unit_name
 from toppcloud_site.records.models import Node
 
-# What every process run_embedded starts has on its command line (a pid reused by another program is left alone).
-OURS = "toppcloud_site"
+# What each process run_embedded starts has on its command line (a pid reused by another program is left alone):
+# `-A toppcloud_site` or `toppcloud_site.wsgi`, or manage.py for its own commands.
+OURS = ("toppcloud_site", "manage.py")
 
 
 class Command(BaseCommand):
@@ -144,7 +145,7 @@ class Command(BaseCommand):
             stopped.append(f"run_embedded (pid {main}) and its worker, beat, Flower and web "
                            f"({time.monotonic() - began:.1f}s)")
         for name, pid in state["processes"].items():  # left behind by a run_embedded that was killed
-            if _running(pid, OURS):
+            if any(_running(pid, mark) for mark in OURS):
                 _terminate_group(pid)
                 stopped.append(f"{name} (pid {pid})")
         if _running(main, "run_embedded"):
