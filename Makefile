@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run stop-node test test-kills bench check clean
+.PHONY: install run stop test test-kills bench check clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,9 +19,10 @@ run: install
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py run_embedded
 
-# The local node's supervisord (and the nginx it keeps up) outlive `make run`, as on a real host.
-stop-node:
-	test ! -f var/node/run/supervisor/supervisord.pid || kill $$(cat var/node/run/supervisor/supervisord.pid)
+# Everything `make run` started, from any shell (it may run in the background): its processes (pids in
+# var/run_embedded.json), the local node's supervisord, nginx and apps, and its PostgreSQL cluster. Idempotent.
+stop:
+	$(BIN)/python manage.py run_embedded --stop
 
 # The suite runs on PostgreSQL + RabbitMQ (tests/settings.py has the defaults).
 test: install

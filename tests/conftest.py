@@ -159,3 +159,32 @@ def control_web(live_db):
     web = workers.web(settings.VAR_DIR, settings.TOPPCLOUD_API_URL).start()
     yield settings.TOPPCLOUD_API_URL
     web.stop()
+
+
+@pytest.fixture
+def flower(worker, tmp_path):
+    """A real Flower process on the test broker; its API (tests/workers.py: FlowerApi) once its event
+    receiver listens, since it sees only the events sent after that."""
+    import time
+
+    from jobs.engine import dispatch
+    from tests import workers
+    from tests.helpers import wait_until
+
+    port, auth = workers.free_port(), "admin:flower-test"
+    process = workers.flower(tmp_path, port, auth).start()
+    api = workers.FlowerApi(port, auth)
+
+    def listens():
+        probe = dispatch.submit("noop", target="flower-probe", actor_kind="user", actor="tester")
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            if any(t["state"] == "SUCCESS" for t in api.of_job(probe.pk)):
+                return True
+            time.sleep(0.1)
+        return False
+    try:
+        wait_until(listens, timeout=30, what="Flower to list a probe job")
+        yield api
+    finally:
+        process.stop()

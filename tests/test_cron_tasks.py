@@ -19,6 +19,7 @@ from django_celery_beat.models import PeriodicTask
 from jobs.steps import environment
 from jobs.steps.environment import task_token
 from jobs.models import Job, JobEvent, TaskKey
+from jobs.tasks import JobFailed, JobRetried
 from tests import workers
 from tests.helpers import event_kinds, wait_for_job, wait_until
 from tests.test_data_flow import run_command
@@ -298,42 +299,27 @@ def test_beat_runs_an_every_minute_entry_at_the_minute_boundary(chores, tmp_path
     assert any(abs(float(t) - boundary.timestamp()) < 1.0 and who == "tick" for t, who in ticks), ticks
 
 
-def test_flower_shows_cron_runs_and_tasks_with_their_job_ids(chores, tmp_path):
-    import base64
+def test_flower_shows_cron_runs_and_tasks_with_their_job_ids_and_a_dead_letter_as_a_failure(chores, flower):
+    code, cron_job = run_command("cron", "run", NAME, "report")
+    status, answer = post_task({"path": "/tasks/report-env"}, token=token())
+    task_job = wait_for_job(answer["job"])
+    wanted = {f"[{cron_job.pk}] cron_run cron:{NAME}:report", f"[{task_job.pk}] task task:{NAME}/tasks/report-env"}
+    wait_until(lambda: {t["args"] for t in flower.tasks().values()} >= wanted, timeout=20,
+               what=f"Flower to list {wanted}")
 
-    from jobs.engine import dispatch
-
-    import socket
-
-    with socket.socket() as s:  # a port free now (the API's port + 1 could be any connection's local port)
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    auth = base64.b64encode(b"admin:flower-test").decode()
-
-    def listed():
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/tasks", headers={"Authorization": f"Basic {auth}"})
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return {t["args"] for t in json.load(response).values()}
-
-    flower = workers.flower(tmp_path, port, "admin:flower-test").start()
-    try:
-        # Flower sees only the events after its receiver is connected: a probe job until it lists one.
-        def listens():
-            probe = dispatch.submit("noop", target="flower-probe", actor_kind="user", actor="tester")
-            deadline = time.monotonic() + 2
-            while time.monotonic() < deadline:
-                if f"[{probe.pk}] noop flower-probe" in listed():
-                    return True
-                time.sleep(0.1)
-            return False
-        wait_until(listens, timeout=30, what="Flower to list a probe job")
-        code, cron_job = run_command("cron", "run", NAME, "report")
-        status, answer = post_task({"path": "/tasks/report-env"}, token=token())
-        task_job = wait_for_job(answer["job"])
-        wanted = {f"[{cron_job.pk}] cron_run cron:{NAME}:report", f"[{task_job.pk}] task task:{NAME}/tasks/report-env"}
-        wait_until(lambda: listed() >= wanted, timeout=20, what=f"Flower to list {wanted}")
-    finally:
-        flower.stop()
+    # A task that fails every attempt: its first attempt's message is a RETRY, the dead letter a FAILURE.
+    status, answer = post_task({"path": "/tasks/fail", "max_attempts": 2}, token=token())
+    dead = wait_for_job(answer["job"], timeout=60)
+    assert dead.status == "failed" and dead.error.startswith("dead letter: all 2 attempts"), dead.error
+    def ended():
+        tasks = sorted((t["state"], t["exception"]) for t in flower.of_job(dead.pk))
+        return tasks if [state for state, _ in tasks] == ["FAILURE", "RETRY"] else None
+    (failure, failed_with), (retry, retried_with) = wait_until(ended, timeout=20,
+                                                               what="Flower to show the dead letter's two attempts")
+    assert (failure, retry) == ("FAILURE", "RETRY")
+    assert failed_with == repr(JobFailed(f"job {dead.pk} task failed: {dead.error}"))
+    retried = dead.events.filter(kind="job.retrying").first().data["reason"]
+    assert retried_with == repr(JobRetried(f"job {dead.pk} task attempt 1 failed, queued again: {retried}"))
 
 
 def test_entries_removed_from_app_ini_disappear_from_beat(chores, ready_nodes):

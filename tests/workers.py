@@ -1,10 +1,14 @@
 """Real toppcloud processes for tests (worker, beat, web, Flower), started and stopped by pid."""
 
+import base64
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from django.conf import settings
@@ -93,12 +97,12 @@ class Worker(Process):
         return super().start(timeout, ["--purge"] if purge else [])
 
 
-def beat(var_dir):
+def beat(var_dir, extra_env=None):
     """celery beat on the database scheduler, waking at least every second (so new entries are seen at once)."""
     return Process("beat", [sys.executable, "-m", "celery", "-A", "toppcloud_site", "beat", "-l", "info",
                             "-S", "django_celery_beat.schedulers:DatabaseScheduler", "--max-interval", "1",
                             "--pidfile", str(Path(var_dir) / "beat.pid")],
-                   Path(var_dir) / "beat.log", lambda out: b"beat: Starting" in out)
+                   Path(var_dir) / "beat.log", lambda out: b"beat: Starting" in out, extra_env=extra_env)
 
 
 def web(var_dir, url):
@@ -113,6 +117,31 @@ def flower(var_dir, port, basic_auth):
     return Process("flower", [sys.executable, "-m", "celery", "-A", "toppcloud_site", "flower",
                               "--address=127.0.0.1", f"--port={port}", f"--basic-auth={basic_auth}"],
                    Path(var_dir) / "flower.log", lambda out: b"Visit me at" in out)
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FlowerApi:
+    """Flower's HTTP API (/api/tasks), as a person's script would read it: with basic auth."""
+
+    def __init__(self, port, basic_auth):
+        self.url = f"http://127.0.0.1:{port}/api/tasks"
+        self.auth = "Basic " + base64.b64encode(basic_auth.encode()).decode()
+
+    def tasks(self):
+        """Every task Flower lists: {uuid: {"name", "state", "args", "exception", "result", ...}}."""
+        request = urllib.request.Request(self.url, headers={"Authorization": self.auth})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.load(response)
+
+    def of_job(self, job_id):
+        """The tasks Flower lists for a job (their args start `[<job id>] `)."""
+        return [t for t in self.tasks().values() if (t.get("args") or "").startswith(f"[{job_id}] ")]
 
 
 def s3_server(var_dir, url):
