@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python bench/config_apply.py
 	$(BIN)/python bench/static.py
 	$(BIN)/python bench/restore_load.py
+	$(BIN)/python bench/admin.py
 
 check: install
 	$(BIN)/python manage.py check

@@ -190,3 +190,17 @@ def test_the_job_page_reads_the_same_few_rows_whatever_the_jobs_size(admin_clien
     assert counts[0] == counts[1] <= 6
     with django_assert_max_num_queries(6):
         admin_client.get(reverse("admin:jobs_job_events", args=[big.pk]) + "?after=100")
+
+
+def test_the_list_of_failures_and_its_count_read_the_partial_index_of_failed_jobs(deploy_job):
+    from jobs.admin import CappedPaginator
+    from jobs.models import Job
+
+    failed = Job.objects.filter(status="failed")
+    queries = [failed.order_by("-queued_at", "-id")[:50], failed.order_by()[:CappedPaginator.CAP + 1]]
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")  # a test's few rows: the planner would scan the table
+        for qs in queries:
+            sql, params = qs.values("id").query.sql_with_params()
+            cursor.execute(f"EXPLAIN {sql}", params)
+            assert "jobs_job_failed_idx" in " ".join(row[0] for row in cursor.fetchall())
