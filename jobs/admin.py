@@ -74,6 +74,7 @@ class JobAdmin(admin.ModelAdmin):
     list_per_page = 50
     paginator = CappedPaginator
     show_full_result_count = False  # no second COUNT of the whole table under a filter
+    show_facets = admin.ShowFacets.NEVER  # "Show counts" would COUNT every filter's choices over every job
     change_form_template = "admin/jobs/job_change_form.html"
     fields = ["kind", "target", "status_live", "actor_kind", "actor", "parent_link", "attempt", "resends", "worker",
               "queued_at", "started_at", "finished_at", "duration_display", "summary", "error", "params",

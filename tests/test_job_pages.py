@@ -165,7 +165,7 @@ def test_a_huge_job_shows_its_last_events_with_links_to_earlier_ones_and_to_all(
     page = page_of(admin_client, job)
     seqs = [int(s) for s in re.findall(r'<tr id="event-(\d+)"', page)]
     assert seqs == list(range(total - job_page.PAGE_SIZE + 1, total + 1))
-    assert f"Events {total - job_page.PAGE_SIZE + 1}–{total} of {total}." in page
+    assert f"Events {total - job_page.PAGE_SIZE + 1}–{total} of {total}." in re.sub(r"<[^>]+>", "", page)
     assert f'href="?before={total - job_page.PAGE_SIZE + 1}"' in page and "show all" in page
     earlier = page_of(admin_client, job, f"?before={total - job_page.PAGE_SIZE + 1}")
     assert [int(s) for s in re.findall(r'<tr id="event-(\d+)"', earlier)] == list(
