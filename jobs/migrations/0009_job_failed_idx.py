@@ -12,6 +12,7 @@ class Migration(migrations.Migration):
     operations = [
         migrations.AddIndex(
             model_name='job',
-            index=models.Index(condition=models.Q(('status__in', ['failed', 'lost'])), fields=['-queued_at', '-id'], name='jobs_job_failed_idx'),
+            index=models.Index(condition=models.Q(('status__in', ['failed', 'lost'])), fields=['-queued_at', '-id'],
+                               include=['status'], name='jobs_job_failed_idx'),
         ),
     ]
