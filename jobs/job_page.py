@@ -17,13 +17,14 @@ from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
 from jobs.engine.redact import redact, redact_text
+from jobs.engine.reducer import OUTPUT_KEYS
 from jobs.engine.states import TERMINAL, Kind
 from jobs.models import JobEvent
 from nodeops import hostside
 
 PAGE_SIZE = 200     # events on the job page before "earlier events"
 POLL_BATCH = 500    # events per answer of the live endpoint
-OUTPUT_KEYS = ("stdout", "stderr", "text", "output", "traceback", "body")
+ALL_LIMIT = 20_000  # "show all" up to this many events; past it, pages (and `manage.py jobs show ID`)
 _MAX_ARG = 200      # an argv element longer than this (or of several lines) is shown by its size
 
 
@@ -97,11 +98,11 @@ class Row:
         return self.kind == Kind.STEP_FINISHED
 
 
-def rows(events, first_at, job_running, open_steps=None):
+def rows(events, first_at, job_running):
     """Rows for events (in seq order): each step.started paired with its step.finished, events in a step
-    indented, a step not finished while the job runs marked running."""
-    open_steps = [] if open_steps is None else open_steps
-    out = []
+    indented, a step not finished while the job runs marked running. (The page's script does the same for
+    the rows the live endpoint sends.)"""
+    open_steps, out = [], []
     for event in events:
         row = Row(event, first_at)
         if row.is_step_end:
@@ -172,7 +173,7 @@ def _row_html(r):
 def timeline(request, job, *, live_url):
     """The timeline's HTML for the job page: the last PAGE_SIZE events, or those before ?before=SEQ, or all."""
     total = job.last_seq  # seq is gapless per job: no COUNT over the events
-    show_all = request.GET.get("events") == "all"
+    show_all = request.GET.get("events") == "all" and total <= ALL_LIMIT
     before = _int(request.GET.get("before"))
     events = JobEvent.objects.filter(job_id=job.pk)
     if show_all:
@@ -189,7 +190,7 @@ def timeline(request, job, *, live_url):
     return render_to_string("admin/jobs/timeline.html", {
         "rows": render_rows(rows(window, first_at, running)), "job": job, "total": total, "first_seq": first_seq,
         "last_seq": last_seq, "earlier": first_seq > 1, "later": last_seq < total, "show_all": show_all,
-        "page_size": PAGE_SIZE, "live": live, "live_url": live_url, "running": running,
+        "page_size": PAGE_SIZE, "all_limit": ALL_LIMIT, "live": live, "live_url": live_url, "running": running,
     }, request=request)
 
 

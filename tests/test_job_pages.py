@@ -205,3 +205,16 @@ def test_the_list_of_failures_and_its_count_read_the_partial_index_of_failed_job
             sql, params = qs.values("id").query.sql_with_params()
             cursor.execute(f"EXPLAIN {sql}", params)
             assert "jobs_job_failed_idx" in " ".join(row[0] for row in cursor.fetchall())
+
+
+def test_show_all_stops_at_its_limit_and_names_the_command_for_the_rest(admin_client, monkeypatch):
+    job = started(new_job())
+    with transaction.atomic():
+        locked = events.lock(job.pk)
+        for i in range(30):
+            events.append(locked, "log", W, {"text": f"line {i}"})
+    monkeypatch.setattr(job_page, "PAGE_SIZE", 10)
+    monkeypatch.setattr(job_page, "ALL_LIMIT", 20)
+    page = page_of(admin_client, job, "?events=all")
+    assert len(re.findall(r'<tr id="event-(\d+)"', page)) == 10  # not all 32: the newest 10, as without it
+    assert "?events=all" not in page and f"manage.py jobs show {job.pk}" in page
