@@ -218,3 +218,14 @@ def test_show_all_stops_at_its_limit_and_names_the_command_for_the_rest(admin_cl
     page = page_of(admin_client, job, "?events=all")
     assert len(re.findall(r'<tr id="event-(\d+)"', page)) == 10  # not all 32: the newest 10, as without it
     assert "?events=all" not in page and f"manage.py jobs show {job.pk}" in page
+
+
+def test_a_dead_letters_page_has_the_same_timeline_and_live_status(admin_client):
+    job = started(new_job("task", "task:pages:send_mail"))
+    events.record(job.pk, Kind.FAILED, W, error="SMTP refused\nsecond line")
+    page = admin_client.get(reverse("admin:jobs_deadletter_change", args=[job.pk])).content.decode()
+    live_url = reverse("admin:jobs_deadletter_events", args=[job.pk])
+    assert f'data-live="{live_url}"' in page and 'id="event-3"' in page
+    assert admin_client.get(live_url + "?after=2").json()["status"] == "failed"
+    listing = admin_client.get(reverse("admin:jobs_deadletter_changelist")).content.decode()
+    assert 'title="SMTP refused\nsecond line" style="color:#c62828">SMTP refused</span>' in listing
