@@ -137,7 +137,7 @@ class UploadForm(forms.Form):
     """An app archive and where to deploy it: nodes, or every node of a group."""
 
     archive = forms.FileField(help_text=f"a {uploads.ARCHIVE_KINDS} of the app directory (app.ini at its top, "
-                                        "or in its one top directory), as `manage.py deploy APP_DIR` packs it")
+                                        "or in its one top directory), as manage.py deploy APP_DIR packs it")
     nodes = forms.ModelMultipleChoiceField(queryset=Node.objects.order_by("name"), required=False,
                                            widget=forms.CheckboxSelectMultiple)
     group = forms.ModelChoiceField(queryset=ServerGroup.objects.order_by("name"), required=False,
