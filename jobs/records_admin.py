@@ -203,9 +203,11 @@ class AppAdmin(admin.ModelAdmin):
             entry.last_job = last_runs.get(entry.pk)
             task = entry.periodic_task
             entry.next_run = dashboard.next_run(task.crontab, timezone.now()) if task and task.crontab else None
-        config = list(ConfigValue.objects.filter(Q(app=app) | Q(scope="group", group_id=app.group_id)
-                                                 | Q(scope="global")).select_related("group").order_by("key", "scope"))
         user = request.user
+        may_see_config = user.has_perm("records.view_configvalue")
+        config = list(ConfigValue.objects.filter(Q(app=app) | Q(scope="group", group_id=app.group_id)
+                                                 | Q(scope="global")).select_related("group").order_by("key", "scope")
+                      ) if may_see_config else None
         return {
             "lives": lives, "releases": releases, "release_count": app.releases.count(),
             "nodes": list(Node.objects.order_by("name")), "live_nodes": sorted({live.node.name for live in lives}),
@@ -215,12 +217,11 @@ class AppAdmin(admin.ModelAdmin):
                          .order_by("-queued_at", "-id")[:self.SHOWN_JOBS]),
             "backups": list(app.backups.order_by("-created_at", "-id")[:self.SHOWN_BACKUPS]),
             "cron": entries,
-            "config": [{"key": c.key, "scope": c.scope, "secret": c.secret, "group": c.group,
-                        "shown": masked_value(c)} for c in config],
+            "config": None if config is None else [{"key": c.key, "scope": c.scope, "secret": c.secret,
+                                                    "group": c.group, "shown": masked_value(c)} for c in config],
             "log_files": LOG_FILES,
             "logs_jobs_url": reverse("admin:jobs_job_changelist") + f"?kind__exact=logs&q=app%3A{app.name}",
             "can_change": self.has_change_permission(request, app),
-            "can_view_config": user.has_perm("records.view_configvalue"),
         }
 
     def release_view(self, request, pk):

@@ -136,7 +136,8 @@ def test_the_app_page_buttons_start_deploy_and_rollback_jobs_by_post_with_permis
     viewer = django_user_model.objects.create_user("viewer2", password="pw", is_staff=True)
     viewer.user_permissions.add(Permission.objects.get(codename="view_app"))
     client.force_login(viewer)
-    assert "Roll back to it" not in client.get(reverse("admin:records_app_change", args=[app.pk])).content.decode()
+    page = client.get(reverse("admin:records_app_change", args=[app.pk])).content.decode()
+    assert "Roll back to it" not in page and 'id="app-config"' not in page  # config needs view_configvalue
     assert client.post(url, {"release": older.pk, "node": node.pk, "do": "rollback"}).status_code == 403
     assert Job.objects.filter(kind="rollback").count() == 1
 
@@ -228,3 +229,18 @@ def test_a_zip_with_a_link_out_or_not_an_archive_is_refused(admin_client):
     page = admin_client.post(reverse("admin:records_app_upload"), {"archive": "", "max_parallel": 4}).content.decode()
     assert "This field is required" in page
     assert not Job.objects.filter(kind="deploy").exists() and not Release.objects.exists()
+
+
+def test_an_upload_needs_change_app_and_add_app_for_a_new_app(client, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    node = Node.objects.create(name="upload-perm", transport="local", address="127.0.0.1", http_port=18203,
+                               root="/srv/toppcloud-upload-perm")
+    user = django_user_model.objects.create_user("deployer", password="pw", is_staff=True)
+    client.force_login(user)
+    assert client.get(reverse("admin:records_app_upload")).status_code == 403
+    user.user_permissions.add(*Permission.objects.filter(codename__in=["view_app", "change_app"]))
+    page = upload(client, "hello.tar.gz", tar_gz(hello_files()), node).content.decode()
+    assert "nothing was deployed: there is no app &#x27;hello&#x27;, and creating one needs permission to add apps" \
+        in page
+    assert not App.objects.filter(name="hello").exists() and not Job.objects.filter(kind="deploy").exists()
