@@ -18,6 +18,9 @@ from toppcloud_site.records.models import App, CronEntry, Node
 
 SHOWN = 10                            # jobs running now, failures, cron runs: the first SHOWN of each
 PING_FRESH = timedelta(minutes=15)    # a node whose last ping is older says so
+# How far back the newest ping of a node and the last run of a cron entry are looked for: each is found by
+# walking jobs_job_newest_idx back from now, so a node never pinged costs this window, not the whole table.
+PING_WINDOW, CRON_WINDOW = timedelta(days=7), timedelta(days=45)
 HEALTH_KINDS = ("deploy", "rollback", "apply_config")  # the jobs that ask a live app its health URL
 ACTIVE = (Status.QUEUED, Status.RUNNING, Status.WAITING)
 FAILED = (Status.FAILED, Status.LOST)
@@ -88,7 +91,8 @@ def _health(lives):
 
 def nodes(now):
     """Each node with its last ping: up or not, load, disk, memory (2 queries)."""
-    last_ping = (Job.objects.filter(kind="ping_node", target=Concat(Value("node:"), OuterRef("name")))
+    last_ping = (Job.objects.filter(kind="ping_node", target=Concat(Value("node:"), OuterRef("name")),
+                                    queued_at__gte=now - PING_WINDOW)
                  .exclude(status__in=ACTIVE).order_by("-queued_at", "-id").values("pk")[:1])
     rows = list(Node.objects.select_related("group").annotate(last_ping_id=Subquery(last_ping)).order_by("name"))
     pings = Job.objects.in_bulk([n.last_ping_id for n in rows if n.last_ping_id])
@@ -101,7 +105,7 @@ def nodes(now):
 
 def _node_state(node, ping, now):
     if ping is None:
-        return {"state": "set up, never pinged" if node.set_up_at else "not set up", "up": None, "reading": {}}
+        return {"state": "set up, not pinged lately" if node.set_up_at else "not set up", "up": None, "reading": {}}
     if ping.status != Status.SUCCEEDED:
         return {"state": f"down: {first_line(ping.error)}", "up": False, "reading": {}}
     reading = dict(ping.result or {})
@@ -131,7 +135,7 @@ def failures():
 def next_cron_runs(now):
     """The cron entries by their next run (their beat schedules), with their last run (2 queries)."""
     last_run = (Job.objects.filter(kind="cron_run", target=Concat(Value("cron:"), OuterRef("app__name"), Value(":"),
-                                                                   OuterRef("name")))
+                                                                   OuterRef("name")), queued_at__gte=now - CRON_WINDOW)
                 .order_by("-queued_at", "-id").values("pk")[:1])
     entries = list(CronEntry.objects.select_related("app", "periodic_task__crontab")
                    .annotate(last_run_id=Subquery(last_run)))
@@ -159,7 +163,8 @@ def cron_last_runs(entries):
         return {}
     targets = {f"cron:{e.app.name}:{e.name}": e.pk for e in entries}
     found = {}
-    for job in (Job.objects.filter(kind="cron_run", target__in=list(targets)).order_by("-queued_at", "-id")
+    for job in (Job.objects.filter(kind="cron_run", target__in=list(targets),
+                                   queued_at__gte=timezone.now() - CRON_WINDOW).order_by("-queued_at", "-id")
                 .only("id", "target", "status", "queued_at", "finished_at")[:50 * len(targets)]):
         found.setdefault(targets[job.target], job)
     return found
