@@ -1,6 +1,7 @@
 """The records' admin pages whose actions and edits start jobs: server groups (secret rotation), nodes
 (setup, ping, front door), apps (rollback, backup, config apply, disable, enable; location edits render
-the front door), releases (deploy), locations, backups (download, restore) and cron entries (run now).
+the front door; the App page's deploy / roll back buttons and logs; deploying an uploaded archive), releases
+(deploy), locations, backups (download, restore) and cron entries (run now).
 Each action calls jobs/actions.py; admin URLs, action names and permissions are the records' own."""
 
 from django import forms
