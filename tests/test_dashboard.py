@@ -130,8 +130,8 @@ def test_the_app_page_buttons_start_deploy_and_rollback_jobs_by_post_with_permis
     assert response["Location"] == reverse("admin:jobs_job_change", args=[job.pk])
     with django_capture_on_commit_callbacks(execute=False):
         admin_client.post(url, {"release": older.pk, "node": node.pk, "do": "deploy"})
-    assert Job.objects.get(kind="deploy", params__release="r0").params == {"app": app.name, "release": "r0",
-                                                                           "node": node.name}
+    assert Job.objects.get(kind="deploy", target=f"app:{app.name}@{node.name}", params__release="r0").params == {
+        "app": app.name, "release": "r0", "node": node.name}
 
     viewer = django_user_model.objects.create_user("viewer2", password="pw", is_staff=True)
     viewer.user_permissions.add(Permission.objects.get(codename="view_app"))
@@ -139,7 +139,7 @@ def test_the_app_page_buttons_start_deploy_and_rollback_jobs_by_post_with_permis
     page = client.get(reverse("admin:records_app_change", args=[app.pk])).content.decode()
     assert "Roll back to it" not in page and 'id="app-config"' not in page  # config needs view_configvalue
     assert client.post(url, {"release": older.pk, "node": node.pk, "do": "rollback"}).status_code == 403
-    assert Job.objects.filter(kind="rollback").count() == 1
+    assert Job.objects.filter(kind="rollback", target=f"app:{app.name}@{node.name}").count() == 1
 
     from django.test import Client
     csrf = Client(enforce_csrf_checks=True)
@@ -164,6 +164,10 @@ def tar_gz(files, top=""):
 def hello_files():
     return {p.relative_to(HELLO).as_posix(): p.read_bytes() for p in HELLO.rglob("*") if p.is_file()
             and "__pycache__" not in p.parts}
+
+
+def deploys_to(node):
+    return Job.objects.filter(kind__in=["deploy", "deploy_many"], target__endswith=f"@{node.name}").exists()
 
 
 def upload(admin_client, name, data, node, **extra):
@@ -210,7 +214,7 @@ def test_a_hostile_or_bad_archive_is_refused_with_a_clear_message_and_nothing_de
                                root="/srv/toppcloud-upload-bad")
     page = upload(admin_client, "evil.tar.gz", tar_gz(members), node).content.decode()
     assert "nothing was deployed:" in page and says.replace("'", "&#x27;") in page, page[-3000:]
-    assert not Job.objects.filter(kind="deploy").exists() and not Release.objects.exists()
+    assert not deploys_to(node) and not Release.objects.filter(app__name="evil").exists()
 
 
 def test_a_zip_with_a_link_out_or_not_an_archive_is_refused(admin_client):
@@ -228,7 +232,7 @@ def test_a_zip_with_a_link_out_or_not_an_archive_is_refused(admin_client):
     assert "notes.txt is not an app archive: send a .tar.gz, .tgz or .zip" in page
     page = admin_client.post(reverse("admin:records_app_upload"), {"archive": "", "max_parallel": 4}).content.decode()
     assert "This field is required" in page
-    assert not Job.objects.filter(kind="deploy").exists() and not Release.objects.exists()
+    assert not deploys_to(node) and not Release.objects.filter(app__name="zipper").exists()
 
 
 def test_an_upload_needs_change_app_and_add_app_for_a_new_app(client, django_user_model):
@@ -240,7 +244,9 @@ def test_an_upload_needs_change_app_and_add_app_for_a_new_app(client, django_use
     client.force_login(user)
     assert client.get(reverse("admin:records_app_upload")).status_code == 403
     user.user_permissions.add(*Permission.objects.filter(codename__in=["view_app", "change_app"]))
-    page = upload(client, "hello.tar.gz", tar_gz(hello_files()), node).content.decode()
-    assert "nothing was deployed: there is no app &#x27;hello&#x27;, and creating one needs permission to add apps" \
-        in page
-    assert not App.objects.filter(name="hello").exists() and not Job.objects.filter(kind="deploy").exists()
+    files = hello_files()
+    files["app.ini"] = files["app.ini"].replace(b"app_name = hello", b"app_name = uploadperm")
+    page = upload(client, "hello.tar.gz", tar_gz(files), node).content.decode()
+    assert "nothing was deployed: there is no app &#x27;uploadperm&#x27;, and creating one needs permission to add " \
+        "apps" in page
+    assert not App.objects.filter(name="uploadperm").exists() and not deploys_to(node)
