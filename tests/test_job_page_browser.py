@@ -9,9 +9,11 @@ from django.db import transaction
 from jobs.engine import events
 from jobs.engine.states import Kind
 from nodeops import hostside
-from tests.test_browser import admin_login, browser  # noqa: F401 (fixtures: a superuser, a headless chromium)
+from tests import test_browser
 
 W = "worker:browser-w1"
+# The browser tests' fixtures: a superuser with a password, a headless chromium on the control plane's gunicorn.
+admin_login, browser = test_browser.admin_login, test_browser.browser
 
 
 @pytest.fixture
@@ -24,7 +26,7 @@ def running_job(live_db):
     return job
 
 
-def test_it_follows_a_running_job_until_it_ends_without_a_reload(browser, admin_login, running_job):  # noqa: F811
+def test_it_follows_a_running_job_until_it_ends_without_a_reload(browser, admin_login, running_job):
     b = browser
     b.log_in(*admin_login)
     b.open(f"/jobs/job/{running_job.pk}/change/")
