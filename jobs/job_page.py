@@ -184,8 +184,9 @@ def timeline(request, job, *, live_url):
         window = list(events.order_by("-seq")[:PAGE_SIZE])[::-1]
     first_seq = window[0].seq if window else 1
     last_seq = window[-1].seq if window else 0
+    total = max(total, last_seq)  # events written since the job's row was read are shown too
     running = job.status not in TERMINAL
-    live = running and last_seq == total  # only the newest page grows
+    live = running and before is None  # the page with the newest events grows; earlier pages stay as they are
     first_at = job.queued_at or (window[0].at if window else None)
     return render_to_string("admin/jobs/timeline.html", {
         "rows": render_rows(rows(window, first_at, running)), "job": job, "total": total, "first_seq": first_seq,

@@ -229,3 +229,16 @@ def test_a_dead_letters_page_has_the_same_timeline_and_live_status(admin_client)
     assert admin_client.get(live_url + "?after=2").json()["status"] == "failed"
     listing = admin_client.get(reverse("admin:jobs_deadletter_changelist")).content.decode()
     assert 'title="SMTP refused\nsecond line" style="color:#c62828">SMTP refused</span>' in listing
+
+
+def test_the_page_polls_even_when_events_came_between_reading_the_job_and_its_events(rf, admin_user):
+    from jobs.models import Job
+
+    job = new_job()
+    stale = Job.objects.get(pk=job.pk)  # the row as the page read it: queued, one event
+    started(job)  # then the worker's job.started, before the page reads the events
+    request = rf.get("/")
+    request.user = admin_user
+    html = job_page.timeline(request, stale, live_url="/live/")
+    assert 'id="event-2"' in html and "fetch(" in html  # shown, and the page keeps polling for the status
+    assert "Events 1–<span class=\"tl-last\">2</span> of <span class=\"tl-last\">2</span>." in html
