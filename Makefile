@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python bench/static.py
 	$(BIN)/python bench/restore_load.py
 	$(BIN)/python bench/cli.py
+	$(BIN)/python bench/admin.py
 
 check: install
 	$(BIN)/python manage.py check

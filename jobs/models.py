@@ -57,6 +57,11 @@ class Job(models.Model):
             # whose worker may be gone. Finished jobs, the bulk, stay out.
             models.Index(fields=["status", "sent_at"], name="jobs_job_active_idx",
                          condition=Q(status__in=[Status.QUEUED, Status.RUNNING, Status.WAITING])),
+            # The job list filtered to failures, newest first, and its (capped) count: jobs/admin.py,
+            # bench/admin.py. A job enters it once, when it fails; the others stay out.
+            # status is included so a list of failed only (or lost only) is read from the index alone.
+            models.Index(fields=["-queued_at", "-id"], include=["status"], name="jobs_job_failed_idx",
+                         condition=Q(status__in=[Status.FAILED, Status.LOST])),
             # A job's children (fan-out); most jobs have no parent and stay out.
             models.Index(fields=["parent"], name="jobs_job_parent_idx", condition=Q(parent__isnull=False)),
         ]

@@ -1,23 +1,35 @@
 """The records' admin pages whose actions and edits start jobs: server groups (secret rotation), nodes
 (setup, ping, front door), apps (rollback, backup, config apply, disable, enable; location edits render
-the front door), releases (deploy), locations, backups (download, restore) and cron entries (run now).
+the front door; the App page's deploy / roll back buttons and logs; deploying an uploaded archive), releases
+(deploy), locations, backups (download, restore) and cron entries (run now).
 Each action calls jobs/actions.py; admin URLs, action names and permissions are the records' own."""
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import FileResponse, Http404
+from django.db.models import Q
+from django.http import FileResponse, Http404, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.views.decorators.http import require_POST
 
-from jobs import actions
+from jobs import actions, dashboard, uploads
+from jobs.flows.logs import LOG_FILES
+from jobs.steps.environment import ConfigMissing, check_required_config
+from jobs.steps.releases import ReleaseRefused
 from jobs.steps.data import DataRefused, archive_path, check_data_app
 from jobs.engine.states import ActorKind
 from jobs.models import Job, LiveRelease
-from jobs.nodes import InvalidNode
+from jobs.nodes import InvalidNode, check_node
+from nodeops.appini import AppIniError
+from nodeops.archive import ArchiveError
 from toppcloud_site.records import audit
-from toppcloud_site.records.admin import LocationForm, LocationInline, ServiceInline
-from toppcloud_site.records.models import App, Backup, CronEntry, Location, Node, Release, ServerGroup
+from toppcloud_site.records.admin import LocationForm, LocationInline, ServiceInline, masked_value
+from toppcloud_site.records.models import (
+    App, Backup, ConfigValue, CronEntry, Location, Node, Release, ServerGroup)
 
 
 def _started(modeladmin, request, verb, started):
@@ -122,14 +134,167 @@ class LiveInline(admin.TabularInline):
         return format_html('<a href="{}">job {}</a>', reverse("admin:jobs_job_change", args=[obj.job_id]), obj.job_id)
 
 
+class UploadForm(forms.Form):
+    """An app archive and where to deploy it: nodes, or every node of a group."""
+
+    archive = forms.FileField(help_text=f"a {uploads.ARCHIVE_KINDS} of the app directory (app.ini at its top, "
+                                        "or in its one top directory), as manage.py deploy APP_DIR packs it")
+    nodes = forms.ModelMultipleChoiceField(queryset=Node.objects.order_by("name"), required=False,
+                                           widget=forms.CheckboxSelectMultiple)
+    group = forms.ModelChoiceField(queryset=ServerGroup.objects.order_by("name"), required=False,
+                                   help_text="or every node of this server group", empty_label="(no group)")
+    max_parallel = forms.IntegerField(min_value=1, max_value=100, initial=4, help_text="nodes deployed at once")
+
+    def clean(self):
+        data = super().clean()
+        nodes = list(data.get("nodes") or [])
+        group = data.get("group")
+        if group is not None:
+            nodes += [n for n in group.nodes.order_by("name") if n not in nodes]
+            if not nodes:
+                raise forms.ValidationError(f"server group {group.name!r} has no nodes")
+        if not nodes and not self.errors:
+            raise forms.ValidationError("say where: pick nodes, or a server group")
+        data["targets"] = nodes
+        return data
+
+
 @admin.register(App)
 class AppAdmin(admin.ModelAdmin):
+    """The App page shows its releases (deploy one, roll back to one), recent jobs, backups, cron entries
+    with their last runs, config keys (secret values never) and its logs; the list page deploys an archive."""
+
     list_display = ["name", "group", "locations_list", "live_list", "maintenance", "created_at"]
     list_filter = ["group", "maintenance"]
     search_fields = ["name", "description", "locations__host"]
     inlines = [LocationInline, LiveInline, ServiceInline]
     actions = ["roll_back", "back_up", "apply_config", "disable", "enable"]
     readonly_fields = ["maintenance"]  # the Disable / Enable actions: jobs that render the front door too
+    change_form_template = "admin/records/app/app_change_form.html"
+    change_list_template = "admin/records/app/app_change_list.html"
+    SHOWN_RELEASES, SHOWN_JOBS, SHOWN_BACKUPS = 15, 15, 10
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path("upload/", view(self.upload_view), name="records_app_upload"),
+            path("<int:pk>/release/", view(require_POST(self.release_view)), name="records_app_release"),
+            path("<int:pk>/logs/", view(require_POST(self.logs_view)), name="records_app_logs"),
+        ] + super().get_urls()
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        app = self.get_object(request, object_id)
+        extra = dict(extra_context or {})
+        if app is not None:
+            extra["panels"] = self.panels(request, app)
+        return super().change_view(request, object_id, form_url, extra_context=extra)
+
+    def panels(self, request, app):
+        """What the App page shows above its record's form."""
+        lives = list(app.live.select_related("node", "release").order_by("node__name", "host", "path"))
+        live_on = {}
+        for live in lives:
+            live_on.setdefault(live.release_id, set()).add(live.node.name)
+        releases = list(app.releases.order_by("-created_at", "-id")[:self.SHOWN_RELEASES])
+        for release in releases:
+            release.live_on = sorted(live_on.get(release.pk, ()))
+        entries = list(app.cron_entries.select_related("app", "periodic_task__crontab").order_by("name"))
+        last_runs = dashboard.cron_last_runs(entries)
+        for entry in entries:
+            entry.last_job = last_runs.get(entry.pk)
+            task = entry.periodic_task
+            entry.next_run = dashboard.next_run(task.crontab, timezone.now()) if task and task.crontab else None
+        user = request.user
+        may_see_config = user.has_perm("records.view_configvalue")
+        config = list(ConfigValue.objects.filter(Q(app=app) | Q(scope="group", group_id=app.group_id)
+                                                 | Q(scope="global")).select_related("group").order_by("key", "scope")
+                      ) if may_see_config else None
+        return {
+            "lives": lives, "releases": releases, "release_count": app.releases.count(),
+            "nodes": list(Node.objects.order_by("name")), "live_nodes": sorted({live.node.name for live in lives}),
+            "jobs": list(Job.objects.filter(Q(target=f"app:{app.name}") | Q(target__startswith=f"app:{app.name}@")
+                                            | Q(target__startswith=f"cron:{app.name}:")
+                                            | Q(target__startswith=f"task:{app.name}/"))
+                         .order_by("-queued_at", "-id")[:self.SHOWN_JOBS]),
+            "backups": list(app.backups.order_by("-created_at", "-id")[:self.SHOWN_BACKUPS]),
+            "cron": entries,
+            "config": None if config is None else [{"key": c.key, "scope": c.scope, "secret": c.secret,
+                                                    "group": c.group, "shown": masked_value(c)} for c in config],
+            "log_files": LOG_FILES,
+            "logs_jobs_url": reverse("admin:jobs_job_changelist") + f"?kind__exact=logs&q=app%3A{app.name}",
+            "can_change": self.has_change_permission(request, app),
+        }
+
+    def release_view(self, request, pk):
+        """The App page's buttons: deploy this release to a node, or roll back to it there."""
+        app = get_object_or_404(App, pk=pk)
+        back = reverse("admin:records_app_change", args=[app.pk])
+        if not self.has_change_permission(request, app):
+            raise PermissionDenied(f"deploying or rolling back {app.name} needs permission to change apps")
+        release = Release.objects.filter(app=app, pk=request.POST.get("release")).first()
+        node = Node.objects.filter(pk=request.POST.get("node")).first()
+        what = request.POST.get("do")
+        if release is None or node is None or what not in ("deploy", "rollback"):
+            self.message_user(request, "choose a release of this app, a node, and deploy or roll back",
+                              messages.ERROR)
+            return HttpResponseRedirect(back)
+        actor = request.user.get_username()
+        try:
+            if what == "deploy":
+                check_required_config(app, release)
+                job = actions.deploy(app.name, release.name, node, actor_kind=ActorKind.USER, actor=actor)
+            else:
+                job = actions.rollback(app.name, node, release=release.name, actor_kind=ActorKind.USER, actor=actor)
+        except (InvalidNode, ConfigMissing) as exc:
+            self.message_user(request, f"nothing was started: {exc}", messages.ERROR)
+            return HttpResponseRedirect(back)
+        verb = "Deploy" if what == "deploy" else "Rollback"
+        _started(self, request, verb, [(job, f"{release.name} on {node.name}")])
+        return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job.pk]))
+
+    def logs_view(self, request, pk):
+        """Fetch the app's recent log lines (a logs job, secrets masked); its page shows them."""
+        app = get_object_or_404(App, pk=pk)
+        if not self.has_view_permission(request, app):
+            raise PermissionDenied
+        files = [f for f in request.POST.getlist("files") if f in LOG_FILES] or ["error", "app"]
+        job = actions.logs(app.name, lines=200, files=files, actor_kind=ActorKind.USER,
+                           actor=request.user.get_username())
+        return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job.pk]))
+
+    def upload_view(self, request):
+        """Deploy an uploaded app archive: checked and packed as `manage.py deploy` does, then the deploy job's
+        page (a refusal is shown on the form: nothing was deployed)."""
+        if not self.has_change_permission(request):
+            raise PermissionDenied("deploying needs permission to change apps")
+        form = UploadForm(request.POST or None, request.FILES or None)
+        refused = None
+        if request.method == "POST" and form.is_valid():
+            try:
+                job = self._deploy_upload(request, form.cleaned_data)
+            except (AppIniError, ArchiveError, ReleaseRefused, InvalidNode, ConfigMissing, PermissionDenied) as exc:
+                refused = f"nothing was deployed: {exc}"
+            else:
+                return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job.pk]))
+        return TemplateResponse(request, "admin/records/app/upload.html", {
+            **self.admin_site.each_context(request), "title": "Deploy an app archive", "form": form,
+            "refused": refused, "opts": self.model._meta, "max_bytes": uploads.MAX_UPLOAD_BYTES,
+        })
+
+    def _deploy_upload(self, request, data):
+        nodes = data["targets"]
+        for node in nodes:
+            check_node(node)  # refuse a bad node before anything is stored
+        release, warnings = uploads.release_from_upload(data["archive"], may_create_app=self.has_add_permission(
+            request))
+        check_required_config(release.app, release)
+        for warning in warnings:
+            self.message_user(request, f"app.ini: {warning}", messages.WARNING)
+        job = actions.deploy_to(release.app.name, release.name, nodes, max_parallel=data["max_parallel"],
+                                actor_kind=ActorKind.USER, actor=request.user.get_username())
+        _started(self, request, f"Deploy of {release.app.name} {release.name} ({release.size} bytes)",
+                 [(job, ", ".join(n.name for n in nodes))])
+        return job
 
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)

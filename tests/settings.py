@@ -52,6 +52,7 @@ from toppcloud_site.settings import *  # noqa: E402,F401,F403
 # No collectstatic before tests: serve the admin's files unhashed.
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
 WHITENOISE_AUTOREFRESH = True
+WHITENOISE_USE_FINDERS = True  # the test web server (gunicorn) serves the admin's CSS and JS from the apps' dirs
 
 # A database of this run alone too, so two runs on one machine do not collide.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":  # noqa: F405

@@ -163,11 +163,15 @@ def test_it_rejects_bad_input_before_touching_the_host(transports):
 
 def test_it_pings(transports, first_runs):
     events = Events()
-    data = ping(transports[0], events)
-    assert set(data) == {"round_trip_seconds", "uptime_seconds", "load1", "load5", "load15"}
+    data = ping(transports[0], events, root="/")
+    assert set(data) == {"round_trip_seconds", "uptime_seconds", "load1", "load5", "load15", "mem_total_bytes",
+                         "mem_available_bytes", "disk_total_bytes", "disk_free_bytes"}
     assert 0 < data["round_trip_seconds"] < 5 and data["uptime_seconds"] > 0
+    assert 0 < data["mem_available_bytes"] <= data["mem_total_bytes"]
+    assert 0 < data["disk_free_bytes"] <= data["disk_total_bytes"]  # the dashboard's disk figure (jobs/dashboard.py)
     assert events.kinds("node.ping") == [data]
-    assert events.kinds("command")[0]["argv"] == ["cat", "/proc/uptime", "/proc/loadavg"]
+    assert [c["argv"] for c in events.kinds("command")] == [["cat", "/proc/uptime", "/proc/loadavg", "/proc/meminfo"],
+                                                             ["df", "-P", "-k", "--", "/"]]
 
 
 def test_it_renders_ipv6_listen_addresses():

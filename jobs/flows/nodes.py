@@ -43,7 +43,10 @@ def reconcile_node(ctx, node):
 
 
 def ping_node(ctx, node):
-    """Check a node answers: its round trip and load (no steps)."""
+    """Check a node answers: its round trip, load, memory and the disk of its root (no steps; the admin's
+    dashboard shows the result)."""
     node = records.node(node)
-    result = ping.ping(ctx.transport(node), emit=ctx.emit)
-    return f"node {node.name} answered in {result['round_trip_seconds'] * 1000:.0f} ms, load {result['load1']}", result
+    result = ping.ping(ctx.transport(node), emit=ctx.emit, root=node.root)
+    disk = (f", {result['disk_free_bytes'] / 2**30:.1f} GiB free at {node.root}" if "disk_free_bytes" in result
+            else f", no disk figure ({node.root} is missing)")
+    return f"node {node.name} answered in {result['round_trip_seconds'] * 1000:.0f} ms, load {result['load1']}{disk}", result

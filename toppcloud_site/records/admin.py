@@ -119,9 +119,14 @@ class ConfigValueAdmin(admin.ModelAdmin):
 
     @admin.display(description="value")
     def shown_value(self, obj):
-        if obj.secret:
-            return "(secret, set)" if obj.secret_value else "(secret, empty)"
-        return obj.value if len(obj.value) <= 80 else obj.value[:77] + "..."
+        return masked_value(obj)
+
+
+def masked_value(value):
+    """A config value as admin pages show it: a secret's value never, whatever it is."""
+    if value.secret:
+        return "(secret, set)" if value.secret_value else "(secret, empty)"
+    return value.value if len(value.value) <= 80 else value.value[:77] + "..."
 
 
 class WriteOnlyTextarea(forms.Textarea):
