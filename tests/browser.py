@@ -36,6 +36,7 @@ class Browser:
                     f"--window-size={WIDTH},1000", f"--user-data-dir={self.profile}", "--no-first-run",
                     "--disable-extensions", "--disable-background-networking"):
             options.add_argument(arg)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, for failures
         # The driver named by path: Selenium Manager never runs, nothing is downloaded.
         self.driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=os.devnull), options=options)
         self.driver.implicitly_wait(0)
@@ -76,7 +77,11 @@ class Browser:
                 return value
             time.sleep(interval)
         raise AssertionError(f"timed out after {timeout}s waiting for {what} at {self.driver.current_url}:\n"
-                             f"{self.text()[:3000]}")
+                             f"{self.text()[:3000]}\nconsole: {self.console()}")
+
+    def console(self):
+        """What the page logged to its console (errors of its scripts among them)."""
+        return [(e["level"], e["message"]) for e in self.driver.get_log("browser")]
 
     def screenshot(self, name):
         """The whole page as var/screenshots/NAME.png (the window stretched to the page's height)."""
@@ -99,27 +104,34 @@ class Browser:
         field = self.all(".field-status .readonly")
         return (field[0].text.strip().lower() if field else ""), False
 
-    def wait_for_job(self, timeout=180):
+    def wait_for_job(self, timeout=180, stall=30):
         """Watch the job page until its job ends; (status, whether it changed live without a reload).
 
-        The page is reloaded ONLY while #job-status lacks data-live (the job page of before issue 15's live
-        updates); a page that says it is live is only watched.
+        The page is reloaded while #job-status lacks data-live (the job page of before issue 15's live
+        updates). A page that says it is live is only watched; if its status and events stand still for
+        `stall` seconds it is reloaded once more and the answer says it was not live (a page that claims to
+        be live and is not must not hang the test; the caller decides whether live was required).
         """
         self.driver.execute_script("window.tcNotReloaded = true")
         reloaded = False
         deadline = time.monotonic() + timeout
+        seen, changed_at = None, time.monotonic()
         while time.monotonic() < deadline:
             try:
                 status, live = self.job_status()
+                shown = (status, len(self.all("#job-timeline tbody tr, .toppcloud-timeline tbody tr")))
             except StaleElementReferenceException:
                 continue
             if status in TERMINAL:
                 stayed = self.driver.execute_script("return window.tcNotReloaded === true")
                 return status, live and stayed and not reloaded
-            if not live:
+            if shown != seen:
+                seen, changed_at = shown, time.monotonic()
+            if not live or time.monotonic() - changed_at > stall:
                 time.sleep(0.5)
                 self.driver.refresh()
-                reloaded = True
+                reloaded, changed_at = True, time.monotonic()
             else:
                 time.sleep(0.1)
-        raise AssertionError(f"the job page still says {self.job_status()[0]!r} after {timeout}s:\n{self.text()[:3000]}")
+        raise AssertionError(f"the job page still says {self.job_status()[0]!r} after {timeout}s:\n"
+                             f"{self.text()[-3000:]}\nconsole: {self.console()}")
