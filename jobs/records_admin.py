@@ -285,9 +285,17 @@ class AppAdmin(admin.ModelAdmin):
         nodes = data["targets"]
         for node in nodes:
             check_node(node)  # refuse a bad node before anything is stored
-        release, warnings = uploads.release_from_upload(data["archive"], may_create_app=self.has_add_permission(
-            request))
-        check_required_config(release.app, release)
+        release = None
+        try:
+            release, warnings = uploads.release_from_upload(data["archive"], may_create_app=self.has_add_permission(
+                request))
+            check_required_config(release.app, release)
+        except (AppIniError, ArchiveError, ReleaseRefused, ConfigMissing) as exc:
+            # What the archive holds was refused: the attempt is recorded, as a failed job no worker runs.
+            job = actions.refuse_deploy(f"upload {data['archive'].name}", str(exc),
+                                        app_name=release.app.name if release else "", nodes=nodes,
+                                        actor_kind=ActorKind.USER, actor=request.user.get_username())
+            raise ReleaseRefused(f"{exc} (recorded as job {job.pk})") from None
         for warning in warnings:
             self.message_user(request, f"app.ini: {warning}", messages.WARNING)
         job = actions.deploy_to(release.app.name, release.name, nodes, max_parallel=data["max_parallel"],

@@ -97,41 +97,23 @@ class Browser:
         """(the job page's status, whether the page keeps it live): the element id="job-status" of the job page,
         its data-live attribute saying the page updates it without a reload."""
         found = self.all("#job-status")
-        if found:
-            return found[0].text.strip().lower(), found[0].get_attribute("data-live") is not None
-        # The job page before it updated live (no #job-status yet): the status field of its read-only form,
-        # by its label ("Succeeded").
-        field = self.all(".field-status .readonly")
-        return (field[0].text.strip().lower() if field else ""), False
+        assert found, f"no #job-status on the page:\n{self.text()[-2000:]}"
+        return found[0].text.strip().lower(), found[0].get_attribute("data-live") is not None
 
-    def wait_for_job(self, timeout=180, stall=30):
-        """Watch the job page until its job ends; (status, whether it changed live without a reload).
+    def wait_for_job(self, timeout=180):
+        """Watch the job page, never reloading it, until its job ends: (its last status, True: it updated live).
 
-        The page is reloaded while #job-status lacks data-live (the job page of before issue 15's live
-        updates). A page that says it is live is only watched; if its status and events stand still for
-        `stall` seconds it is reloaded once more and the answer says it was not live (a page that claims to
-        be live and is not must not hang the test; the caller decides whether live was required).
+        The page must follow the job by itself (#job-status with data-live): one that is not live, or
+        reloads, or still shows a running job after `timeout`, fails.
         """
         self.driver.execute_script("window.tcNotReloaded = true")
-        reloaded = False
         deadline = time.monotonic() + timeout
-        seen, changed_at = None, time.monotonic()
         while time.monotonic() < deadline:
-            try:
-                status, live = self.job_status()
-                shown = (status, len(self.all("#job-timeline tbody tr, .toppcloud-timeline tbody tr")))
-            except StaleElementReferenceException:
-                continue
+            status, live = self.job_status()
+            assert live, f"the job page does not update live (#job-status has no data-live):\n{self.text()[-2000:]}"
+            assert self.driver.execute_script("return window.tcNotReloaded === true"), "the job page reloaded"
             if status in TERMINAL:
-                stayed = self.driver.execute_script("return window.tcNotReloaded === true")
-                return status, live and stayed and not reloaded
-            if shown != seen:
-                seen, changed_at = shown, time.monotonic()
-            if not live or time.monotonic() - changed_at > stall:
-                time.sleep(0.5)
-                self.driver.refresh()
-                reloaded, changed_at = True, time.monotonic()
-            else:
-                time.sleep(0.1)
-        raise AssertionError(f"the job page still says {self.job_status()[0]!r} after {timeout}s:\n"
+                return status, live
+            time.sleep(0.1)
+        raise AssertionError(f"the job page still says {self.job_status()[0]!r} after {timeout}s without a reload:\n"
                              f"{self.text()[-3000:]}\nconsole: {self.console()}")

@@ -137,7 +137,7 @@ def test_it_deploys_an_upload_watches_the_job_rolls_back_and_the_dashboard_follo
     with tarfile.open(evil, "w:gz") as tar:
         tar.add(app_copy(tmp_path, "hello", name=APP, version="3") / "app.ini", arcname="app.ini")
         tar.add(v1, arcname="../../outside.tar.gz")
-    before = Job.objects.filter(kind="deploy").count()
+    before = list(Job.objects.filter(kind="deploy").values_list("pk", flat=True))
     browser.open("/records/app/upload/")
     browser.css("#id_archive").send_keys(str(evil))
     browser.css(f'input[name=nodes][value="{node.pk}"]').click()
@@ -145,7 +145,9 @@ def test_it_deploys_an_upload_watches_the_job_rolls_back_and_the_dashboard_follo
     refusal = browser.wait(lambda: browser.all("#upload-refused"), what="the refusal")[0].text
     browser.screenshot("06-upload-refused")
     assert "nothing was deployed: archive member '../../outside.tar.gz' would be written outside" in refusal
-    assert Job.objects.filter(kind="deploy").count() == before
-    print(f"\njob page updated live: {live}; screenshots in {SCREENSHOTS}")
+    refused = Job.objects.filter(kind="deploy").exclude(pk__in=before).get()  # the attempt, recorded as refused
+    assert refused.status == "failed" and "would be written outside" in refused.error
+    assert live  # every job page above followed its job without a reload
+    print(f"\nscreenshots in {SCREENSHOTS}")
     shutil.rmtree(tmp_path, ignore_errors=True)
 

@@ -167,7 +167,16 @@ def hello_files():
 
 
 def deploys_to(node):
-    return Job.objects.filter(kind__in=["deploy", "deploy_many"], target__endswith=f"@{node.name}").exists()
+    """A deploy job to the node that is not a recorded refusal (those are failed jobs no worker ran)."""
+    return Job.objects.filter(kind__in=["deploy", "deploy_many"], target__endswith=f"@{node.name}").exclude(
+        events__kind="job.failed", events__data__refused=True).exists()
+
+
+def refusal_to(node):
+    """The one recorded refusal of an upload to the node: a failed deploy job, only queued and failed."""
+    job = Job.objects.get(kind="deploy", target__endswith=f"@{node.name}")
+    assert job.status == "failed" and [e.kind for e in job.events.order_by("seq")] == ["job.queued", "job.failed"]
+    return job
 
 
 def upload(admin_client, name, data, node, **extra):
@@ -215,6 +224,8 @@ def test_a_hostile_or_bad_archive_is_refused_with_a_clear_message_and_nothing_de
     page = upload(admin_client, "evil.tar.gz", tar_gz(members), node).content.decode()
     assert "nothing was deployed:" in page and says.replace("'", "&#x27;") in page, page[-3000:]
     assert not deploys_to(node) and not Release.objects.filter(app__name="evil").exists()
+    refused = refusal_to(node)  # the attempt is in the job list, with what was refused
+    assert says in refused.error and refused.actor == "admin" and f"recorded as job {refused.pk}" in page
 
 
 def test_a_zip_with_a_link_out_or_not_an_archive_is_refused(admin_client):
