@@ -120,11 +120,13 @@ def upload(t, emit, layout, app, release, src_dir, previous=None) -> str:
         link_dest = _safe_path(link_dest.rstrip("/"), "previous release dir")
         if link_dest == dest:
             link_dest = None  # re-uploading the same release: nothing to link against
+    sending = progress.Progress(emit, "upload", "bytes", total=_tree_bytes(src_dir))
     try:
-        r = t.rsync(src_dir, dest, link_dest=link_dest)
+        r = t.rsync(src_dir, dest, link_dest=link_dest, progress=lambda sent: sending.add(sent - sending.done))
     except CommandFailed as exc:
         _emit_result(emit, "upload", exc.result)
         raise
+    sending.finish()
     _emit_result(emit, "upload", r)
     sent = re.search(r"Total bytes sent: ([\d,]+)", r.stdout)
     if sent:
@@ -132,6 +134,11 @@ def upload(t, emit, layout, app, release, src_dir, previous=None) -> str:
     if link_dest:  # files linked from a release uploaded with the archive's mtime 0 get a real time once
         t.run(["find", dest, "-not", "-newermt", "@1", "-exec", "touch", "-c", "-h", "{}", "+"], check=False)
     return dest
+
+
+def _tree_bytes(top):
+    """The bytes of the files under `top`: what an upload sends at most (unchanged files are linked, not sent)."""
+    return sum(os.lstat(os.path.join(d, f)).st_size for d, _, files in os.walk(top) for f in files)
 
 
 # --- virtualenv ---------------------------------------------------------------

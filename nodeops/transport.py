@@ -139,6 +139,27 @@ class Transport:
             raise CommandFailed(result, self.describe())
         return result
 
+    def _rsync_counting(self, local_argv, argv, progress):
+        """Run rsync (with --info=progress2) here, handing progress() each figure of bytes sent so far as it
+        comes; its result, its stdout the other lines (its --stats), raising as _run_argv does."""
+        stream = self._open_argv(local_argv, argv)
+        stream.stdin.close()
+        out, carry = [], b""
+        for chunk in iter(lambda: stream.stdout.read1(1 << 16), b""):
+            *lines, carry = re.split(rb"[\r\n]", carry + chunk)  # progress2 rewrites one line with \r
+            for line in lines:
+                m = _PROGRESS2_RE.match(line)
+                if m:
+                    progress(int(m.group(1).replace(b",", b"")))
+                else:
+                    out.append(line + b"\n")
+        out.append(carry)
+        result = stream.finish(check=False)
+        result = CommandResult(result.argv, result.rc, _text(b"".join(out)), result.stderr, result.seconds)
+        if result.rc != 0:
+            raise CommandFailed(result, self.describe())
+        return result
+
     def _check_transport(self, result):
         pass
 
@@ -183,6 +204,10 @@ class Stream:
         self.proc.wait()
 
 
+# rsync --info=progress2: "     1,234,567  45%  1.20MB/s    0:00:01 (xfr#3, to-chk=2/10)"
+_PROGRESS2_RE = re.compile(rb"\s*([\d,]+)\s+\d+%\s")
+
+
 def _text(data):
     if data is None:
         return ""
@@ -205,14 +230,15 @@ class LocalTransport(Transport):
     def open(self, argv):
         return self._open_argv(list(argv), argv)
 
-    def rsync(self, src_dir, dest_dir, link_dest=None, delete=True):
-        return self.run(_rsync_argv(src_dir, dest_dir, link_dest, delete))
+    def rsync(self, src_dir, dest_dir, link_dest=None, delete=True, progress=None):
+        argv = _rsync_argv(src_dir, dest_dir, link_dest, delete, progress=progress is not None)
+        return self._rsync_counting(argv, argv, progress) if progress else self.run(argv)
 
     def send_file(self, local_path, remote_path):
         return self.run(["rsync", "-a", "--mkpath", "--", local_path, remote_path])
 
 
-def _rsync_argv(src_dir, dest, link_dest, delete, ssh_cmd=None):
+def _rsync_argv(src_dir, dest, link_dest, delete, ssh_cmd=None, progress=False):
     # --checksum: release files are unpacked with one fixed mtime, so rsync's
     # size+mtime check would call two different files of equal size the same
     # (and hard-link the old one). --stats: the bytes sent, for the job's events.
@@ -227,6 +253,8 @@ def _rsync_argv(src_dir, dest, link_dest, delete, ssh_cmd=None):
         argv.append("--delete")
     if link_dest:
         argv.append("--link-dest=" + link_dest)
+    if progress:  # the whole transfer's bytes so far, on one line rewritten with \r
+        argv.append("--info=progress2")
     if ssh_cmd:
         argv += ["-e", ssh_cmd]
     # Trailing slashes: copy the contents of src into dest, not src itself.
@@ -329,14 +357,16 @@ class SSHTransport(Transport):
             lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
             raise TransportError(f"cannot reach {self.describe()} over ssh: {' / '.join(lines[-3:])}")
 
-    def rsync(self, src_dir, dest_dir, link_dest=None, delete=True):
-        """Copy the contents of local `src_dir` into `dest_dir` on the host."""
+    def rsync(self, src_dir, dest_dir, link_dest=None, delete=True, progress=None):
+        """Copy the contents of local `src_dir` into `dest_dir` on the host (progress(bytes): how far it is)."""
         # rsync splits -e on whitespace honouring quotes, like a shell does.
         ssh_cmd = shlex.join(self.ssh_options())
         host = f"[{self.address}]" if ":" in self.address else self.address
-        argv = _rsync_argv(src_dir, f"{host}:{dest_dir}", link_dest, delete, ssh_cmd)
+        argv = _rsync_argv(src_dir, f"{host}:{dest_dir}", link_dest, delete, ssh_cmd, progress=progress is not None)
         # rsync >= 3.2.4 passes remote paths to the remote shell safely
         # (like --protect-args), so spaces or quotes in paths are fine.
+        if progress:
+            return self._rsync_counting(argv, argv, progress)
         return self._run_argv(argv, argv, None, None, True)
 
     def send_file(self, local_path, remote_path):

@@ -199,6 +199,7 @@ def test_it_shows_packages_and_bytes_while_following(worker, ready_nodes, tmp_pa
     app_dir = app_copy(tmp_path, name, fixture="notes")  # service.postgresql, service.files
     with open(app_dir / "requirements.txt", "a") as f:
         f.write(f"# {name} {time.time_ns()}: a venv of its own, built now\n")
+    (app_dir / "data.bin").write_bytes(os.urandom(3_000_000))  # an upload worth counting
     out = io.StringIO()  # not a terminal: plain lines
     before = timezone.now()
     with pytest.raises(SystemExit) as exit_info:
@@ -209,6 +210,10 @@ def test_it_shows_packages_and_bytes_while_following(worker, ready_nodes, tmp_pa
                 if e.data["what"] == "venv"]
     assert venv["unit"] == "packages" and venv["done"] >= 2  # gunicorn, psycopg2-binary
     assert re.search(rf"venv: {venv['done']} packages \[", out.getvalue()), out.getvalue()
+    *_, upload = [e.data for e in JobEvent.objects.filter(job=deploy_job, kind="progress").order_by("seq")
+                  if e.data["what"] == "upload"]
+    assert upload["unit"] == "bytes" and upload["total"] > 3_000_000 and 3_000_000 < upload["done"] <= upload["total"]
+    assert re.search(r"upload: 100%", out.getvalue()), out.getvalue()
     insert = "import os, psycopg2; c = psycopg2.connect(os.environ['DATABASE_URL']); c.autocommit = True; " \
              "c.cursor().execute(\"INSERT INTO notes (body) SELECT 'n' || g FROM generate_series(1, 1234) g\")"
     with pytest.raises(SystemExit) as exit_info:
