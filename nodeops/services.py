@@ -226,12 +226,18 @@ def restore(t, emit, archive_path, *, postgresql=None, password=None, files=None
             feeder.join(progress.INTERVAL)
             bar.tick()
         bar.finish()
+        loading = progress.Progress(emit, "restore", "rows")  # the node loads the rows while we wait for `staged`
         received = stream.stdout.readline()
         if received:
             emit("restore.received", **json.loads(received))
         staged = received and stream.stdout.readline()
         if staged:
-            emit("restore.staged", **json.loads(staged))
+            staged = json.loads(staged)
+            emit("restore.staged", **staged)
+            rows = (staged["staged"].get("postgresql") or {}).get("rows")
+            if rows is not None:  # the rows loaded into the staging database, and how fast, for the follower
+                loading.total = rows
+                loading.finish(rows)
             stream.stdin.write(b"swap\n")
             stream.stdin.flush()
             out = stream.stdout.read()

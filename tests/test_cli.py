@@ -237,9 +237,13 @@ def test_it_shows_packages_and_bytes_while_following(worker, ready_nodes, tmp_pa
         call_command("restore", backup_job.result["backup"], name, stdout=out)
     restore_job = Job.objects.filter(queued_at__gt=before, kind="restore").get()
     assert exit_info.value.code == 0, restore_job.error
-    *_, last = [e.data for e in JobEvent.objects.filter(job=restore_job, kind="progress").order_by("seq")]
-    assert last["what"] == "restore" and last["done"] == last["total"] > 0
+    restored = [e.data for e in JobEvent.objects.filter(job=restore_job, kind="progress").order_by("seq")]
+    *_, sent = [d for d in restored if d["unit"] == "bytes"]
+    assert sent["what"] == "restore" and sent["done"] == sent["total"] > 0
     assert "restore: 100%" in out.getvalue(), out.getvalue()
+    [loaded] = [d for d in restored if d["unit"] == "rows"]  # the rows loaded: the 1,234 notes and no more
+    assert loaded["what"] == "restore" and loaded["done"] == loaded["total"] == 1234
+    assert re.search(r"restore: 100% 1234/1234 \[.* rows/s\]", out.getvalue()), out.getvalue()
     seconds = (restore_job.finished_at - restore_job.started_at).total_seconds()
     assert JobEvent.objects.filter(job=restore_job, kind="progress").count() <= seconds / 0.5 + 2  # rate-limited
 

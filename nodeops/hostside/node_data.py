@@ -663,9 +663,11 @@ def load_sql(pg, db, path, workers=None):
     constraints and sequences. Anything else loads in one session, in one
     transaction. (The database is a staging one: the swap makes it
     all-or-nothing.)
+
+    Returns the rows the dump's COPY blocks held (None: not one of our dumps, loaded whole).
     """
     if os.path.getsize(path) == 0:
-        return
+        return 0
     key = os.urandom(16).hex()
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
@@ -675,7 +677,7 @@ def load_sql(pg, db, path, workers=None):
         plan = _load_plan(mm, workers)
         if plan is None:
             _psql_wait(session([(0, len(mm))], "--single-transaction"))
-            return
+            return None
         schema, chunks, statements, rest = plan
         _psql_wait(session([schema]))
         sessions = [[] for _ in range(min(workers, len(chunks)))]
@@ -684,6 +686,15 @@ def load_sql(pg, db, path, workers=None):
         for proc in [session(pieces) for pieces in sessions]:
             _psql_wait(proc)
         _psql_wait(session(statements + [rest]))
+        return sum(_lines(mm, start, end) for _, (start, end) in chunks)
+
+
+def _lines(mm, start, end):
+    """The newlines in mm[start:end], read a window at a time (a dump may be larger than memory)."""
+    count = 0
+    for at in range(start, end, _SPLIT_BYTES):
+        count += mm[at:min(end, at + _SPLIT_BYTES)].count(b"\n")
+    return count
 
 
 _IDENT = rb'(?:"(?:[^"\n]|"")+"|[a-z_][a-z0-9_$]*)'
@@ -1056,8 +1067,8 @@ def cmd_restore(spec, stdin, stdout):
             maker.join()
             if made[0] is not None:
                 raise made[0]
-            load_sql(as_app, staging_db, os.path.join(work, SQL))
-            staged["postgresql"] = {"bytes": manifest["files"][SQL]["size"]}
+            rows = load_sql(as_app, staging_db, os.path.join(work, SQL))
+            staged["postgresql"] = {"bytes": manifest["files"][SQL]["size"], "rows": rows}
         if files_spec:
             with open(os.path.join(work, FILES), "rb") as f:
                 staged["files"] = unpack_files(f, files_spec["dir"] + STAGING)
