@@ -31,7 +31,8 @@ from tests.test_deploy_flow import app_copy, deploy, get
 
 pytestmark = [pytest.mark.hosts, pytest.mark.worker]
 
-# Every step of a deploy of hello (no data services, no CDN, no update_fetch entries), in order.
+# Every step of a deploy of hello (no data services, no CDN; one update_fetch command, so the health step
+# after it asks the new release again), in order.
 STEPS = ["reconcile", "services", "upload", "venv", "env", "start", "wait until it answers", "update_fetch",
          "health", "activate", "cron", "stop old release", "prune"]
 
@@ -47,7 +48,8 @@ class Chain:
         app_dir = app_copy(self.tmp, "hello", name=self.name, version=str(self.version))
         # One sync worker: it boots and stops in a fraction of gthread's second, so the cases stay short.
         ini = (app_dir / "app.ini").read_text().replace("processes = 2", "processes = 1")
-        (app_dir / "app.ini").write_text(ini.replace("threads = 2", "threads = 1"))
+        ini = ini.replace("threads = 2", "threads = 1") + "update_fetch = script: python -c pass\n"
+        (app_dir / "app.ini").write_text(ini)
         return app_dir
 
 
@@ -118,6 +120,8 @@ def kill_at(job, step, host, kill):
     """kill() once the job is at `step`: it started the step, or (start) its program is written, or
     (activate) nginx serves the release and its release.activated is not committed yet."""
     release, app = job.params["release"], job.params["app"]
+    if step not in ("start", "activate"):
+        return kill_in_step(job, step, kill)
 
     def there():
         current = Job.objects.get(pk=job.pk)
@@ -126,7 +130,7 @@ def kill_at(job, step, host, kill):
             return Path(host.root, f"run/supervisor/programs/app-{app}-{release}.conf").exists()
         return current.events.filter(kind="step.started", data__step=step).exists()
     wait_until(there, timeout=90, what=f"job {job.pk} to reach {step}")
-    if step != "activate":
+    if step == "start":
         return kill()
     deadline = time.monotonic() + 30
     while not site_names(host, release):  # polled without the database: the push is on its way
@@ -138,6 +142,27 @@ def kill_at(job, step, host, kill):
         Job.objects.select_for_update().get(pk=job.pk)
         wait_until(lambda: served_release(host, app) == release, timeout=30, what="nginx to serve it")
         kill()
+
+
+def kill_in_step(job, step, kill, timeout=90):
+    """kill() once the job has started `step`, with the job's row locked here: the worker is then inside
+    the step, however short the step is, unless the step wrote no event after its start.
+
+    Every event the worker writes takes that row lock first, so while it is held here the worker cannot
+    get past its next event; asked again at once after each look, the lock goes to the worker for about
+    one event at a time (a polling look without the lock let a quick step, as health or prune are, end
+    and the next begin before the kill).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with transaction.atomic():
+            current = Job.objects.select_for_update().get(pk=job.pk)
+            assert current.status not in TERMINAL, f"job {job.pk} ended ({current.status}) before {step}"
+            # Inside the step, or (a step with nothing to do, events written in one transaction) just past
+            # its start: as close to it as the worker's events can be seen.
+            if current.events.filter(kind="step.started", data__step=step).exists():
+                return kill()
+        assert time.monotonic() < deadline, f"job {job.pk} did not reach {step} in {timeout}s"
 
 
 def leftovers(host, name):
