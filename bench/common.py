@@ -1,6 +1,8 @@
 """What the benchmarks share: an empty database, a RabbitMQ vhost and a worker of their own."""
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,13 +15,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def configure(name):
-    """Environment for a benchmark called name: database and vhost of that name unless set already."""
+    """Environment for a benchmark called name: database and vhost of that name unless set already.
+
+    What this makes (the database, the vhost, the var and ssh control directories) is removed when the
+    benchmark's process exits, so a bench leaves the machine as it found it.
+    """
     sys.path.insert(0, str(ROOT))
+    made = [key for key in ("DATABASE_URL", "CELERY_BROKER_URL", "TOPPCLOUD_VAR_DIR", "TOPPCLOUD_SSH_CONTROL_DIR")
+            if key not in os.environ]
     os.environ.setdefault("DATABASE_URL", f"postgres://postgres@127.0.0.1:5432/{name.replace('-', '_')}")
     os.environ.setdefault("CELERY_BROKER_URL", f"amqp://guest:guest@127.0.0.1:5672/{name}")
     os.environ.setdefault("SECRET_KEY", "bench-secret-key-bench-secret-key-bench-secret-key")
     os.environ.setdefault("TOPPCLOUD_LOG_KEY", "bench-log-key-bench-log-key-bench-log-key-bench")
     os.environ.setdefault("TOPPCLOUD_VAR_DIR", tempfile.mkdtemp(prefix=f"{name}-"))
+    os.environ.setdefault("TOPPCLOUD_SSH_CONTROL_DIR", tempfile.mkdtemp(prefix="tc-ssh-", dir="/tmp"))
+    atexit.register(_remove, name, made)
     os.environ["DJANGO_SETTINGS_MODULE"] = "toppcloud_site.settings"
     _create_database()
     _create_vhost(name)
@@ -29,6 +39,28 @@ def configure(name):
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+
+
+def _remove(name, made):
+    """At exit: drop what configure() made for this run (not what the environment named)."""
+    from django.db import connections
+
+    connections.close_all()
+    if "DATABASE_URL" in made:
+        import psycopg2
+
+        url = urlsplit(os.environ["DATABASE_URL"])
+        con = psycopg2.connect(host=url.hostname, port=url.port or 5432, user=url.username, password=url.password,
+                               dbname="postgres")
+        con.autocommit = True
+        with con.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{url.path.lstrip("/")}" WITH (FORCE)')
+        con.close()
+    if "CELERY_BROKER_URL" in made:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], capture_output=True)
+    for key in ("TOPPCLOUD_VAR_DIR", "TOPPCLOUD_SSH_CONTROL_DIR"):
+        if key in made:
+            shutil.rmtree(os.environ[key], ignore_errors=True)
 
 
 def _create_database():
