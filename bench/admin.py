@@ -29,7 +29,6 @@ import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -60,17 +59,9 @@ def setup():
 
 
 def drop():
-    import psycopg2
-    from django.db import connections
+    from bench.common import drop_database
 
-    connections.close_all()
-    url = urlsplit(os.environ["DATABASE_URL"])
-    con = psycopg2.connect(host=url.hostname, port=url.port or 5432, user=url.username, password=url.password,
-                           dbname="postgres")
-    con.autocommit = True
-    with con.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{url.path.lstrip("/")}"')
-    con.close()
+    drop_database()
     shutil.rmtree(os.environ["TOPPCLOUD_VAR_DIR"], ignore_errors=True)
 
 

@@ -43,24 +43,28 @@ def configure(name):
 
 def _remove(name, made):
     """At exit: drop what configure() made for this run (not what the environment named)."""
-    from django.db import connections
-
-    connections.close_all()
     if "DATABASE_URL" in made:
-        import psycopg2
-
-        url = urlsplit(os.environ["DATABASE_URL"])
-        con = psycopg2.connect(host=url.hostname, port=url.port or 5432, user=url.username, password=url.password,
-                               dbname="postgres")
-        con.autocommit = True
-        with con.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{url.path.lstrip("/")}" WITH (FORCE)')
-        con.close()
+        drop_database()
     if "CELERY_BROKER_URL" in made:
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], capture_output=True)
     for key in ("TOPPCLOUD_VAR_DIR", "TOPPCLOUD_SSH_CONTROL_DIR"):
         if key in made:
             shutil.rmtree(os.environ[key], ignore_errors=True)
+
+
+def drop_database():
+    """Drop the benchmark's database (DATABASE_URL), this process's connections to it closed first."""
+    import psycopg2
+    from django.db import connections
+
+    connections.close_all()
+    url = urlsplit(os.environ["DATABASE_URL"])
+    con = psycopg2.connect(host=url.hostname, port=url.port or 5432, user=url.username, password=url.password,
+                           dbname="postgres")
+    con.autocommit = True
+    with con.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{url.path.lstrip("/")}" WITH (FORCE)')
+    con.close()
 
 
 def _create_database():
