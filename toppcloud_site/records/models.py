@@ -59,6 +59,9 @@ class ServerGroup(models.Model):
     static_publish_url = models.CharField(
         "static files URL", max_length=500, blank=True, validators=[URLValidator(schemes=["http", "https"])],
         help_text="Where browsers find that origin's files (the CDN), e.g. https://cdn.example.com/static")
+    synchronous_replication = models.BooleanField(
+        default=False,
+        help_text="A write is acknowledged only once a replica has it (synchronous_standby_names on the primary).")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -77,9 +80,18 @@ class Node(models.Model):
         SSH = "ssh", "SSH"
         LOCAL = "local", "local (this machine, no SSH)"
 
+    class Role(models.TextChoices):
+        """What a node does in its server group (docs/groups.md)."""
+        APP = "app", "app (runs the group's apps behind its front door)"
+        LB = "lb", "lb (the load balancer in front of the group's app nodes)"
+        DB = "db", "db (the group's PostgreSQL primary)"
+        DB_REPLICA = "db-replica", "db-replica (a streaming replica of the group's primary)"
+
     name = models.CharField(max_length=63, unique=True, validators=[validate_name])
     group = models.ForeignKey(ServerGroup, null=True, blank=True, on_delete=models.PROTECT, related_name="nodes")
     transport = models.CharField(max_length=8, choices=Transport.choices, default=Transport.SSH)
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.APP,
+                            help_text="What this node does in its group: app, lb, db or db-replica.")
     address = models.CharField(max_length=253, validators=[validate_address],
                                help_text="IP address or host name the control plane connects to; nginx listens on it.")
     ssh_port = models.PositiveIntegerField(default=22, validators=[validate_port])
@@ -177,6 +189,9 @@ class Location(models.Model):
                             help_text="A host name, '*.example.com' (any name below it), or '*' (any other host).")
     path = models.CharField(max_length=200, default="/", validators=[validate_url_path],
                             help_text="A prefix starting and ending with '/', e.g. / or /blog/.")
+    balancer_cache = models.BooleanField(
+        "cache at the balancer", default=False,
+        help_text="The group's load balancer caches answers the app marks public (Cache-Control).")
 
     class Meta:
         ordering = ["host", "path"]
