@@ -60,7 +60,7 @@ class ServerGroup(models.Model):
         "static files URL", max_length=500, blank=True, validators=[URLValidator(schemes=["http", "https"])],
         help_text="Where browsers find that origin's files (the CDN), e.g. https://cdn.example.com/static")
     synchronous_replication = models.BooleanField(
-        default=False,
+        default=False, db_default=False,
         help_text="A write is acknowledged only once a replica has it (synchronous_standby_names on the primary).")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -90,7 +90,7 @@ class Node(models.Model):
     name = models.CharField(max_length=63, unique=True, validators=[validate_name])
     group = models.ForeignKey(ServerGroup, null=True, blank=True, on_delete=models.PROTECT, related_name="nodes")
     transport = models.CharField(max_length=8, choices=Transport.choices, default=Transport.SSH)
-    role = models.CharField(max_length=16, choices=Role.choices, default=Role.APP,
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.APP, db_default=Role.APP,
                             help_text="What this node does in its group: app, lb, db or db-replica.")
     address = models.CharField(max_length=253, validators=[validate_address],
                                help_text="IP address or host name the control plane connects to; nginx listens on it.")
@@ -190,7 +190,7 @@ class Location(models.Model):
     path = models.CharField(max_length=200, default="/", validators=[validate_url_path],
                             help_text="A prefix starting and ending with '/', e.g. / or /blog/.")
     balancer_cache = models.BooleanField(
-        "cache at the balancer", default=False,
+        "cache at the balancer", default=False, db_default=False,
         help_text="The group's load balancer caches answers the app marks public (Cache-Control).")
 
     class Meta:
