@@ -499,6 +499,21 @@ def http_get(t, port, path, timeout=10, *, host=None) -> tuple[int, str]:
     return answer["status"], answer["body"]
 
 
+def http_get_at(t, address, port, path, *, host, timeout=10) -> tuple[int, str]:
+    """GET http://<address>:<port><path> from the machine t reaches (a balancer asking an app node's front
+    door directly, past its own rotation): (status, body[:2000]); no answer at all raises ReleaseError."""
+    address, port = validate_address(address), validate_port(port, "port")
+    if not isinstance(path, str) or not _HTTP_PATH_RE.fullmatch(path):
+        raise ValueError(f"path {path!r} is invalid: it must start with '/' and contain no spaces")
+    url = f"http://{f'[{address}]' if ':' in address else address}:{port}{path}"
+    r = t.run([PYTHON, "-I", "-c", hostside.source("release_http_request"), "GET", url, host or "", "0",
+               f"{timeout:g}", "{}"], timeout=timeout + 10)
+    answer = json.loads(r.stdout)
+    if "error" in answer:
+        raise ReleaseError(f"GET {url} (Host: {host}) got no answer: {answer['error']}")
+    return answer["status"], answer["body"]
+
+
 def internal_request(t, port, path, *, method="GET", body=b"", headers=None, host=None, script_name="",
                      timeout=60) -> dict:
     """An internal request to a release on the node, as cron runs and tasks make them.
