@@ -9,13 +9,13 @@ the Location records' balancer_cache, and nodeops.balancer renders and pushes it
 After an activation (deploy, rollback) the flow runs update() as a step of its own ("balancer"), not a
 queued job: the node's server must be in the balancer when the activating job ends, so a rolling deploy
 that enables the node next finds it there. Edits of locations or certificates queue a `balancer` job
-(queue_after_edit), as they queue a front_door job.
+with their front_door job (jobs/actions.py front_door, groups_with_balancer here).
 """
 
 from django.db import transaction
 
 from jobs.engine.context import FlowFailed
-from jobs.models import LiveRelease
+from jobs.models import JobEvent, LiveRelease
 from jobs.steps import frontdoor as node_frontdoor
 from nodeops import balancer, frontdoor
 from nodeops.layout import NodeLayout
@@ -105,13 +105,11 @@ def update_after_activation(ctx, node):
     return s.changed
 
 
-def queue_after_activation(nodes, *, actor_kind, actor):
-    """A `balancer` job for each group of these nodes that has a balancer (front door edits: locations,
-    certificates); the jobs queued."""
-    from jobs import actions
-
-    groups = {n.group for n in nodes if n.group_id and lb_node(n.group) is not None}
-    return [actions.balancer(g, actor_kind=actor_kind, actor=actor) for g in sorted(groups, key=lambda g: g.name)]
+def groups_with_balancer(nodes):
+    """The groups of these nodes that have a balancer, by name (jobs/actions.py queues a balancer job for
+    each after a front door edit)."""
+    groups = {n.group for n in nodes if n.group_id}
+    return sorted((g for g in groups if lb_node(g) is not None), key=lambda g: g.name)
 
 
 # Health changes
@@ -131,8 +129,6 @@ def health(state):
 
 def last_recorded(lb):
     """{(backend, server): UP|DOWN} as the balancer_health events of the lb node last recorded them."""
-    from jobs.models import JobEvent
-
     seen = {}
     for data in (JobEvent.objects.filter(kind__in=HEALTH_KINDS, job__kind="balancer_health",
                                          job__target=f"node:{lb.name}")
