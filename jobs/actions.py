@@ -8,11 +8,15 @@ the task API, beat's tasks and the benches call these; none of them calls submit
 
 import logging
 
+from django.utils import timezone
+
 from jobs.engine import dispatch, events
+from jobs.engine.context import node_transport
 from jobs.engine.states import TERMINAL, ActorKind
 from jobs.models import Job
 from jobs.nodes import InvalidNode, check_node
-from jobs.steps import cron
+from jobs.steps import balancer as lb_steps, cron
+from nodeops.errors import NodeOpError
 from toppcloud_site.records.models import Node
 
 log = logging.getLogger(__name__)
@@ -178,17 +182,71 @@ def rotate_group_secret(group_name, *, actor_kind, actor):
 # Front door
 
 def front_door(nodes, *, actor_kind, actor):
-    """Queue one front_door job rendering these nodes from the records."""
+    """Queue one front_door job rendering these nodes from the records, and a balancer job for each of
+    their groups that has a balancer (locations and certificates are the balancer's too)."""
     names = sorted(n.name for n in nodes)
-    return dispatch.submit("front_door", target=f"node:{names[0]}" if len(names) == 1 else "nodes",
-                           params={"nodes": names}, actor_kind=actor_kind, actor=actor)
+    job = dispatch.submit("front_door", target=f"node:{names[0]}" if len(names) == 1 else "nodes",
+                          params={"nodes": names}, actor_kind=actor_kind, actor=actor)
+    balancer_after_edit(nodes, actor_kind=actor_kind, actor=actor)
+    return job
 
 
 def front_door_after_edit(app_ids, *, actor_kind, actor):
     """Locations of these apps were edited (admin, a group document): queue one front_door job for the
-    nodes where any of them is live; None when none is (the app's first deploy renders them)."""
+    nodes where any of them is live (and their groups' balancers: front_door); None when none is live
+    (the app's first deploy renders them)."""
     nodes = list(Node.objects.filter(live__app_id__in=app_ids).distinct().order_by("name"))
     return front_door(nodes, actor_kind=actor_kind, actor=actor) if nodes else None
+
+
+# Balancer
+
+BALANCER_HEALTH_SCHEDULE = "toppcloud-balancer-health"  # beat's entry: the actor of the health jobs
+
+
+def balancer(group, *, actor_kind, actor):
+    """Render the group's balancer from the records (refused when the group has no lb node)."""
+    lb = lb_steps.lb_node(group)
+    if lb is None:
+        raise InvalidNode(f"server group {group.name} has no node with the role lb")
+    check_node(lb)
+    return dispatch.submit("balancer", target=f"group:{group.name}", params={"group": group.name},
+                           actor_kind=actor_kind, actor=actor)
+
+
+def balancer_after_edit(nodes, *, actor_kind, actor):
+    """A balancer job for each group of these nodes that has a balancer (their locations or certificates
+    changed); a group whose lb node record is not valid is logged and skipped."""
+    jobs = []
+    for group in lb_steps.groups_with_balancer(nodes):
+        try:
+            jobs.append(balancer(group, actor_kind=actor_kind, actor=actor))
+        except InvalidNode as exc:
+            log.warning("balancer of %s: %s", group.name, exc)
+    return jobs
+
+
+def balancer_health():
+    """Beat's look at every balancer: a balancer_health job for each lb node whose servers' health changed
+    since its events last said (none when nothing changed, nor while one for it is still queued or
+    running). An lb node that cannot be asked is logged and skipped."""
+    busy = set(Job.objects.filter(kind="balancer_health").exclude(status__in=TERMINAL)
+               .values_list("target", flat=True))
+    jobs = []
+    for lb in Node.objects.filter(role=Node.Role.LB, set_up_at__isnull=False).order_by("name"):
+        if f"node:{lb.name}" in busy:
+            continue
+        try:
+            check_node(lb)
+            changes = lb_steps.health_changes(node_transport(lb), lb, timezone.now())
+        except (InvalidNode, NodeOpError) as exc:
+            log.warning("balancer health of %s: %s", lb.name, exc)
+            continue
+        if changes:
+            jobs.append(dispatch.submit("balancer_health", target=f"node:{lb.name}",
+                                        params={"node": lb.name, "changes": changes},
+                                        actor_kind=ActorKind.SCHEDULE, actor=BALANCER_HEALTH_SCHEDULE))
+    return jobs
 
 
 def app_job(kind, app_name, *, actor_kind, actor):

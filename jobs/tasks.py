@@ -82,6 +82,12 @@ def reconcile_nodes():
     return actions.reconcile_nodes()
 
 
+@shared_task(name="jobs.balancer_health", acks_late=True, send_events=False)
+def balancer_health():
+    """Beat's toppcloud-balancer-health: a balancer_health job per lb node whose servers' health changed."""
+    return [job.pk for job in actions.balancer_health()]
+
+
 @shared_task(name="jobs.seal", acks_late=True, send_events=False)
 def seal():
     """Seal the log: every job head and the audit head that changed since the last seal (jobs/engine/seal.py)."""

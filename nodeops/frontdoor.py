@@ -93,6 +93,8 @@ def _file_host(host):
 
 
 def _listen(value, field):
+    if field == "listen" and isinstance(value, str) and re.fullmatch(r"unix:/[A-Za-z0-9._/-]+", value):
+        return value  # a balancer node's own nginx (nodeops/setup.py public=False)
     if not isinstance(value, str) or not _LISTEN_RE.fullmatch(value):
         raise ValueError(f"{field} {value!r} is invalid: it must be address:port")
     validate_port(int(value.rsplit(":", 1)[1]), field)

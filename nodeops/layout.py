@@ -25,6 +25,7 @@ class NodeLayout:
         self.tls_dir = j(self.nginx_dir, "tls")  # certificates and their keys (nodeops/frontdoor.py)
         self.acme_dir = j(self.run, "acme")  # served at /.well-known/acme-challenge/ (certbot --webroot)
         self.nginx_pid = j(self.nginx_dir, "nginx.pid")
+        self.nginx_sock = j(self.nginx_dir, "nginx.sock")  # a balancer node's nginx listens here, not on its port
         self.nginx_error_log = j(self.logs, "nginx-error.log")
         self.nginx_access_log = j(self.logs, "nginx-access.log")
 

@@ -41,7 +41,8 @@ class SetupError(NodeOpError):
 STEPS = ("facts", "packages", "layout", "config", "validate", "start", "app users", "verify")
 
 
-def setup_node(t, *, root, address, http_port, emit):
+def setup_node(t, *, root, address, http_port, emit, public=True):
+    """public=False (a balancer node): nginx listens on <root>/run/nginx/nginx.sock, HAProxy takes the port."""
     root = validate_root(root)
     address = validate_address(address)
     http_port = validate_port(http_port, "http_port")
@@ -78,7 +79,8 @@ def setup_node(t, *, root, address, http_port, emit):
             **runtime.runtime_files(layout),  # how apps' processes start (deploys write them too)
         }
         written = t.put_files(files)
-        nginx_text = render_nginx_conf(layout, address, http_port, worker_user).encode()
+        nginx_text = render_nginx_conf(layout, address, http_port, worker_user,
+                                       listen=None if public else f"unix:{layout.nginx_sock}").encode()
         t.put_file(candidate, nginx_text)
         s.changed = bool(written)
         s.data["files"] = written
@@ -107,10 +109,11 @@ def setup_node(t, *, root, address, http_port, emit):
 
     with step(emit, "verify") as s:
         host = f"[{address}]" if ":" in address else address
-        url = f"http://{host}:{http_port}{HEALTH_PATH}"
+        url = f"http://{host}:{http_port}{HEALTH_PATH}" if public else f"http://localhost{HEALTH_PATH}"
+        unix = [] if public else [layout.nginx_sock]
         try:
             run_logged(t, emit, [bins["python3"], "-I", "-c", hostside.source("setup_health"),
-                                 url, "40"], step="verify")
+                                 url, "40", *unix], step="verify")
         except CommandFailed as exc:
             log = t.run(["tail", "-n", "5", layout.nginx_error_log], check=False).stdout.strip()
             raise SetupError(f"{exc}\nnginx error log:\n{log}" if log else str(exc)) from None
@@ -330,8 +333,8 @@ stdout_logfile_backups = 2
 """
 
 
-def render_nginx_conf(layout, address, http_port, worker_user=None):
-    listen = f"[{address}]:{http_port}" if ":" in address else f"{address}:{http_port}"
+def render_nginx_conf(layout, address, http_port, worker_user=None, listen=None):
+    listen = listen or (f"[{address}]:{http_port}" if ":" in address else f"{address}:{http_port}")
     tmp = layout.nginx_tmp
     user = f"user {worker_user};\n" if worker_user else ""
     return f"""\

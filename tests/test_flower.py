@@ -21,7 +21,7 @@ from tests import workers
 from tests.helpers import event_kinds, wait_for_job, wait_until
 
 pytestmark = pytest.mark.worker
-HOUSEKEEPING = {"jobs.sweep", "jobs.seal", "jobs.reconcile_nodes"}
+HOUSEKEEPING = {"jobs.sweep", "jobs.seal", "jobs.reconcile_nodes", "jobs.balancer_health"}
 
 
 def submit_noop(target="flower", **params):

@@ -14,9 +14,11 @@ from jobs.models import LogSeal
 from tests.helpers import wait_for_job, wait_until
 
 # As on main before jobs/engine/ existed (8c7ff04).
-TASK_NAMES = {"jobs.run", "jobs.sweep", "jobs.seal", "jobs.reconcile_nodes", "jobs.submit_backup", "jobs.submit_cron"}
+# Since: jobs.balancer_health (issue 16: the balancers' health changes on record).
+TASK_NAMES = {"jobs.run", "jobs.sweep", "jobs.seal", "jobs.reconcile_nodes", "jobs.submit_backup", "jobs.submit_cron",
+              "jobs.balancer_health"}
 BEAT = {"toppcloud-sweep-jobs": "jobs.sweep", "toppcloud-seal-log": "jobs.seal",
-        "toppcloud-reconcile-nodes": "jobs.reconcile_nodes"}
+        "toppcloud-reconcile-nodes": "jobs.reconcile_nodes", "toppcloud-balancer-health": "jobs.balancer_health"}
 
 
 def test_the_task_names_and_beat_entries_are_those_of_before():

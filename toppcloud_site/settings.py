@@ -177,10 +177,16 @@ TOPPCLOUD_LOG_SEAL_INTERVAL = env_float("TOPPCLOUD_LOG_SEAL_INTERVAL", 60.0, min
 # jobs left running is stopped, and the front door made what the records say.
 JOBS_RECONCILE_INTERVAL = env_float("JOBS_RECONCILE_INTERVAL", 600.0, minimum=60.0)
 
+# Every this many seconds beat asks each balancer (lb node) for its servers' health; a change since the
+# last look is a balancer_health job (jobs/actions.py balancer_health). HAProxy itself takes a dead node
+# out within 3 s whatever this is: this is how soon the change is on record.
+JOBS_BALANCER_HEALTH_INTERVAL = env_float("JOBS_BALANCER_HEALTH_INTERVAL", 15.0, minimum=1.0)
+
 CELERY_BEAT_SCHEDULE = {
     "toppcloud-sweep-jobs": {"task": "jobs.sweep", "schedule": JOBS_SWEEP_INTERVAL},
     "toppcloud-seal-log": {"task": "jobs.seal", "schedule": TOPPCLOUD_LOG_SEAL_INTERVAL},
     "toppcloud-reconcile-nodes": {"task": "jobs.reconcile_nodes", "schedule": JOBS_RECONCILE_INTERVAL},
+    "toppcloud-balancer-health": {"task": "jobs.balancer_health", "schedule": JOBS_BALANCER_HEALTH_INTERVAL},
 }
 
 # --- releases -------------------------------------------------------------

@@ -46,8 +46,13 @@ class JobContext:
         return steps.step(self.emit, name)
 
     def transport(self, node):
-        return transport.transport_for(node.transport_spec(
-            identity_file=settings.TOPPCLOUD_SSH_KEY_FILE,
-            control_dir=settings.TOPPCLOUD_SSH_CONTROL_DIR,
-            connect_timeout=settings.TOPPCLOUD_SSH_CONNECT_TIMEOUT,
-        ))
+        return node_transport(node)
+
+
+def node_transport(node):
+    """The transport to a node record, with the control plane's key and ssh settings."""
+    return transport.transport_for(node.transport_spec(
+        identity_file=settings.TOPPCLOUD_SSH_KEY_FILE,
+        control_dir=settings.TOPPCLOUD_SSH_CONTROL_DIR,
+        connect_timeout=settings.TOPPCLOUD_SSH_CONNECT_TIMEOUT,
+    ))

@@ -45,6 +45,8 @@ KINDS = {
     "setup_node": Entry("jobs.flows.nodes:setup_node", "nodeops"),
     "reconcile_node": Entry("jobs.flows.nodes:reconcile_node", "nodeops"),
     "ping_node": Entry("jobs.flows.nodes:ping_node", "nodeops"),
+    "balancer": Entry("jobs.flows.balancer:update_balancer", "nodeops"),
+    "balancer_health": Entry("jobs.flows.balancer:record_health", "jobs"),
     "noop": Entry("jobs.flows.noop:noop", "jobs"),
 }
 

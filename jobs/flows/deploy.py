@@ -8,7 +8,7 @@ them, also restores the checkpoint (docs/running.md: A deploy, step by step).
 from jobs.engine import fan_out
 from jobs.engine.context import FlowFailed, WaitForChildren
 from jobs.models import LiveRelease
-from jobs.steps import checkpoints, cron, data, environment, frontdoor, locks, reconcile, records, releases
+from jobs.steps import balancer, checkpoints, cron, data, environment, frontdoor, locks, reconcile, records, releases
 from nodeops import release as node_release
 from nodeops.layout import NodeLayout
 
@@ -33,6 +33,7 @@ def deploy(ctx, app, release, node):
     14. update_fetch: its database updates
     15. health: ask its health URL (not live yet), against the updated schema
     16. activate: the node's front door with it live (nginx -t, reload), release.activated
+       balancer: the group's balancer as the records now say (a group with an lb node only)
     17. cron: its [cron] entries become the app's schedules
     18. stop old release
     19. prune: old releases
@@ -98,6 +99,7 @@ def deploy(ctx, app, release, node):
                 releases.check_health(ctx, answer, ini, release, previous)
         with ctx.step("activate"):
             frontdoor.activate(ctx, app, node, release, port, ini)
+    balancer.update_after_activation(ctx, node)
     with ctx.step("cron") as s:
         s.data.update(cron.sync_entries(app, release))
     if previous and previous != release:
@@ -126,6 +128,7 @@ def rollback(ctx, app, node, release=None):
     9. wait until it answers
     10. health
     11. activate
+       balancer (a group with an lb node only)
     12. cron
     13. stop old release
     A failure from health to activate: stop new release.
@@ -167,6 +170,7 @@ def rollback(ctx, app, node, release=None):
             releases.check_health(ctx, answer, ini, target, live.release)
         with ctx.step("activate"):
             frontdoor.activate(ctx, app, node, target, port, ini)
+    balancer.update_after_activation(ctx, node)
     with ctx.step("cron") as s:
         s.data.update(cron.sync_entries(app, target))
     with ctx.step("stop old release"):

@@ -2,8 +2,10 @@
 
 from django.utils import timezone
 
-from jobs.steps import reconcile, records
-from nodeops import ping, setup
+from jobs.engine.context import FlowFailed
+from jobs.steps import balancer, reconcile, records
+from nodeops import balancer as node_balancer, ping, setup
+from nodeops.layout import NodeLayout
 from toppcloud_site.records.models import Node
 
 
@@ -12,19 +14,42 @@ def setup_node(ctx, node):
 
     1-8. facts, packages, layout, config, validate, start, app users, verify: nodeops/setup.py's own
        steps (setup.STEPS), on the host
+    (a node with the role lb) haproxy package, haproxy config, haproxy start, haproxy verify: HAProxy
+       under the node's supervisord on its port (nodeops/balancer.py; its own nginx keeps to a unix
+       socket), then balancer of GROUP: rendered from the records
     9. reconcile: stop what interrupted jobs left running, the front door as the records say
     """
     node = records.node(node)
-    facts = setup.setup_node(
-        ctx.transport(node), root=node.root, address=node.address, http_port=node.http_port, emit=ctx.emit,
-    )
+    lb = node.role == Node.Role.LB
+    t = ctx.transport(node)
+    facts = setup.setup_node(t, root=node.root, address=node.address, http_port=node.http_port, emit=ctx.emit,
+                             public=not lb)
+    if lb:
+        ctx.emit("plan", steps=[*setup.STEPS, *node_balancer.STEPS, f"balancer of {_group_name(node)}",
+                                "reconcile"])
+        facts["balancer"] = node_balancer.setup_balancer(t, ctx.emit, NodeLayout(node.root), address=node.address,
+                                                         http_port=node.http_port, https_port=node.https_port)
     Node.objects.filter(pk=node.pk).update(facts=facts, set_up_at=timezone.now())
-    ctx.emit("plan", steps=[*setup.STEPS, "reconcile"])  # one step more than the node's own setup announced
+    if lb and node.group_id:
+        with ctx.step(f"balancer of {node.group.name}") as s:
+            try:
+                s.changed = balancer.update(ctx, node.group)
+            except node_balancer.BalancerError as exc:
+                raise FlowFailed(str(exc)) from None
+    if not lb:
+        ctx.emit("plan", steps=[*setup.STEPS, "reconcile"])  # one step more than the node's own setup announced
     with ctx.step("reconcile") as s:
         done = reconcile.reconcile(ctx, node)
         s.data["stopped"] = [p["program"] for p in done["stopped"]]
     changed = "changed" if facts.get("changed") else "already as wanted"
+    if lb:
+        return (f"node {node.name} set up as the balancer of {_group_name(node)} ({changed}); HAProxy answers on "
+                f"{node.address}:{node.http_port}"), facts
     return f"node {node.name} set up ({changed}); nginx answers on {node.address}:{node.http_port}", facts
+
+
+def _group_name(node):
+    return node.group.name if node.group_id else "no group"
 
 
 def reconcile_node(ctx, node):

@@ -53,7 +53,7 @@ def _push(ctx, node, t, layout, routes, activating):
     """Render and push the routes: (None, changed), or (the exception, None) with the events so far kept."""
     certificates = certificates_for(routes)
     try:
-        text = frontdoor.render(layout, routes, listen=frontdoor.listen_address(node.address, node.http_port),
+        text = frontdoor.render(layout, routes, listen=listen_for(node, layout),
                                 tls_listen=frontdoor.listen_address(node.address, node.https_port),
                                 certificates=certificates)
     except ValueError as exc:
@@ -70,6 +70,14 @@ def _push(ctx, node, t, layout, routes, activating):
         ctx.emit(Kind.RELEASE_ACTIVATED, app=app.name, node=node.name, host=host, path=path,
                  release=release.name, port=port)
     return None, changed
+
+
+def listen_for(node, layout):
+    """Where the node's nginx listens: its address and port, or on a balancer node (whose port is HAProxy's)
+    a unix socket (nodeops/setup.py public=False)."""
+    if node.role == Node.Role.LB:
+        return f"unix:{layout.nginx_sock}"
+    return frontdoor.listen_address(node.address, node.http_port)
 
 
 def routes_for(node, activating=None):
