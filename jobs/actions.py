@@ -15,9 +15,11 @@ from jobs.engine.context import node_transport
 from jobs.engine.states import TERMINAL, ActorKind
 from jobs.models import Job
 from jobs.nodes import InvalidNode, check_node
-from jobs.steps import balancer as lb_steps, cron
+from jobs.engine.context import FlowFailed
+from jobs.models import LiveRelease
+from jobs.steps import balancer as lb_steps, cron, releases, rolling
 from nodeops.errors import NodeOpError
-from toppcloud_site.records.models import Node
+from toppcloud_site.records.models import App, Node
 
 log = logging.getLogger(__name__)
 RECONCILE_SCHEDULE = "toppcloud-reconcile-nodes"  # beat's entry: the actor of the periodic reconciles
@@ -112,6 +114,82 @@ def rollback(app_name, node, *, release=None, actor_kind, actor):
     params = {"app": app_name, "node": node.name, **({"release": release} if release else {})}
     return dispatch.submit("rollback", target=f"app:{app_name}@{node.name}", params=params,
                            actor_kind=actor_kind, actor=actor)
+
+
+# Rolling through a group's balancer
+
+class RolloutRefused(ValueError):
+    """A rolling deploy or rollback that cannot start: the message says why; nothing was queued."""
+
+
+def _rollout_nodes(group, batch):
+    """(the group's lb node, its app nodes, the batch size) or RolloutRefused."""
+    lb = lb_steps.lb_node(group)
+    if lb is None:
+        if batch is not None:
+            raise RolloutRefused(f"server group {group.name} has no lb node: --batch rolls a group through its "
+                                 f"balancer; without one, say how many nodes at once with --max-parallel")
+        raise RolloutRefused(f"server group {group.name} has no lb node to roll its app nodes through")
+    nodes = lb_steps.app_nodes(group)
+    if not nodes:
+        raise RolloutRefused(f"server group {group.name} has no app nodes")
+    try:
+        size = rolling.parse_batch("1" if batch is None else batch, len(nodes))
+    except rolling.BatchRefused as exc:
+        raise RolloutRefused(str(exc)) from None
+    for node in [lb, *nodes]:
+        check_node(node)
+    return lb, nodes, size
+
+
+def _rollout(action, app_name, group, lb, nodes, size, plans, *, release, actor_kind, actor):
+    if not plans:
+        raise RolloutRefused(f"{app_name}: nothing to {action} on the app nodes of {group.name}")
+    # The group's only app node is not drained: the balancer would have none to send requests to while it
+    # changes; its own deploy or rollback keeps it serving (zero downtime on the node).
+    through = lb.name if len(nodes) > 1 else None
+    for plan in plans:
+        plan["params"]["lb"] = through
+    batches = rolling.batch_sizes(len(plans), min(size, len(plans)))
+    params = {"app": app_name, "action": action, "children": plans, "batches": batches, "lb": through,
+              **({"release": release} if release else {})}
+    return dispatch.submit("rolling", target=f"app:{app_name}@group:{group.name}", params=params,
+                           actor_kind=actor_kind, actor=actor)
+
+
+def deploy_rolling(app_name, release_name, group, *, batch=None, actor_kind, actor):
+    """Deploy the app's release to the app nodes of a group with a balancer, batch nodes at a time ("1",
+    "25%"; default 1): each child drains its node, deploys, checks it directly and puts it back; the first
+    failure stops the rollout. RolloutRefused: no lb node, no app nodes, a bad batch."""
+    lb, nodes, size = _rollout_nodes(group, batch)
+    plans = [deploy_plan(app_name, release_name, n) for n in nodes]
+    return _rollout("deploy", app_name, group, lb, nodes, size, plans, release=release_name,
+                    actor_kind=actor_kind, actor=actor)
+
+
+def rollback_rolling(app_name, group, *, release=None, batch=None, actor_kind, actor):
+    """Roll the app back on the app nodes of a group with a balancer, batch nodes at a time, to one release
+    for all: the one named, else the one before the newest live on them. Nodes already on it are left as they
+    are; a node where the app is not live is refused."""
+    app = App.objects.filter(name=app_name).first()
+    if app is None:
+        raise RolloutRefused(f"there is no app {app_name!r}")
+    lb, nodes, size = _rollout_nodes(group, batch)
+    live = {row.node_id: row.release for row in
+            LiveRelease.objects.filter(app=app, node__in=nodes).select_related("release").order_by("activated_at")}
+    missing = [n.name for n in nodes if n.pk not in live]
+    if missing:
+        raise RolloutRefused(f"{app_name} is not live on {', '.join(missing)}")
+    newest = max(live.values(), key=lambda r: r.created_at)
+    try:
+        target = releases.rollback_target(app, newest, release)
+    except FlowFailed as exc:
+        raise RolloutRefused(str(exc)) from None
+    plans = [{"kind": "rollback", "target": f"app:{app_name}@{n.name}",
+              "params": {"app": app_name, "node": n.name, "release": target.name}}
+             for n in nodes if live[n.pk] != target]
+    return _rollout("rollback", app_name, group, lb, nodes, size, plans, release=target.name,
+                    actor_kind=actor_kind, actor=actor)
 
 
 # Data

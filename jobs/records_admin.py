@@ -19,6 +19,7 @@ from django.views.decorators.http import require_POST
 from jobs import actions, dashboard, uploads
 from jobs.flows.logs import LOG_FILES
 from jobs.steps.environment import ConfigMissing, check_required_config
+from jobs.steps import balancer as lb_steps
 from jobs.steps.releases import ReleaseRefused
 from jobs.steps.data import DataRefused, archive_path, check_data_app
 from jobs.engine.states import ActorKind
@@ -142,7 +143,8 @@ class UploadForm(forms.Form):
     nodes = forms.ModelMultipleChoiceField(queryset=Node.objects.order_by("name"), required=False,
                                            widget=forms.CheckboxSelectMultiple)
     group = forms.ModelChoiceField(queryset=ServerGroup.objects.order_by("name"), required=False,
-                                   help_text="or every node of this server group", empty_label="(no group)")
+                                   help_text="or every node of this server group (one with an lb node: its app nodes, "
+                                             "rolled through the balancer one at a time)", empty_label="(no group)")
     max_parallel = forms.IntegerField(min_value=1, max_value=100, initial=4, help_text="nodes deployed at once")
 
     def clean(self):
@@ -272,7 +274,8 @@ class AppAdmin(admin.ModelAdmin):
         if request.method == "POST" and form.is_valid():
             try:
                 job = self._deploy_upload(request, form.cleaned_data)
-            except (AppIniError, ArchiveError, ReleaseRefused, InvalidNode, ConfigMissing, PermissionDenied) as exc:
+            except (AppIniError, ArchiveError, ReleaseRefused, InvalidNode, ConfigMissing, PermissionDenied,
+                    actions.RolloutRefused) as exc:
                 refused = f"nothing was deployed: {exc}"
             else:
                 return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job.pk]))
@@ -298,8 +301,15 @@ class AppAdmin(admin.ModelAdmin):
             raise ReleaseRefused(f"{exc} (recorded as job {job.pk})") from None
         for warning in warnings:
             self.message_user(request, f"app.ini: {warning}", messages.WARNING)
-        job = actions.deploy_to(release.app.name, release.name, nodes, max_parallel=data["max_parallel"],
-                                actor_kind=ActorKind.USER, actor=request.user.get_username())
+        group = data.get("group")
+        if group is not None and not data.get("nodes") and lb_steps.lb_node(group) is not None:
+            # A group behind a balancer: rolled through it, one app node at a time (as manage.py deploy --group).
+            job = actions.deploy_rolling(release.app.name, release.name, group, actor_kind=ActorKind.USER,
+                                         actor=request.user.get_username())
+            nodes = lb_steps.app_nodes(group)
+        else:
+            job = actions.deploy_to(release.app.name, release.name, nodes, max_parallel=data["max_parallel"],
+                                    actor_kind=ActorKind.USER, actor=request.user.get_username())
         _started(self, request, f"Deploy of {release.app.name} {release.name} ({release.size} bytes)",
                  [(job, ", ".join(n.name for n in nodes))])
         return job

@@ -30,6 +30,7 @@ KINDS = {
     "deploy": Entry("jobs.flows.deploy:deploy", "nodeops", retry_when_worker_lost=False),
     "deploy_many": Entry("jobs.flows.deploy:deploy_many", "jobs", retry_when_worker_lost=False),
     "rollback": Entry("jobs.flows.deploy:rollback", "nodeops", retry_when_worker_lost=False),
+    "rolling": Entry("jobs.flows.deploy:rollout", "jobs", retry_when_worker_lost=False),
     "backup": Entry("jobs.flows.data:backup", "nodeops"),
     "restore": Entry("jobs.flows.data:restore", "nodeops", retry_when_worker_lost=False),
     "clear": Entry("jobs.flows.data:clear", "nodeops", retry_when_worker_lost=False),
