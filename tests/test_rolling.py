@@ -180,9 +180,10 @@ def group_nodes(worker, live_db):
         shutil.rmtree(base, ignore_errors=True)
 
 
-def app_version(tmp_path, name, version, *, broken_on=None):
+def app_version(tmp_path, name, version, *, broken_on=None, behind_front_door=False):
     """hello renamed, serving `version`; broken_on: a node name where its /health answers 500 (it reads
-    TOPPCLOUD_NODE, the node the release runs on, from its environment)."""
+    TOPPCLOUD_NODE, the node the release runs on, from its environment); behind_front_door: only when asked
+    through the node's nginx (X-Real-IP set), not on its own port as test-before-activate asks it."""
     dest = tmp_path / f"{name}-{version}"
     shutil.copytree(FIXTURES / "hello", dest)
     ini = (dest / "app.ini").read_text()
@@ -194,7 +195,8 @@ def app_version(tmp_path, name, version, *, broken_on=None):
         old = '    if path == "/health":\n'
         assert old in code
         (dest / "app.py").write_text(code.replace(old, (
-            '    if path == "/health" and os.environ.get("TOPPCLOUD_NODE") == ' + repr(broken_on) + ':\n'
+            '    if path == "/health" and os.environ.get("TOPPCLOUD_NODE") == ' + repr(broken_on)
+            + (' and "HTTP_X_REAL_IP" in environ' if behind_front_door else '') + ':\n'
             '        start_response("500 Internal Server Error", [("Content-Type", "text/plain")])\n'
             '        return [b"broken on this node"]\n' + old)))
     return dest
@@ -223,12 +225,14 @@ class Load:
         self.lb, self.hostname = lb, hostname
         self.stop = threading.Event()
         self.ok, self.failures, self.served = 0, [], {}
+        self.answers = []  # (started, ended, node) of each answer, in epoch seconds
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
 
     def _loop(self):
         deadline = time.monotonic() + 300
         while not self.stop.is_set() and time.monotonic() < deadline:
+            started = time.time()
             try:
                 status, node, body = get(self.lb.address, self.lb.http_port, self.hostname)
                 version = version_of(body)
@@ -241,6 +245,7 @@ class Load:
                 else:
                     self.ok += 1
                     self.served.setdefault(node, set()).add(version)
+                    self.answers.append((started, time.time(), node))
             time.sleep(0.005)
 
     def __enter__(self):
@@ -292,9 +297,10 @@ def event(job, kind):
     return rows[0]
 
 
-def assert_rolled_in_order(parent, app_nodes):
+def assert_rolled_in_order(parent, app_nodes, load):
     """Each child: drained, deployed (release.activated), checked directly, enabled, in that order; node k+1
-    drained only after node k was enabled."""
+    drained only after node k was enabled; no request that started after its node's drain and ended before
+    it went back in rotation was answered by that node (while others were)."""
     children = children_in_order(parent)
     assert [c.target.split("@")[1] for c in children] == [n.name for n in app_nodes]
     assert all(c.status == "succeeded" for c in children), [(c.target, c.error) for c in children]
@@ -308,6 +314,10 @@ def assert_rolled_in_order(parent, app_nodes):
         if previous_enable is not None:
             assert drain.at > previous_enable.at
         previous_enable = enable
+        back = child.events.get(kind="step.started", data__step="back in rotation").at.timestamp()
+        meanwhile = [node for started, ended, node in load.answers
+                     if started > drain.at.timestamp() and ended < back]
+        assert len(meanwhile) > 20 and child.params["node"] not in meanwhile, (child.target, len(meanwhile))
     return children
 
 
@@ -341,8 +351,8 @@ def test_a_rolling_deploy_and_rollback_through_the_balancer_fail_no_request(grou
 
     assert parent.status == "succeeded" and parent.summary == "3 of 3 child jobs succeeded"
     assert [e.data["batch"] for e in parent.events.filter(kind="batch.started").order_by("seq")] == [1, 2, 3]
-    assert_rolled_in_order(parent, app_nodes)
-    children = assert_rolled_in_order(back, app_nodes)
+    assert_rolled_in_order(parent, app_nodes, load)
+    children = assert_rolled_in_order(back, app_nodes, load)
     assert {c.kind for c in children} == {"rollback"}
     release1 = LiveRelease.objects.get(app__name=name, node=app_nodes[0]).release.name
     assert all(c.params["release"] == release1 for c in children)
@@ -408,3 +418,39 @@ def test_a_release_failing_its_health_check_on_the_second_node_stops_the_rollout
     served_through_lb(lb, hostname, {app_nodes[0].name: "2", app_nodes[1].name: "1", app_nodes[2].name: "1"})
     assert load.served[app_nodes[2].name] == {"1"} and load.served[app_nodes[1].name] == {"1"}
     assert lb_view(lb, backend) == {n.name: ("UP", "ready") for n in app_nodes}
+
+
+@pytest.mark.hosts
+@pytest.mark.worker
+def test_a_release_failing_the_direct_check_on_the_second_node_leaves_it_drained(group_nodes, tmp_path):
+    group, hosts, nodes = group_nodes
+    lb, app_nodes = nodes[0], nodes[1:]
+    name = f"behind{os.getpid() % 10000}"
+    hostname, backend = f"{name}.test", f"app_{name}"
+    v1 = app_version(tmp_path, name, "1")
+    bad = app_version(tmp_path, name, "2", broken_on=app_nodes[1].name, behind_front_door=True)
+    assert command("deploy", str(v1), "--group", group.name)[0] == 0
+    served_through_lb(lb, hostname, {n.name: "1" for n in app_nodes})
+
+    with Load(lb, hostname) as load:
+        code, parent = command("deploy", str(bad), "--group", group.name, "--batch", "1")
+        assert code != 0
+        time.sleep(2)
+    assert load.failures == [] and load.ok > 100, (load.ok, load.failures[:5])
+
+    parent.refresh_from_db()
+    assert parent.status == "failed"
+    assert parent.error.startswith(f"1 of 2 child jobs succeeded; not started: app:{name}@{app_nodes[2].name}. ")
+    first, second = children_in_order(parent)
+    assert (first.status, second.status) == ("succeeded", "failed")
+    assert second.error.startswith(f"direct health check of {app_nodes[1].name} failed: ")
+    assert "answered 500" in second.error and second.error.endswith(f"it is left drained in {backend} on {lb.name}")
+    activated, left = event(second, "release.activated"), event(second, "balancer.left_drained")
+    assert event(second, "balancer.drain").seq < activated.seq < left.seq  # it went live, failed, stays out
+    assert left.data["reason"].startswith("the direct health check failed: ")
+    assert not second.events.filter(kind="balancer.enable").exists()
+    assert lb_view(lb, backend)[app_nodes[1].name][1] == "drain"
+    assert lb_view(lb, backend)[app_nodes[0].name] == lb_view(lb, backend)[app_nodes[2].name] == ("UP", "ready")
+    # Node 2 serves the new release at its own front door, but the balancer sends it nothing.
+    assert [version_of(get(h.address, h.http_port, hostname)[2]) for h in hosts[1:]] == ["2", "2", "1"]
+    served_through_lb(lb, hostname, {app_nodes[0].name: "2", app_nodes[2].name: "1"})
