@@ -7,7 +7,8 @@ its node out of rotation at the balancer for the time it changes it:
 
 1. out of rotation: drain the node's server in the app's backend, wait until
    its in-flight requests are done (a node not in the backend yet, its first
-   deploy, is not drained)
+   deploy, is not drained; requests still in flight after 30 s: the node goes
+   back in rotation unchanged and the job fails)
 2. the deploy's own steps
 3. direct health check: from the balancer, GET the node's front door at the
    app's location and health URL (with the location's Host); 2xx or it fails
@@ -124,8 +125,14 @@ def out_of_rotation(ctx, app, node, lb_name):
         if drained:
             balancer.set_server_state(t, ctx.emit, layout, backend, node.name, "drain")
             ctx.emit("balancer.drain", balancer=lb.name, backend=backend, server=node.name)
-            s.data["idle_after_s"] = balancer.wait_idle(t, ctx.emit, layout, backend, node.name,
-                                                        timeout=IDLE_TIMEOUT)
+            try:
+                s.data["idle_after_s"] = balancer.wait_idle(t, ctx.emit, layout, backend, node.name,
+                                                            timeout=IDLE_TIMEOUT)
+            except balancer.BalancerError as exc:  # requests still in flight: leave the node as it was
+                balancer.set_server_state(t, ctx.emit, layout, backend, node.name, "ready")
+                ctx.emit("balancer.enable", balancer=lb.name, backend=backend, server=node.name,
+                         reason=f"{exc}: nothing was changed on {node.name}; back in rotation")
+                raise FlowFailed(f"{exc}; nothing was changed on {node.name}, it is back in rotation") from None
         else:
             s.data["skipped"] = f"{node.name} is not in {backend} on {lb.name} yet (the app's first deploy there)"
     try:
