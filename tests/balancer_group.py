@@ -9,7 +9,7 @@ import http.client
 import json
 import os
 import shutil
-import ssl
+import socket
 import tempfile
 import threading
 import time
@@ -115,8 +115,8 @@ def lb_group(live_db, worker):
 
 def request(host, hostname, path="/", *, port=None, tls_context=None, timeout=10):
     """(status, headers as a dict of lower-case names, body text) of a GET to a host (its http port)."""
-    if tls_context is not None:
-        conn = http.client.HTTPSConnection(host.address, port or host.https_port, timeout=timeout, context=tls_context)
+    if tls_context is not None:  # SNI and the certificate check are for `hostname`, the connection to host
+        conn = _HostnameHTTPS(hostname, host.address, port or host.https_port, timeout=timeout, context=tls_context)
     else:
         conn = http.client.HTTPConnection(host.address, port or host.http_port, timeout=timeout)
     try:
@@ -127,10 +127,14 @@ def request(host, hostname, path="/", *, port=None, tls_context=None, timeout=10
         conn.close()
 
 
-def tls_context(root_path, server_hostname):
-    ctx = ssl.create_default_context(cafile=str(root_path))
-    ctx.check_hostname = True
-    return ctx
+class _HostnameHTTPS(http.client.HTTPSConnection):
+    def __init__(self, hostname, *args, **kw):
+        super().__init__(*args, **kw)
+        self.sni = hostname
+
+    def connect(self):
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.sni)
 
 
 class Load:

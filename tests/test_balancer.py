@@ -4,18 +4,27 @@ Real HAProxy, nginx, gunicorn and HTTP; every assertion is on the bytes and head
 balancer, its runtime API's answers, the files on the lb node or the job events.
 """
 
+import http.client
+import json
 import os
+import ssl
+import stat
 import subprocess
 import threading
 import time
 
 import pytest
+from django.core.management import call_command
+from django.utils import timezone
 from jobs import actions
-from nodeops import balancer
+from jobs.models import Job
+from nodeops import balancer, frontdoor as node_frontdoor
 from tests import balancer_group
 from tests.balancer_group import Load, headers_seen, request, states
 from tests.helpers import wait_for_job, wait_until
 from tests.nodeops_helpers import Events
+from tests.tlsca import issue, make_ca
+from toppcloud_site.records.models import App, Location
 
 pytestmark = [pytest.mark.hosts, pytest.mark.worker]
 lb_group = balancer_group.lb_group  # the shared group (one lb + two app nodes), made once a session
@@ -193,3 +202,93 @@ def test_a_node_whose_nginx_dies_leaves_within_3_s_without_a_failed_get_comes_ba
     assert to_down <= 3.0, to_down
     assert served_while_down.get(node.name, 0) <= 0 and served_while_down[g.apps[0].name] > 20
     assert load.by_node[node.name] > at_up.get(node.name, 0)  # back in the rotation
+
+
+def _balancer_job(g, before):
+    job = wait_until(lambda: Job.objects.filter(kind="balancer", queued_at__gt=before).order_by("queued_at").last(),
+                     timeout=10, what="a balancer job")
+    return wait_for_job(job.pk, timeout=60)
+
+
+def _render_now(g):
+    before = timezone.now()
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("balancer", g.group.name)
+    job = _balancer_job(g, before)
+    assert exit_info.value.code == 0 and job.status == "succeeded", job.error
+    return job
+
+
+def test_a_location_cached_at_the_balancer_keeps_only_what_the_app_marks_public(lb_group):
+    g = lb_group
+    assert "x-cache" not in request(g.lb_host, g.hostname, "/cache/public")[1]  # not cached: no header
+    Location.objects.filter(app__name=g.app, host=g.hostname, path="/").update(balancer_cache=True)
+    try:
+        job = _render_now(g)
+        shown = job.events.get(kind="balancer").data
+        assert shown["changed"] is True and [loc["cache"] for loc in shown["locations"]] == [True]
+        first = request(g.lb_host, g.hostname, "/cache/public")
+        again = request(g.lb_host, g.hostname, "/cache/public")
+        assert (first[0], first[1]["x-cache"], again[0], again[1]["x-cache"]) == (200, "MISS", 200, "HIT")
+        assert again[2] == first[2] and "public, max-age=60" == again[1]["cache-control"]  # the same answer
+        for kind in ("private", "nostore", "none"):
+            answers = [request(g.lb_host, g.hostname, f"/cache/{kind}") for _ in range(2)]
+            assert [a[1]["x-cache"] for a in answers] == ["MISS", "MISS"], kind
+            assert answers[0][2] != answers[1][2], kind  # each one the app's own, fresh
+        assert [request(g.lb_host, g.hostname, "/")[1]["x-cache"] for _ in range(2)] == ["MISS", "MISS"]
+        assert "cache-use toppcloud" in balancer.read_live(g.transport(), g.layout)
+    finally:
+        Location.objects.filter(app__name=g.app, host=g.hostname, path="/").update(balancer_cache=False)
+    _render_now(g)
+    status, headers, _ = request(g.lb_host, g.hostname, "/cache/public")
+    assert status == 200 and "x-cache" not in headers
+    assert "cache-use" not in balancer.read_live(g.transport(), g.layout)
+
+
+def test_tls_ends_at_the_balancer_for_a_host_with_a_certificate(lb_group):
+    g = lb_group
+    tlshost = f"tls{os.getpid() % 100000}.test"
+    ca = make_ca(g.tmp)
+    leaf = issue(ca, [tlshost], g.tmp)
+    app = App.objects.get(name=g.app)
+    Location.objects.create(app=app, host=tlshost, path="/")
+    before = timezone.now()
+    with pytest.raises(SystemExit):
+        call_command("front_door", *[n.name for n in g.apps])  # the app nodes serve the new host
+    call_command("tls", "add", tlshost, "--cert", str(leaf.cert_path), "--key", str(leaf.key_path))
+    wait_until(lambda: Job.objects.filter(kind="balancer", queued_at__gt=before).count() >= 2, timeout=10,
+               what="the balancer jobs of both edits")
+    for job in Job.objects.filter(kind="balancer", queued_at__gt=before):
+        assert wait_for_job(job.pk).status == "succeeded", job.error
+    last = Job.objects.filter(kind="balancer", queued_at__gt=before).order_by("queued_at").last()
+    assert last.events.get(kind="balancer").data["https"] == [tlshost]
+
+    context = ssl.create_default_context(cafile=str(leaf.root_path))
+    status, headers, body = request(g.lb_host, tlshost, "/headers", tls_context=context)
+    assert status == 200, (status, body[:300])
+    given = json.loads(body)
+    # The app node trusted the balancer's word: the client came over HTTPS.
+    assert given["HTTP_X_FORWARDED_PROTO"] == "https" and given["HTTP_HOST"] == tlshost, given
+    assert headers["x-toppcloud-node"] in {n.name for n in g.apps}
+    # Plain HTTP for that host redirects to HTTPS; the ACME challenges do not.
+    status, headers, _ = request(g.lb_host, tlshost, "/a?b=1")
+    assert status == 301 and headers["location"] == f"https://{tlshost}:{g.lb_host.https_port}/a?b=1", headers
+    assert request(g.lb_host, tlshost, "/.well-known/acme-challenge/x")[0] != 301
+    # The pem on the lb node: chain then key, 0600; the app nodes got no certificate (TLS ends at the balancer).
+    tls_dir = balancer.Paths(g.layout).tls
+    pems = os.listdir(tls_dir)
+    assert len(pems) == 1 and pems[0].startswith(tlshost)
+    st = os.stat(os.path.join(tls_dir, pems[0]))
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    with open(os.path.join(tls_dir, pems[0])) as f:
+        pem = f.read()
+    assert pem.index("BEGIN CERTIFICATE") < pem.index("PRIVATE KEY")
+    for host in g.app_hosts:
+        site = open(os.path.join(host.root, "run/nginx/sites", node_frontdoor.SITE)).read()
+        assert "ssl_certificate" not in site and tlshost in site
+        assert f"{g.lb.address} $http_x_forwarded_proto;" in site
+    # Straight to an app node, a forged X-Forwarded-Proto is not believed.
+    conn = http.client.HTTPConnection(g.app_hosts[0].address, g.app_hosts[0].http_port, timeout=5)
+    conn.request("GET", "/headers", headers={"Host": tlshost, "X-Forwarded-Proto": "https"})
+    assert json.loads(conn.getresponse().read())["HTTP_X_FORWARDED_PROTO"] == "http"
+    conn.close()
