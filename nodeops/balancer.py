@@ -55,6 +55,7 @@ class Paths:
         self.state_file = j(self.dir, "server-state")
         self.sock = j(layout.run, "haproxy.sock")
         self.master_sock = j(layout.run, "haproxy-master.sock")
+        self.pid = j(layout.run, "haproxy.pid")  # the master's
         self.log = j(layout.logs, f"{PROGRAM}.log")
         self.program_conf = j(layout.supervisor_programs, f"{PROGRAM}.conf")
 
@@ -78,7 +79,8 @@ class Location:
     host: str
     path: str
     servers: tuple  # of Server
-    health_check: str | None = None  # the app's health check path (app.ini), relative to `path`
+    health_check: str | None = None  # the app's health check path (app.ini), relative to `path`; an app's
+    # servers are checked at its first location in render()'s list (give its own, app.ini's, first)
     cache: bool = False
 
 
@@ -141,8 +143,11 @@ def _check_request(loc):
     return f"    http-check send meth GET uri {uri} ver HTTP/1.1 hdr Host {host}\n"
 
 
-def render(paths, locations, *, listen, tls_listen=None, certificates=()):
-    """The whole haproxy.cfg for these locations (ValueError names what is wrong)."""
+def render(paths, locations, *, listen, tls_listen=None, certificates=(), source=None):
+    """The whole haproxy.cfg for these locations (ValueError names what is wrong).
+
+    source: the address the balancer connects to app nodes from (theirs trust its forwarding headers)."""
+    source_line = f"    source {validate_address(source)}\n" if source else ""
     for loc in locations:
         _check(loc)
     seen = {}
@@ -160,6 +165,8 @@ global
     master-worker
     stats socket {paths.sock} mode 600 level admin expose-fd listeners
     stats timeout 30s
+    # An old worker still holding a long request after a reload or a stop ends after this.
+    hard-stop-after 60s
     server-state-file {paths.state_file}
     log stdout format raw local0 notice
     ssl-default-bind-ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305
@@ -173,6 +180,8 @@ defaults
     option forwardfor
     option redispatch
     retries 3
+    # A GET whose server died under it (reset, empty answer) is sent again, to another server.
+    retry-on all-retryable-errors
     load-server-state-from-file global
     timeout connect 2s
     timeout client 60s
@@ -182,7 +191,7 @@ defaults
     timeout queue 10s
     timeout check 2s
     default-server inter 1s fall 2 rise 2
-
+{source_line}
 cache {CACHE}
     total-max-size 64
     max-object-size 1048576
@@ -225,10 +234,10 @@ frontend public
                '    http-request return status 404 content-type text/plain string "no app is deployed here\\n"\n')
 
     by_app = {}
-    for loc in ordered:
+    for loc in locations:
         by_app.setdefault(loc.app, []).append(loc)
     for app in sorted(by_app):
-        first = by_app[app][0]  # the health check uses its most specific location
+        first = by_app[app][0]  # the health check asks the app's first location as given: its own (app.ini)
         servers = {s.name: s for loc in by_app[app] for s in loc.servers}
         cached = any(loc.cache for loc in by_app[app])
         text = [f"\nbackend {backend_name(app)}\n", "    balance roundrobin\n", "    option httpchk\n",
@@ -268,7 +277,7 @@ def render_program(paths, haproxy):
     return f"""\
 ; Managed by toppcloud balancer setup; regenerated on every run.
 [program:{PROGRAM}]
-command = {haproxy} -W -db -f {paths.cfg} -S {paths.master_sock},mode,600
+command = {haproxy} -W -db -f {paths.cfg} -p {paths.pid} -S {paths.master_sock},mode,600
 autostart = true
 autorestart = true
 startsecs = 1

@@ -35,7 +35,7 @@ from .appini import WRITABLE_NAME_RE
 from .release import validate_release
 from .steps import run_logged
 from .transport import CommandFailed
-from .validate import DEFAULT_HOST, validate_location, validate_name, validate_port
+from .validate import DEFAULT_HOST, validate_address, validate_location, validate_name, validate_port
 
 PYTHON = "/usr/bin/python3"
 SITE = "toppcloud.conf"  # the one file in run/nginx/sites/ (older per-app files are removed on push)
@@ -141,8 +141,11 @@ def select(routes):
     return usable, refused
 
 
-def render(layout, routes, *, listen, tls_listen=None, certificates=()):
-    """The nginx text (server blocks, included in nginx.conf's http block) for these routes."""
+def render(layout, routes, *, listen, tls_listen=None, certificates=(), trusted_proxy=None):
+    """The nginx text (server blocks, included in nginx.conf's http block) for these routes.
+
+    trusted_proxy: the address of the group's balancer; its X-Forwarded-Proto is passed on to the apps
+    (from anyone else the scheme nginx saw is)."""
     listen = _listen(listen, "listen")
     by_host = {}
     for r in routes:
@@ -157,12 +160,17 @@ def render(layout, routes, *, listen, tls_listen=None, certificates=()):
         tls_listen = _listen(tls_listen, "tls_listen")
     out = [f"# Managed by toppcloud: rendered from the control plane's records; {len(routes)} routes.\n",
            _NAMES_HASH]
+    proto = "$scheme"
+    if trusted_proxy is not None:
+        out.append(f"map $remote_addr $toppcloud_forwarded_proto {{\n    default $scheme;\n"
+                   f"    {validate_address(trusted_proxy)} $http_x_forwarded_proto;\n}}\n")
+        proto = "$toppcloud_forwarded_proto"
     if certs:
         out.append(_TLS_SETTINGS)
     if DEFAULT_HOST not in by_host:
         by_host[DEFAULT_HOST] = {}  # the node's own default server: its health URL and a 404
     for host in sorted(by_host, key=lambda h: (h == DEFAULT_HOST, h)):
-        locations = "".join(_locations(layout, r) for r in sorted(by_host[host].values(),
+        locations = "".join(_locations(layout, r, proto) for r in sorted(by_host[host].values(),
                                                                    key=lambda r: (-len(r.path), r.path)))
         if "/" not in by_host[host]:
             locations += _NOTHING_HERE  # what no app's prefix matches
@@ -217,7 +225,7 @@ def _acme(layout):
             f"        default_type text/plain;\n    }}\n")
 
 
-def _locations(layout, r):
+def _locations(layout, r, proto="$scheme"):
     p = r.path
     if r.maintenance:
         page = MAINTENANCE_PAGE.format(app=r.app).replace('"', '\\"')
@@ -231,7 +239,7 @@ def _locations(layout, r):
             f"        proxy_pass http://127.0.0.1:{r.port};\n"
             "        proxy_set_header Host $host;\n"
             "        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
-            "        proxy_set_header X-Forwarded-Proto $scheme;\n"
+            f"        proxy_set_header X-Forwarded-Proto {proto};\n"
             "        proxy_set_header X-Real-IP $remote_addr;\n"
             # gunicorn takes SCRIPT_NAME from its trusted proxy (127.0.0.1) and strips it off PATH_INFO;
             # nginx sends no header with an empty value, so an app at "/" gets SCRIPT_NAME "".

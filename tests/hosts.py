@@ -342,6 +342,7 @@ class TestHost:
         nginx_pid = _read_pid(os.path.join(self.root, "run/nginx/nginx.pid"))
         _terminate_pid(sup_pid, self.root)  # supervisord stops nginx itself
         _terminate_pid(nginx_pid, self.root)  # in case nginx outlived it
+        _terminate_pid(_read_pid(os.path.join(self.root, "run/haproxy.pid")), self.root)  # a balancer's, likewise
 
     def stop(self):
         self.stop_services()

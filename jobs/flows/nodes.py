@@ -3,7 +3,7 @@
 from django.utils import timezone
 
 from jobs.engine.context import FlowFailed
-from jobs.steps import balancer, reconcile, records
+from jobs.steps import balancer, frontdoor, reconcile, records
 from nodeops import balancer as node_balancer, ping, setup
 from nodeops.layout import NodeLayout
 from toppcloud_site.records.models import Node
@@ -16,7 +16,8 @@ def setup_node(ctx, node):
        steps (setup.STEPS), on the host
     (a node with the role lb) haproxy package, haproxy config, haproxy start, haproxy verify: HAProxy
        under the node's supervisord on its port (nodeops/balancer.py; its own nginx keeps to a unix
-       socket), then balancer of GROUP: rendered from the records
+       socket), front door of NODE for each app node of its group (they trust its X-Forwarded-Proto),
+       then balancer of GROUP: rendered from the records
     9. reconcile: stop what interrupted jobs left running, the front door as the records say
     """
     node = records.node(node)
@@ -31,6 +32,10 @@ def setup_node(ctx, node):
                                                          http_port=node.http_port, https_port=node.https_port)
     Node.objects.filter(pk=node.pk).update(facts=facts, set_up_at=timezone.now())
     if lb and node.group_id:
+        for app_node in balancer.app_nodes(node.group):
+            # They now trust this node's X-Forwarded-Proto, and leave TLS to it.
+            with ctx.step(f"front door of {app_node.name}") as s:
+                s.changed = frontdoor.update(ctx, app_node)
         with ctx.step(f"balancer of {node.group.name}") as s:
             try:
                 s.changed = balancer.update(ctx, node.group)

@@ -53,9 +53,14 @@ def backends_for(group):
         health[row.app.name] = row.release.app_ini.get("health_check")  # the newest live release's
     for loc in Location.objects.filter(app__name__in=apps, balancer_cache=True).select_related("app"):
         cached.add((loc.app.name, loc.host, loc.path))
+    own = {}
+    for row in LiveRelease.objects.filter(app__name__in=apps, node__group=group).select_related("app"):
+        own[row.app.name] = (row.host, row.path)
     locations = [balancer.Location(app=e["app"], host=host, path=path, servers=tuple(e["servers"]),
                                    health_check=health.get(e["app"]), cache=(e["app"], host, path) in cached)
                  for (host, path), e in sorted(joined.items())]
+    # Each app's own location (where it went live, app.ini's) first: its servers are health-checked there.
+    locations.sort(key=lambda loc: own.get(loc.app) != (loc.host, loc.path))
     return locations, refused
 
 
@@ -80,7 +85,7 @@ def update(ctx, group):
         try:
             text = balancer.render(paths, locations, listen=frontdoor.listen_address(lb.address, lb.http_port),
                                    tls_listen=frontdoor.listen_address(lb.address, lb.https_port),
-                                   certificates=certificates)
+                                   certificates=certificates, source=lb.address)
         except ValueError as exc:
             raise balancer.BalancerError(f"the balancer of {group.name} cannot be rendered: {exc}; "
                                          "the live config is unchanged") from None

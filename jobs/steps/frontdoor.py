@@ -51,11 +51,14 @@ def update(ctx, node, *, activating=None):
 
 def _push(ctx, node, t, layout, routes, activating):
     """Render and push the routes: (None, changed), or (the exception, None) with the events so far kept."""
-    certificates = certificates_for(routes)
+    balancer = balancer_in_front(node)
+    # Behind a balancer, TLS ends there (it sends plain HTTP here, which a certificate would redirect), and
+    # its X-Forwarded-Proto is the one apps are given.
+    certificates = certificates_for(routes) if balancer is None else []
     try:
         text = frontdoor.render(layout, routes, listen=listen_for(node, layout),
                                 tls_listen=frontdoor.listen_address(node.address, node.https_port),
-                                certificates=certificates)
+                                certificates=certificates, trusted_proxy=balancer and balancer.address)
     except ValueError as exc:
         return frontdoor.FrontDoorError(f"the front door of {node.name} cannot be rendered: {exc}; "
                                         "the live config is unchanged"), None
@@ -70,6 +73,13 @@ def _push(ctx, node, t, layout, routes, activating):
         ctx.emit(Kind.RELEASE_ACTIVATED, app=app.name, node=node.name, host=host, path=path,
                  release=release.name, port=port)
     return None, changed
+
+
+def balancer_in_front(node):
+    """The lb node of an app node's group, or None (jobs/steps/balancer.py renders that node)."""
+    if node.role != Node.Role.APP or not node.group_id:
+        return None
+    return Node.objects.filter(group_id=node.group_id, role=Node.Role.LB).order_by("name").first()
 
 
 def listen_for(node, layout):
