@@ -12,7 +12,7 @@ from jobs.engine import dispatch, events
 from jobs.engine.states import TERMINAL, ActorKind
 from jobs.models import Job
 from jobs.nodes import InvalidNode, check_node
-from jobs.steps import cron
+from jobs.steps import cron, failover
 from toppcloud_site.records.models import Node
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,16 @@ def reconcile_node(node, *, actor_kind, actor):
 
 def ping_node(node, *, actor_kind, actor):
     return node_job("ping_node", node, actor_kind=actor_kind, actor=actor)
+
+
+def promote(node, *, old_primary_is_down=False, actor_kind, actor):
+    """Make a streaming replica its group's primary: fence the old one, pg_promote, repoint the apps.
+    PromoteRefused unless NODE is a db-replica of its group's database node."""
+    check_node(node)
+    failover.check_promote(node)
+    params = {"node": node.name, **({"old_primary_is_down": True} if old_primary_is_down else {})}
+    return dispatch.submit("promote", target=f"group:{node.group.name}", params=params, actor_kind=actor_kind,
+                           actor=actor)
 
 
 # Releases

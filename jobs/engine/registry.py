@@ -42,6 +42,7 @@ KINDS = {
     "disable": Entry("jobs.flows.frontdoor:disable", "nodeops"),
     "enable": Entry("jobs.flows.frontdoor:enable", "nodeops"),
     "front_door": Entry("jobs.flows.frontdoor:update_front_door", "nodeops"),
+    "promote": Entry("jobs.flows.failover:promote", "nodeops", retry_when_worker_lost=False),
     "setup_node": Entry("jobs.flows.nodes:setup_node", "nodeops"),
     "reconcile_node": Entry("jobs.flows.nodes:reconcile_node", "nodeops"),
     "ping_node": Entry("jobs.flows.nodes:ping_node", "nodeops"),

@@ -1,0 +1,50 @@
+"""Failover of a group's PostgreSQL: fence the old primary, promote a replica.
+
+The work on the node is nodeops/hostside/pg_failover.py; these functions run
+it over a transport and report through `emit`. Each is idempotent: a fenced
+cluster fenced again stays stopped, a promoted one promoted again stays the
+primary, so a promote job that failed half way can simply run again.
+"""
+
+import json
+
+from . import hostside
+from .errors import NodeOpError
+from .release import PYTHON
+from .steps import run_logged
+from .transport import CommandFailed
+from .validate import validate_name
+
+
+class FailoverError(NodeOpError):
+    """A cluster could not be fenced or promoted; the message says which and why."""
+
+
+def _run(t, emit, step, *args, timeout=180):
+    argv = [PYTHON, "-I", "-c", hostside.source("pg_failover"), *args]
+    try:
+        r = run_logged(t, emit, argv, step=step, timeout=timeout)
+    except CommandFailed as exc:
+        tail = exc.result.stderr.strip().splitlines()[-1:] or [f"exit code {exc.result.rc}"]
+        raise FailoverError(f"{step} on {t.describe()}: {tail[0]}") from None
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def fence(t, emit, cluster, job) -> dict:
+    """Stop the cluster (-m fast) and set its start.conf to `manual`, so nothing starts it again.
+
+    {version, was_running, stopped: "fast"|"immediate"|None, start_conf_was, start_conf}. A transport
+    error (the node does not answer) is the caller's to judge: it is raised as it is."""
+    return _run(t, emit, "fence", "fence", validate_name(cluster, "pg_cluster"), str(job))
+
+
+def state(t, emit, cluster) -> dict:
+    """{version, running, in_recovery, replay_lsn}: what the cluster is now."""
+    return _run(t, emit, "state", "state", validate_name(cluster, "pg_cluster"))
+
+
+def promote(t, emit, cluster, wait=60) -> dict:
+    """pg_promote(true, wait) on the replica's cluster and wait until it is out of recovery;
+    {version, was_in_recovery, replay_lsn, lsn, seconds}."""
+    return _run(t, emit, "promote", "promote", validate_name(cluster, "pg_cluster"), str(int(wait)),
+                timeout=wait + 60)
