@@ -45,6 +45,6 @@ def state(t, emit, cluster) -> dict:
 
 def promote(t, emit, cluster, wait=60) -> dict:
     """pg_promote(true, wait) on the replica's cluster and wait until it is out of recovery;
-    {version, was_in_recovery, replay_lsn, lsn, seconds}."""
+    {version, was_in_recovery, replay_lsn, lsn, promote_seconds, synchronous_standby_names}."""
     return _run(t, emit, "promote", "promote", validate_name(cluster, "pg_cluster"), str(int(wait)),
                 timeout=wait + 60)

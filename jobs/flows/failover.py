@@ -43,4 +43,4 @@ def promote(ctx, node, old_primary_is_down=False):
     fence_said = "fenced" if fenced["fenced"] else "NOT fenced (it did not answer)"
     return (f"{node.name} is the primary of {group.name} (was {old.name}, {fence_said}); {summary}",
             {"primary": node.name, "old_primary": old.name, "fenced": fenced["fenced"],
-             "promote_seconds": promoted["seconds"], **result})
+             "promote_seconds": promoted["promote_seconds"], **result})

@@ -119,7 +119,7 @@ def promote(cluster, wait):
                            "SELECT pg_reload_conf();")
     found["lsn"] = psql(version, cluster, "SELECT pg_current_wal_lsn();")
     found["synchronous_standby_names"] = psql(version, cluster, "SHOW synchronous_standby_names;")
-    found["seconds"] = round(time.monotonic() - started, 3)
+    found["promote_seconds"] = round(time.monotonic() - started, 3)
     return found
 
 
