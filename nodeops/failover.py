@@ -12,7 +12,7 @@ from . import hostside
 from .errors import NodeOpError
 from .release import PYTHON
 from .steps import run_logged
-from .transport import CommandFailed
+from .transport import CommandFailed, CommandTimeout
 from .validate import validate_name
 
 
@@ -30,11 +30,21 @@ def _run(t, emit, step, *args, timeout=180):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def fence(t, emit, cluster, job) -> dict:
+class NotAnswering(FailoverError):
+    """The node did not answer over ssh within the time given (a host that vanished drops no RST)."""
+
+
+def fence(t, emit, cluster, job, answer_within=15) -> dict:
     """Stop the cluster (-m fast) and set its start.conf to `manual`, so nothing starts it again.
 
-    {version, was_running, stopped: "fast"|"immediate"|None, start_conf_was, start_conf}. A transport
-    error (the node does not answer) is the caller's to judge: it is raised as it is."""
+    {version, was_running, stopped: "fast"|"immediate"|None, start_conf_was, start_conf}. A node that
+    refuses the connection raises TransportError; one that does not answer `true` within
+    `answer_within` seconds (a stale ssh master to a vanished host waits far longer) NotAnswering:
+    the caller judges whether to go on."""
+    try:
+        t.run(["true"], timeout=answer_within)
+    except CommandTimeout:
+        raise NotAnswering(f"{t.describe()} did not answer within {answer_within} s") from None
     return _run(t, emit, "fence", "fence", validate_name(cluster, "pg_cluster"), str(job))
 
 

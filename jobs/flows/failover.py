@@ -8,7 +8,8 @@ def promote(ctx, node, old_primary_is_down=False):
     """Promote a streaming replica to be its group's primary; repoint every app of the group.
 
     1. check: the records (a db-replica of the group's primary), the replica's cluster runs in recovery;
-       lock.taken for each app of the group (no deploy or config apply meanwhile)
+       lock.taken: the group's database (no other promote) and each app of the group (no deploy or
+       config apply meanwhile)
     2. fence OLD: its cluster stopped (-m fast) and start.conf `manual`, so nothing starts it again;
        a primary that does not answer fails the job (nothing changed) unless old_primary_is_down
     3. promote NODE: pg_promote(true, 60), until it is out of recovery
@@ -24,8 +25,9 @@ def promote(ctx, node, old_primary_is_down=False):
             group, old = failover.check_promote(node)
         except failover.PromoteRefused as exc:
             raise FlowFailed(f"{exc}; nothing was changed") from None
+        failover.take_database_lock(ctx, group)
         s.data.update(group=group.name, primary=old.name, replica=node.name,
-                      **failover.check_replica(ctx, node))
+                      last_replication=node.facts.get("replication"), **failover.check_replica(ctx, node))
         for app in group.apps.order_by("name"):
             locks.take_app(ctx, app)
     with ctx.step(f"fence {old.name}") as s:

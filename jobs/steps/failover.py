@@ -11,6 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from jobs.engine.context import FlowFailed
+from jobs.steps import locks
 from nodeops import failover as node_failover
 from nodeops.transport import TransportError
 from toppcloud_site.records.models import App, Node, ServerGroup, Service
@@ -44,6 +45,15 @@ def check_promote(node):
     return group, primary
 
 
+def take_database_lock(ctx, group):
+    """`db:GROUP` for this job: one promote of a group at a time."""
+    holder = locks.take(ctx, f"db:{group.name}")
+    if holder is not None and holder.pk != ctx.parent_id:
+        raise FlowFailed(f"the database of group {group.name} is being changed by job {holder.pk} ({holder.kind}); "
+                         "this job did nothing: run it again when that one has ended")
+    ctx.emit("lock.taken", key=f"db:{group.name}")
+
+
 def check_replica(ctx, node):
     """The replica's cluster runs and is in recovery (a standby): it is one to promote."""
     found = node_failover.state(ctx.transport(node), ctx.emit, node.pg_cluster)
@@ -61,7 +71,7 @@ def fence(ctx, old, *, old_primary_is_down):
     the person said it is down (then record that it could not be fenced). {fenced: bool, ...}"""
     try:
         done = node_failover.fence(ctx.transport(old), ctx.emit, old.pg_cluster, ctx.job_id)
-    except TransportError as exc:
+    except (TransportError, node_failover.NotAnswering) as exc:
         if not old_primary_is_down:
             raise FlowFailed(f"the old primary {old.name} does not answer, so it cannot be fenced ({exc}); "
                              f"nothing was changed. If it is down for good (powered off, its disk gone), run "
