@@ -12,7 +12,7 @@ from jobs.engine import dispatch, events
 from jobs.engine.states import TERMINAL, ActorKind
 from jobs.models import Job
 from jobs.nodes import InvalidNode, check_node
-from jobs.steps import cron, failover
+from jobs.steps import cron, failover, replication
 from toppcloud_site.records.models import Node
 
 log = logging.getLogger(__name__)
@@ -122,10 +122,12 @@ def rollback(app_name, node, *, release=None, actor_kind, actor):
 
 # Data
 
-def backup(app_name, *, node=None, copy_to=None, actor_kind, actor):
+def backup(app_name, *, node=None, copy_to=None, from_replica=False, actor_kind, actor):
     params = _with_node({"app": app_name}, node)
     if copy_to:
         params["copy_to"] = copy_to
+    if from_replica:
+        params["from_replica"] = True
     return dispatch.submit("backup", target=f"app:{app_name}", params=params, actor_kind=actor_kind, actor=actor)
 
 
@@ -182,6 +184,18 @@ def apply_config(app_names, *, target=None, actor_kind, actor):
 
 def rotate_group_secret(group_name, *, actor_kind, actor):
     return dispatch.submit("rotate_group_secret", target=f"group:{group_name}", params={"group": group_name},
+                           actor_kind=actor_kind, actor=actor)
+
+
+# Replicas
+
+def replica_add(node_name, group_name, *, actor_kind, actor):
+    """Make the node a streaming replica of the group's primary (ReplicaRefused, with nothing queued,
+    when it cannot be one: see replication.check_replica_add)."""
+    node, group = replication.check_replica_add(node_name, group_name)
+    check_node(node)
+    check_node(group.database_node)
+    return dispatch.submit("replica_add", target=f"node:{node.name}", params={"node": node.name, "group": group.name},
                            actor_kind=actor_kind, actor=actor)
 
 

@@ -46,6 +46,7 @@ KINDS = {
     "setup_node": Entry("jobs.flows.nodes:setup_node", "nodeops"),
     "reconcile_node": Entry("jobs.flows.nodes:reconcile_node", "nodeops"),
     "ping_node": Entry("jobs.flows.nodes:ping_node", "nodeops"),
+    "replica_add": Entry("jobs.flows.replicas:replica_add", "nodeops", retry_when_worker_lost=False),
     "noop": Entry("jobs.flows.noop:noop", "jobs"),
 }
 

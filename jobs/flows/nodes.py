@@ -2,7 +2,7 @@
 
 from django.utils import timezone
 
-from jobs.steps import reconcile, records
+from jobs.steps import reconcile, records, replication
 from nodeops import ping, setup
 from toppcloud_site.records.models import Node
 
@@ -18,7 +18,9 @@ def setup_node(ctx, node):
     facts = setup.setup_node(
         ctx.transport(node), root=node.root, address=node.address, http_port=node.http_port, emit=ctx.emit,
     )
-    Node.objects.filter(pk=node.pk).update(facts=facts, set_up_at=timezone.now())
+    # The host's facts, and what a replica add recorded about the node's PostgreSQL (it is no host fact).
+    kept = {key: node.facts[key] for key in replication.REPLICATION_FACTS if key in (node.facts or {})}
+    Node.objects.filter(pk=node.pk).update(facts={**facts, **kept}, set_up_at=timezone.now())
     ctx.emit("plan", steps=[*setup.STEPS, "reconcile"])  # one step more than the node's own setup announced
     with ctx.step("reconcile") as s:
         done = reconcile.reconcile(ctx, node)
