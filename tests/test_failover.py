@@ -80,52 +80,12 @@ def node_of(host, group):
 
 def add_replica(node, group):
     """`replica add NODE --group G` (h-replica's job), followed until it ends."""
-    from jobs.engine import registry
-    if "replica_add" not in registry.KINDS:  # TEMPORARY until i16-replica lands
-        return _replica_by_hand(node, group)
     before = timezone.now()
     with pytest.raises(SystemExit) as exit_info:
         call_command("replica", "add", node.name, "--group", group.name)
     job = Job.objects.filter(queued_at__gt=before, kind="replica_add").order_by("queued_at").last()
     assert exit_info.value.code == 0, job.error
     return job
-
-
-def _replica_by_hand(node, group):  # TEMPORARY until i16-replica lands
-    primary = group.database_node
-    version = pg_version(primary.pg_cluster)
-    slot = "toppcloud_" + node.name.replace("-", "_")
-    psql(primary, "DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname='repl') THEN "
-                  "CREATE ROLE repl REPLICATION LOGIN PASSWORD 'replpw'; END IF; END$$")
-    hba = f"/etc/postgresql/{version}/{primary.pg_cluster}/pg_hba.conf"
-    with open(hba, "a") as f:
-        f.write("host replication repl 127.0.0.0/8 scram-sha-256\n")
-    psql(primary, "SELECT pg_reload_conf()")
-    psql(primary, f"SELECT pg_create_physical_replication_slot('{slot}') WHERE NOT EXISTS "
-                  f"(SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}')")
-    if not glob.glob(f"/etc/postgresql/*/{node.pg_cluster}"):
-        subprocess.run(["pg_createcluster", "--locale", "C.UTF-8", "--encoding", "UTF8", "-p", str(node.pg_port),
-                        version, node.pg_cluster], check=True, capture_output=True)
-    conf_dir = f"/etc/postgresql/{version}/{node.pg_cluster}"
-    with open(f"{conf_dir}/conf.d/toppcloud.conf", "w") as f:
-        f.write(f"# Managed by toppcloud.\nlisten_addresses = '{node.address}'\n")
-    with open(f"{conf_dir}/start.conf", "w") as f:
-        f.write("auto\n")
-    subprocess.run(["pg_ctlcluster", version, node.pg_cluster, "stop", "-m", "fast"], capture_output=True)
-    data_dir = f"/var/lib/postgresql/{version}/{node.pg_cluster}"
-    shutil.rmtree(data_dir)
-    os.mkdir(data_dir, 0o700)
-    shutil.chown(data_dir, "postgres", "postgres")
-    subprocess.run(["runuser", "-u", "postgres", "--", f"/usr/lib/postgresql/{version}/bin/pg_basebackup", "-D",
-                    data_dir, "-R", "-S", slot, "-X", "stream", "-c", "fast", "-h", primary.address, "-p",
-                    str(primary.pg_port), "-U", "repl"], check=True, capture_output=True,
-                   env=dict(os.environ, PGPASSWORD="replpw"))
-    subprocess.run(["pg_ctlcluster", version, node.pg_cluster, "start"], check=True, capture_output=True)
-    node.role = Node.Role.DB_REPLICA
-    node.facts = {**node.facts, "replica_of": primary.name}
-    node.facts.pop("fenced", None)
-    node.save()
-    return None
 
 
 # --- on the hosts' clusters (this machine) ---------------------------------------------------
@@ -322,6 +282,7 @@ def check_swapped(job, group, name, primary, replica, app_host):
     # The app was repointed by config apply (a graceful reload), not redeployed.
     services = json.loads(request(app_host, name, "GET", "/services")[1])
     assert (services["CONFIG_PG_HOST"], services["CONFIG_PG_PORT"]) == (replica.address, str(replica.pg_port))
+    assert "CONFIG_PG_REPLICA_HOST" not in services  # no replica streams to the new primary yet
     steps = list(job.events.filter(kind="step.started").order_by("seq").values_list("data__step", flat=True))
     assert steps == ["check", f"fence {primary.name}", f"promote {replica.name}", "records",
                      "synchronous replication", f"apply {name} on {app_node}", f"health {name} on {app_node}"]
@@ -359,6 +320,11 @@ def test_it_brings_the_old_primary_back_as_a_replica_of_the_new_one(pair):
     assert wait_until(lambda: psql(old, f"SELECT body FROM notes WHERE id = {int(note_id)}", db=name),
                       timeout=10, what="the row on the returned replica") == "written after the return"
     assert job.status == "succeeded"
+    # The apps read from it again (replica add's config apply).
+    services = json.loads(request(hosts[0], name, "GET", "/services")[1])
+    assert (services["CONFIG_PG_REPLICA_HOST"], services["CONFIG_PG_REPLICA_PORT"]) == (old.address, str(old.pg_port))
+    status, body = request(hosts[0], name, "GET", "/replica/notes")
+    assert status == 200 and f"{note_id}\twritten after the return\n" in body.decode()
 
 
 def test_it_fails_over_a_synchronous_primary_losing_no_acknowledged_row(pair):
@@ -367,9 +333,7 @@ def test_it_fails_over_a_synchronous_primary_losing_no_acknowledged_row(pair):
     group.save()
     primary = group.database_node
     replica = Node.objects.get(group=group, role=Node.Role.DB_REPLICA)
-    if replica.facts.get("replica_of") != primary.name:
-        add_replica(replica, group)
-    add_replica(replica, group)  # again: replica add sets synchronous_standby_names once it streams
+    add_replica(replica, group)  # streaming already: replica add sets synchronous_standby_names
     assert psql(primary, "SHOW synchronous_standby_names") != ""
     seconds, missing, job, primary, replica = failover_under_writes(pair, "sync")
     assert not missing, f"{len(missing)} acknowledged rows are missing: {sorted(missing)[:10]}"

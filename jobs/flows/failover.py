@@ -40,7 +40,7 @@ def promote(ctx, node, old_primary_is_down=False):
         moved = failover.swap_records(ctx, group, node, old, promoted["version"], fenced["fenced"])
         s.data["apps"] = [a.name for a in moved]
     with ctx.step("synchronous replication") as s:
-        s.data.update(failover.synchronous_after_promote(ctx, group, node))
+        s.data.update(failover.synchronous_after_promote(ctx, group, node, promoted["version"]))
     summary, result = config_apply.apply_to_apps(ctx, moved)
     fence_said = "fenced" if fenced["fenced"] else "NOT fenced (it did not answer)"
     return (f"{node.name} is the primary of {group.name} (was {old.name}, {fence_said}); {summary}",

@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from jobs.engine.context import FlowFailed
-from jobs.steps import locks
+from jobs.steps import locks, replication
 from nodeops import failover as node_failover
 from nodeops.transport import TransportError
 from toppcloud_site.records.models import App, Node, ServerGroup, Service
@@ -103,10 +103,12 @@ def swap_records(ctx, group, new, old, version, fenced):
         group.save(update_fields=["database_node"])
         new.role = Node.Role.DB
         new.facts.pop("replica_of", None)
+        new.facts.pop("replication", None)
         new.facts["promoted"] = {"job": ctx.job_id, "at": now, "from": old.name}
         new.save(update_fields=["role", "facts"])
         old.role = Node.Role.DB_REPLICA
         old.facts.pop("replica_of", None)
+        old.facts.pop("replication", None)
         old.facts.pop("promoted", None)
         old.facts["fenced"] = {"job": ctx.job_id, "at": now, "fenced": fenced, "primary": new.name}
         old.save(update_fields=["role", "facts"])
@@ -125,8 +127,10 @@ def swap_records(ctx, group, new, old, version, fenced):
     return list(App.objects.filter(name__in=moved).order_by("name"))
 
 
-def synchronous_after_promote(ctx, group, node):
+def synchronous_after_promote(ctx, group, node, version):
     """A group with synchronous replication: the new primary must not wait for a standby that is not
-    there (every write would hang), so it waits for none until `replica add` gives it one that streams."""
-    # TODO(h-replica): reuse its function that sets synchronous_standby_names from the streaming replicas.
-    return {"wanted": group.synchronous_replication, "standbys": []}
+    there (every write would hang), so it lists only the replicas that stream to it: none yet, until
+    `replica add` gives it one (replication.synchronous, which replica add calls too)."""
+    done = replication.synchronous(ctx, group, node, version)
+    return {"wanted": group.synchronous_replication, "standbys": done["names"],
+            "synchronous_standby_names": done["synchronous_standby_names"]}

@@ -22,7 +22,7 @@ from nodeops import services as node_services
 from toppcloud_site.records.models import Node, ServerGroup
 
 # The facts a replica add records; a node's setup keeps them (its own facts are the host's).
-REPLICATION_FACTS = ("replica_of", "replication")
+REPLICATION_FACTS = ("replica_of", "replication", "fenced", "promoted")  # the last two: a promote's
 
 
 def slot_name(node):
@@ -127,6 +127,8 @@ def mark_replica(ctx, replica, primary, row):
         locked = Node.objects.select_for_update().get(pk=replica.pk)
         facts = dict(locked.facts or {})
         facts["replica_of"] = primary.name
+        facts.pop("fenced", None)  # an old primary a promote fenced: cloned afresh, it is a replica now
+        facts.pop("promoted", None)
         facts["replication"] = {"state": row["state"], "lag_bytes": row["lag_bytes"],
                                 "lag_seconds": row["lag_seconds"], "sync_state": row["sync_state"],
                                 "checked_at": timezone.now().isoformat()}

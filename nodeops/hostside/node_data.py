@@ -918,6 +918,9 @@ def cmd_pg_ensure(spec):
     hba_changed = _write_if_changed(f"{conf_dir}/pg_hba.conf", hba, "postgres")
     changed += ["listen_addresses"] * conf_changed + ["pg_hba.conf"] * hba_changed
     running = subprocess.run(["pg_ctlcluster", version, cluster, "status"], capture_output=True).returncode == 0
+    if not running and _fenced(conf_dir):
+        # A promote fenced it (another node is the primary now): it is not started, not even for a moment.
+        return {"version": version, "changed": changed, "fenced": True}
     if not running:
         _run(["pg_ctlcluster", version, cluster, "start"])
         changed.append("started")
@@ -964,6 +967,30 @@ def _hba_address(address):
     if not re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+", address):
         raise DataError(f"a replica's address must be an IP address for pg_hba, not {address!r}")
     return address + ("/128" if ":" in address else "/32")
+
+
+# What a promote writes at the top of the old primary's start.conf (nodeops/hostside/pg_failover.py).
+FENCE_MARK = "# Fenced by toppcloud"
+
+
+def _fenced(conf_dir):
+    """The cluster was fenced by a promote: its start.conf is `manual` under our mark."""
+    try:
+        with open(f"{conf_dir}/start.conf") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return False
+    words = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return FENCE_MARK in text and words[:1] == ["manual"]
+
+
+def _unfence(conf_dir):
+    """start.conf back to `auto`: the fenced cluster is a replica of the new primary now."""
+    if _fenced(conf_dir):
+        _write_if_changed(f"{conf_dir}/start.conf", "# Managed by toppcloud: started with the node.\nauto\n",
+                          "postgres")
+        return True
+    return False
 
 
 def _drop_leftover_conf(conf_dir):
@@ -1186,7 +1213,8 @@ def cmd_pg_standby(spec, password):
         shutil.rmtree(data_dir, ignore_errors=True)
         if os.path.isdir(old):
             os.rename(old, data_dir)
-            subprocess.run(["pg_ctlcluster", str(spec["version"]), spec["cluster"], "start"], capture_output=True)
+            if not _fenced(conf_dir):  # an old primary a promote fenced stays stopped
+                subprocess.run(["pg_ctlcluster", str(spec["version"]), spec["cluster"], "start"], capture_output=True)
         raise DataError(f"pg_basebackup from {host}:{port} failed (the data directory it had is back): "
                         f"{r.stderr.decode(errors='replace').strip()[-1500:]}")
     seconds = round(time.monotonic() - started, 3)
@@ -1201,6 +1229,13 @@ def cmd_pg_standby(spec, password):
     if "application_name=" not in m.group(1):  # synchronous_standby_names matches it
         with open(auto, "a") as f:
             f.write(f"primary_conninfo = '{m.group(1)} application_name={slot}'\n")
+    if _unfence(conf_dir):
+        changed.append("start.conf auto (was fenced)")
+    if os.path.exists(f"{conf_dir}/{SYNC_CONF}"):
+        # Left from when it was a primary: as a replica it has no standby to wait for, and once promoted
+        # its commits would wait for one until the promote's synchronous step set it.
+        os.unlink(f"{conf_dir}/{SYNC_CONF}")
+        changed.append("dropped synchronous_standby_names")
     _run(["pg_ctlcluster", str(spec["version"]), spec["cluster"], "start"])
     shutil.rmtree(old, ignore_errors=True)
     changed += [f"cloned from {host}:{port}", "started"]
