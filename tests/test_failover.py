@@ -1,10 +1,18 @@
 """Failover on real test hosts: a crashed primary, `promote` of its replica, writes through the app.
 
 Two hosts of this module's own (a failover leaves a fenced cluster behind, which the session's hosts
-must not have): host1 runs the notes app and is the group's primary, host2 its streaming replica.
-Writer threads post notes through the app on host1 and record every acknowledged id. The primary's
-PostgreSQL is stopped with -m immediate (a crash); promote follows at once. Measured: the time from
-the stop to the first write the app acknowledges again, and the acknowledged rows missing after.
+must not have): host1 runs the notes app and is the group's first primary, host2 its streaming replica
+(`replica add`). The tests run in order, each on what the one before left:
+
+1. promote of what is not a replica of the primary: refused, no job
+2. host1 answers no ssh, promote host2 without the flag: the job fails, nothing changed
+3. the same with --old-primary-is-down: host2 promoted, host1 recorded unfenced; the app (on host1)
+   is repointed by `config apply` once host1 answers again
+4. `replica add host1`: the unfenced old primary, still running as a primary, cloned back as a replica
+5. asynchronous: writer threads post notes through the app, host2's PostgreSQL stopped with
+   -m immediate (a crash), promote host1: stop-to-first-write and acknowledged rows missing
+6. synchronous: `replica add host2` (the fenced one) with synchronous replication, then the same
+   crash of host1 and promote of host2: no acknowledged row missing
 """
 
 import glob
@@ -206,13 +214,18 @@ def test_it_refuses_to_promote_what_is_not_a_replica_of_the_primary(pair):
     assert not Job.objects.filter(kind="promote", target=f"group:{group.name}").exists()
 
 
+def unreachable(host, node):
+    """The host answers no ssh: its sshd stopped, and the worker's ssh master to it (which would outlive
+    sshd's listener) closed, as for a host that died. Its PostgreSQL runs on."""
+    host.stop_sshd()
+    node_transport.transport_for(node.transport_spec(settings.TOPPCLOUD_SSH_KEY_FILE,
+                                                     settings.TOPPCLOUD_SSH_CONTROL_DIR)).close()
+
+
 def test_an_unfenceable_primary_fails_the_job_and_changes_nothing(pair):
     hosts, group, name = pair
     primary, replica = node_of(hosts[0], group), node_of(hosts[1], group)
-    hosts[0].stop_sshd()
-    # The worker's ssh master to it would outlive sshd's listener: close it, as a dead host would.
-    node_transport.transport_for(primary.transport_spec(settings.TOPPCLOUD_SSH_KEY_FILE,
-                                                        settings.TOPPCLOUD_SSH_CONTROL_DIR)).close()
+    unreachable(hosts[0], primary)
     try:
         code, job = promote(replica)
     finally:
@@ -232,6 +245,42 @@ def test_an_unfenceable_primary_fails_the_job_and_changes_nothing(pair):
     assert cluster_running(primary) and start_conf(primary) == ["auto"]
     assert psql(replica, "SELECT pg_is_in_recovery()") == "t"
     assert request(hosts[0], name, "POST", "/notes", b"still on the primary")[0] == 201
+
+
+def test_a_primary_said_to_be_down_is_passed_over_unfenced_and_the_apps_repointed_when_they_answer(pair):
+    hosts, group, name = pair
+    primary, replica = node_of(hosts[0], group), node_of(hosts[1], group)
+    unreachable(hosts[0], primary)  # the app runs there too: its config apply cannot reach it either
+    try:
+        code, job = promote(replica, "--old-primary-is-down")
+    finally:
+        hosts[0].start_sshd()
+    assert code != 0 and job.status == "failed"
+    assert job.error.startswith(f"{replica.name} is the primary of {group.name} now (was {primary.name}")
+    assert f"config not applied to {name} on {primary.name}" in job.error
+    assert f"manage.py config apply --group {group.name}" in job.error
+    skipped = job.events.get(kind="fence.skipped").data
+    assert skipped["node"] == primary.name and "Connection refused" in skipped["reason"]
+    assert job.events.get(kind="promote.done").data["was_in_recovery"] is True
+    group.refresh_from_db()
+    assert group.database_node_id == replica.pk
+    old = Node.objects.get(pk=primary.pk)
+    assert old.role == "db-replica" and old.facts["fenced"]["fenced"] is False
+    # What the flag risks, and why it must be true: the old primary was never reached, so it runs on.
+    assert cluster_running(old) and start_conf(old) == ["auto"]
+    assert psql(replica, "SELECT pg_is_in_recovery()") == "f"
+    # Once the app node answers again, config apply repoints it: writes land on the new primary.
+    before = timezone.now()
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("config", "apply", "--group", group.name)
+    applied = Job.objects.filter(queued_at__gt=before, kind="apply_config").order_by("queued_at").last()
+    assert exit_info.value.code == 0, applied.error
+    services = json.loads(request(hosts[0], name, "GET", "/services")[1])
+    assert (services["CONFIG_PG_HOST"], services["CONFIG_PG_PORT"]) == (replica.address, str(replica.pg_port))
+    status, answer = request(hosts[0], name, "POST", "/notes", b"after a promote past a down primary")
+    assert status == 201
+    assert psql(replica, f"SELECT body FROM notes WHERE id = {int(answer)}", db=name) == \
+        "after a promote past a down primary"
 
 
 def failover_under_writes(pair, mode):
@@ -260,7 +309,10 @@ def failover_under_writes(pair, mode):
     FIGURES[mode] = {"stop_to_first_write_s": round(seconds, 2), "acked": len(acked),
                      "acked_before_stop": len(acked_before), "missing": len(missing),
                      "missing_acked_before_stop": len(acked_before - served), "failed_requests": writers.failed,
-                     "promote_job_s": round((job.finished_at - job.started_at).total_seconds(), 2)}
+                     "promote_job_s": round((job.finished_at - job.started_at).total_seconds(), 2),
+                     "queued_to_started_s": round((job.started_at - job.queued_at).total_seconds(), 2),
+                     "steps_s": {e.data["step"].split(" ")[0]: e.data["seconds"]
+                                 for e in job.events.filter(kind="step.finished").order_by("seq")}}
     print(f"\n{mode} failover: {FIGURES[mode]}")
     return seconds, missing, job, primary, replica
 
@@ -293,6 +345,41 @@ def check_swapped(job, group, name, primary, replica, app_host):
     assert not job.events.filter(kind__in=["release.activated", "release.started"]).exists()
 
 
+def back_as_replica(pair, old):
+    """`replica add OLD`: a fenced or unfenced old primary becomes a streaming replica of the new one,
+    and the app reads from it again."""
+    hosts, group, name = pair
+    primary = group.database_node
+    assert "fenced" in old.facts, "a failover left it"
+    job = add_replica(old, group)
+    assert job.status == "succeeded"
+    old.refresh_from_db()
+    assert old.role == "db-replica" and old.facts["replica_of"] == primary.name and "fenced" not in old.facts
+    assert cluster_running(old) and start_conf(old) == ["auto"]
+    assert psql(old, "SELECT pg_is_in_recovery()") == "t"
+    assert psql(primary, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "1"
+    status, answer = request(hosts[0], name, "POST", "/notes", b"written after the return")
+    assert status == 201
+    note_id = int(answer)
+    assert wait_until(lambda: psql(old, f"SELECT body FROM notes WHERE id = {note_id}", db=name),
+                      timeout=10, what="the row on the returned replica") == "written after the return"
+    # The app reads from it again (replica add's config apply).
+    services = json.loads(request(hosts[0], name, "GET", "/services")[1])
+    assert (services["CONFIG_PG_REPLICA_HOST"], services["CONFIG_PG_REPLICA_PORT"]) == (old.address, str(old.pg_port))
+    status, body = request(hosts[0], name, "GET", "/replica/notes")
+    assert status == 200 and f"{note_id}\twritten after the return\n" in body.decode()
+    return job
+
+
+def test_it_brings_an_unfenced_old_primary_back_as_a_replica_of_the_new_one(pair):
+    hosts, group, _name = pair
+    old = Node.objects.get(group=group, role=Node.Role.DB_REPLICA)
+    assert old.facts["fenced"]["fenced"] is False and cluster_running(old)  # it ran on as a primary
+    job = back_as_replica(pair, old)
+    clone = job.events.get(kind="step.finished", data__step="clone").data
+    assert clone["cloned"] is True  # its own data directory was replaced by the new primary's
+
+
 def test_it_fails_over_an_asynchronous_primary_within_seconds(pair):
     hosts, group, name = pair
     group.synchronous_replication = False
@@ -303,37 +390,14 @@ def test_it_fails_over_an_asynchronous_primary_within_seconds(pair):
     # Asynchronous: rows the old primary acknowledged but had not sent may be lost; the count is a figure.
 
 
-def test_it_brings_the_old_primary_back_as_a_replica_of_the_new_one(pair):
-    hosts, group, name = pair
-    primary = group.database_node
-    old = Node.objects.get(group=group, role=Node.Role.DB_REPLICA)
-    assert "fenced" in old.facts, "the asynchronous failover ran first"
-    job = add_replica(old, group)
-    old.refresh_from_db()
-    assert old.role == "db-replica" and old.facts["replica_of"] == primary.name and "fenced" not in old.facts
-    assert cluster_running(old) and start_conf(old) == ["auto"]
-    assert psql(old, "SELECT pg_is_in_recovery()") == "t"
-    assert psql(primary, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "1"
-    status, answer = request(hosts[0], name, "POST", "/notes", b"written after the return")
-    assert status == 201
-    note_id = answer.decode().strip()
-    assert wait_until(lambda: psql(old, f"SELECT body FROM notes WHERE id = {int(note_id)}", db=name),
-                      timeout=10, what="the row on the returned replica") == "written after the return"
-    assert job.status == "succeeded"
-    # The apps read from it again (replica add's config apply).
-    services = json.loads(request(hosts[0], name, "GET", "/services")[1])
-    assert (services["CONFIG_PG_REPLICA_HOST"], services["CONFIG_PG_REPLICA_PORT"]) == (old.address, str(old.pg_port))
-    status, body = request(hosts[0], name, "GET", "/replica/notes")
-    assert status == 200 and f"{note_id}\twritten after the return\n" in body.decode()
-
-
 def test_it_fails_over_a_synchronous_primary_losing_no_acknowledged_row(pair):
     hosts, group, name = pair
     group.synchronous_replication = True
     group.save()
-    primary = group.database_node
     replica = Node.objects.get(group=group, role=Node.Role.DB_REPLICA)
-    add_replica(replica, group)  # streaming already: replica add sets synchronous_standby_names
+    assert replica.facts["fenced"]["fenced"] is True and start_conf(replica) == ["manual"]
+    back_as_replica(pair, replica)  # the fenced one: cloned, start.conf auto; and now synchronous
+    primary = group.database_node
     assert psql(primary, "SHOW synchronous_standby_names") != ""
     seconds, missing, job, primary, replica = failover_under_writes(pair, "sync")
     assert not missing, f"{len(missing)} acknowledged rows are missing: {sorted(missing)[:10]}"

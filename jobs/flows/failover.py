@@ -16,7 +16,8 @@ def promote(ctx, node, old_primary_is_down=False):
     4. records: NODE role db and the group's database node, OLD a db-replica of nothing (fenced), the
        apps' postgresql services on NODE
     5. synchronous replication: the new primary waits for no standby, since none streams to it yet
-    6. apply APP on NODE, health APP on NODE: config apply of each app whose database moved
+    6. apply APP on NODE, health APP on NODE: config apply of each app whose database moved; a node
+       that cannot be reached fails the job after the others, naming `config apply` to finish
     Bring OLD back with `replica add OLD --group G` (a fresh clone of the new primary).
     """
     node = records.node(node)
@@ -41,7 +42,11 @@ def promote(ctx, node, old_primary_is_down=False):
         s.data["apps"] = [a.name for a in moved]
     with ctx.step("synchronous replication") as s:
         s.data.update(failover.synchronous_after_promote(ctx, group, node, promoted["version"]))
-    summary, result = config_apply.apply_to_apps(ctx, moved)
+    try:
+        summary, result = config_apply.apply_to_apps(ctx, moved)
+    except FlowFailed as exc:
+        raise FlowFailed(f"{node.name} is the primary of {group.name} now (was {old.name}; the records say so), "
+                         f"but {exc}: run `manage.py config apply --group {group.name}` once they answer") from None
     fence_said = "fenced" if fenced["fenced"] else "NOT fenced (it did not answer)"
     return (f"{node.name} is the primary of {group.name} (was {old.name}, {fence_said}); {summary}",
             {"primary": node.name, "old_primary": old.name, "fenced": fenced["fenced"],

@@ -13,6 +13,7 @@ promote) call apply_to_apps.
 from jobs.engine.context import FlowFailed
 from jobs.steps import data, environment, execution, locks, releases
 from nodeops import release as node_release
+from nodeops.errors import NodeOpError
 from nodeops.layout import NodeLayout
 
 
@@ -27,7 +28,7 @@ def apply_to_apps(ctx, apps):
         for live in execution.live_places(app):
             try:
                 applied.setdefault(app.name, []).append(apply_on_node(ctx, app, live))
-            except (FlowFailed, node_release.ReleaseError, ValueError) as exc:
+            except (FlowFailed, NodeOpError, ValueError) as exc:  # a node that does not answer too: the others go on
                 failed.append(f"{app.name} on {live.node.name}: {exc}")
                 ctx.emit("config.apply_failed", app=app.name, node=live.node.name, error=str(exc))
     done = sorted(f"{name} on {', '.join(nodes)}" for name, nodes in applied.items())
