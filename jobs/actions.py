@@ -17,7 +17,7 @@ from jobs.models import Job
 from jobs.nodes import InvalidNode, check_node
 from jobs.engine.context import FlowFailed
 from jobs.models import LiveRelease
-from jobs.steps import balancer as lb_steps, cron, releases, rolling
+from jobs.steps import balancer as lb_steps, cron, failover, releases, replication, rolling
 from nodeops.errors import NodeOpError
 from toppcloud_site.records.models import App, Node
 
@@ -63,6 +63,16 @@ def reconcile_node(node, *, actor_kind, actor):
 
 def ping_node(node, *, actor_kind, actor):
     return node_job("ping_node", node, actor_kind=actor_kind, actor=actor)
+
+
+def promote(node, *, old_primary_is_down=False, actor_kind, actor):
+    """Make a streaming replica its group's primary: fence the old one, pg_promote, repoint the apps.
+    PromoteRefused unless NODE is a db-replica of its group's database node."""
+    check_node(node)
+    failover.check_promote(node)
+    params = {"node": node.name, **({"old_primary_is_down": True} if old_primary_is_down else {})}
+    return dispatch.submit("promote", target=f"group:{node.group.name}", params=params, actor_kind=actor_kind,
+                           actor=actor)
 
 
 # Releases
@@ -194,10 +204,12 @@ def rollback_rolling(app_name, group, *, release=None, batch=None, actor_kind, a
 
 # Data
 
-def backup(app_name, *, node=None, copy_to=None, actor_kind, actor):
+def backup(app_name, *, node=None, copy_to=None, from_replica=False, actor_kind, actor):
     params = _with_node({"app": app_name}, node)
     if copy_to:
         params["copy_to"] = copy_to
+    if from_replica:
+        params["from_replica"] = True
     return dispatch.submit("backup", target=f"app:{app_name}", params=params, actor_kind=actor_kind, actor=actor)
 
 
@@ -254,6 +266,18 @@ def apply_config(app_names, *, target=None, actor_kind, actor):
 
 def rotate_group_secret(group_name, *, actor_kind, actor):
     return dispatch.submit("rotate_group_secret", target=f"group:{group_name}", params={"group": group_name},
+                           actor_kind=actor_kind, actor=actor)
+
+
+# Replicas
+
+def replica_add(node_name, group_name, *, actor_kind, actor):
+    """Make the node a streaming replica of the group's primary (ReplicaRefused, with nothing queued,
+    when it cannot be one: see replication.check_replica_add)."""
+    node, group = replication.check_replica_add(node_name, group_name)
+    check_node(node)
+    check_node(group.database_node)
+    return dispatch.submit("replica_add", target=f"node:{node.name}", params={"node": node.name, "group": group.name},
                            actor_kind=actor_kind, actor=actor)
 
 

@@ -22,6 +22,7 @@ from jobs.steps.environment import ConfigMissing, check_required_config
 from jobs.steps import balancer as lb_steps
 from jobs.steps.releases import ReleaseRefused
 from jobs.steps.data import DataRefused, archive_path, check_data_app
+from jobs.steps.replication import describe as describe_replica, replica_row
 from jobs.engine.states import ActorKind
 from jobs.models import Job, LiveRelease
 from jobs.nodes import InvalidNode, check_node
@@ -78,8 +79,15 @@ class NodeAdmin(admin.ModelAdmin):
     list_display = ["name", "group", "transport", "endpoint", "root", "http_port", "set_up_at", "os"]
     list_filter = ["group", "transport"]
     search_fields = ["name", "address", "root"]
-    readonly_fields = ["facts", "set_up_at", "created_at"]
+    readonly_fields = ["replication", "facts", "set_up_at", "created_at"]
     actions = ["set_up_nodes", "ping_nodes", "render_front_door"]
+
+    @admin.display(description="replication")
+    def replication(self, obj):
+        """A replica's state and lag as the last replica add (or check) recorded them."""
+        if not (obj.facts or {}).get("replica_of"):
+            return "not a replica"
+        return describe_replica(replica_row(obj))
 
     @admin.display(description="ssh", ordering="address")
     def endpoint(self, obj):

@@ -104,23 +104,108 @@ def scram_verifier(password, iterations=4096):
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
-def service_env(*, pg=None, host=None, password=None, files_dir=None) -> dict:
-    """The variables an app reads its services from."""
+def _pg_url(pg, host, port, password):
+    host_in_url = f"[{host}]" if ":" in host else host
+    return (f"postgres://{quote(pg['role'], safe='')}:{quote(password, safe='')}@"
+            f"{host_in_url}:{port}/{quote(pg['dbname'], safe='')}")
+
+
+def service_env(*, pg=None, host=None, password=None, files_dir=None, replica=None) -> dict:
+    """The variables an app reads its services from.
+
+    pg: DATABASE_URL and CONFIG_PG_* of the primary (read-write). replica: (host, port) of a
+    streaming replica of it: DATABASE_REPLICA_URL and CONFIG_PG_REPLICA_* (read-only; the same
+    role, password and database, which physical replication copies).
+    """
     env = {}
     if pg:
-        host_in_url = f"[{host}]" if ":" in host else host
         env.update({
             "CONFIG_PG_DBNAME": pg["dbname"],
             "CONFIG_PG_USER": pg["role"],
             "CONFIG_PG_PASSWORD": password,
             "CONFIG_PG_HOST": host,
             "CONFIG_PG_PORT": str(pg["port"]),
-            "DATABASE_URL": f"postgres://{quote(pg['role'], safe='')}:{quote(password, safe='')}@"
-                            f"{host_in_url}:{pg['port']}/{quote(pg['dbname'], safe='')}",
+            "DATABASE_URL": _pg_url(pg, host, pg["port"], password),
+        })
+    if pg and replica:
+        replica_host, replica_port = replica
+        env.update({
+            "CONFIG_PG_REPLICA_DBNAME": pg["dbname"],
+            "CONFIG_PG_REPLICA_USER": pg["role"],
+            "CONFIG_PG_REPLICA_PASSWORD": password,
+            "CONFIG_PG_REPLICA_HOST": replica_host,
+            "CONFIG_PG_REPLICA_PORT": str(replica_port),
+            "DATABASE_REPLICA_URL": _pg_url(pg, replica_host, replica_port, password),
         })
     if files_dir:
         env["CONFIG_FILES"] = files_dir
     return env
+
+
+# --- streaming replication ------------------------------------------------------
+#
+# A cluster spec here: {"version": "15", "port": 5433, "cluster": "toppcloud"}. The replication role's
+# password travels on stdin: to the primary as its SCRAM verifier, to the replica (its passfile) as is.
+
+REPLICATION_ROLE = "toppcloud_replication"
+
+
+def slot_name(node_name) -> str:
+    """The primary's physical replication slot for a replica node, also the replica's application_name
+    (what synchronous_standby_names lists): toppcloud_<node name, '-' as '_'>. A name that would pass
+    PostgreSQL's 63 characters keeps its first 44 and a hash of the whole."""
+    name = "toppcloud_" + validate_name(node_name, "node name").replace("-", "_")
+    if len(name) > 63:
+        name = name[:53] + "_" + hashlib.sha256(node_name.encode()).hexdigest()[:9]
+    return name
+
+
+def _cluster_spec(spec):
+    return {"version": str(spec["version"]), "port": validate_port(spec["port"], "pg_port"),
+            "cluster": validate_name(spec["cluster"], "pg_cluster")}
+
+
+def ensure_primary(t, emit, spec, password, *, slot, addresses) -> list:
+    """The primary can feed replicas: replication settings, the replication role with this password, the
+    replica's slot, a pg_hba replication line for each replica address (all of the group's). What changed."""
+    full = {**_cluster_spec(spec), "role": REPLICATION_ROLE, "slot": slot,
+            "addresses": [validate_address(a) for a in addresses]}
+    return _call(t, emit, "pg-primary", full, input=(scram_verifier(password) + "\n").encode())["changed"]
+
+
+def ensure_standby(t, emit, spec, password, *, slot, primary_host, primary_port) -> dict:
+    """The cluster streams from the primary through `slot`: left alone if it does already, else cloned
+    (pg_basebackup -R -X stream -c fast) and started. {changed, cloned, basebackup_seconds?}."""
+    full = {**_cluster_spec(spec), "role": REPLICATION_ROLE, "slot": slot,
+            "primary_host": validate_address(primary_host), "primary_port": validate_port(primary_port, "pg_port")}
+    return _call(t, emit, "pg-standby", full, input=(_password_line(password)), timeout=3600)
+
+
+def standby_status(t, emit, spec) -> dict:
+    """A replica as it sees itself: running, in_recovery, receiver {status, slot_name, sender_host, ...},
+    last_replay_s (seconds since the last transaction it replayed was committed on the primary)."""
+    return _call(t, emit, "pg-standby-status", _cluster_spec(spec))
+
+
+def replication_status(t, emit, spec) -> dict:
+    """The primary's view of its replicas: {"replicas": [{application_name, state, sync_state,
+    lag_bytes, lag_seconds, ...}], "slots": [...], "synchronous_standby_names", "current_lsn"}.
+
+    lag_bytes: WAL the replica has not replayed yet (pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn));
+    lag_seconds: replay_lag, which PostgreSQL leaves empty once the replica has caught up and
+    nothing is written: 0 then.
+    """
+    status = _call(t, emit, "pg-replication", _cluster_spec(spec))
+    for replica in status.get("replicas", []):
+        lag = replica.get("replay_lag_s")
+        replica["lag_seconds"] = round(lag, 3) if lag is not None else (0.0 if replica["lag_bytes"] == 0 else None)
+    return status
+
+
+def set_sync_standbys(t, emit, spec, names) -> dict:
+    """synchronous_standby_names = 'FIRST 1 (names)' on the primary (conf.d, reloaded), or none for [].
+    Only name replicas that stream: with none streaming, every commit would wait. {changed, synchronous_standby_names}."""
+    return _call(t, emit, "pg-sync-standbys", {**_cluster_spec(spec), "names": list(names)})
 
 
 # --- moving data ------------------------------------------------------------------

@@ -43,11 +43,13 @@ KINDS = {
     "disable": Entry("jobs.flows.frontdoor:disable", "nodeops"),
     "enable": Entry("jobs.flows.frontdoor:enable", "nodeops"),
     "front_door": Entry("jobs.flows.frontdoor:update_front_door", "nodeops"),
+    "promote": Entry("jobs.flows.failover:promote", "nodeops", retry_when_worker_lost=False),
     "setup_node": Entry("jobs.flows.nodes:setup_node", "nodeops"),
     "reconcile_node": Entry("jobs.flows.nodes:reconcile_node", "nodeops"),
     "ping_node": Entry("jobs.flows.nodes:ping_node", "nodeops"),
     "balancer": Entry("jobs.flows.balancer:update_balancer", "nodeops"),
     "balancer_health": Entry("jobs.flows.balancer:record_health", "jobs"),
+    "replica_add": Entry("jobs.flows.replicas:replica_add", "nodeops", retry_when_worker_lost=False),
     "noop": Entry("jobs.flows.noop:noop", "jobs"),
 }
 

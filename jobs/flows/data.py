@@ -5,11 +5,12 @@ from nodeops.layout import NodeLayout
 from toppcloud_site.records.models import Backup
 
 
-def backup(ctx, app, node=None, copy_to=None):
+def backup(ctx, app, node=None, copy_to=None, from_replica=False):
     """Back an app's data up into one archive here.
 
     1. lock.taken: the app's lock (no deploy, and no migration, while the data are read)
-    2. dump: its database and its files directory from their nodes into one archive; record it
+    2. dump: its database (from a streaming replica of it, if asked: the primary is not loaded) and its
+       files directory from their nodes into one archive; record it
     3. retention: keep the newest keep_backups
     4. copy: to another node, if asked
     """
@@ -18,6 +19,8 @@ def backup(ctx, app, node=None, copy_to=None):
     locks.take_app(ctx, app)
     place = data.DataPlace(app, node)
     with ctx.step("dump") as s:
+        if from_replica:
+            s.data["database_from"] = place.read_from_replica(ctx).name
         made = data.take_backup(ctx, place, Backup.Kind.BACKUP)
         s.data.update(backup=made.name, size=made.size)
     with ctx.step("retention") as s:

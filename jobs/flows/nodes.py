@@ -3,7 +3,7 @@
 from django.utils import timezone
 
 from jobs.engine.context import FlowFailed
-from jobs.steps import balancer, frontdoor, reconcile, records
+from jobs.steps import balancer, frontdoor, reconcile, records, replication
 from nodeops import balancer as node_balancer, ping, setup
 from nodeops.layout import NodeLayout
 from toppcloud_site.records.models import Node
@@ -30,7 +30,9 @@ def setup_node(ctx, node):
                                 "reconcile"])
         facts["balancer"] = node_balancer.setup_balancer(t, ctx.emit, NodeLayout(node.root), address=node.address,
                                                          http_port=node.http_port, https_port=node.https_port)
-    Node.objects.filter(pk=node.pk).update(facts=facts, set_up_at=timezone.now())
+    # The host's facts, and what a replica add recorded about the node's PostgreSQL (it is no host fact).
+    kept = {key: node.facts[key] for key in replication.REPLICATION_FACTS if key in (node.facts or {})}
+    Node.objects.filter(pk=node.pk).update(facts={**facts, **kept}, set_up_at=timezone.now())
     if lb and node.group_id:
         for app_node in balancer.app_nodes(node.group):
             # They now trust this node's X-Forwarded-Proto, and leave TLS to it.

@@ -22,7 +22,7 @@ from nodeops import appini, services as node_services
 from nodeops.hostside import node_data
 from nodeops.layout import NodeLayout
 from nodeops.hostside.node_data import FILES, SQL, WRITABLE, ArchiveWriter, DataError
-from toppcloud_site.records.models import Backup, Service
+from toppcloud_site.records.models import Backup, Node, Service
 
 
 def toppcloud_version():
@@ -36,6 +36,20 @@ def database_node(app, node):
     """Where the app's PostgreSQL database lives: its group's database node, else the node it runs on."""
     group = app.group
     return group.database_node if group is not None and group.database_node_id else node
+
+
+def streaming_replica(app, db_node):
+    """The replica of the app's database node its reads may go to: the first (by name) node of its group
+    with role db-replica, replica_of that node, that streamed when last checked (jobs/steps/replication.py
+    records it); None if there is none."""
+    group = app.group
+    if group is None:
+        return None
+    for node in group.nodes.filter(role=Node.Role.DB_REPLICA).order_by("name"):
+        facts = node.facts or {}
+        if facts.get("replica_of") == db_node.name and (facts.get("replication") or {}).get("state") == "streaming":
+            return node
+    return None
 
 
 # --- installing services (a deploy step) ----------------------------------------------
@@ -54,8 +68,12 @@ def ensure_services(ctx, app, node, wanted, writable=()):
         changed |= bool(cluster["changed"] or done)
         ctx.emit("service.postgresql", app=app.name, node=db_node.name, changed=cluster["changed"] + done,
                  **service.settings)
-        env.update(node_services.service_env(pg=service.settings, host=db_node.address,
-                                             password=service.password))
+        replica = streaming_replica(app, db_node)
+        env.update(node_services.service_env(pg=service.settings, host=db_node.address, password=service.password,
+                                             replica=(replica.address, replica.pg_port) if replica else None))
+        if replica is not None:
+            ctx.emit("service.postgresql_replica", app=app.name, node=replica.name, replica_of=db_node.name,
+                     port=replica.pg_port)
     if "files" in wanted:
         directory = NodeLayout(node.root).files_dir(app.name)
         Service.objects.update_or_create(app=app, kind=Service.Kind.FILES, node=node,
@@ -129,6 +147,28 @@ class DataPlace:
         if self.pg:
             register_secret(self.pg.password)
         self._cluster_ensured = False
+        self.pg_replica = None  # a backup reads the database from this replica (read_from_replica)
+
+    def read_from_replica(self, ctx):
+        """Dump the database from a streaming replica of its node (hot standby), not from the primary;
+        the replica. FlowFailed if the app has no database or it has no streaming replica."""
+        if not self.pg:
+            raise FlowFailed(f"{self.app.name} has no PostgreSQL database to read from a replica")
+        replica = streaming_replica(self.app, self.pg.node)
+        if replica is None:
+            raise FlowFailed(f"the database of {self.app.name} (on {self.pg.node.name}) has no streaming replica "
+                             "to back up from: add one with `manage.py replica add NODE --group GROUP`, or back "
+                             "up from the primary (without --from-replica)")
+        self.pg_replica = replica
+        ctx.emit("backup.from_replica", app=self.app.name, node=replica.name, primary=self.pg.node.name,
+                 **{k: v for k, v in (replica.facts.get("replication") or {}).items() if k.startswith("lag_")})
+        return replica
+
+    def pg_source(self):
+        """(the node the database is dumped on, its spec there): the primary's, or its replica's."""
+        if self.pg_replica is not None:
+            return self.pg_replica, {**_pg_spec(self.pg), "port": self.pg_replica.pg_port}
+        return self.pg.node, _pg_spec(self.pg)
 
     def ensure_cluster(self, ctx):
         """Once per place: the database node's pg_hba lets the app's role in (see ensure_cluster)."""
@@ -209,7 +249,8 @@ def take_backup(ctx, place, kind, label=None):
             writer = ArchiveWriter(f)
             dumps = []
             if place.pg:
-                dumps.append((ctx.transport(place.pg.node), SQL, _pg_spec(place.pg)))
+                pg_node, pg_spec = place.pg_source()
+                dumps.append((ctx.transport(pg_node), SQL, pg_spec))
             if place.files:
                 dumps.append((ctx.transport(place.files.node), FILES, place.files.settings))
             if place.writable:
@@ -318,6 +359,16 @@ def check_data_app(name):
         raise DataRefused(f"{name} has no data services yet: deploy it with service.postgresql, service.files "
                           "or writable_static_files in its app.ini first")
     return app
+
+
+def check_replica_source(app):
+    """Refuse a backup --from-replica of an app whose database has no streaming replica (as last recorded)."""
+    service = Service.objects.filter(app=app, kind=Service.Kind.POSTGRESQL).select_related("node").first()
+    if service is None:
+        raise DataRefused(f"{app.name} has no PostgreSQL database: --from-replica reads one from a replica")
+    if streaming_replica(app, service.node) is None:
+        raise DataRefused(f"the database of {app.name} (on {service.node.name}) has no streaming replica: add one "
+                          "with `manage.py replica add NODE --group GROUP`, or leave out --from-replica")
 
 
 def find_backup(name):

@@ -17,6 +17,11 @@ never in argv):
     dump-writable the app's writable directory (every <name>/ in it), the same way
     restore       read an archive on stdin (after the role's password), stage and verify it, swap it in when told
     clear         replace the app's database, files and writable directories with empty ones
+    pg-primary    the cluster can feed replicas: replication settings, role (verifier on stdin), slot, pg_hba
+    pg-standby    the cluster is a streaming replica of a primary (pg_basebackup -R; password on stdin)
+    pg-replication  on a primary: its replicas as pg_stat_replication and its slots show them, with the lag
+    pg-standby-status  on a replica: in recovery, what its WAL receiver streams, replay lag
+    pg-sync-standbys  synchronous_standby_names of the primary (FIRST 1 of the names, or none)
 
 A backup archive is an uncompressed tar holding, in this order:
 
@@ -62,6 +67,13 @@ MAX_MANIFEST = 1 << 20
 CHUNK = 1 << 20
 _WRITEBACK = 16 << 20
 STAGING, OLD = "__restore", "__old"  # suffixes; app names cannot contain '_'
+# Streaming replication's files in a cluster's configuration directory (/etc/postgresql/V/C/).
+REPLICATION_CONF = "conf.d/toppcloud-replication.conf"  # the same on a primary and its replicas
+SYNC_CONF = "conf.d/toppcloud-sync.conf"  # synchronous_standby_names, on a primary
+REPLICAS_FILE = "toppcloud-replicas.json"  # the replication role and its replicas' addresses (pg_hba lines)
+PASSFILE = "toppcloud-replication.pgpass"  # on a replica: the replication role's password (0600)
+OUR_CONF_FILES = ("conf.d/toppcloud.conf", REPLICATION_CONF, SYNC_CONF, REPLICAS_FILE, PASSFILE)
+_SLOT_RE = re.compile(r"[a-z0-9_]{1,63}")
 
 
 class DataError(Exception):
@@ -901,20 +913,14 @@ def cmd_pg_ensure(spec):
                           f"but the node's pg_port is {port}: change one of them")
     conf = ("# Managed by toppcloud.\n"
             f"listen_addresses = {_lit(listen)}\n")
-    # samerole: a role may enter the database named like a role it is a member of (itself, and
-    # for <app>__restore the NOLOGIN role of that name granted to the app alone, see
-    # _staging_role), so the app's role loads its staging database and enters no other.
-    hba = ("# Managed by toppcloud: the superuser only on the local socket; each app's role\n"
-           "# only into its own database (named like it), with its password; on the local\n"
-           "# socket also into its staging database (<app>__restore), where restores load as it.\n"
-           "local   all        postgres                peer\n"
-           "local   samerole   all                     scram-sha-256\n"
-           "host    sameuser   all        0.0.0.0/0    scram-sha-256\n"
-           "host    sameuser   all        ::/0         scram-sha-256\n")
+    hba = _hba_text(conf_dir)
     conf_changed = _write_if_changed(f"{conf_dir}/conf.d/toppcloud.conf", conf, "postgres")
     hba_changed = _write_if_changed(f"{conf_dir}/pg_hba.conf", hba, "postgres")
     changed += ["listen_addresses"] * conf_changed + ["pg_hba.conf"] * hba_changed
     running = subprocess.run(["pg_ctlcluster", version, cluster, "status"], capture_output=True).returncode == 0
+    if not running and _fenced(conf_dir):
+        # A promote fenced it (another node is the primary now): it is not started, not even for a moment.
+        return {"version": version, "changed": changed, "fenced": True}
     if not running:
         _run(["pg_ctlcluster", version, cluster, "start"])
         changed.append("started")
@@ -926,6 +932,67 @@ def cmd_pg_ensure(spec):
     return {"version": version, "changed": changed}
 
 
+def _hba_text(conf_dir):
+    """pg_hba.conf as toppcloud wants it: the apps' lines, then a replication line per replica
+    (pg-primary keeps their addresses in REPLICAS_FILE, so pg-ensure keeps them too)."""
+    # samerole: a role may enter the database named like a role it is a member of (itself, and
+    # for <app>__restore the NOLOGIN role of that name granted to the app alone, see
+    # _staging_role), so the app's role loads its staging database and enters no other.
+    hba = ("# Managed by toppcloud: the superuser only on the local socket; each app's role\n"
+           "# only into its own database (named like it), with its password; on the local\n"
+           "# socket also into its staging database (<app>__restore), where restores load as it.\n"
+           "local   all        postgres                peer\n"
+           "local   samerole   all                     scram-sha-256\n"
+           "host    sameuser   all        0.0.0.0/0    scram-sha-256\n"
+           "host    sameuser   all        ::/0         scram-sha-256\n")
+    try:
+        with open(os.path.join(conf_dir, REPLICAS_FILE)) as f:
+            replicas = json.load(f)
+    except FileNotFoundError:
+        return hba
+    hba += "# Streaming replicas (pg-primary): the replication role, from each replica's address.\n"
+    for address in replicas["addresses"]:
+        hba += f"host    replication {replicas['role']} {_hba_address(address)} scram-sha-256\n"
+    return hba
+
+
+def _hba_address(address):
+    """The pg_hba address a replica at `address` connects from. A loopback one (a replica on the
+    primary's own machine) connects from 127.0.0.1 whatever its address, the kernel's source for
+    every 127.0.0.0/8 destination: the whole loopback network, then."""
+    if re.fullmatch(r"127\.[0-9.]+", address):
+        return "127.0.0.0/8"
+    if address == "::1":
+        return "::1/128"
+    if not re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+", address):
+        raise DataError(f"a replica's address must be an IP address for pg_hba, not {address!r}")
+    return address + ("/128" if ":" in address else "/32")
+
+
+# What a promote writes at the top of the old primary's start.conf (nodeops/hostside/pg_failover.py).
+FENCE_MARK = "# Fenced by toppcloud"
+
+
+def _fenced(conf_dir):
+    """The cluster was fenced by a promote: its start.conf is `manual` under our mark."""
+    try:
+        with open(f"{conf_dir}/start.conf") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return False
+    words = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return FENCE_MARK in text and words[:1] == ["manual"]
+
+
+def _unfence(conf_dir):
+    """start.conf back to `auto`: the fenced cluster is a replica of the new primary now."""
+    if _fenced(conf_dir):
+        _write_if_changed(f"{conf_dir}/start.conf", "# Managed by toppcloud: started with the node.\nauto\n",
+                          "postgres")
+        return True
+    return False
+
+
 def _drop_leftover_conf(conf_dir):
     """pg_dropcluster leaves a directory holding only our conf.d file: that is no cluster, remove it.
 
@@ -933,7 +1000,7 @@ def _drop_leftover_conf(conf_dir):
     """
     if not os.path.isdir(conf_dir) or os.path.exists(os.path.join(conf_dir, "postgresql.conf")):
         return
-    ours = [os.path.join(conf_dir, "conf.d"), os.path.join(conf_dir, "conf.d", "toppcloud.conf")]
+    ours = [os.path.join(conf_dir, "conf.d")] + [os.path.join(conf_dir, name) for name in OUR_CONF_FILES]
     found = [os.path.join(top, name) for top, dirs, files in os.walk(conf_dir) for name in dirs + files]
     if not set(found) <= set(ours):
         raise DataError(f"{conf_dir} exists without a postgresql.conf (a cluster dropped by hand?): "
@@ -968,6 +1035,266 @@ def cmd_pg_app(spec, verifier):
             _drop_db(pg, name)
             changed.append(f"dropped {name}")
     return {"changed": changed}
+
+
+# --- streaming replication -----------------------------------------------------------
+
+# On a primary and on a replica alike, so either can become the other (promote, or an old primary cloned back).
+_REPLICATION_SETTINGS = """# Managed by toppcloud: streaming replication (the same on a primary and its replicas).
+wal_level = replica
+max_wal_senders = 10
+max_replication_slots = 10
+# pg_rewind can bring an old primary back as a replica without a fresh clone.
+wal_log_hints = on
+hot_standby = on
+# A replica's queries (a backup's dump) hold back the primary's vacuum instead of being cancelled by it,
+# and a conflict that remains (an exclusive lock replayed) waits for them: a long dump is never cut off;
+# replay, and so the lag, waits meanwhile.
+hot_standby_feedback = on
+max_standby_streaming_delay = -1
+max_standby_archive_delay = -1
+# The replica reports what it replayed every second: the primary's lag figures stay fresh.
+wal_receiver_status_interval = 1s
+"""
+
+
+def _conf_dir(spec):
+    version, cluster = str(spec["version"]), spec["cluster"]
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", version) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cluster):
+        raise DataError(f"cluster {version}/{cluster} is not a valid name")
+    conf_dir = f"/etc/postgresql/{version}/{cluster}"
+    if not os.path.isfile(f"{conf_dir}/postgresql.conf"):
+        raise DataError(f"there is no PostgreSQL cluster {version}/{cluster} on this node (pg-ensure makes it)")
+    return conf_dir
+
+
+def _slot(name):
+    if not isinstance(name, str) or not _SLOT_RE.fullmatch(name):
+        raise DataError(f"replication slot name {name!r} is invalid: 1 to 63 characters a-z, 0-9 and '_'")
+    return name
+
+
+def _cluster_running(spec):
+    return subprocess.run(["pg_ctlcluster", str(spec["version"]), spec["cluster"], "status"],
+                          capture_output=True).returncode == 0
+
+
+# The settings of _REPLICATION_SETTINGS that only a restart changes.
+_RESTART_SETTINGS = {"wal_level": "replica", "max_wal_senders": "10", "max_replication_slots": "10",
+                     "wal_log_hints": "on", "hot_standby": "on"}
+
+
+def _reload_or_restart(pg, spec):
+    """Reload the cluster's config; restart it only if a setting that needs it differs (wal_log_hints...)."""
+    names = ", ".join(_lit(n) for n in _RESTART_SETTINGS)
+    running = dict(line.split("|", 1) for line in pg.run(
+        "postgres", f"SELECT name || '|' || setting FROM pg_settings WHERE name IN ({names});\n").split())
+    differ = sorted(n for n, v in _RESTART_SETTINGS.items() if running.get(n) != v)
+    if differ:
+        _run(["pg_ctlcluster", str(spec["version"]), spec["cluster"], "restart", "-m", "fast"])
+        return [f"restarted for {', '.join(differ)}"]
+    pg.run("postgres", "SELECT pg_reload_conf();\n")
+    return ["reloaded"]
+
+
+def cmd_pg_primary(spec, verifier):
+    """The cluster can feed streaming replicas: the replication settings (conf.d), the replication
+    role (REPLICATION LOGIN, this password verifier), a physical slot for the replica, and a
+    pg_hba `replication` line for each replica's address. What changed."""
+    conf_dir, pg, role, slot = _conf_dir(spec), _Pg(spec), spec["role"], _slot(spec["slot"])
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", role):
+        raise DataError(f"replication role {role!r} is invalid")
+    if not verifier.startswith("SCRAM-SHA-256$"):
+        raise DataError("the replication role's password must come as a SCRAM-SHA-256 verifier")
+    if pg.run("postgres", "SELECT pg_is_in_recovery();\n").strip() == "t":
+        raise DataError(f"cluster {spec['version']}/{spec['cluster']} is itself a replica (in recovery): "
+                        "it cannot be the group's primary; promote it first")
+    changed = []
+    conf = _write_if_changed(f"{conf_dir}/{REPLICATION_CONF}", _REPLICATION_SETTINGS, "postgres")
+    replicas = {"role": role, "addresses": sorted(set(spec["addresses"]))}
+    for address in replicas["addresses"]:
+        _hba_address(address)  # each refused here, before anything is written
+    listed = _write_if_changed(f"{conf_dir}/{REPLICAS_FILE}", json.dumps(replicas, sort_keys=True) + "\n", "postgres")
+    hba = _write_if_changed(f"{conf_dir}/pg_hba.conf", _hba_text(conf_dir), "postgres")
+    changed += ["replication settings"] * conf + ["pg_hba.conf replication lines"] * (listed or hba)
+    current = pg.run("postgres", f"SELECT coalesce(rolpassword, '') || '|' || rolreplication::text FROM pg_authid "
+                                 f"WHERE rolname = {_lit(role)};\n").strip()
+    if not current:
+        pg.run("postgres", f"CREATE ROLE {_ident(role)} REPLICATION LOGIN PASSWORD {_lit(verifier)};\n")
+        changed.append("created role")
+    elif current != f"{verifier}|true":
+        pg.run("postgres", f"ALTER ROLE {_ident(role)} REPLICATION LOGIN PASSWORD {_lit(verifier)};\n")
+        changed.append("set role password")
+    if pg.run("postgres", f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = {_lit(slot)};\n").strip() == "0":
+        # Reserve WAL from now on: nothing the replica needs is recycled before it connects.
+        pg.run("postgres", f"SELECT pg_create_physical_replication_slot({_lit(slot)}, true);\n")
+        changed.append(f"created slot {slot}")
+    if conf or listed or hba:
+        changed += _reload_or_restart(pg, spec)
+    return {"changed": changed}
+
+
+def _passfile_line(host, port, role, password):
+    esc = lambda v: str(v).replace("\\", "\\\\").replace(":", "\\:")  # noqa: E731
+    return f"{esc(host)}:{port}:replication:{esc(role)}:{esc(password)}\n"
+
+
+def _standby_status(pg):
+    sql = ("SELECT json_build_object("
+           "'in_recovery', pg_is_in_recovery(), "
+           "'receive_lsn', pg_last_wal_receive_lsn()::text, "
+           "'replay_lsn', pg_last_wal_replay_lsn()::text, "
+           "'last_replay_s', extract(epoch from now() - pg_last_xact_replay_timestamp())::float, "
+           "'receiver', (SELECT row_to_json(r) FROM (SELECT status, slot_name, sender_host, sender_port, "
+           "latest_end_lsn::text AS latest_end_lsn FROM pg_stat_wal_receiver) r));\n")
+    return json.loads(pg.run("postgres", sql))
+
+
+def cmd_pg_standby_status(spec):
+    """On a replica: whether its cluster runs, is in recovery, and what its WAL receiver streams."""
+    _conf_dir(spec)
+    if not _cluster_running(spec):
+        return {"running": False}
+    return {"running": True, **_standby_status(_Pg(spec))}
+
+
+def _data_directory(conf_dir):
+    with open(f"{conf_dir}/postgresql.conf") as f:
+        m = re.search(r"^\s*data_directory\s*=\s*'([^']+)'", f.read(), re.MULTILINE)
+    if not m or not m.group(1).startswith("/var/lib/postgresql/"):
+        raise DataError(f"{conf_dir}/postgresql.conf names no data_directory under /var/lib/postgresql")
+    return m.group(1)
+
+
+def cmd_pg_standby(spec, password):
+    """The cluster is a streaming replica of the primary: if it streams from it through its slot
+    already, nothing is done; else its data directory is replaced by a pg_basebackup -R -S SLOT
+    -X stream -c fast of the primary (the old one put back if that fails) and it is started.
+
+    The replication role's password goes to a passfile (0600, postgres) that primary_conninfo
+    names: it is in no argv, and not in postgresql.auto.conf either.
+    """
+    conf_dir, pg, slot, role = _conf_dir(spec), _Pg(spec), _slot(spec["slot"]), spec["role"]
+    host, port = spec["primary_host"], int(spec["primary_port"])
+    if not password or "\n" in password:
+        raise DataError("the replication role's password must come on stdin, one line")
+    changed = []
+    conf = _write_if_changed(f"{conf_dir}/{REPLICATION_CONF}", _REPLICATION_SETTINGS, "postgres")
+    passfile = f"{conf_dir}/{PASSFILE}"
+    if _write_if_changed(passfile, _passfile_line(host, port, role, password), "postgres", mode=0o600):
+        changed.append("passfile")
+    if _cluster_running(spec):
+        status = _standby_status(pg)
+        receiver = status.get("receiver") or {}
+        if (status["in_recovery"] and receiver.get("status") == "streaming" and receiver.get("slot_name") == slot
+                and receiver.get("sender_host") == host and receiver.get("sender_port") == port):
+            if conf:
+                changed += _reload_or_restart(pg, spec)
+            return {"changed": changed, "cloned": False, "status": status}
+    data_dir = _data_directory(conf_dir)
+    old = data_dir + ".toppcloud-old"
+    if _cluster_running(spec):
+        _run(["pg_ctlcluster", str(spec["version"]), spec["cluster"], "stop", "-m", "fast"])
+        changed.append("stopped")
+    if os.path.isdir(old):
+        shutil.rmtree(old)  # a leftover of an interrupted clone: the data directory is the one kept
+    owner = os.stat(f"{conf_dir}/postgresql.conf")  # the postgres user's, as pg_createcluster made it
+    if os.path.isdir(data_dir):
+        os.rename(data_dir, old)
+    os.mkdir(data_dir, 0o700)
+    os.chown(data_dir, owner.st_uid, owner.st_gid)
+    conninfo = (f"host={host} port={port} user={role} application_name={slot} passfile={passfile} "
+                "connect_timeout=10")
+    argv = ["runuser", "-u", "postgres", "--", f"{pg.bin}/pg_basebackup", "-D", data_dir, "-R", "-S", slot,
+            "-X", "stream", "-c", "fast", "-w", "-d", conninfo]
+    started = time.monotonic()
+    r = subprocess.run(argv, capture_output=True, env=dict(os.environ, PGPASSFILE=passfile), timeout=3600)
+    if r.returncode != 0:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        if os.path.isdir(old):
+            os.rename(old, data_dir)
+            if not _fenced(conf_dir):  # an old primary a promote fenced stays stopped
+                subprocess.run(["pg_ctlcluster", str(spec["version"]), spec["cluster"], "start"], capture_output=True)
+        raise DataError(f"pg_basebackup from {host}:{port} failed (the data directory it had is back): "
+                        f"{r.stderr.decode(errors='replace').strip()[-1500:]}")
+    seconds = round(time.monotonic() - started, 3)
+    auto = f"{data_dir}/postgresql.auto.conf"
+    with open(auto) as f:
+        text = f.read()
+    m = re.search(r"^primary_conninfo = '(.*)'$", text, re.MULTILINE)
+    if not m:
+        raise DataError(f"pg_basebackup -R wrote no primary_conninfo in {auto}")
+    if "password=" in m.group(1):
+        raise DataError("primary_conninfo holds a password: it must come from the passfile")
+    if "application_name=" not in m.group(1):  # synchronous_standby_names matches it
+        with open(auto, "a") as f:
+            f.write(f"primary_conninfo = '{m.group(1)} application_name={slot}'\n")
+    if _unfence(conf_dir):
+        changed.append("start.conf auto (was fenced)")
+    if os.path.exists(f"{conf_dir}/{SYNC_CONF}"):
+        # Left from when it was a primary: as a replica it has no standby to wait for, and once promoted
+        # its commits would wait for one until the promote's synchronous step set it.
+        os.unlink(f"{conf_dir}/{SYNC_CONF}")
+        changed.append("dropped synchronous_standby_names")
+    _run(["pg_ctlcluster", str(spec["version"]), spec["cluster"], "start"])
+    shutil.rmtree(old, ignore_errors=True)
+    changed += [f"cloned from {host}:{port}", "started"]
+    return {"changed": changed, "cloned": True, "basebackup_seconds": seconds}
+
+
+def cmd_pg_replication(spec):
+    """On a primary: each replica as pg_stat_replication shows it, with its lag (bytes not yet
+    replayed, replay_lag in seconds), the physical slots, and synchronous_standby_names."""
+    _conf_dir(spec)
+    pg = _Pg(spec)
+    if not _cluster_running(spec):
+        return {"running": False}
+    if pg.run("postgres", "SELECT pg_is_in_recovery();\n").strip() == "t":
+        return {"running": True, "in_recovery": True, **_standby_status(pg)}
+    sql = ("SELECT json_build_object("
+           "'running', true, 'in_recovery', false, "
+           "'current_lsn', pg_current_wal_lsn()::text, "
+           "'synchronous_standby_names', current_setting('synchronous_standby_names'), "
+           "'replicas', coalesce((SELECT json_agg(r ORDER BY r.application_name) FROM ("
+           "SELECT application_name, client_addr::text AS client_addr, state, sync_state, "
+           "sent_lsn::text AS sent_lsn, replay_lsn::text AS replay_lsn, "
+           "pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS lag_bytes, "
+           "extract(epoch from replay_lag)::float AS replay_lag_s, "
+           "extract(epoch from write_lag)::float AS write_lag_s, "
+           "extract(epoch from flush_lag)::float AS flush_lag_s "
+           "FROM pg_stat_replication) r), '[]'::json), "
+           "'slots', coalesce((SELECT json_agg(s ORDER BY s.slot_name) FROM ("
+           "SELECT slot_name, active, restart_lsn::text AS restart_lsn, wal_status, "
+           "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained_bytes "
+           "FROM pg_replication_slots WHERE slot_type = 'physical') s), '[]'::json));\n")
+    return json.loads(pg.run("postgres", sql))
+
+
+def cmd_pg_sync_standbys(spec):
+    """synchronous_standby_names = 'FIRST 1 (names...)' on the primary, or none when `names` is empty
+    (conf.d, reload). A commit then waits until the first listed replica that streams has flushed it."""
+    conf_dir, pg = _conf_dir(spec), _Pg(spec)
+    names = [_slot(n) for n in spec["names"]]
+    path = f"{conf_dir}/{SYNC_CONF}"
+    wanted = ("FIRST 1 (" + ", ".join(f'"{n}"' for n in names) + ")") if names else ""
+    if names:
+        changed = _write_if_changed(path, "# Managed by toppcloud: a commit waits for one of these replicas.\n"
+                                          f"synchronous_standby_names = {_lit(wanted)}\n", "postgres")
+    else:
+        changed = os.path.exists(path)
+        if changed:
+            os.unlink(path)
+    if changed:
+        pg.run("postgres", "SELECT pg_reload_conf();\n")
+    deadline = time.monotonic() + 10
+    while True:  # the postmaster takes the new file a moment after SIGHUP; new sessions see it then
+        current = pg.run("postgres", "SHOW synchronous_standby_names;\n").strip()
+        if current == wanted or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if current != wanted:
+        raise DataError(f"synchronous_standby_names is {current!r} after the reload, not {wanted!r}")
+    return {"changed": bool(changed), "synchronous_standby_names": current}
 
 
 def cmd_files_ensure(spec):
@@ -1226,7 +1553,7 @@ def _run(argv, **kw):
     return r.stdout.decode(errors="replace")
 
 
-def _write_if_changed(path, text, owner):
+def _write_if_changed(path, text, owner, mode=0o640):
     try:
         with open(path) as f:
             if f.read() == text:
@@ -1234,12 +1561,14 @@ def _write_if_changed(path, text, owner):
     except FileNotFoundError:
         pass
     tmp = path + ".toppcloud.tmp"
-    with open(tmp, "w") as f:
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as f:  # never readable by others
         f.write(text)
     import pwd
     pw = pwd.getpwnam(owner)
     os.chown(tmp, pw.pw_uid, pw.pw_gid)
-    os.chmod(tmp, 0o640)
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
     return True
 
@@ -1268,6 +1597,16 @@ def main(argv):
             result = cmd_restore(spec, sys.stdin.buffer, out)
         elif command == "clear":
             result = cmd_clear(spec)
+        elif command == "pg-primary":
+            result = cmd_pg_primary(spec, sys.stdin.readline().strip())
+        elif command == "pg-standby":
+            result = cmd_pg_standby(spec, sys.stdin.readline().rstrip("\n"))
+        elif command == "pg-standby-status":
+            result = cmd_pg_standby_status(spec)
+        elif command == "pg-replication":
+            result = cmd_pg_replication(spec)
+        elif command == "pg-sync-standbys":
+            result = cmd_pg_sync_standbys(spec)
         else:
             raise DataError(f"unknown command {command!r}")
     except DataError as exc:

@@ -62,6 +62,9 @@ class ServerGroup(models.Model):
     synchronous_replication = models.BooleanField(
         default=False, db_default=False,
         help_text="A write is acknowledged only once a replica has it (synchronous_standby_names on the primary).")
+    # The password of the primary's replication role (toppcloud_replication) its replicas log in
+    # with (made by the first `replica add`); encrypted at rest, never in an event.
+    replication_password = EncryptedTextField(blank=True, default="", db_default="", editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -6,7 +6,8 @@ from django.core.management.base import CommandError
 
 from jobs import cli
 from jobs.models import LiveRelease
-from toppcloud_site.records.models import App
+from jobs.steps import replication
+from toppcloud_site.records.models import App, Service
 
 
 class Command(cli.Command):
@@ -23,11 +24,28 @@ class Command(cli.Command):
         rows = [{"node": lr.node.name, "location": f"{lr.host}{lr.path}", "release": lr.release.name,
                  "version": lr.release.version, "port": lr.port, "job": lr.job_id,
                  "activated_at": lr.activated_at.isoformat()} for lr in live]
+        database = _database(App.objects.get(name=app))
         if as_json:
-            self.stdout.write(json.dumps({"app": app, "live": rows}, sort_keys=True))
+            self.stdout.write(json.dumps({"app": app, "live": rows, **database}, sort_keys=True))
             return
         if not rows:
             self.stdout.write(f"{app}: not live anywhere")
         for r in rows:
             self.stdout.write(f"{app}  {r['node']:<20} {r['location']:<30} {r['release']}  "
                               f"version {r['version'] or '-'}  (job {r['job']}, {r['activated_at'][:19]})")
+        if database:
+            self.stdout.write(f"{app}  database on {database['database']['node']} "
+                              f"(port {database['database']['port']}, read-write)")
+            for row in database["replicas"]:
+                self.stdout.write(f"{app}  {replication.describe(row)}")
+
+
+def _database(app):
+    """{"database": where the app's PostgreSQL database is, "replicas": [its replicas' figures, as last
+    recorded]}, or {} for an app without one."""
+    service = Service.objects.filter(app=app, kind=Service.Kind.POSTGRESQL).select_related("node").first()
+    if service is None:
+        return {}
+    replicas = [replication.replica_row(n) for n in replication.replicas(app.group)
+                if (n.facts or {}).get("replica_of") == service.node.name] if app.group_id else []
+    return {"database": {"node": service.node.name, "port": service.node.pg_port}, "replicas": replicas}

@@ -1,0 +1,354 @@
+"""PostgreSQL streaming replicas of a group's primary (`replica add`): two real test hosts of this
+module's own (host A: the group's database node and its app node; host B: the replica), each
+with its own PostgreSQL cluster, through a real worker. The session's two hosts are not touched:
+their clusters stay what other modules expect."""
+
+import glob
+import io
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tarfile
+import tempfile
+import time
+
+import psycopg2
+import pytest
+from django.conf import settings
+from django.core.management import CommandError, call_command
+
+from jobs import actions
+from jobs.management.commands.ssh_key import ensure_key
+from jobs.models import Job
+from jobs.steps import data
+from nodeops import services as node_services
+from nodeops.transport import LocalTransport
+from tests.helpers import event_kinds, wait_for_job, wait_until
+from tests.hosts import start_hosts, stop_hosts
+from tests.test_data_flow import add_note, notes, psql, request, run_command
+from tests.test_deploy_flow import app_copy, deploy
+from toppcloud_site.records.models import App, Backup, Node, ServerGroup, Service
+
+pytestmark = [pytest.mark.hosts, pytest.mark.worker]
+PID = os.getpid()
+
+
+@pytest.fixture(scope="module")
+def pair(live_db, worker):
+    """Two hosts of this module, set up as nodes of one group: A the primary (and app node), B the replica-to-be."""
+    base = tempfile.mkdtemp(prefix="tc-repl-", dir="/tmp")
+    os.chmod(base, 0o755)
+    hosts = start_hosts(2, base, ensure_key(settings.TOPPCLOUD_SSH_KEY_FILE))
+    records = []
+    try:
+        for i, host in enumerate(hosts):
+            host.pg_cluster = f"tc-{PID}-repl{i + 1}"  # the session's hosts have tc-PID-host1/2
+            node = Node(name=f"repl{i + 1}-{PID}", address=host.address, ssh_port=host.ssh_port,
+                        ssh_user=host.ssh_user, root=host.root, http_port=host.http_port, https_port=host.https_port,
+                        host_key=host.host_key, pg_cluster=host.pg_cluster, pg_port=host.pg_port)
+            node.full_clean()
+            node.save()
+            records.append(node)
+        for node in records:
+            job = wait_for_job(actions.setup_node(node, actor_kind="system", actor="tests").pk, timeout=120)
+            assert job.status == "succeeded", job.error
+        primary, replica = records
+        group = ServerGroup.objects.create(name=f"repl{PID}", database_node=primary)
+        Node.objects.filter(pk__in=[n.pk for n in records]).update(group=group)
+        for node in records:
+            node.refresh_from_db()
+        yield hosts, primary, replica, group
+    finally:
+        stop_hosts(hosts)  # their clusters dropped, their app users deleted
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def notes_app(pair, tmp_path_factory):
+    """The notes fixture of the group, live on host A, its database on A's cluster, with two notes."""
+    hosts, primary, _replica, group = pair
+    name = f"rnotes{PID % 100000}"
+    App.objects.create(name=name, group=group)
+    code, job = deploy(app_copy(tmp_path_factory.mktemp("rnotes"), "notes", name=name), primary)
+    assert code == 0, job.error
+    add_note(hosts[0], name, "before the replica")
+    add_note(hosts[0], name, "also before")
+    return name
+
+
+def replica_add(node, group):
+    code, job = run_command("replica", "add", node.name, "--group", group.name)
+    return code, job
+
+
+def replica_db(replica, app):
+    """A connection to the app's database on the replica, as the app's role (what DATABASE_REPLICA_URL names)."""
+    service = Service.objects.get(app__name=app, kind="postgresql")
+    return psycopg2.connect(host=replica.address, port=replica.pg_port, dbname=app, user=app,
+                            password=service.password, connect_timeout=5)
+
+
+def conf_dir(node):
+    [found] = glob.glob(f"/etc/postgresql/*/{node.pg_cluster}")
+    return found
+
+
+def test_it_refuses_bad_inputs_with_nothing_done(pair):
+    _hosts, primary, replica, group = pair
+    before = Job.objects.filter(kind="replica_add").count()
+    stray = Node.objects.create(name=f"stray-{PID}", address="127.0.0.250", host_key="ssh-ed25519 AAAA", http_port=1)
+    lonely = ServerGroup.objects.create(name=f"nodb{PID}")
+    try:
+        cases = [
+            ((stray.name, group.name), f"node {stray.name} is not in group {group.name} (it is in no group)"),
+            ((primary.name, group.name), f"node {primary.name} is the primary of group {group.name}"),
+            (("no-such-node", group.name), "there is no node 'no-such-node'"),
+            ((replica.name, "no-such-group"), "there is no server group 'no-such-group'"),
+            ((replica.name, lonely.name), f"group {lonely.name} has no database node"),
+        ]
+        for (node, grp), message in cases:
+            with pytest.raises(CommandError) as refused:
+                call_command("replica", "add", node, "--group", grp)
+            assert str(refused.value).startswith("no replica was added: ") and message in str(refused.value)
+        stray.group = group
+        stray.save()
+        with pytest.raises(CommandError, match=f"node {stray.name} is not set up yet"):
+            call_command("replica", "add", stray.name, "--group", group.name)
+    finally:
+        stray.delete()
+        lonely.delete()
+    assert Job.objects.filter(kind="replica_add").count() == before  # nothing was queued
+    replica.refresh_from_db()
+    assert replica.role == Node.Role.APP and "replica_of" not in replica.facts
+
+
+def test_it_refuses_a_backup_from_a_replica_there_is_not(pair, notes_app):
+    with pytest.raises(CommandError, match="has no streaming replica"):
+        call_command("backup", notes_app, "--from-replica")
+
+
+def test_it_adds_a_streaming_replica_and_repoints_the_apps(pair, notes_app):
+    hosts, primary, replica, group = pair
+    started = time.monotonic()
+    code, job = replica_add(replica, group)
+    took = time.monotonic() - started
+    assert code == 0, job.error
+    slot = f"toppcloud_repl2_{PID}"
+    steps = [e.data["step"] for e in job.events.filter(kind="step.started").order_by("seq")]
+    assert steps[:5] == ["clusters", "primary", "clone", "streaming", "synchronous"]
+    assert f"apply {notes_app} on {primary.name}" in steps and f"health {notes_app} on {primary.name}" in steps
+    finished = {e.data["step"]: e.data for e in job.events.filter(kind="step.finished")}
+    assert finished["clone"]["cloned"] is True and finished["primary"]["slot"] == slot
+    assert f"created slot {slot}" in finished["primary"]["changed"]
+    streaming = job.events.get(kind="replication.streaming").data
+    assert streaming["slot"] == slot and isinstance(streaming["lag_bytes"], int)
+    lag = job.events.filter(kind="replication.lag").last().data
+    assert lag["node"] == replica.name and lag["state"] == "streaming" and lag["lag_bytes"] >= 0
+    assert job.result["cloned"] is True and job.result["applied"] == {notes_app: [primary.name]}
+    # The records: the node is the primary's replica.
+    replica.refresh_from_db()
+    assert replica.role == Node.Role.DB_REPLICA and replica.facts["replica_of"] == primary.name
+    assert replica.facts["replication"]["state"] == "streaming"
+    assert replica.facts["os"]  # setup's facts are kept beside
+    # The hosts: the replica is in recovery, streaming through its slot; the primary sees it.
+    assert psql(replica, "postgres", "SELECT pg_is_in_recovery()").strip() == "t"
+    assert psql(replica, "postgres", "SELECT status || ' ' || slot_name FROM pg_stat_wal_receiver").strip() == \
+        f"streaming {slot}"
+    assert psql(primary, "postgres", "SELECT application_name || ' ' || state FROM pg_stat_replication").strip() == \
+        f"{slot} streaming"
+    assert psql(primary, "postgres", "SELECT slot_name || ' ' || active FROM pg_replication_slots").strip() == \
+        f"{slot} true"
+    hba = open(f"{conf_dir(primary)}/pg_hba.conf").read()
+    assert "host    replication toppcloud_replication 127.0.0.0/8 scram-sha-256" in hba  # a loopback replica
+    # The replication password: in the group's record (encrypted), the replica's passfile (0600), no event, no argv.
+    group.refresh_from_db()
+    password = group.replication_password
+    assert len(password) >= 30
+    passfile = f"{conf_dir(replica)}/toppcloud-replication.pgpass"
+    assert os.stat(passfile).st_mode & 0o777 == 0o600 and open(passfile).read().endswith(f":{password}\n")
+    assert password not in json.dumps(list(job.events.values_list("data", flat=True)))
+    [data_dir] = glob.glob(f"/var/lib/postgresql/*/{replica.pg_cluster}")
+    auto = open(f"{data_dir}/postgresql.auto.conf").read()
+    assert f"application_name={slot}" in auto and "password" not in auto and "passfile=" in auto
+    # The app runs with DATABASE_REPLICA_URL and CONFIG_PG_REPLICA_*, and reads through it.
+    services = json.loads(request(hosts[0], f"{notes_app}.test", "GET", "/services")[1])
+    assert services["CONFIG_PG_REPLICA_HOST"] == replica.address
+    assert services["CONFIG_PG_REPLICA_PORT"] == str(replica.pg_port)
+    assert services["CONFIG_PG_REPLICA_DBNAME"] == notes_app == services["CONFIG_PG_REPLICA_USER"]
+    assert services["CONFIG_PG_REPLICA_PASSWORD set"] and services["DATABASE_REPLICA_URL set"]
+    assert services["CONFIG_PG_HOST"] == primary.address  # DATABASE_URL stays the primary
+    status, body = request(hosts[0], f"{notes_app}.test", "GET", "/replica/notes")
+    assert status == 200 and body.decode().splitlines() == notes(hosts[0], notes_app)
+    print(f"\nreplica add (clone of a fresh cluster + config apply): {took:.1f} s, "
+          f"pg_basebackup {finished['clone'].get('basebackup_seconds')} s")
+
+
+def test_a_row_written_through_the_app_is_on_the_replica_within_a_second(pair, notes_app):
+    hosts, _primary, replica, _group = pair
+    conn = replica_db(replica, notes_app)
+    conn.autocommit = True
+    seen = []
+    try:
+        with conn.cursor() as cur:
+            for i in range(20):
+                body = f"replicated {i} {time.time()}"
+                add_note(hosts[0], notes_app, body)
+                written = time.monotonic()
+                while True:
+                    cur.execute("SELECT count(*) FROM notes WHERE body = %s", (body,))
+                    if cur.fetchone()[0] == 1:
+                        seen.append(time.monotonic() - written)
+                        break
+                    assert time.monotonic() - written < 1, f"note {i} not on the replica after 1 s"
+                    time.sleep(0.002)
+            # A replica is read-only: the app's role cannot write there.
+            with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
+                cur.execute("INSERT INTO notes (body) VALUES ('no')")
+    finally:
+        conn.close()
+    seen.sort()
+    print(f"\nvisible on the replica after the app's 201: p50 {statistics.median(seen) * 1000:.1f} ms, "
+          f"max {seen[-1] * 1000:.1f} ms (20 writes)")
+    assert seen[-1] < 1
+
+
+def test_lag_shows_in_status_and_under_a_pgbench_load(pair, notes_app):
+    _hosts, primary, replica, group = pair
+    out = io.StringIO()
+    call_command("status", notes_app, stdout=out)
+    text = out.getvalue()
+    assert f"database on {primary.name} (port {primary.pg_port}, read-write)" in text
+    assert f"replica {replica.name} of {primary.name}: streaming" in text and "lag " in text and " bytes, " in text
+    out = io.StringIO()
+    call_command("status", notes_app, "--json", stdout=out)
+    [row] = json.loads(out.getvalue())["replicas"]
+    assert row["node"] == replica.name and row["state"] == "streaming" and isinstance(row["lag_bytes"], int)
+    out = io.StringIO()
+    call_command("replica", "list", "--group", group.name, stdout=out)
+    assert f"replica {replica.name} of {primary.name}: streaming" in out.getvalue()
+
+    # Lag under a write load on the primary: pgbench -c 4 -T 10, the primary's view sampled every 100 ms.
+    version = conf_dir(primary).split("/")[3]
+    bindir = f"/usr/lib/postgresql/{version}/bin"
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    psql(primary, "postgres", "CREATE DATABASE toppcloud_bench")
+    try:
+        subprocess.run([*as_postgres, f"{bindir}/pgbench", "-q", "-i", "-s", "2", "-p", str(primary.pg_port),
+                        "toppcloud_bench"], check=True, capture_output=True, timeout=120)
+        spec = {"version": version, "port": primary.pg_port, "cluster": primary.pg_cluster}
+        bench = subprocess.Popen([*as_postgres, f"{bindir}/pgbench", "-c", "4", "-T", "10", "-p", str(primary.pg_port),
+                                  "toppcloud_bench"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        samples, local = [], LocalTransport()  # the test hosts' clusters are on this machine
+        while bench.poll() is None:
+            status = node_services.replication_status(local, lambda *a, **k: None, spec)
+            [r] = status["replicas"]
+            samples.append((r["lag_bytes"], r["lag_seconds"]))
+            time.sleep(0.1)
+        output = bench.stdout.read().decode()
+        assert bench.returncode == 0, output
+        tps = next((line for line in output.splitlines() if line.startswith("tps")), "")
+        # Caught up again once the load stops.
+        wait_until(lambda: node_services.replication_status(local, lambda *a, **k: None, spec)
+                   ["replicas"][0]["lag_bytes"] == 0, timeout=10, what="the replica to catch up")
+    finally:
+        psql(primary, "postgres", "DROP DATABASE IF EXISTS toppcloud_bench")
+    lag_bytes = sorted(s[0] for s in samples)
+    lag_s = sorted(s[1] or 0 for s in samples)
+    p = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))]  # noqa: E731
+    print(f"\nreplication lag under pgbench -c 4 -T 10 ({tps.strip()}), {len(samples)} samples: bytes p50 "
+          f"{p(lag_bytes, 0.5)} p99 {p(lag_bytes, 0.99)} max {lag_bytes[-1]}; seconds p50 {p(lag_s, 0.5):.4f} "
+          f"p99 {p(lag_s, 0.99):.4f} max {lag_s[-1]:.4f}")
+    assert len(samples) >= 20 and p(lag_s, 0.99) < 1
+
+
+def test_a_backup_from_the_replica_has_the_rows_of_the_primary(pair, notes_app):
+    _hosts, primary, replica, _group = pair
+    code, job = run_command("backup", notes_app)
+    assert code == 0, job.error
+    from_primary = Backup.objects.get(name=job.result["backup"])
+    code, job = run_command("backup", notes_app, "--from-replica")
+    assert code == 0, job.error
+    from_replica = Backup.objects.get(name=job.result["backup"])
+    assert job.events.get(kind="backup.from_replica").data["node"] == replica.name
+    [dump] = [e.data for e in job.events.filter(kind="command") if e.data["step"] == "dump-sql"]
+    assert json.loads(dump["argv"][2])["port"] == replica.pg_port  # read on the replica's cluster
+    finished = {e.data["step"]: e.data for e in job.events.filter(kind="step.finished")}
+    assert finished["dump"]["database_from"] == replica.name
+
+    def sql(backup):
+        with tarfile.open(data.archive_path(backup)) as tar:
+            return tar.extractfile("postgresql.sql").read()
+    assert sql(from_replica) == sql(from_primary)  # the same rows, to the byte
+    assert b"replicated 19" in sql(from_replica)
+
+
+def test_synchronous_replication_makes_a_commit_wait_for_the_replica(pair, notes_app):
+    _hosts, primary, replica, group = pair
+    slot = f"toppcloud_repl2_{PID}"
+    ServerGroup.objects.filter(pk=group.pk).update(synchronous_replication=True)
+    started = time.monotonic()
+    code, job = replica_add(replica, group)
+    again = time.monotonic() - started
+    assert code == 0, job.error
+    assert job.result["cloned"] is False  # it streamed already: checked, not cloned again
+    sync = job.events.get(kind="replication.synchronous").data
+    assert sync["names"] == [slot] and sync["synchronous_standby_names"] == f'FIRST 1 ("{slot}")'
+    assert psql(primary, "postgres", "SHOW synchronous_standby_names").strip() == f'FIRST 1 ("{slot}")'
+    wait_until(lambda: psql(primary, "postgres", "SELECT sync_state FROM pg_stat_replication").strip() == "sync",
+               timeout=10, what="sync_state sync")
+    timed = "SET statement_timeout = '2s'; INSERT INTO toppcloud_sync_probe VALUES (1)"
+    psql(primary, "postgres", "CREATE TABLE toppcloud_sync_probe (i int)")
+    try:
+        t0 = time.monotonic()
+        psql(primary, "postgres", timed)
+        fast = time.monotonic() - t0
+        # With the replica stopped, a commit waits for it (and statement_timeout cancels the wait).
+        version = conf_dir(replica).split("/")[3]
+        subprocess.run(["pg_ctlcluster", version, replica.pg_cluster, "stop", "-m", "fast"], check=True, timeout=60)
+        try:
+            t0 = time.monotonic()
+            r = _psql_raw(primary, timed)
+            waited = time.monotonic() - t0
+        finally:
+            subprocess.run(["pg_ctlcluster", version, replica.pg_cluster, "start"], check=True, timeout=60)
+        assert "canceling wait for synchronous replication" in r.stderr and waited >= 1.9, (r.stderr, waited)
+    finally:
+        wait_until(lambda: psql(primary, "postgres", "SELECT state FROM pg_stat_replication").strip() == "streaming",
+                   timeout=30, what="the replica streaming again")
+        psql(primary, "postgres", "DROP TABLE toppcloud_sync_probe")
+    print(f"\nreplica add again (streaming already): {again:.1f} s; a commit with the replica in sync "
+          f"{fast * 1000:.0f} ms, with it stopped it waited until statement_timeout ({waited:.1f} s)")
+    # Off again: the primary no longer waits.
+    ServerGroup.objects.filter(pk=group.pk).update(synchronous_replication=False)
+    code, job = replica_add(replica, group)
+    assert code == 0, job.error
+    assert job.events.get(kind="replication.synchronous").data["synchronous_standby_names"] == ""
+    assert psql(primary, "postgres", "SHOW synchronous_standby_names").strip() == ""
+
+
+def _psql_raw(node, sql):
+    version = conf_dir(node).split("/")[3]
+    return subprocess.run(["runuser", "-u", "postgres", "--", f"/usr/lib/postgresql/{version}/bin/psql", "-X", "-q",
+                           "-At", "-p", str(node.pg_port), "-d", "postgres", "-c", sql],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_stale_replica_is_cloned_again(pair, notes_app):
+    hosts, primary, replica, group = pair
+    version = conf_dir(replica).split("/")[3]
+    subprocess.run(["pg_ctlcluster", version, replica.pg_cluster, "stop", "-m", "fast"], check=True, timeout=60)
+    add_note(hosts[0], notes_app, "written while the replica was down")
+    code, job = replica_add(replica, group)
+    assert code == 0, job.error
+    finished = {e.data["step"]: e.data for e in job.events.filter(kind="step.finished")}
+    assert finished["clone"]["cloned"] is True and "stopped" not in finished["clone"]["changed"]
+    conn = replica_db(replica, notes_app)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM notes WHERE body = 'written while the replica was down'")
+            assert cur.fetchone()[0] == 1
+    finally:
+        conn.close()
+    assert "replication.lag" in event_kinds(job)
