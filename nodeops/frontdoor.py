@@ -21,10 +21,21 @@ Host "*" is the node's default server (any host no other site names);
 "*.example.com" matches every name below example.com. A host with a
 certificate is served over HTTPS on the node's TLS port, and its plain
 HTTP redirects there (ACME http-01 challenges excepted).
+
+Who the client is: the app gets X-Forwarded-For and X-Real-IP set to the one
+address nginx believes, and X-Forwarded-Proto. A client's own forwarded
+headers are believed only when it connects from one of `trusted_proxies`
+(the group's load balancer; nginx's realip module): its X-Forwarded-For
+gives the client's address, its X-Forwarded-Proto the scheme. From any
+other address they are replaced by the connection's own address and
+scheme, so a forged header never reaches the app. (gunicorn trusts
+127.0.0.1, nginx, for the scheme; the other scheme headers it would
+believe, X-Forwarded-Ssl and X-Forwarded-Protocol, are cleared.)
 """
 
 import dataclasses
 import hashlib
+import ipaddress
 import os
 import re
 
@@ -103,6 +114,33 @@ def listen_address(address, port):
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
+def trusted_proxy(value):
+    """An address or network (CIDR) whose forwarded headers nginx believes, in nginx's form; ValueError otherwise."""
+    if not isinstance(value, str):
+        raise ValueError(f"trusted proxy {value!r} is invalid: an IP address or network, e.g. 10.0.0.5 or 10.0.0.0/24")
+    try:
+        net = ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        raise ValueError(f"trusted proxy {value!r} is invalid: an IP address or network (CIDR) with no host bits "
+                         "set, e.g. 10.0.0.5 or 10.0.0.0/24") from None
+    return str(net) if "/" in value else str(net.network_address)
+
+
+def _forwarded(trusted):
+    """http-level directives: believe X-Forwarded-For/-Proto from `trusted` only (see the module doc)."""
+    if not trusted:
+        return ("# No load balancer in front: forwarded headers are believed from nobody.\n"
+                "map $scheme $toppcloud_forwarded_proto {\n    default $scheme;\n}\n")
+    return ("# X-Forwarded-For/-Proto are believed only from the group's load balancer: " + ", ".join(trusted) + ".\n"
+            + "".join(f"set_real_ip_from {a};\n" for a in trusted)
+            + "real_ip_header X-Forwarded-For;\n"
+            # The address the connection came from, before realip replaced $remote_addr.
+            + "geo $realip_remote_addr $toppcloud_from_balancer {\n    default 0;\n"
+            + "".join(f"    {a} 1;\n" for a in trusted) + "}\n"
+            + 'map "$toppcloud_from_balancer:$http_x_forwarded_proto" $toppcloud_forwarded_proto {\n'
+            + '    default $scheme;\n    "1:https" https;\n    "1:http" http;\n}\n')
+
+
 def _check_route(r):
     validate_name(r.app, "app")
     if validate_location(r.host, r.path) != (r.host, r.path):
@@ -139,9 +177,14 @@ def select(routes):
     return usable, refused
 
 
-def render(layout, routes, *, listen, tls_listen=None, certificates=()):
-    """The nginx text (server blocks, included in nginx.conf's http block) for these routes."""
+def render(layout, routes, *, listen, tls_listen=None, certificates=(), trusted_proxies=()):
+    """The nginx text (server blocks, included in nginx.conf's http block) for these routes.
+
+    `trusted_proxies`: addresses (or networks) whose X-Forwarded-For/-Proto are believed: the group's
+    load balancer node. Empty: nobody's.
+    """
     listen = _listen(listen, "listen")
+    trusted = sorted({trusted_proxy(a) for a in trusted_proxies})
     by_host = {}
     for r in routes:
         _check_route(r)
@@ -154,7 +197,7 @@ def render(layout, routes, *, listen, tls_listen=None, certificates=()):
     if certs:
         tls_listen = _listen(tls_listen, "tls_listen")
     out = [f"# Managed by toppcloud: rendered from the control plane's records; {len(routes)} routes.\n",
-           _NAMES_HASH]
+           _NAMES_HASH, _forwarded(trusted)]
     if certs:
         out.append(_TLS_SETTINGS)
     if DEFAULT_HOST not in by_host:
@@ -228,9 +271,15 @@ def _locations(layout, r):
             f"    location {p} {{\n"
             f"        proxy_pass http://127.0.0.1:{r.port};\n"
             "        proxy_set_header Host $host;\n"
-            "        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
-            "        proxy_set_header X-Forwarded-Proto $scheme;\n"
+            # $remote_addr is the client nginx believes (realip: the balancer's X-Forwarded-For, or the
+            # connection's own address); the app gets that one address, never a chain a client wrote.
+            "        proxy_set_header X-Forwarded-For $remote_addr;\n"
+            "        proxy_set_header X-Forwarded-Proto $toppcloud_forwarded_proto;\n"
             "        proxy_set_header X-Real-IP $remote_addr;\n"
+            '        proxy_set_header X-Forwarded-Ssl "";\n'
+            '        proxy_set_header X-Forwarded-Protocol "";\n'
+            '        proxy_set_header X-Forwarded-Host "";\n'
+            '        proxy_set_header Forwarded "";\n'
             # gunicorn takes SCRIPT_NAME from its trusted proxy (127.0.0.1) and strips it off PATH_INFO;
             # nginx sends no header with an empty value, so an app at "/" gets SCRIPT_NAME "".
             f'        proxy_set_header SCRIPT_NAME "{script_name}";\n'
