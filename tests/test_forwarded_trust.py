@@ -8,6 +8,7 @@ what the app got: REMOTE_ADDR, the scheme and the forwarded headers.
 
 import http.client
 import io
+import itertools
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from toppcloud_site.records.models import Node, ServerGroup
 pytestmark = [pytest.mark.hosts, pytest.mark.worker]
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "apps"
 CLIENT = "203.0.113.7"  # TEST-NET-3: the browser behind the balancer
+_names = itertools.count(1)
 
 
 def ask(host, hostname, *, source, headers=()):
@@ -67,7 +69,7 @@ def group_with_lb(test_hosts, ready_nodes, tmp_path):
     """Host 1 an app node serving a pathy app, host 2 its group's lb node; the nodes as they were after."""
     app_node, lb_node = ready_nodes
     was = {n.pk: (n.group_id, n.role) for n in ready_nodes}
-    tag = os.getpid() % 100000
+    tag = f"{os.getpid() % 100000}x{next(_names)}"
     group = ServerGroup.objects.create(name=f"trust{tag}")
     name, hostname = f"trust{tag}", f"trust{tag}.test"
     app_dir = tmp_path / name
