@@ -71,9 +71,12 @@ class ServerGroup(models.Model):
         return self.name
 
     def clean(self):
+        self.clean_static_publish()
+        self.clean_database_node()
+
+    def clean_static_publish(self):
         if bool(self.static_publish) != bool(self.static_publish_url):
             raise ValidationError("static files origin and static files URL are set together or not at all")
-        self.clean_database_node()
 
     def clean_database_node(self):
         """The database node and the db role agree (docs/groups.md): a node of this group is its database

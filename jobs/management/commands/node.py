@@ -10,6 +10,7 @@ import getpass
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
+from django.db import transaction
 
 from jobs import actions, cli
 from jobs.engine.states import ActorKind
@@ -64,7 +65,8 @@ class Command(cli.Command):
         elif host_key:
             node.host_key = host_key
         try:
-            roles.assign(node, role=role, group=_group(group) if group else None)
+            with transaction.atomic():  # a group made for it goes if the node is refused
+                roles.assign(node, role=role, group=_group(group) if group else None)
         except ValidationError as exc:
             raise CommandError(f"node {name!r} not added: {validation_message(exc)}") from None
         self.stdout.write(f"node {node.name} added ({node.address}, root {node.root}, role {node.role}"
@@ -82,10 +84,11 @@ class Command(cli.Command):
         changes = {}
         if role is not None:
             changes["role"] = _role(role)
-        if group is not None or no_group:
-            changes["group"] = _group(group) if group else None
         try:
-            affected = roles.assign(node, **changes)
+            with transaction.atomic():  # a group made for it goes if the change is refused
+                if group is not None or no_group:
+                    changes["group"] = _group(group) if group else None
+                affected = roles.assign(node, **changes)
         except ValidationError as exc:
             raise CommandError(f"node {name} not changed: {validation_message(exc)}") from None
         self.stdout.write(f"node {node.name}: role {node.role} "
