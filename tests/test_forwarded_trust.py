@@ -18,6 +18,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
+from jobs import actions
 from jobs.models import Job
 from nodeops import frontdoor
 from nodeops.layout import NodeLayout
@@ -93,8 +94,6 @@ def group_with_lb(test_hosts, ready_nodes, tmp_path):
 
 
 def call_front_door(node):
-    from jobs import actions
-
     return actions.front_door([Node.objects.get(pk=node.pk)], actor_kind="system", actor="tests")
 
 
