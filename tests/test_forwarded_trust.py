@@ -65,15 +65,15 @@ def front_door_job(before):
     return job
 
 
-@pytest.fixture
-def group_with_lb(test_hosts, ready_nodes, tmp_path):
-    """Host 1 an app node serving a pathy app, host 2 its group's lb node; the nodes as they were after."""
+@pytest.fixture(scope="module")
+def served(test_hosts, ready_nodes, tmp_path_factory):
+    """Host 1 an app node of a new group serving a pathy app; the nodes' groups and roles as they were after."""
     app_node, lb_node = ready_nodes
     was = {n.pk: (n.group_id, n.role) for n in ready_nodes}
     tag = f"{os.getpid() % 100000}x{next(_names)}"
     group = ServerGroup.objects.create(name=f"trust{tag}")
     name, hostname = f"trust{tag}", f"trust{tag}.test"
-    app_dir = tmp_path / name
+    app_dir = tmp_path_factory.mktemp("trust") / name
     shutil.copytree(FIXTURES / "pathy", app_dir)
     ini = (app_dir / "app.ini").read_text()
     (app_dir / "app.ini").write_text(ini.replace("app_name = pathy", f"app_name = {name}")
@@ -81,16 +81,26 @@ def group_with_lb(test_hosts, ready_nodes, tmp_path):
     set_role(app_node.name, "app", group.name)
     code, job = deploy(app_dir, app_node)
     assert code == 0, job.error
-    before = timezone.now()
-    out = set_role(lb_node.name, "lb", group.name)
-    assert f"node {lb_node.name}: role lb in group {group.name}" in out, out
-    job = front_door_job(before)
     yield {"app": test_hosts[0], "lb": test_hosts[1], "app_node": app_node, "lb_node": lb_node,
-           "hostname": hostname, "group": group, "job": job}
+           "name": name, "hostname": hostname, "group": group}
     for node in ready_nodes:
         Node.objects.filter(pk=node.pk).update(group_id=was[node.pk][0], role=was[node.pk][1])
     job = wait_for_job(call_front_door(app_node).pk, timeout=60)  # the app node trusts nobody again
     assert job.status == "succeeded", job.error
+
+
+@pytest.fixture
+def group_with_lb(served):
+    """Host 2 the group's lb node (`node set --role lb`, which renders the app node's front door again)."""
+    before = timezone.now()
+    out = set_role(served["lb_node"].name, "lb", served["group"].name)
+    assert f"node {served['lb_node'].name}: role lb in group {served['group'].name}" in out, out
+    assert "forwarded-header trust changed: front_door job" in out, out
+    yield {**served, "job": front_door_job(before)}
+    if Node.objects.get(pk=served["lb_node"].pk).role == "lb":
+        before = timezone.now()
+        set_role(served["lb_node"].name, "app")
+        front_door_job(before)
 
 
 def call_front_door(node):
@@ -130,7 +140,7 @@ def test_it_believes_forwarded_headers_from_the_lb_node_only(group_with_lb):
         assert (seen["remote_addr"], seen["x_forwarded_for"], seen["x_real_ip"]) == (source, source, source)
         assert (seen["scheme"], seen["x_forwarded_proto"], seen["forwarded_others"]) == ("http", "http", {}), seen
     # gunicorn's access log has the believed client too (its REMOTE_ADDR).
-    access = Path(NodeLayout(g["app_node"].root).app_logs(hostname.split(".")[0])) / "access.log"
+    access = Path(NodeLayout(g["app_node"].root).app_logs(g["name"])) / "access.log"
     assert CLIENT in access.read_text()
 
 

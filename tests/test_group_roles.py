@@ -9,8 +9,11 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
+from django.utils import timezone
 
-from toppcloud_site.records.models import App, AuditEntry, Location, Node, ServerGroup, Service
+from jobs.models import Job, LiveRelease
+
+from toppcloud_site.records.models import App, AuditEntry, Location, Node, Release, ServerGroup, Service
 
 pytestmark = pytest.mark.django_db
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -232,3 +235,24 @@ def test_a_document_with_roles_the_rules_refuse_changes_nothing(tmp_path, label,
         import_doc(tmp_path, text)
     assert error in str(info.value) and "nothing was changed" in str(info.value), str(info.value)
     assert (Node.objects.count(), ServerGroup.objects.count(), AuditEntry.objects.count()) == before
+
+
+def test_an_lb_given_on_the_node_page_renders_the_groups_front_doors_again(admin_client, admin_user, group,
+                                                                            django_capture_on_commit_callbacks):
+    shop = App.objects.create(name="shop", group=group)
+    release = Release.objects.create(app=shop, name="20260101000000-abcdef01", artifact_sha256="0" * 64)
+    job = Job.objects.create(kind="deploy", target="app:shop@app1", params={})
+    for name in ("app1", "app2"):
+        LiveRelease.objects.create(app=shop, node=Node.objects.get(name=name), host="shop.test", path="/",
+                                   release=release, port=9000, job=job, activated_at=timezone.now())
+    lb1 = Node.objects.get(name="lb1")
+    url = reverse("admin:records_node_change", args=[lb1.pk])
+    with django_capture_on_commit_callbacks(execute=False):
+        page = admin_client.post(url, node_form(lb1, role="app"), follow=True).content.decode()
+    queued = Job.objects.get(kind="front_door")
+    assert queued.params == {"nodes": ["app1", "app2"]} and queued.actor == admin_user.username
+    assert f"job {queued.pk} (app1, app2)" in page
+    # A change that moves no lb (a port) queues nothing.
+    with django_capture_on_commit_callbacks(execute=False):
+        admin_client.post(url, node_form(Node.objects.get(name="lb1"), http_port=8081))
+    assert Job.objects.filter(kind="front_door").count() == 1
