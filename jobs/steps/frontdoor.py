@@ -124,7 +124,7 @@ def trusted_proxies_for(node):
         infos = socket.getaddrinfo(lb.address, None, type=socket.SOCK_STREAM)
     except OSError:
         return []
-    return sorted({info[4][0] for info in infos})
+    return sorted({info[4][0] for info in infos if "%" not in info[4][0]})  # no link-local zones (fe80::1%eth0)
 
 
 def certificates_for(routes):
