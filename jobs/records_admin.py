@@ -94,12 +94,12 @@ class NodeAdmin(admin.ModelAdmin):
         """The form checked the role (Node.clean_role); saved, the group's database node follows the db role
         and, when an lb node came, went or a node moved, the group's front doors are rendered again
         (toppcloud_site/records/roles.py)."""
-        before = (Node.objects.filter(pk=obj.pk).values_list("group_id", "role").first() if change else None) \
-            or (None, None)
+        before = (Node.objects.filter(pk=obj.pk).values_list("group_id", "role", "address").first() if change
+                  else None) or roles.NOWHERE
         with transaction.atomic():
             super().save_model(request, obj, form, change)
             roles.sync_database_node(obj)
-        affected = roles.affected_groups(before, (obj.group_id, obj.role))
+        affected = roles.affected_groups(before, roles.placement(obj))
         if affected:
             job = actions.front_door_after_roles(affected, actor_kind=ActorKind.USER,
                                                  actor=request.user.get_username())

@@ -14,6 +14,7 @@ from django.utils import timezone
 from jobs.models import Job, LiveRelease
 
 from toppcloud_site.records.models import App, AuditEntry, Location, Node, Release, ServerGroup, Service
+from toppcloud_site.records.roles import NOWHERE, affected_groups
 
 pytestmark = pytest.mark.django_db
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -256,3 +257,13 @@ def test_an_lb_given_on_the_node_page_renders_the_groups_front_doors_again(admin
     with django_capture_on_commit_callbacks(execute=False):
         admin_client.post(url, node_form(Node.objects.get(name="lb1"), http_port=8081))
     assert Job.objects.filter(kind="front_door").count() == 1
+
+
+def test_the_groups_whose_front_doors_trust_another_balancer_are_those_an_lb_came_to_left_or_moved_in(group):
+    g, g2 = group.pk, ServerGroup.objects.create(name="g2").pk
+    assert affected_groups((g, "app", "10.1.0.4"), (g, "lb", "10.1.0.4")) == {g}  # an lb came
+    assert affected_groups((g, "lb", "10.1.0.2"), (g, "lb", "10.1.0.9")) == {g}  # the lb's address changed
+    assert affected_groups((g, "lb", "10.1.0.2"), (g2, "lb", "10.1.0.2")) == {g, g2}  # the lb moved
+    assert affected_groups((g, "app", "10.1.0.4"), (g, "db-replica", "10.1.0.4")) == set()  # same trust
+    assert affected_groups((g, "app", "10.1.0.4"), (g2, "app", "10.1.0.4")) == {g}  # g has an lb, g2 none
+    assert affected_groups(NOWHERE, (g2, "app", "10.1.0.7")) == set()

@@ -343,9 +343,10 @@ class _Importer:
             if node is None:
                 node = Node(name=name, group=group, **wanted)
                 self.note(f"+ node {name} ({wanted['address']}, role {wanted['role']})")
-                self.retrusted |= roles.affected_groups((None, None), (group.pk, node.role))
+                self.retrusted |= roles.affected_groups(roles.NOWHERE, (group.pk, node.role, node.address))
             else:
-                self.retrusted |= roles.affected_groups((node.group_id, node.role), (group.pk, wanted["role"]))
+                self.retrusted |= roles.affected_groups(roles.placement(node),
+                                                        (group.pk, wanted["role"], wanted["address"]))
                 diffs = [f"{key} {getattr(node, key)!r} -> {value!r}" for key, value in wanted.items()
                          if getattr(node, key) != value]
                 if node.group_id != group.pk:
@@ -362,7 +363,7 @@ class _Importer:
         for node in Node.objects.filter(group=group).exclude(name__in=self.doc["nodes"]).order_by("name"):
             self.note(f"- node {node.name} leaves the group (the node itself is kept)"
                       + (f"; its role {node.role} -> app" if node.role != Node.Role.APP else ""))
-            self.retrusted |= roles.affected_groups((group.pk, node.role), (None, Node.Role.APP))
+            self.retrusted |= roles.affected_groups(roles.placement(node), roles.NOWHERE)
             node.group, node.role = None, Node.Role.APP
             node.save()
         return nodes

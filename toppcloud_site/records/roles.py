@@ -24,18 +24,18 @@ def assign(node, *, role=UNSET, group=UNSET):
     """Give the node this role and/or group, validated (ValidationError) and saved with its group's database
     node in step; the groups whose nodes' front doors may trust another balancer now (their pks)."""
     with transaction.atomic():
-        before = (node.group_id, node.role) if node.pk else (None, None)
+        before = placement(node) if node.pk else NOWHERE
         if group is not UNSET:
             node.group = group
         if role is not UNSET:
             node.role = role
         # Two role changes in one group at once would each see the other's old role: one at a time per group.
-        groups = {pk for pk in (before[0], node.group_id) if pk is not None}
+        groups = {pk for pk in (before[0], node.group_id) if pk is not None}  # before[0]: its group then
         list(ServerGroup.objects.select_for_update().filter(pk__in=groups).values_list("pk", flat=True))
         node.full_clean()
         node.save()
         sync_database_node(node)
-    return affected_groups(before, (node.group_id, node.role))
+    return affected_groups(before, placement(node))
 
 
 def sync_database_node(node):
@@ -52,13 +52,22 @@ def sync_database_node(node):
     group.save(update_fields=["database_node"])
 
 
+NOWHERE = (None, Node.Role.APP, None)
+
+
+def placement(node):
+    """What of a node decides whom its group's front doors trust: (group pk, role, address)."""
+    return node.group_id, node.role, node.address
+
+
 def affected_groups(before, after):
-    """The groups (pks) whose app nodes' forwarded-header trust may have changed: an lb came or went, or a
-    node joined or left a group that has an lb."""
-    (old_group, old_role), (new_group, new_role) = before, after
-    if (old_group, old_role) == (new_group, new_role):
-        return set()
-    changed = {pk for pk in (old_group, new_group) if pk is not None}
-    if Node.Role.LB in (old_role, new_role):
-        return changed
-    return {pk for pk in changed if Node.objects.filter(group_id=pk, role=Node.Role.LB).exists()}
+    """The groups (pks) whose nodes' forwarded-header trust may have changed, from a node's placement before
+    and after: an lb came, went or changed address, or a node joined or left a group that has an lb."""
+    (old_group, old_role, _), (new_group, new_role, _) = before, after
+    lb = Node.Role.LB
+    if lb in (old_role, new_role) and before != after:
+        return {pk for pk in (old_group, new_group) if pk is not None}
+    if old_group == new_group:
+        return set()  # another role in the same group: whom its nodes trust is the same
+    return {pk for pk in (old_group, new_group)
+            if pk is not None and Node.objects.filter(group_id=pk, role=lb).exists()}
