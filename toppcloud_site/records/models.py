@@ -79,7 +79,7 @@ class ServerGroup(models.Model):
             raise ValidationError("static files origin and static files URL are set together or not at all")
 
     def clean_database_node(self):
-        """The database node and the db role agree (docs/groups.md): a node of this group is its database
+        """The database node and the db role agree (records/roles.py): a node of this group is its database
         node exactly when its role is db. (A node outside every group may still be the database node: the
         way groups had one before roles.)"""
         db = self.database_node if self.database_node_id else None
