@@ -301,6 +301,14 @@ def front_door_after_edit(app_ids, *, actor_kind, actor):
     return front_door(nodes, actor_kind=actor_kind, actor=actor) if nodes else None
 
 
+def front_door_after_roles(group_ids, *, actor_kind, actor):
+    """Nodes' roles or groups changed (node set, the admin, a group document): the front doors of these groups'
+    nodes where an app is live are rendered again, so they trust their group's lb node (and only it).
+    None when no app is live on any of them."""
+    nodes = list(Node.objects.filter(group_id__in=group_ids, live__isnull=False).distinct().order_by("name"))
+    return front_door(nodes, actor_kind=actor_kind, actor=actor) if nodes else None
+
+
 # Balancer
 
 BALANCER_HEALTH_SCHEDULE = "toppcloud-balancer-health"  # beat's entry: the actor of the health jobs

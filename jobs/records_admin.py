@@ -7,6 +7,7 @@ Each action calls jobs/actions.py; admin URLs, action names and permissions are 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import Q
 from django.http import FileResponse, Http404, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -28,7 +29,7 @@ from jobs.models import Job, LiveRelease
 from jobs.nodes import InvalidNode, check_node
 from nodeops.appini import AppIniError
 from nodeops.archive import ArchiveError
-from toppcloud_site.records import audit
+from toppcloud_site.records import audit, roles
 from toppcloud_site.records.admin import LocationForm, LocationInline, ServiceInline, masked_value
 from toppcloud_site.records.models import (
     App, Backup, ConfigValue, CronEntry, Location, Node, Release, ServerGroup)
@@ -54,7 +55,9 @@ def _front_door_after_edit(modeladmin, request, app_ids):
 
 @admin.register(ServerGroup)
 class ServerGroupAdmin(admin.ModelAdmin):
-    list_display = ["name", "node_count", "app_count", "database_node", "created_at"]
+    list_display = ["name", "node_count", "app_count", "database_node", "lb", "synchronous_replication",
+                    "created_at"]
+    list_filter = ["synchronous_replication"]
     search_fields = ["name", "description"]
     actions = ["rotate_shared_secret"]
 
@@ -73,14 +76,37 @@ class ServerGroupAdmin(admin.ModelAdmin):
     def app_count(self, obj):
         return obj.apps.count()
 
+    @admin.display(description="load balancer")
+    def lb(self, obj):
+        return ", ".join(n.name for n in obj.nodes.all() if n.role == Node.Role.LB) or "-"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("nodes")
+
 
 @admin.register(Node)
 class NodeAdmin(admin.ModelAdmin):
-    list_display = ["name", "group", "transport", "endpoint", "root", "http_port", "set_up_at", "os"]
-    list_filter = ["group", "transport"]
+    list_display = ["name", "group", "role", "transport", "endpoint", "root", "http_port", "set_up_at", "os"]
+    list_filter = ["role", "group", "transport"]
     search_fields = ["name", "address", "root"]
     readonly_fields = ["replication", "facts", "set_up_at", "created_at"]
     actions = ["set_up_nodes", "ping_nodes", "render_front_door"]
+
+    def save_model(self, request, obj, form, change):
+        """The form checked the role (Node.clean_role); saved, the group's database node follows the db role
+        and, when an lb node came, went or a node moved, the group's front doors are rendered again
+        (toppcloud_site/records/roles.py)."""
+        before = (Node.objects.filter(pk=obj.pk).values_list("group_id", "role", "address").first() if change
+                  else None) or roles.NOWHERE
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            roles.sync_database_node(obj)
+        affected = roles.affected_groups(before, roles.placement(obj))
+        if affected:
+            job = actions.front_door_after_roles(affected, actor_kind=ActorKind.USER,
+                                                 actor=request.user.get_username())
+            if job is not None:
+                _started(self, request, "Front door (forwarded-header trust)", [(job, ", ".join(job.params["nodes"]))])
 
     @admin.display(description="replication")
     def replication(self, obj):
@@ -433,14 +459,14 @@ class LocationAdmin(admin.ModelAdmin):
     was moved from)."""
 
     form = LocationForm
-    list_display = ["host", "path", "app"]
-    list_filter = ["app"]
+    list_display = ["host", "path", "app", "balancer_cache"]
+    list_filter = ["balancer_cache", "app"]
     search_fields = ["host", "path", "app__name"]
 
     def save_model(self, request, obj, form, change):
         before = Location.objects.filter(pk=obj.pk).values_list("app_id", flat=True).first() if change else None
         super().save_model(request, obj, form, change)
-        if form.has_changed():
+        if set(form.changed_data) - {"balancer_cache"}:  # the cache is the balancer's, not the front door's
             _front_door_after_edit(self, request, {obj.app_id, before} - {None})
 
     def delete_model(self, request, obj):

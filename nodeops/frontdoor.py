@@ -21,10 +21,21 @@ Host "*" is the node's default server (any host no other site names);
 "*.example.com" matches every name below example.com. A host with a
 certificate is served over HTTPS on the node's TLS port, and its plain
 HTTP redirects there (ACME http-01 challenges excepted).
+
+Who the client is: the app gets X-Forwarded-For and X-Real-IP set to the one
+address nginx believes, and X-Forwarded-Proto. A client's own forwarded
+headers are believed only when it connects from one of `trusted_proxies`
+(the group's load balancer; nginx's realip module): its X-Forwarded-For
+gives the client's address, its X-Forwarded-Proto the scheme. From any
+other address they are replaced by the connection's own address and
+scheme, so a forged header never reaches the app. (gunicorn trusts
+127.0.0.1, nginx, for the scheme; the other scheme headers it would
+believe, X-Forwarded-Ssl and X-Forwarded-Protocol, are cleared.)
 """
 
 import dataclasses
 import hashlib
+import ipaddress
 import os
 import re
 
@@ -35,7 +46,7 @@ from .appini import WRITABLE_NAME_RE
 from .release import validate_release
 from .steps import run_logged
 from .transport import CommandFailed
-from .validate import DEFAULT_HOST, validate_address, validate_location, validate_name, validate_port
+from .validate import DEFAULT_HOST, validate_location, validate_name, validate_port
 
 PYTHON = "/usr/bin/python3"
 SITE = "toppcloud.conf"  # the one file in run/nginx/sites/ (older per-app files are removed on push)
@@ -105,6 +116,33 @@ def listen_address(address, port):
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
+def trusted_proxy(value):
+    """An address or network (CIDR) whose forwarded headers nginx believes, in nginx's form; ValueError otherwise."""
+    if not isinstance(value, str):
+        raise ValueError(f"trusted proxy {value!r} is invalid: an IP address or network, e.g. 10.0.0.5 or 10.0.0.0/24")
+    try:
+        net = ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        raise ValueError(f"trusted proxy {value!r} is invalid: an IP address or network (CIDR) with no host bits "
+                         "set, e.g. 10.0.0.5 or 10.0.0.0/24") from None
+    return str(net) if "/" in value else str(net.network_address)
+
+
+def _forwarded(trusted):
+    """http-level directives: believe X-Forwarded-For/-Proto from `trusted` only (see the module doc)."""
+    if not trusted:
+        return ("# No load balancer in front: forwarded headers are believed from nobody.\n"
+                "map $scheme $toppcloud_forwarded_proto {\n    default $scheme;\n}\n")
+    return ("# X-Forwarded-For/-Proto are believed only from the group's load balancer: " + ", ".join(trusted) + ".\n"
+            + "".join(f"set_real_ip_from {a};\n" for a in trusted)
+            + "real_ip_header X-Forwarded-For;\n"
+            # The address the connection came from, before realip replaced $remote_addr.
+            + "geo $realip_remote_addr $toppcloud_from_balancer {\n    default 0;\n"
+            + "".join(f"    {a} 1;\n" for a in trusted) + "}\n"
+            + 'map "$toppcloud_from_balancer:$http_x_forwarded_proto" $toppcloud_forwarded_proto {\n'
+            + '    default $scheme;\n    "1:https" https;\n    "1:http" http;\n}\n')
+
+
 def _check_route(r):
     validate_name(r.app, "app")
     if validate_location(r.host, r.path) != (r.host, r.path):
@@ -141,12 +179,14 @@ def select(routes):
     return usable, refused
 
 
-def render(layout, routes, *, listen, tls_listen=None, certificates=(), trusted_proxy=None):
+def render(layout, routes, *, listen, tls_listen=None, certificates=(), trusted_proxies=()):
     """The nginx text (server blocks, included in nginx.conf's http block) for these routes.
 
-    trusted_proxy: the address of the group's balancer; its X-Forwarded-Proto is passed on to the apps
-    (from anyone else the scheme nginx saw is)."""
+    `trusted_proxies`: addresses (or networks) whose X-Forwarded-For/-Proto are believed: the group's
+    load balancer node. Empty: nobody's.
+    """
     listen = _listen(listen, "listen")
+    trusted = sorted({trusted_proxy(a) for a in trusted_proxies})
     by_host = {}
     for r in routes:
         _check_route(r)
@@ -159,18 +199,13 @@ def render(layout, routes, *, listen, tls_listen=None, certificates=(), trusted_
     if certs:
         tls_listen = _listen(tls_listen, "tls_listen")
     out = [f"# Managed by toppcloud: rendered from the control plane's records; {len(routes)} routes.\n",
-           _NAMES_HASH]
-    proto = "$scheme"
-    if trusted_proxy is not None:
-        out.append(f"map $remote_addr $toppcloud_forwarded_proto {{\n    default $scheme;\n"
-                   f"    {validate_address(trusted_proxy)} $http_x_forwarded_proto;\n}}\n")
-        proto = "$toppcloud_forwarded_proto"
+           _NAMES_HASH, _forwarded(trusted)]
     if certs:
         out.append(_TLS_SETTINGS)
     if DEFAULT_HOST not in by_host:
         by_host[DEFAULT_HOST] = {}  # the node's own default server: its health URL and a 404
     for host in sorted(by_host, key=lambda h: (h == DEFAULT_HOST, h)):
-        locations = "".join(_locations(layout, r, proto) for r in sorted(by_host[host].values(),
+        locations = "".join(_locations(layout, r) for r in sorted(by_host[host].values(),
                                                                    key=lambda r: (-len(r.path), r.path)))
         if "/" not in by_host[host]:
             locations += _NOTHING_HERE  # what no app's prefix matches
@@ -225,7 +260,7 @@ def _acme(layout):
             f"        default_type text/plain;\n    }}\n")
 
 
-def _locations(layout, r, proto="$scheme"):
+def _locations(layout, r):
     p = r.path
     if r.maintenance:
         page = MAINTENANCE_PAGE.format(app=r.app).replace('"', '\\"')
@@ -238,9 +273,15 @@ def _locations(layout, r, proto="$scheme"):
             f"    location {p} {{\n"
             f"        proxy_pass http://127.0.0.1:{r.port};\n"
             "        proxy_set_header Host $host;\n"
-            "        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
-            f"        proxy_set_header X-Forwarded-Proto {proto};\n"
+            # $remote_addr is the client nginx believes (realip: the balancer's X-Forwarded-For, or the
+            # connection's own address); the app gets that one address, never a chain a client wrote.
+            "        proxy_set_header X-Forwarded-For $remote_addr;\n"
+            "        proxy_set_header X-Forwarded-Proto $toppcloud_forwarded_proto;\n"
             "        proxy_set_header X-Real-IP $remote_addr;\n"
+            '        proxy_set_header X-Forwarded-Ssl "";\n'
+            '        proxy_set_header X-Forwarded-Protocol "";\n'
+            '        proxy_set_header X-Forwarded-Host "";\n'
+            '        proxy_set_header Forwarded "";\n'
             # gunicorn takes SCRIPT_NAME from its trusted proxy (127.0.0.1) and strips it off PATH_INFO;
             # nginx sends no header with an empty value, so an app at "/" gets SCRIPT_NAME "".
             f'        proxy_set_header SCRIPT_NAME "{script_name}";\n'

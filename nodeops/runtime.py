@@ -63,6 +63,8 @@ def gunicorn_config(layout, env_file, gate):
     is "rewrite the env file, send HUP" (nodeops.release.apply_env). Its
     pre_request/post_request hooks are the app's request gate (`gate`,
     node_exec.RequestGate): requests wait while a restore swaps the data.
+    Its post_worker_init gives the app the client's address as REMOTE_ADDR
+    (node_exec.real_client_address).
     """
     return (
         "# Managed by toppcloud: gunicorn reads this at start and on HUP (config apply).\n"
@@ -72,6 +74,8 @@ def gunicorn_config(layout, env_file, gate):
         "# Requests wait here while a restore or a revert swaps the app's data in (nodeops/hostside/node_data.py).\n"
         f"_gate = _exec['RequestGate']({gate!r})\n"
         "pre_request, post_request = _gate.pre_request, _gate.post_request\n"
+        "# REMOTE_ADDR: the client nginx believes (its X-Real-IP), not nginx's 127.0.0.1.\n"
+        "post_worker_init = _exec['real_client_address']\n"
     )
 
 

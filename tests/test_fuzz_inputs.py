@@ -116,15 +116,22 @@ _values = st.recursive(st.one_of(TEXT, st.integers(), st.booleans(), st.floats(a
 _app = st.fixed_dictionaries({}, optional={"description": _values, "locations": st.one_of(
     _values, st.lists(st.one_of(TEXT, st.sampled_from(["Loc-Upper.Test/", "x.test/a/", "*/", "\0/"])),
                       max_size=3)), "config": st.dictionaries(TEXT, _values, max_size=3),
-                                      "secrets": st.lists(TEXT, max_size=2)})
+                                      "secrets": st.lists(TEXT, max_size=2),
+                                      "balancer_cache": st.one_of(_values, st.lists(st.sampled_from(
+                                          ["Loc-Upper.Test/", "x.test/a/", "*/", "y.test/"]), max_size=2))})
 _doc = st.fixed_dictionaries({"group": st.fixed_dictionaries(
     {"name": st.one_of(st.just("fuzzed"), TEXT)},
     optional={"description": _values, "database_node": _values, "static_publish": _values,
-              "config": st.dictionaries(TEXT, _values, max_size=3)})},
+              "synchronous_replication": _values, "config": st.dictionaries(TEXT, _values, max_size=3)})},
     optional={"apps": st.dictionaries(st.one_of(st.just("fuzzed"), TEXT), _app, max_size=2),
-              "nodes": st.dictionaries(TEXT, st.dictionaries(st.sampled_from(["address", "ssh_port", "root",
-                                                                               "host_key", "shell"]), _values,
-                                                             max_size=3), max_size=2)})
+              "nodes": st.dictionaries(TEXT, st.one_of(
+                  st.dictionaries(st.sampled_from(["address", "ssh_port", "root", "host_key", "shell", "role"]),
+                                  _values, max_size=3),
+                  # nodes the rules must weigh: local ones with roles (two lbs, a replica without a primary...)
+                  st.fixed_dictionaries({"address": st.sampled_from(["10.9.0.1", "10.9.0.2", "10.9.0.3"]),
+                                         "transport": st.just("local"),
+                                         "role": st.sampled_from(["app", "lb", "db", "db-replica", "boss"])})),
+                  max_size=3)})
 
 
 def _toml(doc):

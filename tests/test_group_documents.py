@@ -18,7 +18,7 @@ HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9ok
 def group():
     """A group with two nodes (one its database node), two apps, locations and config at both scopes."""
     group = ServerGroup.objects.create(name="web", description="the public sites\nsecond line")
-    db = Node.objects.create(name="db1", group=group, address="10.0.0.5", host_key=HOST_KEY, pg_port=5434)
+    db = Node.objects.create(name="db1", group=group, address="10.0.0.5", host_key=HOST_KEY, pg_port=5434, role="db")
     Node.objects.create(name="app1", group=group, address="10.0.0.6", transport="local", root="/srv/tc",
                         http_port=8080)
     group.database_node = db
@@ -121,7 +121,7 @@ def test_a_document_builds_the_group_in_an_empty_control_plane_and_names_the_sec
     group.delete()  # its config with it
 
     out, err = import_doc(tmp_path, text)
-    assert "+ group web" in out and "+ node db1 (10.0.0.5)" in out and "+ app shop" in out
+    assert "+ group web" in out and "+ node db1 (10.0.0.5, role db)" in out and "+ app shop" in out
     assert "secret SHARED_TOKEN (group web) is named in the document but not set" in err
     assert "secret STRIPE_KEY (app shop) is named" in err
     for key, scope in (("SHARED_TOKEN", {"group": ServerGroup.objects.get(name="web")}),

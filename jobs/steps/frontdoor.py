@@ -6,7 +6,14 @@ is live there (LiveRelease, plus the release being activated), the apps'
 Location records and maintenance flags, and the certificates of their
 hosts; nodeops.frontdoor renders that and pushes it (nginx -t first). A
 deploy's release.activated event is recorded under the same lock.
+
+An app node whose group has a load balancer node believes X-Forwarded-For
+and X-Forwarded-Proto from that node's address only (trusted_proxies_for);
+from every other client nginx gives the app the connection's own address.
 """
+
+import ipaddress
+import socket
 
 from django.db import transaction
 
@@ -51,14 +58,14 @@ def update(ctx, node, *, activating=None):
 
 def _push(ctx, node, t, layout, routes, activating):
     """Render and push the routes: (None, changed), or (the exception, None) with the events so far kept."""
-    balancer = balancer_in_front(node)
     # Behind a balancer, TLS ends there (it sends plain HTTP here, which a certificate would redirect), and
-    # its X-Forwarded-Proto is the one apps are given.
-    certificates = certificates_for(routes) if balancer is None else []
+    # its X-Forwarded-For/-Proto are the ones apps are given.
+    certificates = certificates_for(routes) if balancer_in_front(node) is None else []
+    trusted = trusted_proxies_for(node)
     try:
         text = frontdoor.render(layout, routes, listen=listen_for(node, layout),
                                 tls_listen=frontdoor.listen_address(node.address, node.https_port),
-                                certificates=certificates, trusted_proxy=balancer and balancer.address)
+                                certificates=certificates, trusted_proxies=trusted)
     except ValueError as exc:
         return frontdoor.FrontDoorError(f"the front door of {node.name} cannot be rendered: {exc}; "
                                         "the live config is unchanged"), None
@@ -67,7 +74,7 @@ def _push(ctx, node, t, layout, routes, activating):
     except Exception as exc:  # nginx refused it, the node is unreachable...: the events so far are
         return exc, None      # kept (the caller leaves the transaction normally), then fails
     ctx.emit("front_door", node=node.name, changed=changed, routes=frontdoor.describe(routes),
-             https=sorted(c.host for c in certificates))
+             https=sorted(c.host for c in certificates), trusted_proxies=trusted)
     if activating:
         app, release, port, host, path = activating
         ctx.emit(Kind.RELEASE_ACTIVATED, app=app.name, node=node.name, host=host, path=path,
@@ -112,6 +119,29 @@ def routes_for(node, activating=None):
                 static=ini.get("static") or None, writable=tuple(ini.get("writable_static_files") or ()),
                 maintenance=app.maintenance))
     return own + extra
+
+
+def trusted_proxies_for(node):
+    """The addresses whose forwarded headers the node's nginx believes: its group's lb node's (none without one).
+
+    A host name is resolved here, on the control plane, to the addresses it has now (nginx's realip wants
+    addresses); one that does not resolve is trusted nowhere: its clients' headers are then not believed,
+    which is the safe way to fail.
+    """
+    if node.group_id is None:
+        return []
+    lb = Node.objects.filter(group_id=node.group_id, role=Node.Role.LB).exclude(pk=node.pk).first()
+    if lb is None:
+        return []
+    try:
+        return [str(ipaddress.ip_address(lb.address))]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(lb.address, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    return sorted({info[4][0] for info in infos if "%" not in info[4][0]})  # no link-local zones (fe80::1%eth0)
 
 
 def certificates_for(routes):

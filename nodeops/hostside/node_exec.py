@@ -71,6 +71,7 @@ command's own output never goes to stderr.
 import argparse
 import ctypes
 import fcntl
+import ipaddress
 import json
 import os
 import select
@@ -242,6 +243,36 @@ def reload_environment(path):
     for key in [k for k in os.environ if k not in env and k not in GUNICORN_OWN]:
         del os.environ[key]
     os.environ.update(env)
+
+
+# --- the client's address ---------------------------------------------------
+
+# The node's own nginx: gunicorn listens on 127.0.0.1 only, so every request comes from there.
+NGINX_PEERS = ("127.0.0.1", "::1")
+
+
+def real_client_address(worker):
+    """gunicorn's post_worker_init: the app's REMOTE_ADDR is the client nginx believes, not nginx itself.
+
+    gunicorn sets REMOTE_ADDR to the socket's peer, which behind the node's
+    nginx is always 127.0.0.1. nginx sends X-Real-IP: the connection's own
+    address, or the load balancer's X-Forwarded-For when the connection
+    comes from the balancer (nodeops/frontdoor.py); a value that is not an
+    IP address is not used. Requests from the node itself without it (cron,
+    tasks) keep 127.0.0.1.
+    """
+    app = worker.wsgi
+
+    def application(environ, start_response):
+        real = environ.get("HTTP_X_REAL_IP")
+        if real and environ.get("REMOTE_ADDR") in NGINX_PEERS:
+            try:
+                environ["REMOTE_ADDR"] = str(ipaddress.ip_address(real.strip()))
+            except ValueError:
+                pass
+        return app(environ, start_response)
+
+    worker.wsgi = application
 
 
 # --- holding requests while the app's data are swapped -----------------------

@@ -15,7 +15,7 @@ class LocationForm(forms.ModelForm):
 
     class Meta:
         model = Location
-        fields = ["app", "host", "path"]
+        fields = ["app", "host", "path", "balancer_cache"]
 
     def clean_host(self):
         return self._canonical("host", validate.validate_location_host)

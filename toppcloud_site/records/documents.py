@@ -1,8 +1,15 @@
 """Group documents: a server group as TOML text to keep in version control (export_group, import_group).
 
-    [group]        name, description, database_node, secrets (names only), and [group.config]
-    [nodes.NAME]   where and how the control plane reaches each node of the group
-    [apps.NAME]    description, locations ("host/path"), secrets (names only), and [apps.NAME.config]
+    [group]        name, description, database_node, synchronous_replication, secrets (names only),
+                   and [group.config]
+    [nodes.NAME]   where and how the control plane reaches each node of the group, and its role
+                   (app, lb, db, db-replica)
+    [apps.NAME]    description, locations ("host/path"), balancer_cache (those of its locations the
+                   group's balancer caches), secrets (names only), and [apps.NAME.config]
+
+A document written before roles existed still imports: a node without a role
+is the group's db node if it is the document's database_node, an app node
+otherwise; synchronous_replication is false and no location is cached.
 
 The document is the whole group: importing it makes the records say what it
 says. Apps and nodes it leaves out are taken out of the group (never
@@ -25,6 +32,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from nodeops import validate
+from toppcloud_site.records import roles
 from toppcloud_site.records.models import App, ConfigValue, Location, Node, ServerGroup
 
 MAX_BYTES = 1 << 20  # a group document larger than this is refused unread
@@ -34,9 +42,11 @@ HEADER = ("# toppcloud server group document: `manage.py import_group FILE` make
 
 # Node fields a document holds, with their TOML types; the rest (facts, set-up time) is bookkeeping.
 NODE_FIELDS = {"address": str, "transport": str, "ssh_port": int, "ssh_user": str, "root": str, "http_port": int,
-               "https_port": int, "pg_cluster": str, "pg_port": int, "host_key": str}
+               "https_port": int, "pg_cluster": str, "pg_port": int, "host_key": str, "role": str}
 # Group fields a document holds as they are (strings); database_node and config have their own forms.
 GROUP_FIELDS = ("description", "static_publish", "static_publish_url")
+# Group fields that are true or false (absent: false).
+GROUP_FLAGS = ("synchronous_replication",)
 
 
 class DocumentError(ValueError):
@@ -48,12 +58,15 @@ class DocumentError(ValueError):
 def export_group(group):
     """The group as document text."""
     doc = {"group": {"name": group.name, **{name: getattr(group, name) for name in GROUP_FIELDS},
+                     **{name: getattr(group, name) for name in GROUP_FLAGS},
                      "database_node": group.database_node.name if group.database_node_id else "",
                      **_config_tables(ConfigValue.objects.filter(scope="group", group=group))}}
     doc["nodes"] = {node.name: {name: getattr(node, name) for name in NODE_FIELDS}
                     for node in group.nodes.order_by("name")}
     doc["apps"] = {app.name: {"description": app.description,
                               "locations": sorted(f"{loc.host}{loc.path}" for loc in app.locations.all()),
+                              "balancer_cache": sorted(f"{loc.host}{loc.path}" for loc in app.locations.all()
+                                                       if loc.balancer_cache),
                               **_config_tables(ConfigValue.objects.filter(scope="app", app=app))}
                    for app in group.apps.order_by("name").prefetch_related("locations")}
     return HEADER + tomli_w.dumps(doc)
@@ -88,12 +101,13 @@ def parse(data: bytes):
     _keys(doc, "the document", required={"group"}, allowed={"group", "nodes", "apps"})
     group = _table(doc, "group", "the document")
     _keys(group, "[group]", required={"name"},
-          allowed={"name", *GROUP_FIELDS, "database_node", "secrets", "config"})
+          allowed={"name", *GROUP_FIELDS, *GROUP_FLAGS, "database_node", "secrets", "config"})
     nodes = _table(doc, "nodes", "the document", default={})
     apps = _table(doc, "apps", "the document", default={})
     parsed = {
         "name": _string(group, "name", "[group]"),
         **{name: _string(group, name, "[group]", default="") for name in GROUP_FIELDS},
+        **{name: _typed(group, name, bool, "[group]", default=False) for name in GROUP_FLAGS},
         "database_node": _string(group, "database_node", "[group]", default=""),
         "config": _scope(group, "[group]"),
         "nodes": {},
@@ -106,17 +120,28 @@ def parse(data: bytes):
         _keys(node, where, required={"address"}, allowed=set(NODE_FIELDS))
         parsed["nodes"][name] = {key: _typed(node, key, kind, where) for key, kind in NODE_FIELDS.items()
                                  if key in node}
+        if "role" not in node:  # a document from before roles
+            parsed["nodes"][name]["role"] = Node.Role.DB if name == parsed["database_node"] else Node.Role.APP
     for name, app in apps.items():
         where = f"[apps.{name}]"
         if not isinstance(app, dict):
             raise DocumentError(f"{where} must be a table of app fields")
-        _keys(app, where, allowed={"description", "locations", "secrets", "config"})
+        _keys(app, where, allowed={"description", "locations", "balancer_cache", "secrets", "config"})
         locations = app.get("locations", [])
         if not isinstance(locations, list) or not all(isinstance(loc, str) for loc in locations):
             raise DocumentError(f"{where} locations must be a list of \"host/path\" strings")
+        cached = app.get("balancer_cache", [])
+        if not isinstance(cached, list) or not all(isinstance(loc, str) for loc in cached):
+            raise DocumentError(f"{where} balancer_cache must be a list of \"host/path\" strings, "
+                                "each one of its locations")
         parsed["apps"][name] = {"description": _string(app, "description", where, default=""),
                                 "locations": [_location(loc, where) for loc in locations],
+                                "balancer_cache": [_location(loc, where) for loc in cached],
                                 "config": _scope(app, where)}
+        strays = [f"{h}{p}" for h, p in parsed["apps"][name]["balancer_cache"]
+                  if (h, p) not in parsed["apps"][name]["locations"]]
+        if strays:
+            raise DocumentError(f"{where} balancer_cache names {', '.join(strays)}, which is not one of its locations")
     return parsed
 
 
@@ -152,6 +177,8 @@ def _table(doc, key, where, default=None):
 
 def _typed(table, key, kind, where, default=None):
     value = table.get(key, default)
+    if kind is bool and not isinstance(value, bool):
+        raise DocumentError(f"{key} in {where} must be true or false, not {value!r}"[:300])
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise DocumentError(f"{key} in {where} must be a whole number, not {value!r}"[:300])
     if kind is str:
@@ -204,8 +231,9 @@ def plan(doc):
 def apply(doc):
     """Make the records match `doc`, in one transaction; (the changes as lines for a person to read, secrets
     the document names that are not set, the ids of apps whose locations changed: their nodes' front doors
-    need rendering). Any invalid value (or clash with another group's records) raises DocumentError,
-    changing nothing."""
+    need rendering, the ids of groups whose lb node came, went or gained or lost nodes: their nodes' front
+    doors need rendering too, for whom they trust). Any invalid value (or clash with another group's records)
+    raises DocumentError, changing nothing."""
     return _apply(doc, dry_run=False)
 
 
@@ -214,10 +242,10 @@ class _DryRun(Exception):
 
 
 def _apply(doc, *, dry_run):
-    changes, rerouted = [], set()
+    changes, rerouted, retrusted = [], set(), set()
     try:
         with transaction.atomic():
-            missing = _Importer(doc, changes, rerouted).run()
+            missing = _Importer(doc, changes, rerouted, retrusted).run()
             if dry_run:
                 raise _DryRun
     except _DryRun:
@@ -226,7 +254,7 @@ def _apply(doc, *, dry_run):
         raise DocumentError(_message(exc)) from None
     except IntegrityError as exc:
         raise DocumentError(f"the document clashes with records outside it: {exc}".strip()) from None
-    return changes, missing, sorted(rerouted)
+    return changes, missing, sorted(rerouted), sorted(retrusted)
 
 
 def _message(exc):
@@ -238,8 +266,8 @@ def _message(exc):
 class _Importer:
     """Walks the document, saving what differs (each save an audit entry) and noting it in `changes`."""
 
-    def __init__(self, doc, changes, rerouted):
-        self.doc, self.changes, self.rerouted = doc, changes, rerouted
+    def __init__(self, doc, changes, rerouted, retrusted):
+        self.doc, self.changes, self.rerouted, self.retrusted = doc, changes, rerouted, retrusted
 
     def note(self, line):
         self.changes.append(line)
@@ -251,22 +279,53 @@ class _Importer:
             raise ValidationError(f"{what}: {_message(exc)}") from None
         obj.save()
 
+    def save_node(self, node, what):
+        """A node's own fields checked, its role by check_roles once every node and the database node are as
+        the document says (one at a time, moving the lb from one node to another would clash with itself)."""
+        try:
+            node.clean_fields()
+            node.clean_transport()
+            node.validate_unique()
+            node.validate_constraints()
+        except ValidationError as exc:
+            raise ValidationError(f"{what}: {_message(exc)}") from None
+        node.save()
+
+    def check_roles(self, group):
+        for node in Node.objects.filter(group=group).select_related("group").order_by("name"):
+            try:
+                node.clean_role()
+            except ValidationError as exc:
+                raise ValidationError(f"node {node.name}: {_message(exc)}") from None
+        group.refresh_from_db()
+        try:
+            group.clean_database_node()
+        except ValidationError as exc:
+            raise ValidationError(f"group {group.name}: {_message(exc)}") from None
+
     def run(self):
         doc = self.doc
         group = ServerGroup.objects.filter(name=doc["name"]).first()
         if group is None:
             group = ServerGroup(name=doc["name"])
             self.note(f"+ group {doc['name']}")
-        changed = [name for name in GROUP_FIELDS if getattr(group, name) != doc[name]]
+        changed = [name for name in (*GROUP_FIELDS, *GROUP_FLAGS) if getattr(group, name) != doc[name]]
         if changed or group.pk is None:
             if group.pk is not None:
                 for name in changed:
                     self.note(f"~ group {group.name}: {name} {getattr(group, name)!r} -> {doc[name]!r}")
-            for name in GROUP_FIELDS:
+            for name in (*GROUP_FIELDS, *GROUP_FLAGS):
                 setattr(group, name, doc[name])
-            self.save(group, f"group {doc['name']}")
+            try:  # the database node is checked against the roles once the nodes are saved (check_roles)
+                group.clean_fields()
+                group.clean_static_publish()
+                group.validate_unique()
+            except ValidationError as exc:
+                raise ValidationError(f"group {doc['name']}: {_message(exc)}") from None
+            group.save()
         nodes = self.nodes(group)
         self.database_node(group, nodes)
+        self.check_roles(group)
         missing = self.config(f"group {group.name}", {"scope": "group", "group": group}, doc["config"])
         for name, spec in sorted(doc["apps"].items()):
             missing += self.app(group, name, spec)
@@ -283,8 +342,11 @@ class _Importer:
             wanted = {**{key: Node._meta.get_field(key).get_default() for key in NODE_FIELDS}, **spec}
             if node is None:
                 node = Node(name=name, group=group, **wanted)
-                self.note(f"+ node {name} ({wanted['address']})")
+                self.note(f"+ node {name} ({wanted['address']}, role {wanted['role']})")
+                self.retrusted |= roles.affected_groups(roles.NOWHERE, (group.pk, node.role, node.address))
             else:
+                self.retrusted |= roles.affected_groups(roles.placement(node),
+                                                        (group.pk, wanted["role"], wanted["address"]))
                 diffs = [f"{key} {getattr(node, key)!r} -> {value!r}" for key, value in wanted.items()
                          if getattr(node, key) != value]
                 if node.group_id != group.pk:
@@ -296,11 +358,13 @@ class _Importer:
                 node.group = group
                 for key, value in wanted.items():
                     setattr(node, key, value)
-            self.save(node, f"node {name}")
+            self.save_node(node, f"node {name}")
             nodes[name] = node
         for node in Node.objects.filter(group=group).exclude(name__in=self.doc["nodes"]).order_by("name"):
-            self.note(f"- node {node.name} leaves the group (the node itself is kept)")
-            node.group = None
+            self.note(f"- node {node.name} leaves the group (the node itself is kept)"
+                      + (f"; its role {node.role} -> app" if node.role != Node.Role.APP else ""))
+            self.retrusted |= roles.affected_groups(roles.placement(node), roles.NOWHERE)
+            node.group, node.role = None, Node.Role.APP
             node.save()
         return nodes
 
@@ -332,21 +396,31 @@ class _Importer:
             self.note(f"~ app {name}: " + "; ".join(diffs))
             app.group, app.description = group, spec["description"]
             self.save(app, f"app {name}")
-        self.locations(app, spec["locations"])
+        self.locations(app, spec["locations"], spec["balancer_cache"])
         return self.config(f"app {name}", {"scope": "app", "app": app}, spec["config"])
 
-    def locations(self, app, wanted):
+    def locations(self, app, wanted, cached):
         have = {(loc.host, loc.path): loc for loc in app.locations.all()}
+        cached = set(cached)
         if set(have) != set(wanted):
             self.rerouted.add(app.pk)
         for key in sorted(set(have) - set(wanted)):
             self.note(f"- app {app.name}: location {key[0]}{key[1]}")
             have[key].delete()
+        for key in sorted(set(have) & set(wanted)):
+            loc = have[key]
+            if loc.balancer_cache != (key in cached):
+                self.note(f"~ app {app.name}: location {key[0]}{key[1]} balancer_cache "
+                          f"{loc.balancer_cache} -> {key in cached}")
+                loc.balancer_cache = key in cached
+                self.save(loc, f"location {key[0]}{key[1]} of app {app.name}")
         for host, path in sorted(set(wanted) - set(have)):
-            self.note(f"+ app {app.name}: location {host}{path}")
+            self.note(f"+ app {app.name}: location {host}{path}" + (" (cached at the balancer)"
+                                                                     if (host, path) in cached else ""))
             if Location.objects.filter(host=host, path=path).exclude(app=app).exists():
                 raise ValidationError(f"location {host}{path} of app {app.name} belongs to another app")
-            self.save(Location(app=app, host=host, path=path), f"location {host}{path} of app {app.name}")
+            self.save(Location(app=app, host=host, path=path, balancer_cache=(host, path) in cached),
+                      f"location {host}{path} of app {app.name}")
 
     def config(self, where, scope, wanted):
         have = {v.key: v for v in ConfigValue.objects.filter(**scope)}

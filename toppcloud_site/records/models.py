@@ -74,8 +74,31 @@ class ServerGroup(models.Model):
         return self.name
 
     def clean(self):
+        self.clean_static_publish()
+        self.clean_database_node()
+
+    def clean_static_publish(self):
         if bool(self.static_publish) != bool(self.static_publish_url):
             raise ValidationError("static files origin and static files URL are set together or not at all")
+
+    def clean_database_node(self):
+        """The database node and the db role agree (records/roles.py): a node of this group is its database
+        node exactly when its role is db. (A node outside every group may still be the database node: the
+        way groups had one before roles.)"""
+        db = self.database_node if self.database_node_id else None
+        if db is not None and db.group_id not in (None, self.pk):
+            raise ValidationError({"database_node": f"node {db.name} belongs to group {db.group.name}: "
+                                                    "a group's database node is one of its own nodes"})
+        if db is not None and db.group_id == self.pk and self.pk is not None and db.role != Node.Role.DB:
+            raise ValidationError({"database_node": f"node {db.name} has role {db.role} in this group: make it the "
+                                                    f"group's db node (`manage.py node set {db.name} --role db`), "
+                                                    "which makes it the database node too"})
+        if self.pk is not None:
+            other = self.nodes.filter(role=Node.Role.DB).exclude(pk=self.database_node_id).first()
+            if other is not None:
+                raise ValidationError({"database_node": f"node {other.name} is this group's db node: it is the "
+                                                        "database node (give it another role first: "
+                                                        f"`manage.py node set {other.name} --role app`)"})
 
 
 class Node(models.Model):
@@ -126,9 +149,54 @@ class Node(models.Model):
         return self.name
 
     def clean(self):
+        self.clean_transport()
+        self.clean_role()
+
+    def clean_transport(self):
         if self.transport == self.Transport.SSH and not self.host_key:
             raise ValidationError({"host_key": "an SSH node needs a pinned host key; "
                                                "`manage.py node pin-key NAME` scans and pins it"})
+
+    def clean_role(self):
+        """A group has at most one lb node and one db node; a db-replica needs a group with a database node;
+        the db node is the group's database node (records/roles.py keeps the two together when a role is
+        set). ValidationError on the role field, naming the node in the way."""
+        role, Role = self.role, self.Role
+        group = self.group if self.group_id else None
+        if role not in Role.values:
+            return  # clean_fields says so (choices)
+        if group is None:
+            if role != Role.APP:
+                raise ValidationError({"role": f"a node with role {role} belongs to a server group: give it one "
+                                               "(--group GROUP)"})
+            return
+        others = Node.objects.filter(group_id=group.pk).exclude(pk=self.pk)
+        if role in (Role.LB, Role.DB):
+            other = others.filter(role=role).order_by("name").first()
+            if other is not None:
+                what = "load balancer" if role == Role.LB else "database (primary)"
+                raise ValidationError({"role": f"group {group.name} already has its {role} node {other.name}: "
+                                               f"a group has at most one {what} node"})
+        db_id = ServerGroup.objects.filter(pk=group.pk).values_list("database_node_id", flat=True).first()
+        if role == Role.DB and db_id is not None and db_id != self.pk:
+            db = Node.objects.filter(pk=db_id).values_list("name", flat=True).first()
+            raise ValidationError({"role": f"group {group.name}'s database node is {db}: a group has one primary "
+                                           "(`manage.py promote` makes a replica the primary)"})
+        if role == Role.DB_REPLICA and db_id is None:
+            raise ValidationError({"role": f"a db-replica replicates its group's database node, and group "
+                                           f"{group.name} has none: give the group a db node first"})
+        if role != Role.DB and db_id is not None and db_id == self.pk:
+            kept = list(Service.objects.filter(node_id=self.pk, kind=Service.Kind.POSTGRESQL, app__group_id=group.pk)
+                        .order_by("app__name").values_list("app__name", flat=True)[:5])
+            if kept:
+                raise ValidationError({"role": f"node {self.name} is group {group.name}'s database node and apps "
+                                               f"keep their databases on it ({', '.join(kept)}): it stays db "
+                                               "(`manage.py promote` makes another node the primary)"})
+        if role == Role.DB and self.pk is not None:
+            elsewhere = ServerGroup.objects.filter(database_node_id=self.pk).exclude(pk=group.pk).first()
+            if elsewhere is not None:
+                raise ValidationError({"group": f"node {self.name} is the database node of group {elsewhere.name}: "
+                                                "it cannot be the db node of another group"})
 
     def transport_spec(self, identity_file, control_dir, connect_timeout=10):
         """What nodeops.transport.transport_for needs to reach this node."""

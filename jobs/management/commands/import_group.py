@@ -40,7 +40,7 @@ class Command(cli.Command):
             doc = documents.parse(data)
             actor = actor or getpass.getuser()
             with audit.acting_as(f"user:{actor}"):
-                changes, missing, rerouted = (documents.plan if dry_run else documents.apply)(doc)
+                changes, missing, rerouted, retrusted = (documents.plan if dry_run else documents.apply)(doc)
         except documents.DocumentError as exc:
             raise CommandError(f"{file}: {exc}; nothing was changed") from None
         for line in changes:
@@ -54,6 +54,10 @@ class Command(cli.Command):
             job = actions.front_door_after_edit(rerouted, actor_kind=ActorKind.USER, actor=actor) if rerouted else None
             if job is not None:
                 self.stdout.write(f"locations changed: front_door job {job.pk} renders {', '.join(job.params['nodes'])}")
+            job = actions.front_door_after_roles(retrusted, actor_kind=ActorKind.USER, actor=actor) if retrusted else None
+            if job is not None:
+                self.stdout.write(f"forwarded-header trust changed: front_door job {job.pk} renders "
+                                  f"{', '.join(job.params['nodes'])}")
         for name in missing:
             self.stderr.write(f"secret {name} is named in the document but not set: "
                               f"`manage.py config set KEY --secret --app/--group ...` sets it")
