@@ -12,6 +12,8 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
+import types
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,8 @@ from jobs import actions
 from jobs.models import Job
 from nodeops import frontdoor
 from nodeops.layout import NodeLayout
-from tests.helpers import wait_for_job
+from tests.helpers import wait_for_job, wait_until
+from tests.hosts import port_free
 from tests.test_deploy_flow import deploy
 from toppcloud_site.records.models import Node, ServerGroup
 
@@ -155,3 +158,46 @@ def test_without_an_lb_node_nobody_is_believed(group_with_lb):
     assert "set_real_ip_from" not in live
     seen = ask(app, hostname, source=lb.address, headers=[("X-Forwarded-For", CLIENT), ("X-Forwarded-Proto", "https")])
     assert (seen["remote_addr"], seen["x_forwarded_for"], seen["scheme"]) == (lb.address, lb.address, "http")
+
+
+def haproxy_cfg(lb, app, port, *, source):
+    """A minimal HAProxy on the lb host's address in front of the app node, as the group's balancer does it:
+    option forwardfor (appends the client's address) and its own X-Forwarded-Proto."""
+    server = f"server app {app.address}:{app.http_port}" + (f" source {lb.address}" if source else "")
+    return ("global\n    log stderr format raw local0 warning\n"
+            "defaults\n    mode http\n    timeout connect 2s\n    timeout client 5s\n    timeout server 5s\n"
+            f"frontend front\n    bind {lb.address}:{port}\n    option forwardfor\n"
+            "    http-request set-header X-Forwarded-Proto https\n    default_backend apps\n"
+            f"backend apps\n    {server}\n")
+
+
+@pytest.mark.parametrize("source", [True, False], ids=["from-its-address", "from-another-address"])
+def test_through_a_real_haproxy_the_app_sees_the_client_haproxy_saw(group_with_lb, tmp_path, source):
+    """HAProxy appends the address it saw to a forged X-Forwarded-For: that last one is what the app gets, as
+    long as HAProxy connects from the lb node's address (`source`); from another one nothing it says is
+    believed, and the app sees HAProxy's own connection (trust fails closed)."""
+    g = group_with_lb
+    app, lb = g["app"], g["lb"]
+    port = next(p for p in range(18600, 18700) if port_free(lb.address, p))
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(haproxy_cfg(lb, app, port, source=source))
+    check = subprocess.run(["/usr/sbin/haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    log = (tmp_path / "haproxy.log").open("w")
+    proc = subprocess.Popen(["/usr/sbin/haproxy", "-db", "-f", str(cfg)], stdout=log, stderr=log)
+    try:
+        wait_until(lambda: not port_free(lb.address, port) or proc.poll() is not None, timeout=10,
+                   what="haproxy listening")
+        assert proc.poll() is None, (tmp_path / "haproxy.log").read_text()
+        browser = "127.0.0.250"  # any address but the lb's
+        via = types.SimpleNamespace(address=lb.address, http_port=port)  # the balancer's front
+        seen = ask(via, g["hostname"], source=browser, headers=[("X-Forwarded-For", "198.51.100.9")])
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+    if source:
+        assert (seen["remote_addr"], seen["x_forwarded_for"], seen["scheme"]) == (browser, browser, "https"), seen
+    else:
+        assert (seen["remote_addr"], seen["x_forwarded_for"], seen["scheme"]) == ("127.0.0.1", "127.0.0.1", "http")
