@@ -1,8 +1,8 @@
 """A real server group behind a real balancer, shared by the balancer tests: three test hosts (one lb node,
 two app nodes) set up by real setup_node jobs, and the `balanced` fixture app deployed to both app nodes.
 
-Import the fixture into a test module (`from tests.balancer_group import lb_group  # noqa: F401`); it is
-made once a session, and its hosts are stopped (HAProxy, nginx, supervisord by pid) at the end.
+tests/conftest.py offers the fixture `lb_group`; it is made once a session, and its hosts are stopped
+(HAProxy, nginx, supervisord by pid) at the end.
 """
 
 import http.client

@@ -19,7 +19,6 @@ from django.utils import timezone
 from jobs import actions
 from jobs.models import Job
 from nodeops import balancer, frontdoor as node_frontdoor
-from tests import balancer_group
 from tests.balancer_group import Load, headers_seen, request, states
 from tests.helpers import wait_for_job, wait_until
 from tests.nodeops_helpers import Events
@@ -27,7 +26,6 @@ from tests.tlsca import issue, make_ca
 from toppcloud_site.records.models import App, Location
 
 pytestmark = [pytest.mark.hosts, pytest.mark.worker]
-lb_group = balancer_group.lb_group  # the shared group (one lb + two app nodes), made once a session
 
 
 def backend(g):
