@@ -40,9 +40,10 @@ def test_it_sends_requests_to_both_app_nodes_with_the_forwarding_headers(lb_grou
         assert status == 200 and body.startswith("balanced version 1"), (status, body)
         seen[headers["x-toppcloud-node"]] = seen.get(headers["x-toppcloud-node"], 0) + 1
     assert set(seen) == {n.name for n in g.apps} and min(seen.values()) >= 8, seen  # round robin
-    given, _ = headers_seen(g)
+    given, _ = headers_seen(g, headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"})
     # The client's address first (the balancer's option forwardfor), then the balancer's (the node's nginx);
-    # the scheme the balancer saw, trusted by the app node because it came from the balancer.
+    # the scheme the balancer saw, trusted by the app node because it came from the balancer. What the
+    # client claimed (an address it forwarded for, HTTPS) is not passed on.
     assert given["HTTP_X_FORWARDED_FOR"].split(", ") == ["127.0.0.1", g.lb.address], given
     assert given["HTTP_X_FORWARDED_PROTO"] == "http" and given["HTTP_HOST"] == g.hostname
     # A host no app has: the balancer's own 404; its health URL answers.
