@@ -306,11 +306,13 @@ def test_tls_ends_at_the_balancer_for_a_host_with_a_certificate(lb_group):
         site = open(os.path.join(host.root, "run/nginx/sites", node_frontdoor.SITE)).read()
         assert "ssl_certificate" not in site and tlshost in site
         assert f"{g.lb.address} $http_x_forwarded_proto;" in site
-    # Straight to an app node, a forged X-Forwarded-Proto is not believed.
+    # Straight to an app node (not from the balancer), forged forwarding headers are not believed.
     conn = http.client.HTTPConnection(g.app_hosts[0].address, g.app_hosts[0].http_port, timeout=5)
-    conn.request("GET", "/headers", headers={"Host": tlshost, "X-Forwarded-Proto": "https"})
-    assert json.loads(conn.getresponse().read())["HTTP_X_FORWARDED_PROTO"] == "http"
+    conn.request("GET", "/headers", headers={"Host": tlshost, "X-Forwarded-Proto": "https",
+                                             "X-Forwarded-For": "203.0.113.9"})
+    given = json.loads(conn.getresponse().read())
     conn.close()
+    assert (given["HTTP_X_FORWARDED_PROTO"], given["HTTP_X_FORWARDED_FOR"]) == ("http", "127.0.0.1"), given
 
 
 def _wrk(url, hostname, seconds=3):
