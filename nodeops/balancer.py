@@ -205,6 +205,8 @@ frontend public
     out.append(f"""\
     http-request return status 200 content-type text/plain string "ok\\n" if {{ path {HEALTH_PATH} }}
     http-request set-var(txn.host) req.hdr(host),field(1,:),lower
+    # What a client says it forwarded is not believed: the balancer's option forwardfor names the client.
+    http-request del-header X-Forwarded-For
     http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
     http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}
 """)

@@ -1,8 +1,8 @@
 """A real server group behind a real balancer, shared by the balancer tests: three test hosts (one lb node,
 two app nodes) set up by real setup_node jobs, and the `balanced` fixture app deployed to both app nodes.
 
-Import the fixture into a test module (`from tests.balancer_group import lb_group  # noqa: F401`); it is
-made once a session, and its hosts are stopped (HAProxy, nginx, supervisord by pid) at the end.
+tests/conftest.py offers the fixture `lb_group`; it is made once a session, and its hosts are stopped
+(HAProxy, nginx, supervisord by pid) at the end.
 """
 
 import http.client
@@ -113,14 +113,14 @@ def lb_group(live_db, worker):
         shutil.rmtree(base, ignore_errors=True)
 
 
-def request(host, hostname, path="/", *, port=None, tls_context=None, timeout=10):
+def request(host, hostname, path="/", *, port=None, tls_context=None, timeout=10, headers=None):
     """(status, headers as a dict of lower-case names, body text) of a GET to a host (its http port)."""
     if tls_context is not None:  # SNI and the certificate check are for `hostname`, the connection to host
         conn = _HostnameHTTPS(hostname, host.address, port or host.https_port, timeout=timeout, context=tls_context)
     else:
         conn = http.client.HTTPConnection(host.address, port or host.http_port, timeout=timeout)
     try:
-        conn.request("GET", path, headers={"Host": hostname})
+        conn.request("GET", path, headers={"Host": hostname, **(headers or {})})
         response = conn.getresponse()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read().decode()
     finally:

@@ -8,6 +8,7 @@ import pytest
 from django.conf import settings
 
 from jobs.management.commands.ssh_key import ensure_key
+from tests import balancer_group
 from tests.hosts import start_hosts, stop_hosts
 from tests.settings import TEST_VHOST
 from tests.workers import Worker
@@ -139,6 +140,10 @@ def ready_nodes(nodes, worker):
         job = wait_for_job(actions.setup_node(node, actor_kind="system", actor="tests").pk, timeout=120)
         assert job.status == "succeeded", job.error
     return nodes
+
+
+# A server group behind a real balancer (one lb + two app nodes), shared by the balancer tests.
+lb_group = balancer_group.lb_group
 
 
 @pytest.fixture(scope="session")

@@ -14,13 +14,11 @@ from django.utils import timezone
 from jobs import actions
 from jobs.models import Job
 from nodeops import balancer
-from tests import balancer_group
 from tests.balancer_group import app_dir, deploy, request
 from tests.helpers import wait_for_job
 from toppcloud_site.records.models import ServerGroup
 
 pytestmark = [pytest.mark.hosts, pytest.mark.worker]
-lb_group = balancer_group.lb_group
 
 
 def finished(job):

@@ -23,6 +23,8 @@ def update_balancer(ctx, group):
     lb = balancer.lb_node(group)
     if lb is None:
         raise FlowFailed(f"server group {group.name} has no node with the role lb")
+    if lb.set_up_at is None:
+        raise FlowFailed(f"the balancer {lb.name} of {group.name} is not set up yet: manage.py setup_node {lb.name}")
     with ctx.step(f"balancer of {group.name}") as s:
         try:
             s.changed = balancer.update(ctx, group)

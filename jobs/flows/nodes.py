@@ -62,11 +62,18 @@ def reconcile_node(ctx, node):
     node, and make its front door what the records say (jobs/steps/reconcile.py).
 
     1. reconcile
+    2. balancer of GROUP (a set-up lb node only): its HAProxy as the records say
     """
     node = records.node(node)
     with ctx.step("reconcile") as s:
         done = reconcile.reconcile(ctx, node)
         s.data["stopped"] = [p["program"] for p in done["stopped"]]
+    if node.role == Node.Role.LB and node.group_id and node.set_up_at is not None:
+        with ctx.step(f"balancer of {node.group.name}") as s:
+            try:
+                s.changed = balancer.update(ctx, node.group)
+            except node_balancer.BalancerError as exc:
+                raise FlowFailed(str(exc)) from None
     said = ", ".join(f"{p['app']} {p['release']}" for p in done["stopped"]) or "nothing"
     door = "; front door re-rendered from the records" if done["front_door_changed"] else ""
     return f"node {node.name} reconciled: stopped {said}{door}", done

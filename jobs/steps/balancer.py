@@ -99,7 +99,11 @@ def update_after_activation(ctx, node):
     """The step of a deploy or rollback once the release is live on `node`: the group's balancer as the
     records now say (no step when the node's group has no balancer)."""
     group = node.group
-    if node.role != Node.Role.APP or lb_node(group) is None:
+    lb = lb_node(group) if node.role == Node.Role.APP else None
+    if lb is None:
+        return None
+    if lb.set_up_at is None:  # its setup renders it from the records, this deploy included
+        ctx.emit("balancer.skipped", node=lb.name, reason=f"{lb.name} is not set up yet")
         return None
     with ctx.step("balancer") as s:
         try:

@@ -76,10 +76,12 @@ def _push(ctx, node, t, layout, routes, activating):
 
 
 def balancer_in_front(node):
-    """The lb node of an app node's group, or None (jobs/steps/balancer.py renders that node)."""
+    """The lb node of an app node's group, once it is set up (its setup renders the app nodes' front doors
+    again), or None."""
     if node.role != Node.Role.APP or not node.group_id:
         return None
-    return Node.objects.filter(group_id=node.group_id, role=Node.Role.LB).order_by("name").first()
+    return (Node.objects.filter(group_id=node.group_id, role=Node.Role.LB, set_up_at__isnull=False)
+            .order_by("name").first())
 
 
 def listen_for(node, layout):

@@ -4,7 +4,7 @@
 #   lb_admin.py set SOCK BACKEND SERVER STATE       -> ready | drain | maint
 #   lb_admin.py wait_idle SOCK BACKEND SERVER TIMEOUT -> seconds it took (exit 3 on timeout)
 #   lb_admin.py push CFG STATE_FILE SOCK MASTER_SOCK  (candidate on stdin) -> unchanged | reloaded
-import csv, io, json, os, shutil, socket, subprocess, sys, tempfile, time
+import csv, io, json, os, re, shutil, socket, subprocess, sys, tempfile, time
 
 
 def ask(sock, command, timeout=10):
@@ -51,7 +51,9 @@ def states(sock):
     result = []
     for r in stat_rows(sock):
         status = r["status"]
-        result.append({"backend": r["pxname"], "server": r["svname"], "state": status.split()[0].upper(),
+        # "UP 1/2" (going down) is UP, "DOWN 1/2" (coming up) DOWN, "MAINT(via)" MAINT; unchecked counts as UP.
+        state = "UP" if status == "no check" else re.split(r"[ (]", status, 1)[0].upper()
+        result.append({"backend": r["pxname"], "server": r["svname"], "state": state,
                        "status": status, "admin": admin.get((r["pxname"], r["svname"]), "ready"),
                        "last_change_s": int(r["lastchg"] or 0), "sessions": int(r["scur"] or 0),
                        "check": r.get("check_status", "")})
