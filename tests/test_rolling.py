@@ -144,6 +144,10 @@ def test_batch_is_refused_without_an_lb_node_or_without_a_group(tmp_path):
     with pytest.raises(CommandError, match=f"nothing was deployed: server group {name} has an lb node: a deploy to "
                                            "it rolls through its app nodes; give --group without --node"):
         call_command("deploy", str(app_dir), "--group", name, "--node", f"{name}-a")
+    with pytest.raises(CommandError, match=f"nothing was rolled back: {name}-lb, the lb node of server group {name}, "
+                                           f"is not set up yet: manage.py setup_node {name}-lb first"):
+        call_command("rollback", name, "--group", name)
+    Node.objects.filter(name=f"{name}-lb").update(set_up_at=timezone.now())
     with pytest.raises(CommandError, match=f"nothing was rolled back: node '{name}-lb' is not valid, no job was "
                                            "started: host_key"):  # each node is checked before any job exists
         call_command("rollback", name, "--group", name)
@@ -352,7 +356,9 @@ def test_a_rolling_deploy_and_rollback_through_the_balancer_fail_no_request(grou
         rolling_seconds = time.monotonic() - started
         assert code == 0, parent.error
         served_through_lb(lb, hostname, {n.name: "2" for n in app_nodes})
+        started = time.monotonic()
         code, back = command("rollback", name, "--group", group.name, "--batch", "67%")  # 2 of 3, then 1
+        rollback_seconds = time.monotonic() - started
         assert code == 0, back.error
         served_through_lb(lb, hostname, {n.name: "1" for n in app_nodes})
     assert load.failures == [] and load.ok > 200, (load.ok, load.failures[:5])
@@ -384,12 +390,17 @@ def test_a_rolling_deploy_and_rollback_through_the_balancer_fail_no_request(grou
                    reverse=True)
     waits = [(c.started_at - p.finished_at).total_seconds()
              for p, c in zip(children_in_order(parent), children_in_order(parent)[1:])]
+    t0 = back.started_at
+    rollback_children = [(c.params["node"][-4:], round((c.started_at - t0).total_seconds(), 1),
+                          round((c.finished_at - c.started_at).total_seconds(), 1))
+                         for c in children_in_order(back)]
     with capsys.disabled():
         print(f"\nrolling deploy of 3 nodes (batch 1): {rolling_seconds:.1f}s; 3 single-node deploys: "
               f"{single_seconds:.1f}s; ratio {rolling_seconds / single_seconds:.2f}; requests {load.ok} ok, "
-              f"{len(load.failures)} failed (single-node deploys: {single_load.ok} ok, {len(single_load.failures)} "
+              f"{len(load.failures)} failed; rolling rollback (batches 2 + 1): {rollback_seconds:.1f}s (single-node deploys: {single_load.ok} ok, {len(single_load.failures)} "
               f"failed); child 2 {(child.finished_at - child.started_at).total_seconds():.1f}s, "
-              f"its slowest steps {steps[:6]}; between batches {[round(w, 2) for w in waits]}s")
+              f"its slowest steps {steps[:6]}; between batches {[round(w, 2) for w in waits]}s; rollback children (node, start, seconds) "
+              f"{rollback_children}")
 
 
 @pytest.mark.hosts
