@@ -140,6 +140,9 @@ def _rollout_nodes(group, batch):
             raise RolloutRefused(f"server group {group.name} has no lb node: --batch rolls a group through its "
                                  f"balancer; without one, say how many nodes at once with --max-parallel")
         raise RolloutRefused(f"server group {group.name} has no lb node to roll its app nodes through")
+    if lb.set_up_at is None:
+        raise RolloutRefused(f"{lb.name}, the lb node of server group {group.name}, is not set up yet: "
+                             f"manage.py setup_node {lb.name} first (the deploy rolls through its balancer)")
     nodes = lb_steps.app_nodes(group)
     if not nodes:
         raise RolloutRefused(f"server group {group.name} has no app nodes")

@@ -40,7 +40,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "apps"
 
 @pytest.mark.parametrize("text, n, size", [
     ("1", 3, 1), ("2", 3, 2), ("25%", 4, 1), ("50%", 4, 2), ("75%", 4, 3), ("25%", 3, 1), ("66%", 3, 1),
-    ("67%", 3, 2), ("10%", 3, 1), (" 1 ", 5, 1), ("100%", 1, 1), ("1", 1, 1), ("5", 10, 5),
+    ("67%", 3, 2), ("99%", 3, 2), ("99%", 200, 198), ("10%", 3, 1), (" 1 ", 5, 1), ("100%", 1, 1), ("1", 1, 1), ("5", 10, 5),
 ])
 def test_it_parses_a_batch_as_nodes_or_a_percentage_rounded_down_at_least_one(text, n, size):
     assert parse_batch(text, n) == size
@@ -57,7 +57,7 @@ def test_it_parses_a_batch_as_nodes_or_a_percentage_rounded_down_at_least_one(te
     ("0%", 3, "--batch 0%: a percentage must be from 1% to 100%"),
     ("-5%", 3, "--batch -5%: a percentage must be from 1% to 100%"),
     ("3", 3, "--batch 3 would take all 3 app nodes out of rotation at once, leaving the balancer none to send "
-             "requests to; at most 2 (or 66%)"),
+             "requests to; at most --batch 2 (or a percentage under 100%)"),
     ("100%", 3, "--batch 100% would take all 3 app nodes out of rotation at once"),
     ("7", 2, "--batch 7 would take all 2 app nodes out of rotation at once"),
 ])
@@ -144,6 +144,10 @@ def test_batch_is_refused_without_an_lb_node_or_without_a_group(tmp_path):
     with pytest.raises(CommandError, match=f"nothing was deployed: server group {name} has an lb node: a deploy to "
                                            "it rolls through its app nodes; give --group without --node"):
         call_command("deploy", str(app_dir), "--group", name, "--node", f"{name}-a")
+    with pytest.raises(CommandError, match=f"nothing was rolled back: {name}-lb, the lb node of server group {name}, "
+                                           f"is not set up yet: manage.py setup_node {name}-lb first"):
+        call_command("rollback", name, "--group", name)
+    Node.objects.filter(name=f"{name}-lb").update(set_up_at=timezone.now())
     with pytest.raises(CommandError, match=f"nothing was rolled back: node '{name}-lb' is not valid, no job was "
                                            "started: host_key"):  # each node is checked before any job exists
         call_command("rollback", name, "--group", name)
@@ -171,7 +175,7 @@ def group_nodes(worker, live_db):
             node.full_clean()
             node.save()
             nodes.append(node)
-        for node in nodes:
+        for node in [*nodes[1:], nodes[0]]:  # the lb last: its setup renders the app nodes' front doors
             job = wait_for_job(actions.setup_node(node, actor_kind="system", actor="tests").pk, timeout=180)
             assert job.status == "succeeded", job.error
         yield group, hosts, nodes
@@ -297,28 +301,37 @@ def event(job, kind):
     return rows[0]
 
 
-def assert_rolled_in_order(parent, app_nodes, load):
-    """Each child: drained, deployed (release.activated), checked directly, enabled, in that order; node k+1
-    drained only after node k was enabled; no request that started after its node's drain and ended before
-    it went back in rotation was answered by that node (while others were)."""
-    children = children_in_order(parent)
-    assert [c.target.split("@")[1] for c in children] == [n.name for n in app_nodes]
-    assert all(c.status == "succeeded" for c in children), [(c.target, c.error) for c in children]
-    previous_enable = None
-    for child in children:
-        drain, activated = event(child, "balancer.drain"), event(child, "release.activated")
-        direct, enable = event(child, "health.direct"), event(child, "balancer.enable")
-        assert drain.seq < activated.seq < direct.seq < enable.seq
-        assert direct.data["status"] == 200
-        assert drain.data["server"] == enable.data["server"] == child.params["node"]
-        if previous_enable is not None:
-            assert drain.at > previous_enable.at
-        previous_enable = enable
-        back = child.events.get(kind="step.started", data__step="back in rotation").at.timestamp()
-        meanwhile = [node for started, ended, node in load.answers
-                     if started > drain.at.timestamp() and ended < back]
-        assert len(meanwhile) > 20 and child.params["node"] not in meanwhile, (child.target, len(meanwhile))
-    return children
+def assert_rolled_in_batches(parent, batches, load):
+    """batches: the node names of each batch, in order. Each child: drained, deployed (release.activated),
+    checked directly, enabled, in that order; the nodes of a batch out of rotation together, each batch's
+    drains after every enable of the batch before; no request that started after a node's drain and ended
+    before it went back in rotation was answered by that node (while the others answered)."""
+    children = {c.params["node"]: c for c in Job.objects.filter(parent=parent)}
+    assert sorted(children) == sorted(n for batch in batches for n in batch)
+    assert all(c.status == "succeeded" for c in children.values()), [(c.target, c.error) for c in children.values()]
+    started = [e.data["targets"] for e in parent.events.filter(kind="batch.started").order_by("seq")]
+    assert started == [[children[n].target for n in batch] for batch in batches]
+    before = None  # the last enable of the batch before
+    for batch in batches:
+        drains, enables = [], []
+        for name in batch:
+            child = children[name]
+            drain, activated = event(child, "balancer.drain"), event(child, "release.activated")
+            direct, enable = event(child, "health.direct"), event(child, "balancer.enable")
+            assert drain.seq < activated.seq < direct.seq < enable.seq
+            assert direct.data["status"] == 200
+            assert drain.data["server"] == enable.data["server"] == name
+            back = child.events.get(kind="step.started", data__step="back in rotation").at.timestamp()
+            meanwhile = [node for started, ended, node in load.answers
+                         if started > drain.at.timestamp() and ended < back]
+            assert len(meanwhile) > 20 and name not in meanwhile, (child.target, len(meanwhile))
+            drains.append(drain.at)
+            enables.append(enable.at)
+        if before is not None:
+            assert min(drains) > before
+        assert max(drains) < min(enables)  # the whole batch was out of rotation at once
+        before = max(enables)
+    return list(children.values())
 
 
 @pytest.mark.hosts
@@ -343,7 +356,9 @@ def test_a_rolling_deploy_and_rollback_through_the_balancer_fail_no_request(grou
         rolling_seconds = time.monotonic() - started
         assert code == 0, parent.error
         served_through_lb(lb, hostname, {n.name: "2" for n in app_nodes})
-        code, back = command("rollback", name, "--group", group.name)
+        started = time.monotonic()
+        code, back = command("rollback", name, "--group", group.name, "--batch", "67%")  # 2 of 3, then 1
+        rollback_seconds = time.monotonic() - started
         assert code == 0, back.error
         served_through_lb(lb, hostname, {n.name: "1" for n in app_nodes})
     assert load.failures == [] and load.ok > 200, (load.ok, load.failures[:5])
@@ -351,8 +366,9 @@ def test_a_rolling_deploy_and_rollback_through_the_balancer_fail_no_request(grou
 
     assert parent.status == "succeeded" and parent.summary == "3 of 3 child jobs succeeded"
     assert [e.data["batch"] for e in parent.events.filter(kind="batch.started").order_by("seq")] == [1, 2, 3]
-    assert_rolled_in_order(parent, app_nodes, load)
-    children = assert_rolled_in_order(back, app_nodes, load)
+    names = [n.name for n in app_nodes]
+    assert_rolled_in_batches(parent, [[n] for n in names], load)
+    children = assert_rolled_in_batches(back, [names[:2], names[2:]], load)
     assert {c.kind for c in children} == {"rollback"}
     release1 = LiveRelease.objects.get(app__name=name, node=app_nodes[0]).release.name
     assert all(c.params["release"] == release1 for c in children)
@@ -374,12 +390,17 @@ def test_a_rolling_deploy_and_rollback_through_the_balancer_fail_no_request(grou
                    reverse=True)
     waits = [(c.started_at - p.finished_at).total_seconds()
              for p, c in zip(children_in_order(parent), children_in_order(parent)[1:])]
+    t0 = back.started_at
+    rollback_children = [(c.params["node"][-4:], round((c.started_at - t0).total_seconds(), 1),
+                          round((c.finished_at - c.started_at).total_seconds(), 1))
+                         for c in children_in_order(back)]
     with capsys.disabled():
         print(f"\nrolling deploy of 3 nodes (batch 1): {rolling_seconds:.1f}s; 3 single-node deploys: "
               f"{single_seconds:.1f}s; ratio {rolling_seconds / single_seconds:.2f}; requests {load.ok} ok, "
-              f"{len(load.failures)} failed (single-node deploys: {single_load.ok} ok, {len(single_load.failures)} "
+              f"{len(load.failures)} failed; rolling rollback (batches 2 + 1): {rollback_seconds:.1f}s (single-node deploys: {single_load.ok} ok, {len(single_load.failures)} "
               f"failed); child 2 {(child.finished_at - child.started_at).total_seconds():.1f}s, "
-              f"its slowest steps {steps[:6]}; between batches {[round(w, 2) for w in waits]}s")
+              f"its slowest steps {steps[:6]}; between batches {[round(w, 2) for w in waits]}s; rollback children (node, start, seconds) "
+              f"{rollback_children}")
 
 
 @pytest.mark.hosts

@@ -60,7 +60,8 @@ def parse_batch(text, n):
         size = value
     if n > 1 and size >= n:
         raise BatchRefused(f"--batch {text} would take all {n} app nodes out of rotation at once, leaving the "
-                           f"balancer none to send requests to; at most {n - 1} (or {100 * (n - 1) // n}%)")
+                           f"balancer none to send requests to; at most --batch {n - 1} (or a percentage under "
+                           f"100%)")
     return min(size, n)
 
 
