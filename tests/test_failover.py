@@ -17,6 +17,7 @@ must not have): host1 runs the notes app and is the group's first primary, host2
 
 import glob
 import http.client
+import io
 import json
 import os
 import shutil
@@ -386,6 +387,10 @@ def test_it_fails_over_an_asynchronous_primary_within_seconds(pair):
     group.save()
     seconds, missing, job, primary, replica = failover_under_writes(pair, "async")
     check_swapped(job, group, name, primary, replica, hosts[0])
+    out = io.StringIO()
+    call_command("replica", "list", "--group", group.name, stdout=out)
+    assert (f"replica {primary.name} to be: the old primary, fenced by promote job {job.pk}" in out.getvalue()
+            and f"makes it a replica of {replica.name}" in out.getvalue())
     assert seconds < 30, f"{seconds:.1f} s from the stop to the first write (target < 15 s)"
     # Asynchronous: rows the old primary acknowledged but had not sent may be lost; the count is a figure.
 

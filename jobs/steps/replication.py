@@ -158,11 +158,20 @@ def synchronous(ctx, group, primary, version):
 def replica_row(node):
     """A replica's figures as last recorded: {node, replica_of, state, lag_bytes, lag_seconds, sync_state, checked_at}."""
     facts = node.facts or {}
-    return {"node": node.name, "replica_of": facts.get("replica_of"), **(facts.get("replication") or {})}
+    row = {"node": node.name, "replica_of": facts.get("replica_of"), **(facts.get("replication") or {})}
+    if facts.get("fenced"):  # an old primary a promote left: a replica of nothing until replica add
+        row["fenced"] = facts["fenced"]
+    return row
 
 
 def describe(row):
     """One line: the replica, its primary, its state and lag (bytes, seconds) and when that was checked."""
+    fenced = row.get("fenced")
+    if fenced and not row.get("replica_of"):
+        how = "fenced" if fenced.get("fenced") else "NOT fenced (it did not answer)"
+        return (f"replica {row['node']} to be: the old primary, {how} by promote job {fenced.get('job')} "
+                f"({str(fenced.get('at'))[:19]}); `replica add {row['node']}` makes it a replica of "
+                f"{fenced.get('primary')}")
     seconds = row.get("lag_seconds")
     lag = ("lag ? bytes" if row.get("lag_bytes") is None else
            f"lag {row['lag_bytes']} bytes, {'?' if seconds is None else seconds} s")
