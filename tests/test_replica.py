@@ -18,6 +18,9 @@ import time
 import psycopg2
 import pytest
 from django.conf import settings
+from django.contrib.auth.models import User
+from django.test import Client
+from django.urls import reverse
 from django.core.management import CommandError, call_command
 
 from jobs import actions
@@ -229,6 +232,26 @@ def test_lag_shows_in_status_and_under_a_pgbench_load(pair, notes_app):
     out = io.StringIO()
     call_command("replica", "list", "--group", group.name, stdout=out)
     assert f"replica {replica.name} of {primary.name}: streaming" in out.getvalue()
+    # A check records it again, now.
+    replica.refresh_from_db()
+    checked_before = replica.facts["replication"]["checked_at"]
+    code, job = run_command("replica", "check", "--group", group.name)
+    assert code == 0, job.error
+    assert job.events.get(kind="replication.lag").data["node"] == replica.name
+    assert job.result["replicas"][replica.name]["state"] == "streaming"
+    replica.refresh_from_db()
+    assert replica.facts["replication"]["checked_at"] > checked_before
+    # The node's admin page shows it too.
+    admin = User.objects.create_superuser(f"repl-admin-{PID}", password=None)
+    try:
+        browser = Client()
+        browser.force_login(admin)
+        page = browser.get(reverse("admin:records_node_change", args=[replica.pk])).content.decode()
+        assert f"replica {replica.name} of {primary.name}: streaming" in page
+        page = browser.get(reverse("admin:records_node_change", args=[primary.pk])).content.decode()
+        assert "not a replica" in page
+    finally:
+        admin.delete()
 
     # Lag under a write load on the primary: pgbench -c 4 -T 10, the primary's view sampled every 100 ms.
     version = conf_dir(primary).split("/")[3]
