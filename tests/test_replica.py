@@ -28,6 +28,7 @@ from jobs.management.commands.ssh_key import ensure_key
 from jobs.models import Job
 from jobs.steps import data
 from nodeops import services as node_services
+from nodeops.hostside import node_data
 from nodeops.transport import LocalTransport
 from tests.helpers import event_kinds, wait_for_job, wait_until
 from tests.hosts import start_hosts, stop_hosts
@@ -424,3 +425,33 @@ def test_a_stopped_replica_catches_up_and_a_diverged_one_is_cloned_again(pair, n
         == "0"
     assert on_replica("written after it diverged") == 1
     assert "replication.lag" in event_kinds(job)
+
+
+# --- the parts, without hosts ----------------------------------------------------------------
+
+def test_it_names_a_replicas_slot_after_its_node_within_postgresqls_63_characters():
+    assert node_services.slot_name("db-2") == "toppcloud_db_2"
+    long = node_services.slot_name("d" + "-x" * 31)
+    assert len(long) == 63 and long.startswith("toppcloud_d_x_x") and long != node_services.slot_name("d" + "-y" * 31)
+    with pytest.raises(ValueError, match="node name 'Bad Name' is invalid"):
+        node_services.slot_name("Bad Name")
+
+
+def test_the_pg_hba_line_admits_a_replica_from_its_address_and_a_loopback_one_from_loopback():
+    assert node_data._hba_address("10.0.0.7") == "10.0.0.7/32"
+    assert node_data._hba_address("2001:db8::7") == "2001:db8::7/128"
+    assert node_data._hba_address("127.0.0.3") == "127.0.0.0/8"  # the kernel's source for 127/8 is 127.0.0.1
+    with pytest.raises(node_data.DataError, match="must be an IP address"):
+        node_data._hba_address("db2.example.com")
+    # The passfile escapes what libpq's format would split on.
+    assert node_data._passfile_line("10.0.0.1", 5433, "r", "a:b\\c") == "10.0.0.1:5433:replication:r:a\\:b\\\\c\n"
+
+
+def test_the_app_gets_a_read_only_url_beside_the_read_write_one():
+    pg = {"dbname": "blog", "role": "blog", "port": 5433}
+    env = node_services.service_env(pg=pg, host="10.0.0.1", password="p/w", replica=("10.0.0.2", 5434))
+    assert env["DATABASE_URL"] == "postgres://blog:p%2Fw@10.0.0.1:5433/blog"
+    assert env["DATABASE_REPLICA_URL"] == "postgres://blog:p%2Fw@10.0.0.2:5434/blog"
+    assert (env["CONFIG_PG_REPLICA_HOST"], env["CONFIG_PG_REPLICA_PORT"], env["CONFIG_PG_REPLICA_DBNAME"],
+            env["CONFIG_PG_REPLICA_USER"], env["CONFIG_PG_REPLICA_PASSWORD"]) == ("10.0.0.2", "5434", "blog", "blog", "p/w")
+    assert "DATABASE_REPLICA_URL" not in node_services.service_env(pg=pg, host="10.0.0.1", password="p")

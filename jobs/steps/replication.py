@@ -106,13 +106,16 @@ def record(ctx, group, primary, version):
     replication.lag event; {replica name: its figures}."""
     found = status(ctx, primary, version)
     rows = {r["application_name"]: r for r in found.get("replicas", [])}
+    slots = {s["slot_name"]: s for s in found.get("slots", [])}
     now, seen = timezone.now().isoformat(), {}
     for node in replicas(group):
-        row = rows.get(slot_name(node))
+        row, slot = rows.get(slot_name(node)), slots.get(slot_name(node)) or {}
         figures = {"state": row["state"] if row else "not connected", "checked_at": now,
                    "lag_bytes": row["lag_bytes"] if row else None,
                    "lag_seconds": row["lag_seconds"] if row else None,
-                   "sync_state": row["sync_state"] if row else None}
+                   "sync_state": row["sync_state"] if row else None,
+                   # WAL the primary keeps for it (grows while it is away; max_slot_wal_keep_size bounds it)
+                   "slot_retained_bytes": slot.get("retained_bytes"), "slot_wal_status": slot.get("wal_status")}
         with transaction.atomic():
             locked = Node.objects.select_for_update().get(pk=node.pk)
             facts = dict(locked.facts or {})
