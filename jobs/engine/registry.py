@@ -47,6 +47,7 @@ KINDS = {
     "reconcile_node": Entry("jobs.flows.nodes:reconcile_node", "nodeops"),
     "ping_node": Entry("jobs.flows.nodes:ping_node", "nodeops"),
     "replica_add": Entry("jobs.flows.replicas:replica_add", "nodeops", retry_when_worker_lost=False),
+    "replica_check": Entry("jobs.flows.replicas:replica_check", "nodeops"),
     "noop": Entry("jobs.flows.noop:noop", "jobs"),
 }
 
