@@ -284,6 +284,14 @@ def replica_add(node_name, group_name, *, actor_kind, actor):
                            actor_kind=actor_kind, actor=actor)
 
 
+def replica_check(group_name, *, actor_kind, actor):
+    """Record the state and lag of the group's replicas as its primary sees them now."""
+    group = replication.check_group_with_primary(group_name)
+    check_node(group.database_node)
+    return dispatch.submit("replica_check", target=f"group:{group.name}", params={"group": group.name},
+                           actor_kind=actor_kind, actor=actor)
+
+
 # Front door
 
 def front_door(nodes, *, actor_kind, actor):

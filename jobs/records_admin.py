@@ -110,8 +110,9 @@ class NodeAdmin(admin.ModelAdmin):
 
     @admin.display(description="replication")
     def replication(self, obj):
-        """A replica's state and lag as the last replica add (or check) recorded them."""
-        if not (obj.facts or {}).get("replica_of"):
+        """A replica's state and lag as the last replica add (or check) recorded them; an old primary a
+        promote fenced, as a replica to be."""
+        if not (obj.facts or {}).get("replica_of") and not (obj.facts or {}).get("fenced"):
             return "not a replica"
         return describe_replica(replica_row(obj))
 

@@ -50,6 +50,7 @@ KINDS = {
     "balancer": Entry("jobs.flows.balancer:update_balancer", "nodeops"),
     "balancer_health": Entry("jobs.flows.balancer:record_health", "jobs"),
     "replica_add": Entry("jobs.flows.replicas:replica_add", "nodeops", retry_when_worker_lost=False),
+    "replica_check": Entry("jobs.flows.replicas:replica_check", "nodeops"),
     "noop": Entry("jobs.flows.noop:noop", "jobs"),
 }
 

@@ -58,6 +58,25 @@ def replica_add(ctx, node, group):
              "synchronous_standby_names": sync["synchronous_standby_names"], **result})
 
 
+def replica_check(ctx, group):
+    """The state and lag of every replica of the group, as its primary sees them now.
+
+    1. lag: pg_stat_replication on the primary; each replica's state and lag recorded in its facts
+       (what `status`, `replica list` and the admin show) and as a replication.lag event
+    """
+    group = records.group(group)
+    primary = group.database_node
+    if primary is None:
+        raise FlowFailed(f"group {group.name} has no database node (its primary) any more")
+    with ctx.step("lag") as s:
+        version = replication.primary_version(ctx, primary)
+        s.data["replicas"] = figures = replication.record(ctx, group, primary, version)
+    if not figures:
+        return f"{group.name}: no replica of {primary.name}", {"replicas": {}}
+    parts = [f"{name} {f['state']}, lag {f['lag_bytes']} bytes, {f['lag_seconds']} s" for name, f in figures.items()]
+    return f"{group.name}: " + "; ".join(parts), {"replicas": figures}
+
+
 def _uses_postgresql(app):
     return any("postgresql" in (live.release.app_ini.get("services") or [])
                for live in app.live.select_related("release"))

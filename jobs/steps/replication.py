@@ -63,6 +63,11 @@ def ensure_clusters(ctx, primary, replica):
     return versions[primary.name]
 
 
+def primary_version(ctx, primary):
+    """The PostgreSQL version of the primary's cluster (pg-ensure: it also keeps its config as wanted)."""
+    return data.ensure_cluster(ctx, primary)["version"]
+
+
 def prepare_primary(ctx, group, primary, replica, version):
     """Settings, replication role, the replica's slot and a pg_hba line for every replica of the group."""
     addresses = sorted({n.address for n in replicas(group) if n.pk != primary.pk} | {replica.address})
@@ -101,13 +106,16 @@ def record(ctx, group, primary, version):
     replication.lag event; {replica name: its figures}."""
     found = status(ctx, primary, version)
     rows = {r["application_name"]: r for r in found.get("replicas", [])}
+    slots = {s["slot_name"]: s for s in found.get("slots", [])}
     now, seen = timezone.now().isoformat(), {}
     for node in replicas(group):
-        row = rows.get(slot_name(node))
+        row, slot = rows.get(slot_name(node)), slots.get(slot_name(node)) or {}
         figures = {"state": row["state"] if row else "not connected", "checked_at": now,
                    "lag_bytes": row["lag_bytes"] if row else None,
                    "lag_seconds": row["lag_seconds"] if row else None,
-                   "sync_state": row["sync_state"] if row else None}
+                   "sync_state": row["sync_state"] if row else None,
+                   # WAL the primary keeps for it (grows while it is away; max_slot_wal_keep_size bounds it)
+                   "slot_retained_bytes": slot.get("retained_bytes"), "slot_wal_status": slot.get("wal_status")}
         with transaction.atomic():
             locked = Node.objects.select_for_update().get(pk=node.pk)
             facts = dict(locked.facts or {})
@@ -158,11 +166,20 @@ def synchronous(ctx, group, primary, version):
 def replica_row(node):
     """A replica's figures as last recorded: {node, replica_of, state, lag_bytes, lag_seconds, sync_state, checked_at}."""
     facts = node.facts or {}
-    return {"node": node.name, "replica_of": facts.get("replica_of"), **(facts.get("replication") or {})}
+    row = {"node": node.name, "replica_of": facts.get("replica_of"), **(facts.get("replication") or {})}
+    if facts.get("fenced"):  # an old primary a promote left: a replica of nothing until replica add
+        row["fenced"] = facts["fenced"]
+    return row
 
 
 def describe(row):
     """One line: the replica, its primary, its state and lag (bytes, seconds) and when that was checked."""
+    fenced = row.get("fenced")
+    if fenced and not row.get("replica_of"):
+        how = "fenced" if fenced.get("fenced") else "NOT fenced (it did not answer)"
+        return (f"replica {row['node']} to be: the old primary, {how} by promote job {fenced.get('job')} "
+                f"({str(fenced.get('at'))[:19]}); `replica add {row['node']}` makes it a replica of "
+                f"{fenced.get('primary')}")
     seconds = row.get("lag_seconds")
     lag = ("lag ? bytes" if row.get("lag_bytes") is None else
            f"lag {row['lag_bytes']} bytes, {'?' if seconds is None else seconds} s")
@@ -177,20 +194,26 @@ class ReplicaRefused(ValueError):
     pass
 
 
-def check_replica_add(node_name, group_name):
-    """(node, group) if NODE can become a streaming replica of the group's primary; ReplicaRefused naming
-    the problem otherwise (nothing is queued then)."""
+def check_group_with_primary(group_name):
+    """The group, if it has a database node (its primary); ReplicaRefused otherwise."""
     group = ServerGroup.objects.select_related("database_node").filter(name=group_name).first()
     if group is None:
         known = ", ".join(ServerGroup.objects.values_list("name", flat=True)[:20]) or "none yet"
         raise ReplicaRefused(f"there is no server group {group_name!r} (known: {known})")
+    if group.database_node is None:
+        raise ReplicaRefused(f"group {group.name} has no database node (its PostgreSQL primary) to replicate: "
+                             "set its database node first (admin, or a group document)")
+    return group
+
+
+def check_replica_add(node_name, group_name):
+    """(node, group) if NODE can become a streaming replica of the group's primary; ReplicaRefused naming
+    the problem otherwise (nothing is queued then)."""
+    group = check_group_with_primary(group_name)
     node = Node.objects.filter(name=node_name).first()
     if node is None:
         raise ReplicaRefused(f"there is no node {node_name!r}")
     primary = group.database_node
-    if primary is None:
-        raise ReplicaRefused(f"group {group.name} has no database node (its PostgreSQL primary) to replicate: "
-                             "set its database node first (admin, or a group document)")
     if node.group_id != group.pk:
         where = f"in group {node.group.name}" if node.group_id else "in no group"
         raise ReplicaRefused(f"node {node.name} is not in group {group.name} (it is {where}): "

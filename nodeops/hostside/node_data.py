@@ -1055,6 +1055,9 @@ max_standby_streaming_delay = -1
 max_standby_archive_delay = -1
 # The replica reports what it replayed every second: the primary's lag figures stay fresh.
 wal_receiver_status_interval = 1s
+# A slot whose replica is gone keeps no more WAL than this on the primary's disk; past it, the slot is
+# lost and the next `replica add` clones that replica again.
+max_slot_wal_keep_size = 8GB
 """
 
 
@@ -1197,7 +1200,9 @@ def cmd_pg_standby(spec, password):
         _run(["pg_ctlcluster", str(spec["version"]), spec["cluster"], "stop", "-m", "fast"])
         changed.append("stopped")
     if os.path.isdir(old):
-        shutil.rmtree(old)  # a leftover of an interrupted clone: the data directory is the one kept
+        # An interrupted clone left the cluster's own data aside: that copy is kept, the half clone goes.
+        shutil.rmtree(data_dir, ignore_errors=True)
+        os.rename(old, data_dir)
     owner = os.stat(f"{conf_dir}/postgresql.conf")  # the postgres user's, as pg_createcluster made it
     if os.path.isdir(data_dir):
         os.rename(data_dir, old)

@@ -1,6 +1,7 @@
 """manage.py replica add NODE --group G: make a node a streaming replica of the group's primary (a job).
 
     manage.py replica add db2 --group web     # pg_basebackup -R with a slot; the apps get DATABASE_REPLICA_URL
+    manage.py replica check --group web       # their state and lag now (a job), recorded for status
     manage.py replica list --group web        # the replicas and their lag, as last recorded
 
 docs/groups.md tells the whole story.
@@ -27,6 +28,9 @@ class Command(cli.Command):
         add.add_argument("node")
         add.add_argument("--group", required=True)
         add_follow_arguments(add)
+        check = sub.add_parser("check", help="record the group's replicas' state and lag as the primary sees them now")
+        check.add_argument("--group", required=True)
+        add_follow_arguments(check)
         show = sub.add_parser("list", help="the group's replicas and their lag, as last recorded")
         show.add_argument("--group", required=True)
         show.add_argument("--json", dest="as_json", action="store_true")
@@ -40,6 +44,13 @@ class Command(cli.Command):
                                       actor=opts.get("actor") or getpass.getuser())
         except (replication.ReplicaRefused, nodes.InvalidNode) as exc:
             raise CommandError(f"no replica was added: {exc}") from None
+        follow_job(self, job, no_wait=opts["no_wait"], as_json=opts["as_json"])
+
+    def do_check(self, group, **opts):
+        try:
+            job = actions.replica_check(group, actor_kind=ActorKind.USER, actor=opts.get("actor") or getpass.getuser())
+        except (replication.ReplicaRefused, nodes.InvalidNode) as exc:
+            raise CommandError(f"no check was started: {exc}") from None
         follow_job(self, job, no_wait=opts["no_wait"], as_json=opts["as_json"])
 
     def do_list(self, group, as_json, **opts):
