@@ -117,6 +117,16 @@ def test_it_refuses_bad_inputs_with_nothing_done(pair):
             with pytest.raises(CommandError) as refused:
                 call_command("replica", "add", node, "--group", grp)
             assert str(refused.value).startswith("no replica was added: ") and message in str(refused.value)
+        # The admin's action says the same.
+        admin = User.objects.create_superuser(f"repl-refused-{PID}", password=None)
+        try:
+            browser = Client()
+            browser.force_login(admin)
+            page = browser.post(reverse("admin:records_node_changelist"), {
+                "action": "add_as_replica", "_selected_action": [stray.pk]}, follow=True).content.decode()
+            assert f"No replica was added: node {stray.name} is in no group" in page
+        finally:
+            admin.delete()
         stray.group = group
         stray.save()
         with pytest.raises(CommandError, match=f"node {stray.name} is not set up yet"):
