@@ -440,6 +440,15 @@ def test_a_release_failing_its_health_check_on_the_second_node_stops_the_rollout
     assert load.served[app_nodes[2].name] == {"1"} and load.served[app_nodes[1].name] == {"1"}
     assert lb_view(lb, backend) == {n.name: ("UP", "ready") for n in app_nodes}
 
+    # Rolled back the same way: only node 1 (the others are on v1 already), and nothing fails meanwhile.
+    with Load(lb, hostname) as load:
+        code, back = command("rollback", name, "--group", group.name)
+        assert code == 0, back.error
+    assert load.failures == [] and load.ok > 50, (load.ok, load.failures[:5])
+    assert [c["target"] for c in back.params["children"]] == [f"app:{name}@{app_nodes[0].name}"]
+    assert_rolled_in_batches(back, [[app_nodes[0].name]], load)
+    served_through_lb(lb, hostname, {n.name: "1" for n in app_nodes})
+
 
 @pytest.mark.hosts
 @pytest.mark.worker
