@@ -160,17 +160,21 @@ def render(layout, routes, *, listen, tls_listen=None, certificates=(), trusted_
         tls_listen = _listen(tls_listen, "tls_listen")
     out = [f"# Managed by toppcloud: rendered from the control plane's records; {len(routes)} routes.\n",
            _NAMES_HASH]
-    proto = "$scheme"
+    proto, forwarded_for = "$scheme", "$proxy_add_x_forwarded_for"
     if trusted_proxy is not None:
+        # Behind the group's balancer: its forwarding headers are passed on; anyone else's are replaced.
+        proxy = validate_address(trusted_proxy)
         out.append(f"map $remote_addr $toppcloud_forwarded_proto {{\n    default $scheme;\n"
-                   f"    {validate_address(trusted_proxy)} $http_x_forwarded_proto;\n}}\n")
-        proto = "$toppcloud_forwarded_proto"
+                   f"    {proxy} $http_x_forwarded_proto;\n}}\n"
+                   f"map $remote_addr $toppcloud_forwarded_for {{\n    default $remote_addr;\n"
+                   f"    {proxy} $proxy_add_x_forwarded_for;\n}}\n")
+        proto, forwarded_for = "$toppcloud_forwarded_proto", "$toppcloud_forwarded_for"
     if certs:
         out.append(_TLS_SETTINGS)
     if DEFAULT_HOST not in by_host:
         by_host[DEFAULT_HOST] = {}  # the node's own default server: its health URL and a 404
     for host in sorted(by_host, key=lambda h: (h == DEFAULT_HOST, h)):
-        locations = "".join(_locations(layout, r, proto) for r in sorted(by_host[host].values(),
+        locations = "".join(_locations(layout, r, proto, forwarded_for) for r in sorted(by_host[host].values(),
                                                                    key=lambda r: (-len(r.path), r.path)))
         if "/" not in by_host[host]:
             locations += _NOTHING_HERE  # what no app's prefix matches
@@ -225,7 +229,7 @@ def _acme(layout):
             f"        default_type text/plain;\n    }}\n")
 
 
-def _locations(layout, r, proto="$scheme"):
+def _locations(layout, r, proto="$scheme", forwarded_for="$proxy_add_x_forwarded_for"):
     p = r.path
     if r.maintenance:
         page = MAINTENANCE_PAGE.format(app=r.app).replace('"', '\\"')
@@ -238,7 +242,7 @@ def _locations(layout, r, proto="$scheme"):
             f"    location {p} {{\n"
             f"        proxy_pass http://127.0.0.1:{r.port};\n"
             "        proxy_set_header Host $host;\n"
-            "        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
+            f"        proxy_set_header X-Forwarded-For {forwarded_for};\n"
             f"        proxy_set_header X-Forwarded-Proto {proto};\n"
             "        proxy_set_header X-Real-IP $remote_addr;\n"
             # gunicorn takes SCRIPT_NAME from its trusted proxy (127.0.0.1) and strips it off PATH_INFO;
