@@ -440,6 +440,15 @@ def test_a_release_failing_its_health_check_on_the_second_node_stops_the_rollout
     assert load.served[app_nodes[2].name] == {"1"} and load.served[app_nodes[1].name] == {"1"}
     assert lb_view(lb, backend) == {n.name: ("UP", "ready") for n in app_nodes}
 
+    # Rolled back the same way: only node 1 (the others are on v1 already), and nothing fails meanwhile.
+    with Load(lb, hostname) as load:
+        code, back = command("rollback", name, "--group", group.name)
+        assert code == 0, back.error
+    assert load.failures == [] and load.ok > 50, (load.ok, load.failures[:5])
+    assert [c["target"] for c in back.params["children"]] == [f"app:{name}@{app_nodes[0].name}"]
+    assert_rolled_in_batches(back, [[app_nodes[0].name]], load)
+    served_through_lb(lb, hostname, {n.name: "1" for n in app_nodes})
+
 
 @pytest.mark.hosts
 @pytest.mark.worker
@@ -475,3 +484,28 @@ def test_a_release_failing_the_direct_check_on_the_second_node_leaves_it_drained
     # Node 2 serves the new release at its own front door, but the balancer sends it nothing.
     assert [version_of(get(h.address, h.http_port, hostname)[2]) for h in hosts[1:]] == ["2", "2", "1"]
     served_through_lb(lb, hostname, {app_nodes[0].name: "2", app_nodes[2].name: "1"})
+
+
+@pytest.mark.django_db
+def test_the_admins_group_upload_rolls_a_group_with_an_lb_node_through_it(admin_client,
+                                                                          django_capture_on_commit_callbacks):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.urls import reverse
+
+    from tests.test_dashboard import hello_files, tar_gz
+
+    group = ServerGroup.objects.create(name="rolled-upload")
+    made = {role: [Node.objects.create(name=f"rolled-{role}{i}", transport="local", address="127.0.0.1",
+                                       http_port=18300 + 10 * len(role) + i, root=f"/srv/rolled-{role}{i}",
+                                       group=group, role=role, set_up_at=timezone.now())
+                   for i in range(count)] for role, count in (("app", 2), ("lb", 1))}
+    with django_capture_on_commit_callbacks(execute=False):
+        response = admin_client.post(reverse("admin:records_app_upload"), {
+            "archive": SimpleUploadedFile("hello.tar.gz", tar_gz(hello_files())), "group": group.pk,
+            "max_parallel": 4})
+    job = Job.objects.get(kind="rolling")
+    assert response.status_code == 302 and response["Location"] == reverse("admin:jobs_job_change", args=[job.pk])
+    assert job.target == "app:hello@group:rolled-upload" and job.params["batches"] == [1, 1]
+    assert job.params["lb"] == "rolled-lb0" and job.actor == "admin"
+    assert [(c["kind"], c["target"], c["params"]["lb"]) for c in job.params["children"]] == [
+        ("deploy", f"app:hello@{n.name}", "rolled-lb0") for n in made["app"]]  # never the lb node itself
