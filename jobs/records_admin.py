@@ -21,7 +21,7 @@ from jobs.flows.logs import LOG_FILES
 from jobs.steps.environment import ConfigMissing, check_required_config
 from jobs.steps.releases import ReleaseRefused
 from jobs.steps.data import DataRefused, archive_path, check_data_app
-from jobs.steps.replication import describe as describe_replica, replica_row
+from jobs.steps.replication import ReplicaRefused, describe as describe_replica, replica_row
 from jobs.engine.states import ActorKind
 from jobs.models import Job, LiveRelease
 from jobs.nodes import InvalidNode, check_node
@@ -79,7 +79,7 @@ class NodeAdmin(admin.ModelAdmin):
     list_filter = ["group", "transport"]
     search_fields = ["name", "address", "root"]
     readonly_fields = ["replication", "facts", "set_up_at", "created_at"]
-    actions = ["set_up_nodes", "ping_nodes", "render_front_door"]
+    actions = ["set_up_nodes", "ping_nodes", "render_front_door", "add_as_replica"]
 
     @admin.display(description="replication")
     def replication(self, obj):
@@ -117,6 +117,19 @@ class NodeAdmin(admin.ModelAdmin):
     @admin.action(description="Ping node", permissions=["view"])
     def ping_nodes(self, request, queryset):
         self._start(request, queryset, "ping_node", "Ping")
+
+    @admin.action(description="Add as a streaming replica of its group's primary", permissions=["change"])
+    def add_as_replica(self, request, queryset):
+        started = []
+        for node in queryset.select_related("group"):
+            try:
+                job = actions.replica_add(node.name, node.group.name if node.group_id else "",
+                                          actor_kind=ActorKind.USER, actor=request.user.get_username())
+            except (ReplicaRefused, InvalidNode) as exc:
+                self.message_user(request, f"No replica was added: {exc}", messages.ERROR)
+                continue
+            started.append((job, node.name))
+        _started(self, request, "Replica add", started)
 
     @admin.action(description="Render the front door (nginx) from the records now", permissions=["change"])
     def render_front_door(self, request, queryset):

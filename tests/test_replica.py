@@ -117,6 +117,16 @@ def test_it_refuses_bad_inputs_with_nothing_done(pair):
             with pytest.raises(CommandError) as refused:
                 call_command("replica", "add", node, "--group", grp)
             assert str(refused.value).startswith("no replica was added: ") and message in str(refused.value)
+        # The admin's action says the same.
+        admin = User.objects.create_superuser(f"repl-refused-{PID}", password=None)
+        try:
+            browser = Client()
+            browser.force_login(admin)
+            page = browser.post(reverse("admin:records_node_changelist"), {
+                "action": "add_as_replica", "_selected_action": [stray.pk]}, follow=True).content.decode()
+            assert f"No replica was added: node {stray.name} is in no group" in page
+        finally:
+            admin.delete()
         stray.group = group
         stray.save()
         with pytest.raises(CommandError, match=f"node {stray.name} is not set up yet"):
@@ -373,6 +383,29 @@ def test_synchronous_replication_makes_a_commit_wait_for_the_replica(pair, notes
     print(f"\nreplica add again (streaming already): {again:.1f} s; a commit with the replica in sync "
           f"{fast * 1000:.0f} ms; with it stopped the commit waited, and went through "
           f"{released:.1f} s after its start")
+    # A check with the replica gone empties synchronous_standby_names (commits stop waiting); one with it
+    # streaming again names it again.
+    subprocess.run(["pg_ctlcluster", version, replica.pg_cluster, "stop", "-m", "fast"], check=True, timeout=60)
+    try:
+        code, job = run_command("replica", "check", "--group", group.name)
+        assert code == 0, job.error
+        assert "no replica streams" in job.events.get(kind="replication.sync_skipped").data["reason"]
+        assert job.events.get(kind="replication.lag").data["state"] == "not connected"
+        assert psql(primary, "postgres", "SHOW synchronous_standby_names").strip() == ""
+        t0 = time.monotonic()
+        psql(primary, "postgres", "CREATE TABLE toppcloud_sync_probe (i int); DROP TABLE toppcloud_sync_probe")
+        assert time.monotonic() - t0 < 5  # did not wait
+        replica.refresh_from_db()
+        assert replica.facts["replication"]["state"] == "not connected"
+        assert data.streaming_replica(App.objects.get(name=notes_app), primary) is None  # no replica URL for now
+    finally:
+        subprocess.run(["pg_ctlcluster", version, replica.pg_cluster, "start"], check=True, timeout=60)
+    wait_until(lambda: psql(primary, "postgres", "SELECT state FROM pg_stat_replication").strip() == "streaming",
+               timeout=30, what="the replica streaming again")
+    code, job = run_command("replica", "check", "--group", group.name)
+    assert code == 0, job.error
+    assert job.result["synchronous"] == [slot]
+    assert psql(primary, "postgres", "SHOW synchronous_standby_names").strip() == f'FIRST 1 ("{slot}")'
     # Off again: the primary no longer waits.
     ServerGroup.objects.filter(pk=group.pk).update(synchronous_replication=False)
     code, job = replica_add(replica, group)

@@ -63,6 +63,9 @@ def replica_check(ctx, group):
 
     1. lag: pg_stat_replication on the primary; each replica's state and lag recorded in its facts
        (what `status`, `replica list` and the admin show) and as a replication.lag event
+    2. synchronous: synchronous_standby_names names the replicas that stream now; with none
+       streaming it is emptied (replication.sync_skipped), so commits stop waiting for a replica
+       that is gone, until one streams again and a check names it again
     """
     group = records.group(group)
     primary = group.database_node
@@ -71,10 +74,13 @@ def replica_check(ctx, group):
     with ctx.step("lag") as s:
         version = replication.primary_version(ctx, primary)
         s.data["replicas"] = figures = replication.record(ctx, group, primary, version)
+    with ctx.step("synchronous") as s:
+        sync = replication.synchronous(ctx, group, primary, version)
+        s.data.update(names=sync["names"], synchronous_standby_names=sync["synchronous_standby_names"])
     if not figures:
-        return f"{group.name}: no replica of {primary.name}", {"replicas": {}}
+        return f"{group.name}: no replica of {primary.name}", {"replicas": {}, "synchronous": sync["names"]}
     parts = [f"{name} {f['state']}, lag {f['lag_bytes']} bytes, {f['lag_seconds']} s" for name, f in figures.items()]
-    return f"{group.name}: " + "; ".join(parts), {"replicas": figures}
+    return f"{group.name}: " + "; ".join(parts), {"replicas": figures, "synchronous": sync["names"]}
 
 
 def _uses_postgresql(app):

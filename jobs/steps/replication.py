@@ -209,10 +209,12 @@ def check_group_with_primary(group_name):
 def check_replica_add(node_name, group_name):
     """(node, group) if NODE can become a streaming replica of the group's primary; ReplicaRefused naming
     the problem otherwise (nothing is queued then)."""
-    group = check_group_with_primary(group_name)
     node = Node.objects.filter(name=node_name).first()
     if node is None:
         raise ReplicaRefused(f"there is no node {node_name!r}")
+    if not group_name:
+        raise ReplicaRefused(f"node {node.name} is in no group: a replica is of a group's primary")
+    group = check_group_with_primary(group_name)
     primary = group.database_node
     if node.group_id != group.pk:
         where = f"in group {node.group.name}" if node.group_id else "in no group"
