@@ -390,6 +390,9 @@ def check_swapped(job, group, name, primary, replica, app_host):
     assert all(f["ok"] and f["seconds"] >= 0 for f in finished.values())
     assert finished[f"fence {primary.name}"]["was_running"] is False  # it had crashed: the fence found it down
     assert job.events.get(kind="config.applied").data["node"] == app_node
+    swapped = job.events.get(kind="records.swapped").data
+    assert (swapped["database_node"], swapped["services_moved"], swapped["replicas_to_add_again"]) == \
+        (replica.name, [name], [primary.name])
     assert not job.events.filter(kind__in=["release.activated", "release.started"]).exists()
 
 
