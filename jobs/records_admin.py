@@ -56,7 +56,20 @@ def _front_door_after_edit(modeladmin, request, app_ids):
 class ServerGroupAdmin(admin.ModelAdmin):
     list_display = ["name", "node_count", "app_count", "database_node", "created_at"]
     search_fields = ["name", "description"]
-    actions = ["rotate_shared_secret"]
+    actions = ["rotate_shared_secret", "check_replicas"]
+
+    @admin.action(description="Check the replicas (state, lag) and apply synchronous replication as set",
+                  permissions=["change"])
+    def check_replicas(self, request, queryset):
+        started = []
+        for group in queryset:
+            try:
+                job = actions.replica_check(group.name, actor_kind=ActorKind.USER, actor=request.user.get_username())
+            except (ReplicaRefused, InvalidNode) as exc:
+                self.message_user(request, f"No check was started: {exc}", messages.ERROR)
+                continue
+            started.append((job, group.name))
+        _started(self, request, "Replica check", started)
 
     @admin.action(description="Rotate the shared secret (TOPPCLOUD_GROUP_SECRET) and apply it to the group's apps",
                   permissions=["change"])

@@ -125,6 +125,9 @@ def test_it_refuses_bad_inputs_with_nothing_done(pair):
             page = browser.post(reverse("admin:records_node_changelist"), {
                 "action": "add_as_replica", "_selected_action": [stray.pk]}, follow=True).content.decode()
             assert f"No replica was added: node {stray.name} is in no group" in page
+            page = browser.post(reverse("admin:records_servergroup_changelist"), {
+                "action": "check_replicas", "_selected_action": [lonely.pk]}, follow=True).content.decode()
+            assert f"No check was started: group {lonely.name} has no database node" in page
         finally:
             admin.delete()
         stray.group = group
