@@ -23,6 +23,7 @@ from jobs.steps.environment import ConfigMissing, check_required_config
 from jobs.steps import balancer as lb_steps
 from jobs.steps.releases import ReleaseRefused
 from jobs.steps.data import DataRefused, archive_path, check_data_app
+from jobs.steps.failover import PromoteRefused
 from jobs.steps.replication import ReplicaRefused, describe as describe_replica, replica_row
 from jobs.engine.states import ActorKind
 from jobs.models import Job, LiveRelease
@@ -103,7 +104,7 @@ class NodeAdmin(admin.ModelAdmin):
     list_filter = ["role", "group", "transport"]
     search_fields = ["name", "address", "root"]
     readonly_fields = ["replication", "facts", "set_up_at", "created_at"]
-    actions = ["set_up_nodes", "ping_nodes", "render_front_door", "add_as_replica"]
+    actions = ["set_up_nodes", "ping_nodes", "render_front_door", "add_as_replica", "promote_to_primary"]
 
     def save_model(self, request, obj, form, change):
         """The form checked the role (Node.clean_role); saved, the group's database node follows the db role
@@ -170,6 +171,22 @@ class NodeAdmin(admin.ModelAdmin):
                 continue
             started.append((job, node.name))
         _started(self, request, "Replica add", started)
+
+    @admin.action(description="Promote to its group's primary (the old primary fenced; apps repointed)",
+                  permissions=["change"])
+    def promote_to_primary(self, request, queryset):
+        """One replica only: a group has one primary. An old primary that does not answer fails the job
+        here; `manage.py promote NODE --old-primary-is-down` is the way past it, on purpose not a click."""
+        nodes = list(queryset.select_related("group", "group__database_node"))
+        if len(nodes) != 1:
+            self.message_user(request, "Promote one replica at a time: a group has one primary.", messages.ERROR)
+            return
+        try:
+            job = actions.promote(nodes[0], actor_kind=ActorKind.USER, actor=request.user.get_username())
+        except (PromoteRefused, InvalidNode) as exc:
+            self.message_user(request, f"Nothing was promoted: {exc}", messages.ERROR)
+            return
+        _started(self, request, "Promote", [(job, nodes[0].name)])
 
     @admin.action(description="Render the front door (nginx) from the records now", permissions=["change"])
     def render_front_door(self, request, queryset):

@@ -7,7 +7,7 @@ from django.urls import reverse
 from jobs.engine import events
 from jobs.models import Job
 from jobs.engine.states import Kind
-from toppcloud_site.records.models import Node
+from toppcloud_site.records.models import Node, ServerGroup
 
 pytestmark = pytest.mark.django_db
 
@@ -267,3 +267,29 @@ def test_the_front_door_action_queues_one_job_for_the_chosen_nodes(admin_client,
                           {"action": "render_front_door", "_selected_action": [n.pk for n in nodes]})
     job = Job.objects.get(kind="front_door")
     assert (job.params, job.target, job.actor) == ({"nodes": ["door-1", "door-2"]}, "nodes", admin_user.username)
+
+
+def test_the_promote_action_queues_a_promote_of_one_replica_and_refuses_the_rest(
+        admin_client, admin_user, django_capture_on_commit_callbacks):
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHIpoHBQJsj1DS6Yk5bP3OrzP3iiNmBVtHrLt0EV0Bd8"
+    group = ServerGroup.objects.create(name="admin-promote")
+    primary = Node.objects.create(name="admin-db1", address="127.0.0.1", http_port=18091, group=group, role="db",
+                                  host_key=key)
+    replica = Node.objects.create(name="admin-db2", address="127.0.0.1", http_port=18092, group=group,
+                                  role="db-replica", host_key=key, facts={"replica_of": "admin-db1"})
+    ServerGroup.objects.filter(pk=group.pk).update(database_node=primary)
+    url = reverse("admin:records_node_changelist")
+    page = admin_client.post(url, {"action": "promote_to_primary", "_selected_action": [primary.pk]},
+                             follow=True).content.decode()
+    assert "Nothing was promoted: admin-db1 is the primary of group admin-promote already" in page
+    page = admin_client.post(url, {"action": "promote_to_primary", "_selected_action": [primary.pk, replica.pk]},
+                             follow=True).content.decode()
+    assert "Promote one replica at a time" in page
+    assert not Job.objects.filter(kind="promote").exists()
+    with django_capture_on_commit_callbacks(execute=False):
+        page = admin_client.post(url, {"action": "promote_to_primary", "_selected_action": [replica.pk]},
+                                 follow=True).content.decode()
+    job = Job.objects.get(kind="promote")
+    assert (job.target, job.params, job.actor_kind, job.actor) == ("group:admin-promote", {"node": "admin-db2"},
+                                                                   "user", admin_user.username)
+    assert f"job {job.pk} (admin-db2)" in page

@@ -17,11 +17,13 @@ must not have): host1 runs the notes app and is the group's first primary, host2
    writes; the fence's fast shutdown hands the standby all its WAL: no acknowledged row missing
 """
 
+import contextlib
 import glob
 import http.client
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -129,6 +131,27 @@ def start_conf(node):
         return [w for w in f.read().splitlines() if w.strip() and not w.startswith("#")]
 
 
+@contextlib.contextmanager
+def pgbench_load(node, clients=4):
+    """pgbench writing on the node's cluster beside the app's writes (WAL in flight at the stop); it ends
+    with the stop, or is stopped here. Yields a dict given its tps once it has ended."""
+    bindir = f"/usr/lib/postgresql/{pg_version(node.pg_cluster)}/bin"
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_postgres, f"{bindir}/pgbench", "-q", "-i", "-s", "1", "-p", str(node.pg_port), "postgres"],
+                   check=True, capture_output=True, timeout=120)
+    bench = subprocess.Popen([*as_postgres, f"{bindir}/pgbench", "-n", "-c", str(clients), "-T", "120", "-p",
+                              str(node.pg_port), "postgres"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    found = {}
+    try:
+        yield found
+    finally:
+        if bench.poll() is None:
+            bench.terminate()
+        out = bench.communicate(timeout=30)[0].decode(errors="replace")
+        m = re.search(r"tps = ([0-9.]+)", out)
+        found["tps"] = float(m.group(1)) if m else None
+
+
 def crash(node):
     """Stop the node's PostgreSQL as a crash would: no checkpoint, no goodbye to the standby."""
     subprocess.run(["pg_ctlcluster", pg_version(node.pg_cluster), node.pg_cluster, "stop", "-m", "immediate"],
@@ -219,6 +242,16 @@ def test_it_refuses_to_promote_what_is_not_a_replica_of_the_primary(pair):
             call_command("promote", stray.name)
     finally:
         stray.delete()
+    # An app outside the group with its database on the primary's cluster would lose it to the fence.
+    outsider = App.objects.create(name=f"outsider{os.getpid() % 100000}")
+    service = Service.objects.create(app=outsider, kind="postgresql", node=primary, settings={})
+    try:
+        with pytest.raises(CommandError, match=f"{outsider.name} keep their databases on {primary.name} but are "
+                                               f"not in group {group.name}"):
+            call_command("promote", replica.name)
+    finally:
+        service.delete()
+        outsider.delete()
     assert not Job.objects.filter(kind="promote", target=f"group:{group.name}").exists()
 
 
@@ -298,7 +331,7 @@ def failover_under_writes(pair, mode, crashed=True):
     primary = ServerGroup.objects.get(pk=group.pk).database_node  # the records now, not the fixture's copy
     replica = Node.objects.get(group=group, role=Node.Role.DB_REPLICA, facts__replica_of=primary.name)
     app_host = hosts[0]  # the app runs on host1 whichever node is the primary
-    with Writers(app_host, name) as writers:
+    with Writers(app_host, name) as writers, pgbench_load(primary) as tps:
         wait_until(lambda: len(writers.acked) >= 40, timeout=30, what="writes through the app")
         stopped_at = time.monotonic()
         if crashed:
@@ -320,6 +353,7 @@ def failover_under_writes(pair, mode, crashed=True):
     on_disk = {tuple(line.split("|", 1)) for line in psql(replica, "SELECT id, body FROM notes", db=name).splitlines()}
     assert served == on_disk  # the app reads the new primary, the one the test reads
     FIGURES[mode] = {"stop_to_first_write_s": round(seconds, 2), "longest_write_gap_s": round(longest_gap, 2),
+                     "pgbench_tps_until_the_stop": tps.get("tps"),
                      "acked": len(acked),
                      "acked_before_stop": len(acked_before), "missing": len(missing),
                      "missing_acked_before_stop": len(acked_before - served), "failed_requests": writers.failed,
@@ -356,6 +390,9 @@ def check_swapped(job, group, name, primary, replica, app_host):
     assert all(f["ok"] and f["seconds"] >= 0 for f in finished.values())
     assert finished[f"fence {primary.name}"]["was_running"] is False  # it had crashed: the fence found it down
     assert job.events.get(kind="config.applied").data["node"] == app_node
+    swapped = job.events.get(kind="records.swapped").data
+    assert (swapped["database_node"], swapped["services_moved"], swapped["replicas_to_add_again"]) == \
+        (replica.name, [name], [primary.name])
     assert not job.events.filter(kind__in=["release.activated", "release.started"]).exists()
 
 

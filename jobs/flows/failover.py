@@ -1,4 +1,4 @@
-"""Failover: a replica of a server group's PostgreSQL primary becomes its primary (docs/groups.md)."""
+"""Failover: a replica of a server group's PostgreSQL primary becomes its primary (docs/failover.md)."""
 
 from jobs.engine.context import FlowFailed
 from jobs.steps import config_apply, failover, locks, records
@@ -18,7 +18,8 @@ def promote(ctx, node, old_primary_is_down=False):
     5. synchronous replication: the new primary waits for no standby, since none streams to it yet
     6. apply APP on NODE, health APP on NODE: config apply of each app whose database moved; a node
        that cannot be reached fails the job after the others, naming `config apply` to finish
-    Bring OLD back with `replica add OLD --group G` (a fresh clone of the new primary).
+    Bring OLD back with `replica add OLD --group G` (a fresh clone of the new primary), and any other
+    replica of OLD the same way (records.swapped lists them).
     """
     node = records.node(node)
     with ctx.step("check") as s:

@@ -122,8 +122,13 @@ def swap_records(ctx, group, new, old, version, fenced):
                                 "cluster": new.pg_cluster}
             service.save(update_fields=["node", "settings", "updated_at"])
             moved.append(service.app.name)
+        # Other replicas of the old primary stream from nothing now; the apps stop reading from them
+        # (their replica_of is not the new primary) until `replica add` clones each from the new one.
+        others = sorted(Node.objects.filter(group=group, role=Node.Role.DB_REPLICA, facts__replica_of=old.name)
+                        .exclude(pk=new.pk).values_list("name", flat=True))
     ctx.emit("records.swapped", group=group.name, database_node=new.name, primary_was=old.name,
-             roles={new.name: new.role, old.name: old.role}, services_moved=moved)
+             roles={new.name: new.role, old.name: old.role}, services_moved=moved,
+             replicas_to_add_again=[old.name, *others])
     return list(App.objects.filter(name__in=moved).order_by("name"))
 
 
