@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run stop test test-kills bench check clean
+.PHONY: install run stop test test-kills test-groups bench check clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: install
 test-kills: install
 	$(BIN)/python -m pytest -m kills tests/test_reconcile.py $(PYTEST_ARGS)
 
+# Server groups on real hosts of their own (balancer, rolling deploys, replicas, failover): about 12 minutes.
+test-groups: install
+	$(BIN)/python -m pytest -m groups $(PYTEST_ARGS)
+
 bench: install
 	$(BIN)/python bench/jobs_throughput.py
 	$(BIN)/python bench/deploy.py
@@ -42,6 +46,7 @@ bench: install
 	$(BIN)/python bench/restore_load.py
 	$(BIN)/python bench/cli.py
 	$(BIN)/python bench/admin.py
+	$(BIN)/python bench/group.py
 
 check: install
 	$(BIN)/python manage.py check

@@ -26,7 +26,7 @@ from tests.nodeops_helpers import Events
 from tests.tlsca import issue, make_ca
 from toppcloud_site.records.models import App, Location
 
-pytestmark = [pytest.mark.hosts, pytest.mark.worker]
+pytestmark = [pytest.mark.hosts, pytest.mark.worker, pytest.mark.groups]
 
 
 def backend(g):

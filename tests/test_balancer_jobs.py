@@ -18,7 +18,7 @@ from tests.balancer_group import app_dir, deploy, request
 from tests.helpers import wait_for_job
 from toppcloud_site.records.models import ServerGroup
 
-pytestmark = [pytest.mark.hosts, pytest.mark.worker]
+pytestmark = [pytest.mark.hosts, pytest.mark.worker, pytest.mark.groups]
 
 
 def finished(job):

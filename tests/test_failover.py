@@ -44,7 +44,7 @@ from tests.test_deploy_flow import app_copy, deploy
 from nodeops import transport as node_transport
 from toppcloud_site.records.models import App, Node, ServerGroup, Service
 
-pytestmark = [pytest.mark.hosts, pytest.mark.worker]
+pytestmark = [pytest.mark.hosts, pytest.mark.worker, pytest.mark.groups]
 FIGURES = {}  # what the tests measured, printed at the end of the module
 
 

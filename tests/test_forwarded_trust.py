@@ -29,7 +29,7 @@ from tests.hosts import port_free
 from tests.test_deploy_flow import deploy
 from toppcloud_site.records.models import Node, ServerGroup
 
-pytestmark = [pytest.mark.hosts, pytest.mark.worker]
+pytestmark = [pytest.mark.hosts, pytest.mark.worker, pytest.mark.groups]
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "apps"
 CLIENT = "203.0.113.7"  # TEST-NET-3: the browser behind the balancer
 _names = itertools.count(1)

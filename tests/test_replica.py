@@ -36,7 +36,7 @@ from tests.test_data_flow import add_note, notes, psql, request, run_command
 from tests.test_deploy_flow import app_copy, deploy
 from toppcloud_site.records.models import App, Backup, Node, ServerGroup, Service
 
-pytestmark = [pytest.mark.hosts, pytest.mark.worker]
+pytestmark = [pytest.mark.hosts, pytest.mark.worker, pytest.mark.groups]
 PID = os.getpid()
 
 

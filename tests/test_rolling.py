@@ -336,6 +336,7 @@ def assert_rolled_in_batches(parent, batches, load):
 
 @pytest.mark.hosts
 @pytest.mark.worker
+@pytest.mark.groups
 def test_a_rolling_deploy_and_rollback_through_the_balancer_fail_no_request(group_nodes, tmp_path, capsys):
     group, hosts, nodes = group_nodes
     lb, app_nodes = nodes[0], nodes[1:]
@@ -405,6 +406,7 @@ def test_a_rolling_deploy_and_rollback_through_the_balancer_fail_no_request(grou
 
 @pytest.mark.hosts
 @pytest.mark.worker
+@pytest.mark.groups
 def test_a_release_failing_its_health_check_on_the_second_node_stops_the_rollout(group_nodes, tmp_path):
     group, hosts, nodes = group_nodes
     lb, app_nodes = nodes[0], nodes[1:]
@@ -452,6 +454,7 @@ def test_a_release_failing_its_health_check_on_the_second_node_stops_the_rollout
 
 @pytest.mark.hosts
 @pytest.mark.worker
+@pytest.mark.groups
 def test_a_release_failing_the_direct_check_on_the_second_node_leaves_it_drained(group_nodes, tmp_path):
     group, hosts, nodes = group_nodes
     lb, app_nodes = nodes[0], nodes[1:]

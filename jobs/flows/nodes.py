@@ -34,8 +34,9 @@ def setup_node(ctx, node):
     kept = {key: node.facts[key] for key in replication.REPLICATION_FACTS if key in (node.facts or {})}
     Node.objects.filter(pk=node.pk).update(facts={**facts, **kept}, set_up_at=timezone.now())
     if lb and node.group_id:
-        for app_node in balancer.app_nodes(node.group):
-            # They now trust this node's X-Forwarded-Proto, and leave TLS to it.
+        for app_node in [n for n in balancer.app_nodes(node.group) if n.set_up_at]:
+            # They now trust this node's X-Forwarded-For/-Proto, and leave TLS to it (one not set up yet
+            # gets its front door from its own setup).
             with ctx.step(f"front door of {app_node.name}") as s:
                 s.changed = frontdoor.update(ctx, app_node)
         with ctx.step(f"balancer of {node.group.name}") as s:

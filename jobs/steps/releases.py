@@ -28,8 +28,9 @@ class ReleaseRefused(ValueError):
     pass
 
 
-def pack_release(app_dir):
+def pack_release(app_dir, group=None):
     """The Release for this directory: app.ini checked first, the archive stored once by its sha256.
+    A new app is made in `group` (a deploy to a server group); an app already recorded keeps its own.
 
     Raises appini.AppIniError or archive.ArchiveError (their messages name the
     file, line and key, or the path) and ReleaseRefused; nothing reaches a host.
@@ -42,7 +43,7 @@ def pack_release(app_dir):
     sha, _path, size = archive.pack(app_dir, settings.TOPPCLOUD_ARTIFACT_DIR)
     version = _version(app_dir)
     with transaction.atomic():
-        app, _ = App.objects.get_or_create(name=ini.app_name)
+        app, _ = App.objects.get_or_create(name=ini.app_name, defaults={"group": group})
         if ini.default_location:
             _claim_location(app, ini.location_host, ini.location_path)
         release = Release.objects.filter(app=app, artifact_sha256=sha).first()
@@ -54,7 +55,12 @@ def pack_release(app_dir):
                         size=size, app_ini=ini_dict(ini), version=version)
             except IntegrityError:  # packed by someone else at the same moment
                 release = Release.objects.get(app=app, artifact_sha256=sha)
-    return release, ini.warnings
+    warnings = list(ini.warnings)
+    if group is not None and app.group_id != group.pk:
+        warnings.append(f"app {app.name} belongs to {app.group.name if app.group else 'no server group'}, not "
+                        f"{group.name}: its database and config stay where that says (change the app's group "
+                        f"in the admin)")
+    return release, warnings
 
 
 def artifact_path(release):

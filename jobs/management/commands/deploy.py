@@ -17,7 +17,7 @@ from nodeops import appini
 from nodeops.appini import AppIniError
 from nodeops.archive import ArchiveError
 from toppcloud_site.records import audit
-from toppcloud_site.records.models import Node, ServerGroup
+from toppcloud_site.records.models import ServerGroup
 
 
 class Command(cli.Command):
@@ -34,7 +34,7 @@ class Command(cli.Command):
 
     def handle(self, app_dir, node, group, max_parallel, batch, **opts):
         actor = opts.get("actor") or getpass.getuser()
-        rolling_group = None
+        rolling_group = the_group = None
         try:
             nodes = [get_node(name) for name in node]
             if batch is not None and not group:
@@ -42,7 +42,7 @@ class Command(cli.Command):
             if group:
                 if not ServerGroup.objects.filter(name=group).exists():
                     raise ReleaseRefused(f"there is no server group {group!r}")
-                rolling_group = ServerGroup.objects.get(name=group)
+                the_group = rolling_group = ServerGroup.objects.get(name=group)
                 if lb_steps.lb_node(rolling_group) is None:
                     if batch is not None:
                         raise ReleaseRefused(f"server group {group} has no lb node: --batch rolls a group through "
@@ -54,9 +54,10 @@ class Command(cli.Command):
                                          f"app nodes; give --group without --node")
                 else:  # a bad --batch is refused before anything is packed (the action checks it again)
                     rolling.parse_batch("1" if batch is None else batch, len(lb_steps.app_nodes(rolling_group)))
-                nodes += [n for n in Node.objects.filter(group__name=group) if n not in nodes]
+                # A group's apps run on its app nodes (not on its lb, db or db-replica nodes).
+                nodes += [n for n in lb_steps.app_nodes(the_group) if n not in nodes]
                 if not nodes:
-                    raise ReleaseRefused(f"server group {group!r} has no nodes")
+                    raise ReleaseRefused(f"server group {group!r} has no app nodes")
             if not nodes:
                 raise ReleaseRefused("say where: --node NODE (repeatable) or --group GROUP")
             if max_parallel < 1:
@@ -65,7 +66,7 @@ class Command(cli.Command):
             raise CommandError(f"nothing was deployed: {exc}") from None
         try:
             with audit.acting_as(f"user:{actor}"):  # a new App record is audited
-                release, warnings = pack_release(app_dir)
+                release, warnings = pack_release(app_dir, group=the_group)
             check_required_config(release.app, release)
         except (AppIniError, ArchiveError, ReleaseRefused, ConfigMissing) as exc:
             # What the directory holds was refused: the attempt is recorded, as a failed job no worker runs.
