@@ -321,7 +321,7 @@ def main():
     print(f"{'rolling deploy, 3 app nodes through the balancer (s)':<60}{rolling:>12.2f}")
     print(f"{'3 single-node deploys one after the other (s)':<60}{single:>12.2f}")
     print(f"{'  rolling / single':<60}{ratio:>12.2f}")
-    print(f"{f'failed requests of {requests} during the rolling deploy ({THREADS} threads)':<60}{failed:>12}   0")
+    print(f"{f'failed requests of {requests} during the deploys ({THREADS} threads)':<60}{failed:>12}   0")
     print(f"{'requests/s through the balancer (1 backend in rotation)':<60}{through:>12.0f}")
     print(f"{'requests/s straight to that node':<60}{direct:>12.0f}")
     print(f"{'  balancer / direct':<60}{share:>12.2f}   >= 0.80")
