@@ -11,12 +11,10 @@ import logging
 from django.utils import timezone
 
 from jobs.engine import dispatch, events
-from jobs.engine.context import node_transport
+from jobs.engine.context import FlowFailed, node_transport
 from jobs.engine.states import TERMINAL, ActorKind
-from jobs.models import Job
+from jobs.models import Job, LiveRelease
 from jobs.nodes import InvalidNode, check_node
-from jobs.engine.context import FlowFailed
-from jobs.models import LiveRelease
 from jobs.steps import balancer as lb_steps, cron, failover, releases, replication, rolling
 from nodeops.errors import NodeOpError
 from toppcloud_site.records.models import App, Node
@@ -331,6 +329,9 @@ def balancer(group, *, actor_kind, actor):
     if lb is None:
         raise InvalidNode(f"server group {group.name} has no node with the role lb")
     check_node(lb)
+    if lb.set_up_at is None:
+        raise InvalidNode(f"the lb node {lb.name} of {group.name} is not set up yet: `manage.py setup_node {lb.name}` "
+                          f"installs HAProxy and renders the balancer")
     return dispatch.submit("balancer", target=f"group:{group.name}", params={"group": group.name},
                            actor_kind=actor_kind, actor=actor)
 

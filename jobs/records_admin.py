@@ -21,7 +21,7 @@ from jobs import actions, dashboard, uploads
 from jobs.flows.logs import LOG_FILES
 from jobs.steps.environment import ConfigMissing, check_required_config
 from jobs.steps import balancer as lb_steps
-from jobs.steps.releases import ReleaseRefused
+from jobs.steps.releases import ReleaseRefused, group_warning
 from jobs.steps.data import DataRefused, archive_path, check_data_app
 from jobs.steps.failover import PromoteRefused
 from jobs.steps.replication import ReplicaRefused, describe as describe_replica, replica_row
@@ -230,9 +230,13 @@ class UploadForm(forms.Form):
         nodes = list(data.get("nodes") or [])
         group = data.get("group")
         if group is not None:
-            nodes += [n for n in group.nodes.order_by("name") if n not in nodes]
+            if nodes and lb_steps.lb_node(group) is not None:
+                raise forms.ValidationError(f"server group {group.name} has an lb node: a deploy to it rolls through "
+                                            f"its app nodes; pick the group without nodes")
+            # A group's apps run on its app nodes (not on its lb, db or db-replica nodes), as manage.py deploy.
+            nodes += [n for n in lb_steps.app_nodes(group) if n not in nodes]
             if not nodes:
-                raise forms.ValidationError(f"server group {group.name!r} has no nodes")
+                raise forms.ValidationError(f"server group {group.name!r} has no app nodes")
         if not nodes and not self.errors:
             raise forms.ValidationError("say where: pick nodes, or a server group")
         data["targets"] = nodes
@@ -368,8 +372,8 @@ class AppAdmin(admin.ModelAdmin):
             check_node(node)  # refuse a bad node before anything is stored
         release = None
         try:
-            release, warnings = uploads.release_from_upload(data["archive"], may_create_app=self.has_add_permission(
-                request))
+            release, warnings = uploads.release_from_upload(
+                data["archive"], group=data.get("group"), may_create_app=self.has_add_permission(request))
             check_required_config(release.app, release)
         except (AppIniError, ArchiveError, ReleaseRefused, ConfigMissing) as exc:
             # What the archive holds was refused: the attempt is recorded, as a failed job no worker runs.
@@ -379,6 +383,8 @@ class AppAdmin(admin.ModelAdmin):
             raise ReleaseRefused(f"{exc} (recorded as job {job.pk})") from None
         for warning in warnings:
             self.message_user(request, f"app.ini: {warning}", messages.WARNING)
+        if group_warning(release.app, data.get("group")):
+            self.message_user(request, group_warning(release.app, data.get("group")), messages.WARNING)
         group = data.get("group")
         if group is not None and not data.get("nodes") and lb_steps.lb_node(group) is not None:
             # A group behind a balancer: rolled through it, one app node at a time (as manage.py deploy --group).
@@ -510,7 +516,7 @@ class LocationAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         before = Location.objects.filter(pk=obj.pk).values_list("app_id", flat=True).first() if change else None
         super().save_model(request, obj, form, change)
-        if set(form.changed_data) - {"balancer_cache"}:  # the cache is the balancer's, not the front door's
+        if form.changed_data:  # the front_door job also renders the group's balancer (its cache, too)
             _front_door_after_edit(self, request, {obj.app_id, before} - {None})
 
     def delete_model(self, request, obj):

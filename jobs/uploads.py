@@ -26,9 +26,9 @@ MAX_MEMBERS = 50_000
 ARCHIVE_KINDS = ".tar.gz, .tgz or .zip"
 
 
-def release_from_upload(upload, *, may_create_app=True):
+def release_from_upload(upload, *, group=None, may_create_app=True):
     """(Release, app.ini warnings) for an uploaded archive (a Django UploadedFile); without may_create_app, an
-    archive of an app that has no record yet is refused.
+    archive of an app that has no record yet is refused. A new app is made in `group` (an upload to a group).
 
     Raises ReleaseRefused, archive.ArchiveError or appini.AppIniError with a message for the person who sent it.
     """
@@ -48,7 +48,7 @@ def release_from_upload(upload, *, may_create_app=True):
         name = appini.parse_app_ini(os.path.join(app_dir, "app.ini")).app_name
         if not may_create_app and not App.objects.filter(name=name).exists():
             raise ReleaseRefused(f"there is no app {name!r}, and creating one needs permission to add apps")
-        return pack_release(app_dir)
+        return pack_release(app_dir, group=group)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -16,8 +16,8 @@ def setup_node(ctx, node):
        steps (setup.STEPS), on the host
     (a node with the role lb) haproxy package, haproxy config, haproxy start, haproxy verify: HAProxy
        under the node's supervisord on its port (nodeops/balancer.py; its own nginx keeps to a unix
-       socket), front door of NODE for each app node of its group (they trust its X-Forwarded-Proto),
-       then balancer of GROUP: rendered from the records
+       socket), balancer of GROUP: rendered from the records, then front door of NODE for each app
+       node of its group that is set up (they trust its X-Forwarded-For/-Proto and leave TLS to it)
     9. reconcile: stop what interrupted jobs left running, the front door as the records say
     """
     node = records.node(node)
@@ -34,16 +34,16 @@ def setup_node(ctx, node):
     kept = {key: node.facts[key] for key in replication.REPLICATION_FACTS if key in (node.facts or {})}
     Node.objects.filter(pk=node.pk).update(facts={**facts, **kept}, set_up_at=timezone.now())
     if lb and node.group_id:
-        for app_node in [n for n in balancer.app_nodes(node.group) if n.set_up_at]:
-            # They now trust this node's X-Forwarded-For/-Proto, and leave TLS to it (one not set up yet
-            # gets its front door from its own setup).
-            with ctx.step(f"front door of {app_node.name}") as s:
-                s.changed = frontdoor.update(ctx, app_node)
+        # The balancer first (it takes over TLS), then the app nodes behind it: they trust its
+        # X-Forwarded-For/-Proto and leave TLS to it. One not set up yet gets its front door from its own setup.
         with ctx.step(f"balancer of {node.group.name}") as s:
             try:
                 s.changed = balancer.update(ctx, node.group)
             except node_balancer.BalancerError as exc:
                 raise FlowFailed(str(exc)) from None
+        for app_node in [n for n in balancer.app_nodes(node.group) if n.set_up_at]:
+            with ctx.step(f"front door of {app_node.name}") as s:
+                s.changed = frontdoor.update(ctx, app_node)
     if not lb:
         ctx.emit("plan", steps=[*setup.STEPS, "reconcile"])  # one step more than the node's own setup announced
     with ctx.step("reconcile") as s:

@@ -115,10 +115,10 @@ def update_after_activation(ctx, node):
 
 
 def groups_with_balancer(nodes):
-    """The groups of these nodes that have a balancer, by name (jobs/actions.py queues a balancer job for
-    each after a front door edit)."""
+    """The groups of these nodes that have a balancer that is set up, by name (jobs/actions.py queues a
+    balancer job for each after a front door edit; an lb node's own setup renders it the first time)."""
     groups = {n.group for n in nodes if n.group_id}
-    return sorted((g for g in groups if lb_node(g) is not None), key=lambda g: g.name)
+    return sorted((g for g in groups if getattr(lb_node(g), "set_up_at", None)), key=lambda g: g.name)
 
 
 # Health changes

@@ -55,12 +55,15 @@ def pack_release(app_dir, group=None):
                         size=size, app_ini=ini_dict(ini), version=version)
             except IntegrityError:  # packed by someone else at the same moment
                 release = Release.objects.get(app=app, artifact_sha256=sha)
-    warnings = list(ini.warnings)
-    if group is not None and app.group_id != group.pk:
-        warnings.append(f"app {app.name} belongs to {app.group.name if app.group else 'no server group'}, not "
-                        f"{group.name}: its database and config stay where that says (change the app's group "
-                        f"in the admin)")
-    return release, warnings
+    return release, ini.warnings
+
+
+def group_warning(app, group):
+    """What a person deploying `app` to `group` should know when the app belongs elsewhere, or None."""
+    if group is None or app.group_id == group.pk:
+        return None
+    return (f"app {app.name} belongs to {app.group.name if app.group else 'no server group'}, not {group.name}: "
+            f"its database and config stay where that says (change the app's group in the admin)")
 
 
 def artifact_path(release):

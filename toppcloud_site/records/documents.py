@@ -413,6 +413,7 @@ class _Importer:
                 self.note(f"~ app {app.name}: location {key[0]}{key[1]} balancer_cache "
                           f"{loc.balancer_cache} -> {key in cached}")
                 loc.balancer_cache = key in cached
+                self.rerouted.add(app.pk)  # its front_door job renders the group's balancer too
                 self.save(loc, f"location {key[0]}{key[1]} of app {app.name}")
         for host, path in sorted(set(wanted) - set(have)):
             self.note(f"+ app {app.name}: location {host}{path}" + (" (cached at the balancer)"

@@ -11,7 +11,7 @@ from jobs.cli import add_follow_arguments, follow_job
 from jobs.steps.environment import ConfigMissing, check_required_config
 from jobs.nodes import InvalidNode, get_node
 from jobs.steps import balancer as lb_steps, rolling
-from jobs.steps.releases import ReleaseRefused, pack_release
+from jobs.steps.releases import ReleaseRefused, group_warning, pack_release
 from jobs.engine.states import ActorKind
 from nodeops import appini
 from nodeops.appini import AppIniError
@@ -73,8 +73,9 @@ class Command(cli.Command):
             job = actions.refuse_deploy(os.path.abspath(app_dir), str(exc), app_name=_app_name(app_dir),
                                         nodes=nodes, actor_kind=ActorKind.USER, actor=actor)
             raise CommandError(f"nothing was deployed: {exc} (recorded as job {job.pk})") from None
-        for warning in warnings:
-            self.stderr.write(f"warning: {warning}")
+        for warning in [*warnings, group_warning(release.app, the_group)]:
+            if warning:
+                self.stderr.write(f"warning: {warning}")
         self.stdout.write(f"release {release.app.name} {release.name} ({release.size} bytes, "
                           f"sha256 {release.artifact_sha256[:12]})")
         try:
