@@ -70,8 +70,9 @@ def pair(worker, tmp_path_factory):
             node.full_clean()
             node.save()
             nodes.append(node)
-        group.database_node = nodes[0]
-        group.save()
+            if node.role == Node.Role.DB:  # the group's database node before a db-replica may join it
+                group.database_node = node
+                group.save()
         for node in nodes:
             job = wait_for_job(actions.setup_node(node, actor_kind="system", actor="tests").pk, timeout=120)
             assert job.status == "succeeded", job.error

@@ -34,6 +34,7 @@ from tests.helpers import event_kinds, wait_for_job, wait_until
 from tests.hosts import start_hosts, stop_hosts
 from tests.test_data_flow import add_note, notes, psql, request, run_command
 from tests.test_deploy_flow import app_copy, deploy
+from toppcloud_site.records import roles
 from toppcloud_site.records.models import App, Backup, Node, ServerGroup, Service
 
 pytestmark = [pytest.mark.hosts, pytest.mark.worker, pytest.mark.groups]
@@ -60,8 +61,13 @@ def pair(live_db, worker):
             job = wait_for_job(actions.setup_node(node, actor_kind="system", actor="tests").pk, timeout=120)
             assert job.status == "succeeded", job.error
         primary, replica = records
-        group = ServerGroup.objects.create(name=f"repl{PID}", database_node=primary)
-        Node.objects.filter(pk__in=[n.pk for n in records]).update(group=group)
+        # In the group as the role rules want it (records/roles.py): the primary its db node (and so its
+        # database node) first, then the replica-to-be, an app node until replica add makes it db-replica.
+        group = ServerGroup.objects.create(name=f"repl{PID}")
+        roles.assign(primary, role=Node.Role.DB, group=group)
+        roles.assign(replica, group=group)
+        group.refresh_from_db()
+        assert group.database_node_id == primary.pk
         for node in records:
             node.refresh_from_db()
         yield hosts, primary, replica, group
