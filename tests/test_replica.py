@@ -63,6 +63,8 @@ def pair(live_db, worker):
         primary, replica = records
         # In the group as the role rules want it (records/roles.py): the primary its db node (and so its
         # database node) first, then the replica-to-be, an app node until replica add makes it db-replica.
+        for node in records:
+            node.refresh_from_db()  # what the setup jobs recorded (set_up_at, facts), not to be saved over
         group = ServerGroup.objects.create(name=f"repl{PID}")
         roles.assign(primary, role=Node.Role.DB, group=group)
         roles.assign(replica, group=group)
