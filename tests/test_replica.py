@@ -46,7 +46,8 @@ def pair(live_db, worker):
     """Two hosts of this module, set up as nodes of one group: A the primary (and app node), B the replica-to-be."""
     base = tempfile.mkdtemp(prefix="tc-repl-", dir="/tmp")
     os.chmod(base, 0o755)
-    hosts = start_hosts(2, base, ensure_key(settings.TOPPCLOUD_SSH_KEY_FILE))
+    # Ports of its own: the Node rows of other modules stay (live_db), and (address, http_port) is unique.
+    hosts = start_hosts(2, base, ensure_key(settings.TOPPCLOUD_SSH_KEY_FILE), ssh_port=2522, http_port=8380)
     records = []
     try:
         for i, host in enumerate(hosts):
