@@ -55,7 +55,8 @@ def pair(worker, tmp_path_factory):
     """(hosts, group, app name): host1 primary + app, host2 a streaming replica of it."""
     base = tempfile.mkdtemp(prefix="tc-fo-", dir="/tmp")
     os.chmod(base, 0o755)
-    hosts = start_hosts(2, base, ensure_key(settings.TOPPCLOUD_SSH_KEY_FILE))
+    # Ports of its own: the Node rows of other modules stay (live_db), and (address, http_port) is unique.
+    hosts = start_hosts(2, base, ensure_key(settings.TOPPCLOUD_SSH_KEY_FILE), ssh_port=2422, http_port=8280)
     tag = os.getpid() % 100000
     try:
         for host in hosts:  # not the session hosts' cluster names (they are named host1, host2 too)
@@ -70,8 +71,9 @@ def pair(worker, tmp_path_factory):
             node.full_clean()
             node.save()
             nodes.append(node)
-        group.database_node = nodes[0]
-        group.save()
+            if node.role == Node.Role.DB:  # the group's database node before a db-replica may join it
+                group.database_node = node
+                group.save()
         for node in nodes:
             job = wait_for_job(actions.setup_node(node, actor_kind="system", actor="tests").pk, timeout=120)
             assert job.status == "succeeded", job.error

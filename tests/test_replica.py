@@ -34,6 +34,7 @@ from tests.helpers import event_kinds, wait_for_job, wait_until
 from tests.hosts import start_hosts, stop_hosts
 from tests.test_data_flow import add_note, notes, psql, request, run_command
 from tests.test_deploy_flow import app_copy, deploy
+from toppcloud_site.records import roles
 from toppcloud_site.records.models import App, Backup, Node, ServerGroup, Service
 
 pytestmark = [pytest.mark.hosts, pytest.mark.worker, pytest.mark.groups]
@@ -45,7 +46,8 @@ def pair(live_db, worker):
     """Two hosts of this module, set up as nodes of one group: A the primary (and app node), B the replica-to-be."""
     base = tempfile.mkdtemp(prefix="tc-repl-", dir="/tmp")
     os.chmod(base, 0o755)
-    hosts = start_hosts(2, base, ensure_key(settings.TOPPCLOUD_SSH_KEY_FILE))
+    # Ports of its own: the Node rows of other modules stay (live_db), and (address, http_port) is unique.
+    hosts = start_hosts(2, base, ensure_key(settings.TOPPCLOUD_SSH_KEY_FILE), ssh_port=2522, http_port=8380)
     records = []
     try:
         for i, host in enumerate(hosts):
@@ -60,8 +62,15 @@ def pair(live_db, worker):
             job = wait_for_job(actions.setup_node(node, actor_kind="system", actor="tests").pk, timeout=120)
             assert job.status == "succeeded", job.error
         primary, replica = records
-        group = ServerGroup.objects.create(name=f"repl{PID}", database_node=primary)
-        Node.objects.filter(pk__in=[n.pk for n in records]).update(group=group)
+        # In the group as the role rules want it (records/roles.py): the primary its db node (and so its
+        # database node) first, then the replica-to-be, an app node until replica add makes it db-replica.
+        for node in records:
+            node.refresh_from_db()  # what the setup jobs recorded (set_up_at, facts), not to be saved over
+        group = ServerGroup.objects.create(name=f"repl{PID}")
+        roles.assign(primary, role=Node.Role.DB, group=group)
+        roles.assign(replica, group=group)
+        group.refresh_from_db()
+        assert group.database_node_id == primary.pk
         for node in records:
             node.refresh_from_db()
         yield hosts, primary, replica, group

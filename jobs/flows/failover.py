@@ -35,9 +35,18 @@ def promote(ctx, node, old_primary_is_down=False):
     with ctx.step(f"fence {old.name}") as s:
         fenced = failover.fence(ctx, old, old_primary_is_down=old_primary_is_down)
         s.data.update(fenced)
-    with ctx.step(f"promote {node.name}") as s:
-        promoted = failover.promote(ctx, node)
-        s.data.update(promoted)
+    try:
+        with ctx.step(f"promote {node.name}") as s:
+            promoted = failover.promote(ctx, node)
+            s.data.update(promoted)
+    except Exception as exc:
+        state = (f"{old.name} is fenced (stopped, start.conf manual)" if fenced["fenced"]
+                 else f"{old.name} was not fenced (it did not answer)")
+        again = f"manage.py promote {node.name}{'' if fenced['fenced'] else ' --old-primary-is-down'}"
+        back = (f"; or keep {old.name} the primary: set its start.conf to auto and run `pg_ctlcluster "
+                f"{fenced.get('version')} {old.pg_cluster} start` on it" if fenced["fenced"] else "")
+        raise FlowFailed(f"{state}, {node.name} not promoted ({exc}); the records are unchanged: "
+                         f"re-run `{again}`{back}") from exc
     with ctx.step("records") as s:
         moved = failover.swap_records(ctx, group, node, old, promoted["version"], fenced["fenced"])
         s.data["apps"] = [a.name for a in moved]

@@ -2,7 +2,7 @@
 (jobs/steps/replication.py; docs/groups.md)."""
 
 from jobs.engine.context import FlowFailed
-from jobs.steps import config_apply, records, replication
+from jobs.steps import config_apply, failover, records, replication
 from toppcloud_site.records.models import App
 
 
@@ -26,6 +26,7 @@ def replica_add(ctx, node, group):
     if primary is None or node.group_id != group.pk or node.pk == primary.pk:
         raise FlowFailed(f"{node.name} cannot be a replica in {group.name} (its primary or group changed "
                          "since the job was queued); nothing was done")
+    failover.take_database_lock(ctx, group)  # db:GROUP: one replica add, check or promote of a group at a time
     with ctx.step("clusters") as s:
         version = replication.ensure_clusters(ctx, primary, node)
         s.data.update(version=version, primary=primary.name, replica=node.name)
@@ -71,6 +72,7 @@ def replica_check(ctx, group):
     primary = group.database_node
     if primary is None:
         raise FlowFailed(f"group {group.name} has no database node (its primary) any more")
+    failover.take_database_lock(ctx, group)
     with ctx.step("lag") as s:
         version = replication.primary_version(ctx, primary)
         s.data["replicas"] = figures = replication.record(ctx, group, primary, version)

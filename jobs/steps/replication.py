@@ -9,6 +9,7 @@ name) and replication ({state, lag_bytes, lag_seconds, sync_state,
 checked_at}).
 """
 
+import ipaddress
 import secrets
 import time
 
@@ -19,7 +20,7 @@ from jobs.engine.context import FlowFailed
 from jobs.engine.redact import register_secret
 from jobs.steps import data
 from nodeops import services as node_services
-from toppcloud_site.records.models import Node, ServerGroup
+from toppcloud_site.records.models import Node, ServerGroup, Service
 
 # The facts a replica add records; a node's setup keeps them (its own facts are the host's).
 REPLICATION_FACTS = ("replica_of", "replication", "fenced", "promoted")  # the last two: a promote's
@@ -234,4 +235,17 @@ def check_replica_add(node_name, group_name):
                              f"{node.database_for.first().name}: it cannot be a replica too")
     if node.role == Node.Role.LB:
         raise ReplicaRefused(f"node {node.name} is the group's load balancer (role lb)")
+    try:  # the primary's pg_hba admits a replica by its IP address (node_data._hba_address)
+        ipaddress.ip_address(node.address)
+    except ValueError:
+        raise ReplicaRefused(f"node {node.name}'s address {node.address!r} is not an IP address: the primary's "
+                             "pg_hba admits a replica by its IP address; give the node its IP address") from None
+    # Cloning empties the node's cluster: refuse while an app keeps its database there. An old primary this
+    # group's promote fenced had its apps' services moved by it, so any left there is such an app too.
+    kept = sorted(Service.objects.filter(kind=Service.Kind.POSTGRESQL, node=node)
+                  .values_list("app__name", flat=True))
+    if kept:
+        raise ReplicaRefused(f"node {node.name} holds the databases of {', '.join(kept[:5])}"
+                             f"{' and more' if len(kept) > 5 else ''}: cloning the primary would wipe them; "
+                             "move them elsewhere first")
     return node, group
