@@ -158,15 +158,15 @@ def _rollout_nodes(group, batch):
 def _rollout(action, app_name, group, lb, nodes, size, plans, *, release, actor_kind, actor):
     if not plans:
         raise RolloutRefused(f"{app_name}: nothing to {action} on the app nodes of {group.name}")
-    # Only the nodes where the app is live serve it through the balancer. The only one is not drained: the
-    # balancer would have none to send requests to while it changes; its own deploy or rollback keeps it
-    # serving (zero downtime on the node). Nor may a batch drain all of them at once.
+    # The group's only app node is not drained: the balancer would have none to send requests to while it
+    # changes; its own deploy or rollback keeps it serving (zero downtime on the node). Nor is the only node
+    # where the app is live (out_of_rotation sees no other server UP), and a batch may not hold all of them.
     live = set(LiveRelease.objects.filter(app__name=app_name, node__in=nodes).values_list("node_id", flat=True))
     if len(live) > 1 and size >= len(live):
         raise RolloutRefused(f"a batch of {size} would take all {len(live)} app nodes where {app_name} is live out "
                              f"of rotation at once, leaving the balancer none to send requests to; at most "
                              f"--batch {len(live) - 1}")
-    through = lb.name if len(live) > 1 else None
+    through = lb.name if len(nodes) > 1 else None
     for plan in plans:
         plan["params"]["lb"] = through
     batches = rolling.batch_sizes(len(plans), min(size, len(plans)))
