@@ -157,7 +157,13 @@ def _rollout(action, app_name, group, lb, nodes, size, plans, *, release, actor_
     if not plans:
         raise RolloutRefused(f"{app_name}: nothing to {action} on the app nodes of {group.name}")
     # The group's only app node is not drained: the balancer would have none to send requests to while it
-    # changes; its own deploy or rollback keeps it serving (zero downtime on the node).
+    # changes; its own deploy or rollback keeps it serving (zero downtime on the node). Nor is the only node
+    # where the app is live (out_of_rotation sees no other server UP), and a batch may not hold all of them.
+    live = set(LiveRelease.objects.filter(app__name=app_name, node__in=nodes).values_list("node_id", flat=True))
+    if len(live) > 1 and size >= len(live):
+        raise RolloutRefused(f"a batch of {size} would take all {len(live)} app nodes where {app_name} is live out "
+                             f"of rotation at once, leaving the balancer none to send requests to; at most "
+                             f"--batch {len(live) - 1}")
     through = lb.name if len(nodes) > 1 else None
     for plan in plans:
         plan["params"]["lb"] = through

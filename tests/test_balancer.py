@@ -120,6 +120,25 @@ def test_a_drained_node_gets_no_new_requests_finishes_those_in_flight_and_stays_
         balancer.wait_idle(t, events, layout, be, "nobody", timeout=1)
 
 
+def test_a_drain_set_while_a_reload_runs_is_never_lost(lb_group):
+    g = lb_group
+    t, layout, be = g.transport(), g.layout, backend(g)
+    first = g.apps[0]
+    events, live = Events(), balancer.read_live(t, layout)
+    try:
+        for i in range(4):  # the drain lands at some point of the push: before the save, or waits for the reload
+            pushing = threading.Thread(target=balancer.push, args=(t, events, layout, live + f"# race {i}\n"))
+            pushing.start()
+            time.sleep(0.1 * i)
+            balancer.set_server_state(t, events, layout, be, first.name, "drain")
+            pushing.join(30)
+            assert states(g)[be, first.name]["admin"] == "drain", i
+            balancer.set_server_state(t, events, layout, be, first.name, "ready")
+    finally:
+        balancer.set_server_state(t, events, layout, be, first.name, "ready")
+        balancer.push(t, events, layout, live)
+
+
 def test_reloads_under_load_fail_no_request(lb_group):
     g = lb_group
     t, layout = g.transport(), g.layout

@@ -489,6 +489,51 @@ def test_a_release_failing_the_direct_check_on_the_second_node_leaves_it_drained
     served_through_lb(lb, hostname, {app_nodes[0].name: "2", app_nodes[2].name: "1"})
 
 
+@pytest.mark.hosts
+@pytest.mark.worker
+@pytest.mark.groups
+def test_the_only_node_serving_an_app_is_not_drained_and_a_node_left_drained_comes_back(group_nodes, tmp_path):
+    group, hosts, nodes = group_nodes
+    lb, app_nodes = nodes[0], nodes[1:]
+    name = f"only{os.getpid() % 10000}"
+    hostname, backend = f"{name}.test", f"app_{name}"
+    v1, v2 = (app_version(tmp_path, name, v) for v in ("1", "2"))
+    with pytest.raises(SystemExit) as exit_info:  # live on the first app node alone
+        call_command("deploy", str(v1), "--node", app_nodes[0].name, stdout=io.StringIO())
+    assert exit_info.value.code == 0
+    served_through_lb(lb, hostname, {app_nodes[0].name: "1"})
+
+    with Load(lb, hostname) as load:
+        code, parent = command("deploy", str(v2), "--group", group.name)
+        assert code == 0, parent.error
+    assert load.failures == [] and load.ok > 50, (load.ok, load.failures[:5])
+    first = children_in_order(parent)[0]
+    assert first.params["node"] == app_nodes[0].name
+    kept = event(first, "balancer.not_drained")
+    assert kept.data["reason"].startswith(f"no other server of {backend} on {lb.name} is UP and ready")
+    assert not first.events.filter(kind="balancer.drain").exists()
+    served_through_lb(lb, hostname, {n.name: "2" for n in app_nodes})
+
+    # A node left drained (its child died after activation): deploying the same release puts it back.
+    t = transport_for(lb.transport_spec(identity_file=settings.TOPPCLOUD_SSH_KEY_FILE,
+                                        control_dir=settings.TOPPCLOUD_SSH_CONTROL_DIR))
+    balancer.set_server_state(t, lambda kind, **data: None, NodeLayout(lb.root), backend, app_nodes[1].name, "drain")
+    assert lb_view(lb, backend)[app_nodes[1].name][1] == "drain"
+    code, again = command("deploy", str(v2), "--group", group.name)
+    assert code == 0, again.error
+    child = next(c for c in children_in_order(again) if c.params["node"] == app_nodes[1].name)
+    assert "already live" in child.summary and event(child, "balancer.enable").data["server"] == app_nodes[1].name
+    assert lb_view(lb, backend) == {n.name: ("UP", "ready") for n in app_nodes}
+
+    # And by hand: manage.py balancer GROUP --enable NODE, after a direct check.
+    balancer.set_server_state(t, lambda kind, **data: None, NodeLayout(lb.root), backend, app_nodes[2].name, "maint")
+    out = io.StringIO()
+    call_command("balancer", group.name, "--enable", app_nodes[2].name, stdout=out)
+    assert f"{backend}: {app_nodes[2].name} back in rotation (" in out.getvalue() and "answered 200" in out.getvalue()
+    wait_until(lambda: lb_view(lb, backend)[app_nodes[2].name] == ("UP", "ready"), timeout=10,
+               what="the enabled server UP")
+
+
 @pytest.mark.django_db
 def test_the_admins_group_upload_rolls_a_group_with_an_lb_node_through_it(admin_client,
                                                                           django_capture_on_commit_callbacks):

@@ -35,10 +35,11 @@ def deploy(ctx, app, release, node, lb=None):
     14. update_fetch: its database updates
     15. health: ask its health URL (not live yet), against the updated schema
     16. activate: the node's front door with it live (nginx -t, reload), release.activated
-       balancer: the group's balancer as the records now say (a group with an lb node only)
     17. cron: its [cron] entries become the app's schedules
     18. stop old release
     19. prune: old releases
+    20. balancer: the group's balancer as the records now say (a group with an lb node only; last, so a
+        balancer that refuses the config or cannot be reached fails the job after the node's own work)
     (lb given: direct health check: the node's front door asked from the balancer, 2xx; back in rotation)
     A failure of update_fetch or health: revert (the checkpoint put back). A failure from wait to activate:
     stop new release. A failure once drained: back in rotation if what is live answers the direct health
@@ -55,6 +56,7 @@ def deploy(ctx, app, release, node, lb=None):
     live = LiveRelease.objects.filter(app=app, node=node, host=ini["location_host"], path=ini["location_path"]).first()
     previous = live.release if live else None
     if previous == release:
+        rolling.back_if_drained(ctx, app, node, lb)  # a rollout that died after activating it left it drained
         return f"{app.name} {release.name} is already live on {node.name}; nothing to do", {"release": release.name}
 
     with rolling.out_of_rotation(ctx, app, node, lb):
@@ -104,7 +106,6 @@ def deploy(ctx, app, release, node, lb=None):
                     releases.check_health(ctx, answer, ini, release, previous)
             with ctx.step("activate"):
                 frontdoor.activate(ctx, app, node, release, port, ini)
-        balancer.update_after_activation(ctx, node)
         with ctx.step("cron") as s:
             s.data.update(cron.sync_entries(app, release))
         if previous and previous != release:
@@ -113,6 +114,7 @@ def deploy(ctx, app, release, node, lb=None):
         with ctx.step("prune") as s:
             s.data["removed"] = node_release.prune(t, ctx.emit, layout, app.name,
                                                    releases.keep_releases(app, release, ini))
+        balancer.update_after_activation(ctx, node)  # last: a balancer that fails leaves the node's work done
     was = f" (was {previous.name})" if previous else ""
     return (f"{app.name} {release.name} live on {node.name} at {ini['location_host']}{ini['location_path']}{was}",
             {"release": release.name, "previous": previous.name if previous else None, "port": port})
@@ -134,9 +136,9 @@ def rollback(ctx, app, node, release=None, lb=None):
     9. wait until it answers
     10. health
     11. activate
-       balancer (a group with an lb node only)
     12. cron
     13. stop old release
+    14. balancer (a group with an lb node only)
     (lb given: direct health check; back in rotation)
     A failure from health to activate: stop new release. Once drained: as for deploy.
     """
@@ -178,11 +180,11 @@ def rollback(ctx, app, node, release=None, lb=None):
                 releases.check_health(ctx, answer, ini, target, live.release)
             with ctx.step("activate"):
                 frontdoor.activate(ctx, app, node, target, port, ini)
-        balancer.update_after_activation(ctx, node)
         with ctx.step("cron") as s:
             s.data.update(cron.sync_entries(app, target))
         with ctx.step("stop old release"):
             node_release.stop(t, ctx.emit, layout, app.name, live.release.name)
+        balancer.update_after_activation(ctx, node)
     return (f"{app.name} rolled back to {target.name} on {node.name} (was {live.release.name})",
             {"release": target.name, "previous": live.release.name, "port": port})
 

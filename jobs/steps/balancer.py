@@ -18,6 +18,7 @@ from jobs.engine.context import FlowFailed
 from jobs.models import JobEvent, LiveRelease
 from jobs.steps import frontdoor as node_frontdoor
 from nodeops import balancer, frontdoor
+from nodeops.errors import NodeOpError
 from nodeops.layout import NodeLayout
 from toppcloud_site.records.models import Location, Node
 
@@ -108,7 +109,7 @@ def update_after_activation(ctx, node):
     with ctx.step("balancer") as s:
         try:
             s.changed = update(ctx, group)
-        except balancer.BalancerError as exc:
+        except NodeOpError as exc:  # HAProxy refused the render, or the lb node cannot be reached
             raise FlowFailed(f"the release is live on {node.name}, but the balancer of {group.name} kept its "
                              f"config: {exc}") from None
     return s.changed

@@ -7,8 +7,9 @@ its node out of rotation at the balancer for the time it changes it:
 
 1. out of rotation: drain the node's server in the app's backend, wait until
    its in-flight requests are done (a node not in the backend yet, its first
-   deploy, is not drained; requests still in flight after 30 s: the node goes
-   back in rotation unchanged and the job fails)
+   deploy, is not drained, nor one whose backend has no other server UP and
+   ready; requests still in flight after 30 s: the node goes back in rotation
+   unchanged and the job fails)
 2. the deploy's own steps
 3. direct health check: from the balancer, GET the node's front door at the
    app's location and health URL (with the location's Host); 2xx or it fails
@@ -73,6 +74,11 @@ def batch_sizes(n, size):
 def direct_check(ctx, lb, app, node):
     """From the balancer node, GET what is live on `node` at the app's location + health URL, past the
     balancer: (ok, what it says). Nothing live there: (False, why)."""
+    return ask_directly(ctx.transport(lb), ctx.emit, app, node)
+
+
+def ask_directly(t, emit, app, node):
+    """direct_check over `t`, the lb node's transport (manage.py balancer --enable asks it outside a job)."""
     live = LiveRelease.objects.filter(app=app, node=node).select_related("release").order_by("-activated_at").first()
     if live is None:
         return False, f"{app.name} has no live release on {node.name}"
@@ -80,12 +86,12 @@ def direct_check(ctx, lb, app, node):
     host = live.host.replace("*", "health-check", 1) if live.host.startswith("*") else live.host
     path = live.path.rstrip("/") + (ini.get("health_check") or "/")
     try:
-        status, body = node_release.http_get_at(ctx.transport(lb), node.address, node.http_port, path, host=host)
+        status, body = node_release.http_get_at(t, node.address, node.http_port, path, host=host)
     except node_release.ReleaseError as exc:
-        ctx.emit("health.direct", node=node.name, release=live.release.name, host=host, path=path, error=str(exc))
+        emit("health.direct", node=node.name, release=live.release.name, host=host, path=path, error=str(exc))
         return False, str(exc)
-    ctx.emit("health.direct", node=node.name, release=live.release.name, host=host, path=path, status=status,
-             body=body[:200])
+    emit("health.direct", node=node.name, release=live.release.name, host=host, path=path, status=status,
+         body=body[:200])
     said = f"{live.release.name} answered {status} to GET http://{node.address}:{node.http_port}{path} (Host: {host})"
     return 200 <= status < 300, said
 
@@ -122,7 +128,10 @@ def out_of_rotation(ctx, app, node, lb_name):
     lb = records.node(lb_name)
     t, layout, backend = ctx.transport(lb), NodeLayout(lb.root), balancer.backend_name(app.name)
     with ctx.step("out of rotation") as s:
-        drained = _server(t, layout, backend, node.name) is not None
+        rows = [r for r in balancer.server_states(t, layout) if r["backend"] == backend]
+        serving = [r["server"] for r in rows if r["server"] != node.name and r["state"] == "UP"
+                   and r["admin"] == "ready"]
+        drained = any(r["server"] == node.name for r in rows) and bool(serving)
         if drained:
             balancer.set_server_state(t, ctx.emit, layout, backend, node.name, "drain")
             ctx.emit("balancer.drain", balancer=lb.name, backend=backend, server=node.name)
@@ -134,6 +143,10 @@ def out_of_rotation(ctx, app, node, lb_name):
                 ctx.emit("balancer.enable", balancer=lb.name, backend=backend, server=node.name,
                          reason=f"{exc}: nothing was changed on {node.name}; back in rotation")
                 raise FlowFailed(f"{exc}; nothing was changed on {node.name}, it is back in rotation") from None
+        elif any(r["server"] == node.name for r in rows):  # draining it would leave the backend no server
+            s.data["skipped"] = why = (f"no other server of {backend} on {lb.name} is UP and ready: {node.name} "
+                                       f"stays in rotation (its own deploy keeps it serving)")
+            ctx.emit("balancer.not_drained", balancer=lb.name, backend=backend, server=node.name, reason=why)
         else:
             s.data["skipped"] = f"{node.name} is not in {backend} on {lb.name} yet (the app's first deploy there)"
     try:
@@ -158,6 +171,25 @@ def out_of_rotation(ctx, app, node, lb_name):
             s.data["skipped"] = f"{node.name} is not in {backend} on {lb.name} yet: the balancer's update adds it"
         else:
             s.data["up_after_s"] = _enable(ctx, lb, t, layout, backend, node, f"{said}; back in rotation")
+
+
+def back_if_drained(ctx, app, node, lb_name):
+    """A node whose change is already done but which was left drained (its job died after activation):
+    back in rotation if what is live there answers its health check directly, else FlowFailed."""
+    if lb_name is None:
+        return
+    lb = records.node(lb_name)
+    t, layout, backend = ctx.transport(lb), NodeLayout(lb.root), balancer.backend_name(app.name)
+    row = _server(t, layout, backend, node.name)
+    if row is None or row["admin"] == "ready":
+        return
+    with ctx.step("back in rotation") as s:
+        ok, said = direct_check(ctx, lb, app, node)
+        s.data["answer"] = said
+        if not ok:
+            raise FlowFailed(f"{node.name} is {row['admin']} in {backend} on {lb.name} and its direct health check "
+                             f"failed: {said}; it is left so")
+        s.data["up_after_s"] = _enable(ctx, lb, t, layout, backend, node, f"{said}; back in rotation")
 
 
 def _after_failure(ctx, lb, t, layout, backend, app, node, exc):

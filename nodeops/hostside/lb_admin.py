@@ -4,7 +4,15 @@
 #   lb_admin.py set SOCK BACKEND SERVER STATE       -> ready | drain | maint
 #   lb_admin.py wait_idle SOCK BACKEND SERVER TIMEOUT -> seconds it took (exit 3 on timeout)
 #   lb_admin.py push CFG STATE_FILE SOCK MASTER_SOCK  (candidate on stdin) -> unchanged | reloaded
-import csv, io, json, os, re, shutil, socket, subprocess, sys, tempfile, time
+import csv, fcntl, io, json, os, re, shutil, socket, subprocess, sys, tempfile, time
+
+
+def locked(sock):
+    """Hold the balancer's admin lock until this program exits: a `set` never lands between push's
+    "show servers state" and the reload that loads it (it would be lost)."""
+    fd = os.open(sock + ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
 
 
 def ask(sock, command, timeout=10):
@@ -89,6 +97,7 @@ def push(cfg, state_file, sock, master_sock):
             sys.exit("haproxy -c: " + ((said or r.stderr + r.stdout).replace(candidate, cfg).strip()
                                        or f"failed ({r.returncode})"))
         # The servers' states (drained, in maintenance, down) as they are now: the new worker loads them.
+        locked(sock)  # until the new worker is up (this program's end)
         try:
             saved = ask(sock, "show servers state")
         except OSError:
@@ -140,6 +149,7 @@ if op == "states":
     print(json.dumps(states(rest[0])))
 elif op == "set":
     sock, backend, server, state = rest
+    locked(sock)
     said = ask(sock, f"set server {backend}/{server} state {state}").strip()
     if said:
         sys.exit(f"haproxy: {said}")
