@@ -32,7 +32,7 @@ test: install
 test-kills: install
 	$(BIN)/python -m pytest -m kills tests/test_reconcile.py $(PYTEST_ARGS)
 
-# Server groups on real hosts of their own (balancer, rolling deploys, replicas, failover): about 12 minutes.
+# Server groups on real hosts of their own (balancer, rolling deploys, replicas, failover): about 7 minutes.
 test-groups: install
 	$(BIN)/python -m pytest -m groups $(PYTEST_ARGS)
 
