@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, configure, start_worker, stop_worker  # noqa: E402
+from tests.load import LoadThreads  # noqa: E402
 
 GROUP = "benchgrp"
 THREADS = 8
@@ -57,15 +58,13 @@ def request(address, port, host, method="GET", path="/", body=None):
         conn.close()
 
 
-class Load:
+class Load(LoadThreads):
     """THREADS threads of GETs until stopped; every failure (not a 200, or no answer) counted."""
 
     def __init__(self, address, port, host):
         self.target = (address, port, host)
         self.ok = self.failed = 0
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(THREADS)]
+        super().__init__([()] * THREADS)
 
     def _loop(self):
         while not self.stop.is_set():
@@ -79,15 +78,6 @@ class Load:
                 else:
                     self.failed += 1
 
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=15)
 
 
 def timed_command(*args):

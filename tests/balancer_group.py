@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from jobs.models import Job
 from nodeops.layout import NodeLayout
 from tests.helpers import wait_for_job
 from tests.hosts import start_hosts, stop_hosts
+from tests.load import LoadThreads
 from toppcloud_site.records.models import Node, ServerGroup
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "apps"
@@ -137,15 +137,13 @@ class _HostnameHTTPS(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.sni)
 
 
-class Load:
+class Load(LoadThreads):
     """Steady GETs through the balancer from `threads` threads; counts each answer by node, and every failure."""
 
     def __init__(self, host, hostname, threads=8, path="/", expect="balanced version"):
         self.host, self.hostname, self.path, self.expect = host, hostname, path, expect
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
         self.ok, self.failures, self.by_node = 0, [], {}
-        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
+        super().__init__([()] * threads)
 
     def _loop(self):
         deadline = time.monotonic() + 300
@@ -164,15 +162,6 @@ class Load:
                     self.by_node[node] = self.by_node.get(node, 0) + 1
             time.sleep(0.005)
 
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=15)
 
 
 def states(g):

@@ -3,7 +3,6 @@
 import http.client
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from django.utils import timezone
 from jobs.models import Job, LiveRelease
 from toppcloud_site.records.models import Release
 from tests.helpers import event_kinds
+from tests.load import LoadThreads
 
 pytestmark = [pytest.mark.hosts, pytest.mark.worker]
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "apps"
@@ -55,17 +55,14 @@ def get(host, hostname, path="/"):
         conn.close()
 
 
-class Load:
+class Load(LoadThreads):
     """Steady requests to each host while a deploy runs; counts every failure."""
 
     def __init__(self, hosts, hostname, threads_per_host=2, path="/", expect="hello version"):
         self.hosts, self.hostname, self.path, self.expect = hosts, hostname, path, expect
-        self.stop = threading.Event()
         self.ok = 0
         self.failures = []
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._loop, args=(h,), daemon=True)
-                        for h in hosts for _ in range(threads_per_host)]
+        super().__init__([(h,) for h in hosts for _ in range(threads_per_host)])
 
     def _loop(self, host):
         deadline = time.monotonic() + 300  # bounded, whatever happens
@@ -82,15 +79,6 @@ class Load:
                     self.ok += 1
             time.sleep(0.01)
 
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=10)
 
 
 def test_it_deploys_redeploys_and_rolls_back_two_hosts_without_a_failed_request(worker, test_hosts, ready_nodes,

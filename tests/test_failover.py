@@ -27,7 +27,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 
 import pytest
@@ -41,6 +40,7 @@ from jobs.models import Job
 from tests.helpers import wait_for_job, wait_until
 from tests.hosts import start_hosts, stop_hosts
 from tests.test_deploy_flow import app_copy, deploy
+from tests.load import LoadThreads
 from nodeops import transport as node_transport
 from toppcloud_site.records.models import App, Node, ServerGroup, Service
 
@@ -178,16 +178,14 @@ def rows_served(host, name):
     return {tuple(line.split("\t", 1)) for line in body.decode().splitlines()}
 
 
-class Writers:
+class Writers(LoadThreads):
     """Threads posting notes through the app, one at a time each; every acknowledged (id, body) is kept
     with when its request started and ended (time.monotonic)."""
 
     def __init__(self, host, name, threads=4):
         self.host, self.name = host, name
-        self.stop = threading.Event()
         self.acked, self.failed = [], 0
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(threads)]
+        super().__init__([(i,) for i in range(threads)])
 
     def _loop(self, i):
         n, deadline = 0, time.monotonic() + 240  # bounded, whatever happens
@@ -212,15 +210,6 @@ class Writers:
             later = [ended for _id, _body, started, ended in self.acked if started > moment]
         return min(later) if later else None
 
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=15)
 
 
 def promote(node, *flags):

@@ -13,7 +13,6 @@ import io
 import os
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from nodeops.layout import NodeLayout
 from nodeops.transport import transport_for
 from tests.helpers import wait_for_job, wait_until
 from tests.hosts import start_hosts, stop_hosts
+from tests.load import LoadThreads
 from toppcloud_site.records.models import App, Node, ServerGroup
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "apps"
@@ -221,17 +221,15 @@ def version_of(body):
     return body.split("hello version ", 1)[1].split("<", 1)[0] if "hello version " in body else None
 
 
-class Load:
+class Load(LoadThreads):
     """8 threads GETting / through the balancer until stopped: every failure counted, and which version
     each node served."""
 
     def __init__(self, lb, hostname, threads=8):
         self.lb, self.hostname = lb, hostname
-        self.stop = threading.Event()
         self.ok, self.failures, self.served = 0, [], {}
         self.answers = []  # (started, ended, node) of each answer, in epoch seconds
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
+        super().__init__([()] * threads)
 
     def _loop(self):
         deadline = time.monotonic() + 300
@@ -252,15 +250,6 @@ class Load:
                     self.answers.append((started, time.time(), node))
             time.sleep(0.005)
 
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=10)
 
 
 def command(name, *args):
